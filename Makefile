@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine:
+#   make study   set up .venv and run the main job
+#   make test    set up .venv and run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test study bench clean
+
+venv: $(STAMP)
+
+# torch is installed first, alone and pinned, so that no later requirement can pull a CUDA build.
+$(STAMP): pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q -p no:cacheprovider
+
+study: venv
+	$(PY) examples/train_digits.py
+
+bench: venv
+	$(VENV)/bin/labelsmooth bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,22 @@
+"""labelsmooth: exact, fast label-smoothing losses for PyTorch, and tools to measure whether smoothing helps.
+
+The public API is flat::
+
+    import labelsmooth as ls
+    loss = ls.cross_entropy(logits, target, label_smoothing=0.1)
+"""
+
+from labelsmooth.functional import binary_cross_entropy_with_logits, cross_entropy
+from labelsmooth.modules import BCEWithLogitsLoss, CrossEntropyLoss
+from labelsmooth.targets import smooth_binary_labels, smooth_labels
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "smooth_binary_labels",
+    "smooth_labels",
+]

@@ -1,0 +1,106 @@
+"""Argument and tensor checks shared by every entry point.
+
+One place, one wording: the functional API and the module API call the same checks, so an error
+reads the same from either door. Checks that need the tensor's *values* (a target out of range)
+are only run on CPU, where reading values costs no host-device synchronisation; on CUDA the
+kernels use a device-side assertion instead.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def check_label_smoothing(label_smoothing: object, name: str = "label_smoothing") -> float:
+    """Return ``label_smoothing`` as a float, or raise if it is not a number in [0, 1]."""
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {label_smoothing!r} "
+                        f"of type {type(label_smoothing).__name__}")
+    value = float(label_smoothing)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return value
+
+
+def check_nonnegative_float(value: object, name: str) -> float:
+    """Return ``value`` as a finite float >= 0, or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number >= 0, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def check_softcap(softcap: object) -> float | None:
+    """Return ``softcap`` as a positive float, or None."""
+    if softcap is None:
+        return None
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
+        raise TypeError(f"softcap must be None or a positive number, got {softcap!r}")
+    value = float(softcap)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"softcap must be None or a finite number > 0, got {value!r}")
+    return value
+
+
+def check_reduction(reduction: object) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction  # type: ignore[return-value]
+
+
+def check_num_classes(num_classes: object) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise TypeError(f"num_classes must be an int, got {num_classes!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return int(num_classes)
+
+
+def check_tensor(value: object, name: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_floating(tensor: torch.Tensor, name: str) -> None:
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+
+
+def check_integer(tensor: torch.Tensor, name: str) -> None:
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of class indices, got dtype {tensor.dtype}")
+
+
+def check_weight(weight: torch.Tensor | None, num_classes: int, name: str = "weight") -> None:
+    if weight is None:
+        return
+    check_tensor(weight, name)
+    check_floating(weight, name)
+    if weight.dim() != 1 or weight.shape[0] != num_classes:
+        raise ValueError(f"{name} must be a 1-D tensor with one entry per class ({num_classes}), "
+                         f"got shape {tuple(weight.shape)}")
+
+
+def check_class_indices(target: torch.Tensor, num_classes: int, ignore_index: int | None,
+                        name: str = "target") -> None:
+    """Raise IndexError if a class index (other than ``ignore_index``) lies outside [0, num_classes).
+
+    Runs only on CPU tensors: reading values on an accelerator would synchronise the host.
+    """
+    if target.device.type != "cpu" or target.numel() == 0:
+        return
+    bad = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        bad &= target != ignore_index
+    if bool(bad.any()):
+        value = int(target[bad].flatten()[0])
+        raise IndexError(f"{name} contains class index {value}, outside [0, {num_classes - 1}]"
+                         + (f" (and not ignore_index={ignore_index})" if ignore_index is not None else ""))

@@ -1,0 +1,216 @@
+"""Torch-compatible loss functions: argument checks, shape handling and backend dispatch.
+
+Every backend computes the same thing on a 2-D problem: per-row losses of (M, C) logits. This module
+turns torch's input shapes into that problem (class dimension last, batch and spatial dimensions
+flattened), picks a backend from the tensor's device at call time, and applies the reduction.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from labelsmooth import _validate as V
+from labelsmooth import reference
+from labelsmooth.targets import smooth_binary_labels
+
+BACKENDS = ("auto", "reference")
+
+
+def _reference_rows(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace):
+    # The reference has no buffers of its own to save, so ``inplace`` has nothing to do here.
+    return reference.ce_rows(x2, t2, weight, ignore_index, eps, z_loss, softcap)
+
+
+_ROW_BACKENDS: dict[str, Callable[..., Tensor]] = {"reference": _reference_rows}
+
+
+def _resolve_backend(backend: object, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend  # type: ignore[return-value]
+    return "reference"
+
+
+def _legacy_reduction(size_average, reduce, reduction: str) -> str:
+    if size_average is not None or reduce is not None:
+        return torch.nn._reduction.legacy_get_string(size_average, reduce, emit_warning=True)
+    return reduction
+
+
+def _as_rows(input: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor, tuple[int, ...], bool]:
+    """Validate shapes and flatten to (M, C) logits and (M,) or (M, C) targets.
+
+    Returns the flattened logits, the flattened target, the batch shape of a ``reduction="none"``
+    result, and whether the target holds probabilities.
+    """
+    if input.dim() == 0:
+        raise ValueError("input must have at least one dimension (the classes), got a 0-d tensor")
+    class_dim = 0 if input.dim() == 1 else 1
+    num_classes = input.shape[class_dim]
+    if num_classes == 0:
+        raise ValueError(f"input must have at least one class, got shape {tuple(input.shape)}")
+    batch_shape = tuple(s for i, s in enumerate(input.shape) if i != class_dim)
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError(f"a floating-point target holds class probabilities and must have the input's "
+                             f"shape {tuple(input.shape)}, got {tuple(target.shape)}")
+        if ignore_index >= 0:
+            raise ValueError(f"ignore_index is not supported with class-probability targets, got "
+                             f"ignore_index={ignore_index}")
+        probs = True
+    else:
+        V.check_integer(target, "target")
+        if tuple(target.shape) != batch_shape:
+            raise ValueError(f"target of class indices must have shape {batch_shape} for input of shape "
+                             f"{tuple(input.shape)}, got {tuple(target.shape)}")
+        V.check_class_indices(target, num_classes, ignore_index)
+        probs = False
+    if input.dim() == 1:
+        x2 = input.unsqueeze(0)
+        t2 = target.unsqueeze(0)
+    else:
+        x2 = input.movedim(1, -1).reshape(-1, num_classes)
+        t2 = target.movedim(1, -1).reshape(-1, num_classes) if probs else target.reshape(-1)
+    return x2, t2, batch_shape, probs
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
+                  ignore_index: int = -100, reduce=None, reduction: str = "mean",
+                  label_smoothing: float = 0.0, *, backend: str = "auto", z_loss: float = 0.0,
+                  softcap: float | None = None, inplace: bool = False) -> Tensor:
+    """Label-smoothed cross-entropy with exactly ``torch.nn.functional.cross_entropy``'s semantics.
+
+    The positional arguments are ``F.cross_entropy``'s, so this is a drop-in replacement; the extras are
+    keyword-only. For class-index targets y, C classes, class weights w and eps = label_smoothing the
+    loss of a row is ``(1-eps) * w_y * (-log p_y) + (eps/C) * sum_c w_c * (-log p_c)``; rows whose target
+    is ``ignore_index`` contribute 0 and ``"mean"`` divides by the sum of ``w_y`` over the other rows.
+    For probability targets t the row loss is ``-sum_c w_c * t'_c * log p_c`` with
+    ``t' = (1-eps) * t + eps/C`` and ``"mean"`` divides by the number of rows.
+
+    Note: eps is spread as eps/C over *all* classes (the true class keeps 1-eps+eps/C). A fairseq-style
+    eps' spread as eps'/(C-1) over the other classes is ``label_smoothing = eps' * C / (C-1)`` here.
+
+    Args:
+        input: logits of shape (C), (N, C) or (N, C, d1, ..., dk).
+        target: class indices of shape (), (N) or (N, d1, ..., dk) (any integer dtype), or class
+            probabilities (floating) of the input's shape.
+        weight: optional (C,) class weights.
+        size_average: deprecated, as in torch.
+        ignore_index: target value whose rows are ignored (class-index targets only).
+        reduce: deprecated, as in torch.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        label_smoothing: eps in [0, 1].
+        backend: ``"auto"`` (the best available for the tensor's device) or ``"reference"``.
+        z_loss: adds ``z_loss * logsumexp(x)**2`` to every non-ignored row (PaLM's auxiliary loss).
+        softcap: if set, logits become ``softcap * tanh(x / softcap)`` before the softmax (Gemma 2).
+        inplace: allow a fused backend to write the gradient into ``input``'s storage during the forward
+            pass, so that it needs no buffer of its own. The caller must not use the logits afterwards.
+
+    Returns:
+        The loss: a scalar, or of the target's batch shape for ``reduction="none"``; in input's dtype.
+
+    Example:
+        >>> import torch, labelsmooth as ls
+        >>> x = torch.tensor([[2.0, 0.5, -1.0]]); y = torch.tensor([0])
+        >>> torch.allclose(ls.cross_entropy(x, y, label_smoothing=0.1),
+        ...                torch.nn.functional.cross_entropy(x, y, label_smoothing=0.1))
+        True
+
+    References:
+        Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016.
+    """
+    V.check_tensor(input, "input")
+    V.check_tensor(target, "target")
+    V.check_floating(input, "input")
+    eps = V.check_label_smoothing(label_smoothing)
+    reduction = V.check_reduction(_legacy_reduction(size_average, reduce, reduction))
+    z_loss = V.check_nonnegative_float(z_loss, "z_loss")
+    softcap = V.check_softcap(softcap)
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be a bool, got {inplace!r}")
+    name = _resolve_backend(backend, input.device)
+    x2, t2, batch_shape, probs = _as_rows(input, target, ignore_index)
+    V.check_weight(weight, x2.shape[-1])
+    if weight is not None and weight.device != input.device:
+        raise ValueError(f"weight is on {weight.device} but input is on {input.device}")
+
+    rows = _ROW_BACKENDS[name](x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace)
+    return _reduce(rows, t2, weight, ignore_index, probs, reduction, batch_shape, input.dtype)
+
+
+def _reduce(rows: Tensor, t2: Tensor, weight: Tensor | None, ignore_index: int, probs: bool,
+            reduction: str, batch_shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    if reduction == "none":
+        return rows.reshape(batch_shape).to(dtype)
+    total = rows.sum()
+    if reduction == "sum":
+        return total.to(dtype)
+    if probs:
+        return (total / rows.shape[0]).to(dtype)
+    keep = t2 != ignore_index
+    if weight is None:
+        denom = keep.sum().to(total.dtype)
+    else:
+        safe = torch.where(keep, t2, torch.zeros_like(t2)).long()
+        denom = torch.where(keep, weight.to(total.dtype)[safe], torch.zeros((), dtype=total.dtype,
+                                                                             device=total.device)).sum()
+    return (total / denom).to(dtype)
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                                     size_average=None, reduce=None, reduction: str = "mean",
+                                     pos_weight: Tensor | None = None,
+                                     label_smoothing: float = 0.0) -> Tensor:
+    """Binary cross-entropy with logits on label-smoothed targets ``y * (1 - eps) + eps / 2``.
+
+    Same arguments and numbers as ``torch.nn.functional.binary_cross_entropy_with_logits`` (weight and
+    pos_weight broadcast as there), plus ``label_smoothing``.
+
+    Args:
+        input: logits, any shape.
+        target: targets in [0, 1] of the input's shape (integer or bool 0/1 labels are accepted).
+        weight: optional weight broadcastable to the input.
+        size_average: deprecated, as in torch.
+        reduce: deprecated, as in torch.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        pos_weight: optional weight of positive examples, broadcast along the last dimension.
+        label_smoothing: eps in [0, 1].
+
+    Returns:
+        The loss: a scalar, or of the input's shape for ``reduction="none"``.
+
+    Example:
+        >>> import torch, labelsmooth as ls
+        >>> x = torch.tensor([3.0, -2.0]); y = torch.tensor([1.0, 0.0])
+        >>> ls.binary_cross_entropy_with_logits(x, y, label_smoothing=0.2)
+        tensor(0.3378)
+
+    References:
+        Müller, Kornblith and Hinton, "When Does Label Smoothing Help?", NeurIPS 2019.
+    """
+    V.check_tensor(input, "input")
+    V.check_tensor(target, "target")
+    V.check_floating(input, "input")
+    eps = V.check_label_smoothing(label_smoothing)
+    reduction = V.check_reduction(_legacy_reduction(size_average, reduce, reduction))
+    if target.shape != input.shape:
+        raise ValueError(f"target must have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
+    for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+        if value is not None:
+            V.check_tensor(value, name)
+            try:
+                torch.broadcast_shapes(value.shape, input.shape)
+            except RuntimeError:
+                raise ValueError(f"{name} of shape {tuple(value.shape)} does not broadcast to the input's "
+                                 f"shape {tuple(input.shape)}") from None
+    target = smooth_binary_labels(target.to(input.dtype), eps)
+    return F.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction,
+                                              pos_weight=pos_weight)

@@ -1,0 +1,19 @@
+"""Fused label-smoothed cross-entropy kernels.
+
+Every kernel here has the same contract, on a 2-D problem::
+
+    loss_rows = kernel(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, grad)
+
+* ``logits``: (M, C) floating tensor with contiguous rows (stride(1) == 1).
+* ``target``: (M,) int64 class indices, or (M, C) floating class probabilities.
+* ``weight``: (C,) float32/float64 class weights, or None.
+* ``ignore_index``: rows whose index target equals it give loss 0 and gradient 0.
+* ``label_smoothing`` eps, ``z_loss`` z >= 0, ``softcap`` s > 0 or None: as in ``labelsmooth.reference``.
+* ``grad``: None (no gradient wanted) or an (M, C) tensor of the logits' dtype, possibly the logits
+  themselves (``inplace``): the kernel writes d loss_rows[n] / d logits[n, :] into it, unscaled by
+  any grad_output (the caller's autograd glue multiplies by grad_output in backward).
+* returns ``loss_rows``: (M,) float32 (float64 for float64 logits), the row losses of
+  ``labelsmooth.reference.ce_rows``.
+
+Kernels know nothing of argument parsing or shapes beyond this; ``labelsmooth.functional`` does that.
+"""
