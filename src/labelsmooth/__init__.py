@@ -6,13 +6,26 @@ The public API is flat::
     loss = ls.cross_entropy(logits, target, label_smoothing=0.1)
 """
 
+from labelsmooth import calibration, noise
 from labelsmooth.functional import binary_cross_entropy_with_logits, cross_entropy
 from labelsmooth.modules import BCEWithLogitsLoss, CrossEntropyLoss
 from labelsmooth.targets import smooth_binary_labels, smooth_labels
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # plots needs matplotlib, an optional dependency: import it only when asked for.
+    if name == "plots":
+        import importlib
+
+        return importlib.import_module("labelsmooth.plots")
+    raise AttributeError(f"module 'labelsmooth' has no attribute {name!r}")
+
+
 __all__ = [
+    "calibration",
+    "noise",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "binary_cross_entropy_with_logits",

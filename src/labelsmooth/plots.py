@@ -1,0 +1,194 @@
+"""Reliability diagrams.
+
+matplotlib is an optional dependency (``pip install matplotlib``); it is imported only when a plot
+is requested. Figures are built with the object-oriented API on an Agg canvas, never through
+``pyplot``, so these functions work without a display and leave the user's pyplot state and backend
+untouched. Every number drawn comes from :func:`labelsmooth.calibration.reliability_curve` and
+:func:`labelsmooth.calibration.expected_calibration_error`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+from torch import Tensor
+
+from labelsmooth.calibration import expected_calibration_error, reliability_curve
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["reliability_diagram", "reliability_overlay"]
+
+ArrayLike = Tensor | np.ndarray
+
+
+def _matplotlib() -> Any:
+    try:
+        import matplotlib.figure  # noqa: F401
+        from matplotlib.backends import backend_agg
+    except ImportError as err:
+        raise ImportError(
+            "labelsmooth.plots needs matplotlib, which is an optional dependency; "
+            "install it with `pip install matplotlib`"
+        ) from err
+    import matplotlib
+
+    return matplotlib, backend_agg
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    matplotlib, backend_agg = _matplotlib()
+    fig = matplotlib.figure.Figure(figsize=figsize, layout="constrained")
+    backend_agg.FigureCanvasAgg(fig)  # a private Agg canvas: savefig works, no GUI, no pyplot
+    return fig
+
+
+def _curve_numpy(probs: ArrayLike, labels: ArrayLike, n_bins: int, binning: str, binary_mode: str) -> dict:
+    curve = reliability_curve(probs, labels, n_bins=n_bins, binning=binning, binary_mode=binary_mode)
+    return {k: v.detach().cpu().numpy() for k, v in curve._asdict().items()}
+
+
+def reliability_diagram(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    n_bins: int = 15,
+    title: str | None = None,
+    ax: Axes | None = None,
+    *,
+    binning: str = "uniform",
+    binary_mode: str = "top_label",
+) -> Figure:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, with a histogram below.
+
+    The top panel draws one bar per non-empty bin at the bin's accuracy, the diagonal of perfect
+    calibration, and a hatched red band between each bin's accuracy and its mean confidence (the
+    gap that ECE averages). The bottom panel shows how many samples fall in each bin, with the
+    overall accuracy and mean confidence marked. The title ends in the ECE (same ``n_bins``,
+    ``binning`` and ``binary_mode``), formatted ``"ECE = 0.0123"``.
+
+    Args:
+        probs: ``(N, K)`` class probabilities, or ``(N,)`` P(y=1).
+        labels: ``(N,)`` integer labels.
+        n_bins: number of bins, >= 1.
+        title: text placed before the ECE in the title; default ``"Reliability diagram"``.
+        ax: optional axes to draw into; it is split to make room for the histogram panel and its
+            figure is returned. By default a new figure is created.
+        binning: ``"uniform"`` or ``"quantile"`` (see :func:`~labelsmooth.calibration.reliability_curve`).
+        binary_mode: ``"top_label"`` or ``"positive"`` for ``(N,)`` input.
+
+    Returns:
+        The matplotlib ``Figure``; ``fig.savefig("reliability.png")`` writes it.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> probs = torch.softmax(3 * torch.randn(1000, 10, generator=g), dim=1)
+        >>> labels = torch.randint(0, 10, (1000,), generator=g)
+        >>> fig = reliability_diagram(probs, labels, title="random model")
+        >>> "ECE = " in fig.axes[0].get_title()
+        True
+
+    References:
+        Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern Neural Networks", ICML 2017;
+        Naeini, Cooper & Hauskrecht, AAAI 2015.
+    """
+    c = _curve_numpy(probs, labels, n_bins, binning, binary_mode)
+    ece = expected_calibration_error(probs, labels, n_bins=n_bins, binning=binning, binary_mode=binary_mode)
+    if ax is None:
+        fig = _new_figure((5.0, 6.0))
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    else:
+        _matplotlib()
+        from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+        fig = ax.figure
+        top = ax
+        bottom = make_axes_locatable(ax).append_axes("bottom", size="33%", pad=0.15, sharex=ax)
+        top.tick_params(labelbottom=False)
+
+    edges, widths = c["edges"][:-1], np.diff(c["edges"])
+    full = c["count"] > 0
+    top.bar(edges[full], c["accuracy"][full], width=widths[full], align="edge",
+            color="tab:blue", edgecolor="black", linewidth=0.5, label="accuracy")
+    gap_low = np.minimum(c["accuracy"], c["confidence"])[full]
+    gap_height = np.abs(c["accuracy"] - c["confidence"])[full]
+    top.bar(edges[full], gap_height, bottom=gap_low, width=widths[full], align="edge",
+            color="tab:red", alpha=0.3, hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap")
+    top.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
+    top.set_title(f"{title or 'Reliability diagram'} (ECE = {ece:.4f})")
+    top.legend(loc="upper left")
+
+    bottom.bar(edges, c["count"], width=widths, align="edge", color="tab:gray", edgecolor="black", linewidth=0.5)
+    total = c["count"].sum()
+    mean_conf = np.nansum(c["confidence"] * c["count"]) / total
+    mean_acc = np.nansum(c["accuracy"] * c["count"]) / total
+    bottom.axvline(mean_acc, color="tab:blue", linestyle="-", label=f"accuracy {mean_acc:.3f}")
+    bottom.axvline(mean_conf, color="tab:red", linestyle="--", label=f"mean confidence {mean_conf:.3f}")
+    bottom.set(xlim=(0, 1), xlabel="confidence", ylabel="count")
+    bottom.legend(loc="upper left", fontsize="small")
+    return fig
+
+
+def reliability_overlay(
+    models: Mapping[str, tuple[ArrayLike, ArrayLike]],
+    n_bins: int = 15,
+    *,
+    binning: str = "uniform",
+    binary_mode: str = "top_label",
+    title: str | None = None,
+) -> Figure:
+    """Reliability curves of several models on one axis, with each model's ECE in the legend.
+
+    Each curve joins the (mean confidence, accuracy) points of the non-empty bins; marker area
+    grows with the bin's share of samples.
+
+    Args:
+        models: ``{name: (probs, labels)}``, one entry per model, in legend order.
+        n_bins: number of bins, >= 1.
+        binning: ``"uniform"`` or ``"quantile"``.
+        binary_mode: ``"top_label"`` or ``"positive"`` for ``(N,)`` input.
+        title: optional axes title.
+
+    Returns:
+        The matplotlib ``Figure``.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> logits = 3 * torch.randn(1000, 10, generator=g)
+        >>> labels = torch.multinomial(torch.softmax(logits, 1), 1, generator=g).squeeze(1)
+        >>> fig = reliability_overlay({"calibrated": (torch.softmax(logits, 1), labels),
+        ...                            "over-confident": (torch.softmax(3 * logits, 1), labels)})
+        >>> len(fig.axes[0].get_legend().get_texts())
+        3
+
+    References:
+        Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern Neural Networks", ICML 2017.
+    """
+    if not isinstance(models, Mapping):
+        raise TypeError(f"models must be a mapping {{name: (probs, labels)}}, got {type(models).__name__}")
+    if not models:
+        raise ValueError("models is empty; pass at least one {name: (probs, labels)} entry")
+    fig = _new_figure((5.5, 5.0))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
+    for name, pair in models.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"models[{name!r}] must be a (probs, labels) pair, got {type(pair).__name__}")
+        probs, labels = pair
+        c = _curve_numpy(probs, labels, n_bins, binning, binary_mode)
+        ece = expected_calibration_error(probs, labels, n_bins=n_bins, binning=binning, binary_mode=binary_mode)
+        full = c["count"] > 0
+        share = c["count"][full] / c["count"].sum()
+        (line,) = ax.plot(c["confidence"][full], c["accuracy"][full], marker="", label=f"{name} (ECE = {ece:.4f})")
+        ax.scatter(c["confidence"][full], c["accuracy"][full], s=10 + 200 * share, color=line.get_color(), zorder=3)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="upper left")
+    return fig
