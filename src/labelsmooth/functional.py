@@ -18,7 +18,7 @@ from labelsmooth import _validate as V
 from labelsmooth import reference
 from labelsmooth.targets import smooth_binary_labels
 
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "reference", "chunked", "triton")
 
 
 def _reference_rows(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace):
@@ -26,15 +26,93 @@ def _reference_rows(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace)
     return reference.ce_rows(x2, t2, weight, ignore_index, eps, z_loss, softcap)
 
 
-_ROW_BACKENDS: dict[str, Callable[..., Tensor]] = {"reference": _reference_rows}
+class _FusedCrossEntropy(torch.autograd.Function):
+    """Autograd glue for the fused kernels: the gradient is computed in forward, scaled in backward."""
+
+    @staticmethod
+    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, kernel):
+        grad = None
+        if ctx.needs_input_grad[0]:
+            grad = x2 if inplace else torch.empty_like(x2, memory_format=torch.contiguous_format)
+        rows = kernel(x2, t2, weight, ignore_index, eps, z_loss, softcap, grad)
+        ctx.grad = grad
+        # Ignored rows get no gradient whatever flows back: with every row ignored, "mean" sends
+        # 1/0 = inf, and inf * 0 must not turn their zero gradient into NaN (torch gives 0 there).
+        ctx.keep = None if t2.is_floating_point() else t2 != ignore_index
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        grad = ctx.grad
+        if grad is None:
+            raise RuntimeError("the fused cross-entropy gradient was already consumed: backward through it "
+                               "twice (retain_graph=True) needs backend='reference'")
+        ctx.grad = None
+        if ctx.keep is not None:
+            grad_rows = torch.where(ctx.keep, grad_rows, torch.zeros_like(grad_rows))
+        # Scaled in place: the buffer is used once, and a second N x C tensor would double peak memory.
+        grad.mul_(grad_rows.unsqueeze(1))
+        return grad, None, None, None, None, None, None, None, None
 
 
-def _resolve_backend(backend: object, device: torch.device) -> str:
+def _fused_rows(kernel_loader: Callable[[], Callable[..., Tensor]], name: str):
+    def rows(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace):
+        if weight is not None and weight.requires_grad:
+            raise ValueError(f"backend={name!r} does not compute a gradient for weight, which requires grad; "
+                             "use backend='reference'")
+        if t2.requires_grad:
+            raise ValueError(f"backend={name!r} does not compute a gradient for target, which requires grad; "
+                             "use backend='reference' (or detach the target)")
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        return _FusedCrossEntropy.apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace,
+                                        kernel_loader())
+    return rows
+
+
+def _chunked_kernel():
+    from labelsmooth.kernels.chunked import fused_ce
+    return fused_ce
+
+
+def _triton_kernel():
+    try:
+        from labelsmooth.kernels.triton_ce import fused_ce
+    except ImportError as exc:  # triton is an optional dependency
+        raise ImportError("backend='triton' needs the optional dependency triton: pip install triton") from exc
+    return fused_ce
+
+
+_ROW_BACKENDS: dict[str, Callable[..., Tensor]] = {
+    "reference": _reference_rows,
+    "chunked": _fused_rows(_chunked_kernel, "chunked"),
+    "triton": _fused_rows(_triton_kernel, "triton"),
+}
+
+
+def _triton_usable(device: torch.device) -> bool:
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _resolve_backend(backend: object, x: Tensor, target: Tensor, weight: Tensor | None) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
+        if backend == "triton" and not _triton_usable(x.device):
+            raise ValueError(f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
+                             f"installed; input is on {x.device}")
         return backend  # type: ignore[return-value]
-    return "reference"
+    if target.requires_grad or (weight is not None and weight.requires_grad):
+        return "reference"  # the only backend that differentiates through target and weight
+    if x.device.type == "cuda" and x.dtype != torch.float64 and _triton_usable(x.device):
+        return "triton"
+    return "chunked"
 
 
 def _legacy_reduction(size_average, reduce, reduction: str) -> str:
@@ -106,7 +184,11 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
         reduce: deprecated, as in torch.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         label_smoothing: eps in [0, 1].
-        backend: ``"auto"`` (the best available for the tensor's device) or ``"reference"``.
+        backend: ``"chunked"`` (fused forward+backward over cache-sized blocks of rows, any device),
+            ``"triton"`` (fused GPU kernel, CUDA tensors), ``"reference"`` (plain torch, written from the
+            formula; the only one that differentiates through ``weight`` or a probability ``target``), or
+            ``"auto"``: triton on CUDA when it is installed, chunked otherwise, reference when ``weight``
+            or ``target`` requires grad. Chosen at call time from the tensor's device.
         z_loss: adds ``z_loss * logsumexp(x)**2`` to every non-ignored row (PaLM's auxiliary loss).
         softcap: if set, logits become ``softcap * tanh(x / softcap)`` before the softmax (Gemma 2).
         inplace: allow a fused backend to write the gradient into ``input``'s storage during the forward
@@ -136,8 +218,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
         raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
     if not isinstance(inplace, bool):
         raise TypeError(f"inplace must be a bool, got {inplace!r}")
-    name = _resolve_backend(backend, input.device)
     x2, t2, batch_shape, probs = _as_rows(input, target, ignore_index)
+    name = _resolve_backend(backend, input, target, weight)
     V.check_weight(weight, x2.shape[-1])
     if weight is not None and weight.device != input.device:
         raise ValueError(f"weight is on {weight.device} but input is on {input.device}")

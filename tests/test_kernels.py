@@ -1,0 +1,223 @@
+"""Every backend on the options of the fused kernels: z_loss, softcap, inplace, low precision,
+torch.compile; checked against float64 formulas built from torch's own functions."""
+
+import importlib.util
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import labelsmooth as ls
+from labelsmooth import reference
+from labelsmooth.kernels import chunked
+from cases import make_case
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+FUSED = ["chunked"] + (["triton"] if HAS_TRITON else [])
+ALL = ["reference"] + FUSED
+
+
+def formula(x, t, w, ignore_index, eps, z_loss, softcap, reduction):
+    """z-loss and softcap on top of torch's own cross-entropy, in float64."""
+    x = x.double()
+    w = None if w is None else w.double()
+    if softcap is not None:
+        x = softcap * torch.tanh(x / softcap)
+    kw = {} if ignore_index is None else {"ignore_index": ignore_index}
+    rows = F.cross_entropy(x, t, w, reduction="none", label_smoothing=eps, **kw)
+    lse = torch.logsumexp(x, dim=1)
+    if t.is_floating_point():
+        keep = torch.ones_like(rows, dtype=torch.bool)
+        denom = torch.tensor(float(rows.numel()), dtype=torch.float64)
+    else:
+        keep = t != (-100 if ignore_index is None else ignore_index)
+        safe = torch.where(keep, t, 0)
+        denom = (keep.double() * (1.0 if w is None else w[safe])).sum()
+    rows = rows + z_loss * torch.where(keep, lse * lse, 0.0)
+    if reduction == "none":
+        return rows
+    return rows.sum() if reduction == "sum" else rows.sum() / denom
+
+
+def grads(fn, x, go_seed=5):
+    x = x.detach().clone().requires_grad_(True)
+    out = fn(x)
+    go = torch.rand(out.shape, generator=torch.Generator().manual_seed(go_seed), dtype=torch.float64) + 0.5
+    (g,) = torch.autograd.grad(out, x, go.to(out.dtype))
+    return out.detach(), g
+
+
+OPTION_CASES = [
+    # (probs, weighted, ignore_index, eps, z_loss, softcap, reduction)
+    (False, False, -100, 0.1, 1e-3, None, "mean"),
+    (False, True, 2, 0.2, 0.0, 5.0, "none"),
+    (False, True, -100, 0.0, 1e-2, 30.0, "sum"),
+    (True, False, None, 0.1, 1e-3, None, "mean"),
+    (True, True, None, 0.3, 1e-4, 2.0, "none"),
+    (False, False, None, 1.0, 0.0, 10.0, "mean"),
+]
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("case", OPTION_CASES)
+def test_z_loss_and_softcap_against_float64_formula(backend, case):
+    probs, weighted, ignore_index, eps, z_loss, softcap, reduction = case
+    shape = (9, 37) if backend == "triton" else (33, 301)
+    x, t, w = make_case(shape, probs=probs, weighted=weighted, ignore_index=ignore_index, scale=8.0)
+    kw = {} if ignore_index is None else {"ignore_index": ignore_index}
+    want, want_g = grads(lambda v: formula(v, t, w, ignore_index, eps, z_loss, softcap, reduction), x)
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    got, got_g = grads(lambda v: ls.cross_entropy(v.to(dtype), t, None if w is None else w.to(dtype),
+                                                  reduction=reduction, label_smoothing=eps, z_loss=z_loss,
+                                                  softcap=softcap, backend=backend, **kw), x)
+    # float64 backends agree to rounding; float32 (triton) to a few float32 ulps of the row sums
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+    torch.testing.assert_close(got_g.double(), want_g, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("block_rows", [1, 4, 1000])
+@pytest.mark.parametrize("probs", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_chunked_kernel_block_sizes_match_reference(block_rows, probs, weighted):
+    x, t, w = make_case((11, 97), probs=probs, weighted=weighted, ignore_index=None if probs else -100)
+    for eps, z_loss, softcap in [(0.0, 0.0, None), (0.25, 1e-3, 4.0)]:
+        grad = torch.empty_like(x)
+        rows = chunked.fused_ce(x, t, w, -100, eps, z_loss, softcap, grad, block_rows=block_rows)
+        xr = x.clone().requires_grad_(True)
+        want = reference.ce_rows(xr, t, w, -100, eps, z_loss, softcap)
+        (want_g,) = torch.autograd.grad(want.sum(), xr)
+        torch.testing.assert_close(rows, want.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, want_g, rtol=1e-12, atol=1e-12)
+        no_grad_rows = chunked.fused_ce(x, t, w, -100, eps, z_loss, softcap, None, block_rows=block_rows)
+        torch.testing.assert_close(no_grad_rows, rows, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("probs", [False, True])
+def test_inplace_gives_the_same_loss_and_gradient(backend, dtype, probs):
+    x, t, w = make_case((7, 53), probs=probs, weighted=True, ignore_index=None if probs else -100, dtype=dtype)
+    t = t.to(dtype) if probs else t
+    kw = dict(label_smoothing=0.1, z_loss=1e-3, softcap=20.0, backend=backend, reduction="sum")
+    a = x.clone().requires_grad_(True)
+    ls.cross_entropy(a, t, w, **kw).backward()
+    b = x.clone().requires_grad_(True)
+    loss_b = ls.cross_entropy(b, t, w, inplace=True, **kw)
+    loss_b.backward()
+    torch.testing.assert_close(ls.cross_entropy(x, t, w, **kw), loss_b.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_inplace_overwrites_the_logits_storage(backend):
+    x = torch.randn(4, 9, requires_grad=True)
+    before = x.detach().clone()
+    ls.cross_entropy(x, torch.tensor([0, 3, 8, 1]), backend=backend, inplace=True).backward()
+    assert not torch.equal(x.detach(), before)  # documented: the logits are consumed
+    assert x.grad.data_ptr() == x.data_ptr() or torch.equal(x.grad, x.detach())
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_against_float64(backend, dtype):
+    x64, t, _ = make_case((12, 257), probs=False, weighted=False, ignore_index=-100, scale=4.0)
+    x = x64.to(dtype)
+    got, got_g = grads(lambda v: ls.cross_entropy(v.to(dtype), t, reduction="none", label_smoothing=0.1,
+                                                  backend=backend), x.double())
+    want, want_g = grads(lambda v: F.cross_entropy(v, t, reduction="none", label_smoothing=0.1), x.double())
+    # Inputs are the same rounded values; the fused backends accumulate in float32 and round the loss
+    # and each gradient entry once to the output dtype: half an ulp relative (2^-8 bf16, 2^-11 fp16)
+    # plus float32 accumulation noise.
+    ulp = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}[dtype]
+    torch.testing.assert_close(got.double(), want, rtol=2 * ulp, atol=1e-6)
+    torch.testing.assert_close(got_g.double(), want_g, rtol=2 * ulp, atol=2 * ulp * want_g.abs().max().item())
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_bf16_confident_row_keeps_its_target_gradient(backend):
+    # p_target = 0.9999, eps = 0: the target gradient p - 1 = -1e-4 must be computed in float32 before
+    # rounding; computed in bf16 from a rounded p it would be 0 or a whole bf16 step of 1 (0.0039).
+    c = 8
+    x = torch.zeros(1, c, dtype=torch.float64)
+    x[0, 0] = math.log(0.9999 * (c - 1) / 0.0001)
+    xb = x.to(torch.bfloat16).requires_grad_(True)
+    ls.cross_entropy(xb, torch.tensor([0]), reduction="sum", backend=backend).backward()
+    p = torch.softmax(xb.detach().double(), 1)
+    want = p[0, 0].item() - 1.0
+    assert -2e-4 < want < -5e-5
+    assert abs(xb.grad[0, 0].double().item() - want) <= abs(want) * 2.0 ** -8
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_nan_and_inf_rows_and_all_ignored(backend):
+    x = torch.randn(4, 6, dtype=torch.float32)
+    x[1, 2] = math.nan
+    x[2, 3] = math.inf
+    t = torch.tensor([0, 1, 2, 3])
+    got = ls.cross_entropy(x, t, reduction="none", label_smoothing=0.1, backend=backend)
+    want = F.cross_entropy(x, t, reduction="none", label_smoothing=0.1)
+    torch.testing.assert_close(got, want, equal_nan=True)
+    # an ignored row's loss and gradient are 0 even when its logits are NaN
+    xi = x.clone().requires_grad_(True)
+    ls.cross_entropy(xi, torch.tensor([0, -100, -100, 3]), label_smoothing=0.1, backend=backend).backward()
+    assert torch.all(xi.grad[1:3] == 0) and torch.isfinite(xi.grad).all()
+    xa = torch.randn(3, 5, requires_grad=True)
+    loss = ls.cross_entropy(xa, torch.full((3,), -100), label_smoothing=0.1, backend=backend)
+    loss.backward()
+    assert torch.isnan(loss) and torch.all(xa.grad == 0)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_non_contiguous_and_strided_inputs(backend):
+    base = torch.randn(6, 40, dtype=torch.float64 if backend == "chunked" else torch.float32)
+    t = torch.randint(0, 20, (6,))
+    for x in (base[:, ::2], base[:, :20], base.t()[:20].t()):
+        xr = x.clone().requires_grad_(True)
+        xf = x.clone().requires_grad_(True)
+        torch.testing.assert_close(ls.cross_entropy(xf, t, label_smoothing=0.2, backend=backend),
+                                   F.cross_entropy(xr, t, label_smoothing=0.2))
+
+
+def test_weight_or_target_requiring_grad():
+    x = torch.randn(4, 5)
+    w = torch.rand(5, requires_grad=True)
+    t = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="weight"):
+        ls.cross_entropy(x, t, w, backend="chunked")
+    ls.cross_entropy(x, t, w).backward()  # auto falls back to the reference, which differentiates weight
+    assert w.grad is not None
+    soft = torch.softmax(torch.randn(4, 5), 1).requires_grad_(True)
+    with pytest.raises(ValueError, match="target"):
+        ls.cross_entropy(x, soft, backend="chunked")
+
+
+def test_triton_backend_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="backend='triton' needs a CUDA tensor"):
+        ls.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]), backend="triton")
+
+
+def test_auto_is_chunked_on_cpu():
+    from labelsmooth.functional import _resolve_backend
+    x = torch.randn(2, 3)
+    assert _resolve_backend("auto", x, torch.tensor([0, 1]), None) == "chunked"
+
+
+@pytest.mark.parametrize("compile_backend", ["aot_eager"])
+def test_torch_compile_on_cpu(compile_backend):
+    x = torch.randn(8, 33, requires_grad=True)
+    t = torch.randint(0, 33, (8,))
+
+    def step(v):
+        return ls.cross_entropy(v * 2.0, t, label_smoothing=0.1, z_loss=1e-4, backend="chunked")
+
+    compiled = torch.compile(step, fullgraph=False, backend=compile_backend)
+    loss = compiled(x)
+    loss.backward()
+    want_x = x.detach().clone().requires_grad_(True)
+    want = formula(want_x * 2.0, t, None, None, 0.1, 1e-4, None, "mean")
+    want.backward()
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad, want_x.grad, rtol=1e-5, atol=1e-6)
