@@ -93,9 +93,16 @@ def check_class_indices(target: torch.Tensor, num_classes: int, ignore_index: in
                         name: str = "target") -> None:
     """Raise IndexError if a class index (other than ``ignore_index``) lies outside [0, num_classes).
 
-    Runs only on CPU tensors: reading values on an accelerator would synchronise the host.
+    On CPU the values are read and a clear IndexError raised. Elsewhere reading them would synchronise
+    the host, so a device-side assertion is queued instead (it fires when the device reaches it).
     """
-    if target.device.type != "cpu" or target.numel() == 0:
+    if target.numel() == 0:
+        return
+    if target.device.type != "cpu":
+        ok = (target >= 0) & (target < num_classes)
+        if ignore_index is not None:
+            ok |= target == ignore_index
+        torch._assert_async(ok.all(), f"{name} contains a class index outside [0, {num_classes - 1}]")
         return
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:

@@ -1,0 +1,321 @@
+"""Benchmark runner: label-smoothed cross-entropy forward+backward, labelsmooth against torch.
+
+Every contender runs in the same process on the same inputs, in alternating order (round-robin over
+contenders, repeated), so that a machine that slows down or speeds up affects all of them alike.
+Reported per contender: median, min and max wall time of forward+backward, the ratio of medians to
+torch eager, and peak memory:
+
+* CPU: the peak resident set of a fresh process running one forward+backward, minus its resident set
+  once the inputs exist (``ru_maxrss``), i.e. the extra memory the loss needs, in units of the logits'
+  size. A fresh process per contender keeps one contender's allocator cache out of another's figure.
+* CUDA: ``torch.cuda.max_memory_allocated`` over the same baseline, and the achieved bandwidth against
+  the bytes a fused loss must move (read the logits, write the gradient), next to the copy bandwidth
+  measured in the same run.
+
+``labelsmooth bench`` prints the CPU table for the machine it runs on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import labelsmooth as ls
+
+LABEL_SMOOTHING = 0.1
+
+
+@dataclasses.dataclass
+class Contender:
+    name: str
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    inplace: bool = False
+
+
+def contenders(device: str, include_compile: bool = True) -> list[Contender]:
+    """The loss implementations compared on ``device``."""
+    eps = LABEL_SMOOTHING
+    out = [Contender("torch eager", lambda x, t: F.cross_entropy(x, t, label_smoothing=eps))]
+    if include_compile:
+        compiled = torch.compile(lambda x, t: F.cross_entropy(x, t, label_smoothing=eps))
+        out.append(Contender("torch.compile", compiled))
+    out.append(Contender("ls reference", lambda x, t: ls.cross_entropy(x, t, label_smoothing=eps,
+                                                                       backend="reference")))
+    fused = ["chunked"] + (["triton"] if device == "cuda" else [])
+    for backend in fused:
+        out.append(Contender(f"ls {backend}", lambda x, t, b=backend: ls.cross_entropy(
+            x, t, label_smoothing=eps, backend=b)))
+        out.append(Contender(f"ls {backend} inplace", lambda x, t, b=backend: ls.cross_entropy(
+            x, t, label_smoothing=eps, backend=b, inplace=True), inplace=True))
+    return out
+
+
+def make_inputs(rows: int, classes: int, dtype: torch.dtype, device: str, seed: int = 0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = (torch.randn(rows, classes, generator=g) * 2.0).to(device=device, dtype=dtype)
+    t = torch.randint(0, classes, (rows,), generator=g).to(device)
+    return x, t
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_once(c: Contender, x: torch.Tensor, t: torch.Tensor, device: str) -> float:
+    """Seconds for one forward+backward on a fresh leaf copy of ``x`` (the copy is not timed)."""
+    leaf = x.clone().requires_grad_(True)
+    _sync(device)
+    start = time.perf_counter()
+    c.fn(leaf, t).backward()
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    del leaf
+    return elapsed
+
+
+def copy_bandwidth(x: torch.Tensor, repeats: int = 10) -> float:
+    """GB/s of a device-to-device copy of ``x`` (bytes read + bytes written)."""
+    y = torch.empty_like(x)
+    y.copy_(x)
+    _sync(x.device.type)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        y.copy_(x)
+        _sync(x.device.type)
+        times.append(time.perf_counter() - start)
+    return 2 * x.numel() * x.element_size() / statistics.median(times) / 1e9
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    # Linux >= 4.0: writing 5 to clear_refs resets the peak resident set (VmHWM) to the current one,
+    # so the temporaries made while building the inputs do not count as the loss's memory.
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def _memory_child(name: str, rows: int, classes: int, dtype: str) -> None:
+    """Run in a fresh process: print the extra peak RSS of one forward+backward as JSON."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    x, t = make_inputs(rows, classes, getattr(torch, dtype), "cpu")
+    by_name = {c.name: c for c in contenders("cpu", include_compile=name == "torch.compile")}
+    c = by_name[name]
+    # One small warm-up first: lazy initialisation (autograd engine, compilation) is not the loss's memory.
+    small, st = make_inputs(8, classes, getattr(torch, dtype), "cpu")
+    c.fn(small.requires_grad_(True), st).backward()
+    del small, st
+    leaf = x.requires_grad_(True)
+    del x
+    _reset_peak_rss()
+    base = _rss_bytes()
+    c.fn(leaf, t).backward()
+    extra = _peak_rss_bytes() - base
+    print(json.dumps({"extra_bytes": extra}))
+
+
+def peak_memory_cpu(name: str, rows: int, classes: int, dtype: torch.dtype) -> float | None:
+    """Extra peak RSS of ``name`` in a fresh process, in bytes; None if the child failed."""
+    code = ("import sys; from labelsmooth.bench import _memory_child; "
+            f"_memory_child({name!r}, {rows}, {classes}, {str(dtype).split('.')[-1]!r})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    try:
+        return float(json.loads(proc.stdout.strip().splitlines()[-1])["extra_bytes"])
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+def peak_memory_cuda(c: Contender, x: torch.Tensor, t: torch.Tensor) -> float:
+    leaf = x.clone().requires_grad_(True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    c.fn(leaf, t).backward()
+    torch.cuda.synchronize()
+    return float(torch.cuda.max_memory_allocated() - base)
+
+
+@dataclasses.dataclass
+class Row:
+    shape: str
+    dtype: str
+    name: str
+    median: float
+    minimum: float
+    maximum: float
+    ratio: float
+    extra_memory: float | None  # in units of the logits' size
+    gbps: float | None = None
+
+
+def run_shape(rows: int, classes: int, dtype: torch.dtype, device: str, repeats: int,
+              include_compile: bool, measure_memory: bool, log=print) -> tuple[list[Row], float | None]:
+    x, t = make_inputs(rows, classes, dtype, device)
+    cs = contenders(device, include_compile)
+    for c in cs:  # warm-up (and compilation) outside the timed rounds
+        time_once(c, x[: min(rows, 64)], t[: min(rows, 64)], device)
+        time_once(c, x, t, device)
+    times: dict[str, list[float]] = {c.name: [] for c in cs}
+    for r in range(repeats):
+        order = cs if r % 2 == 0 else cs[::-1]  # alternate, so no contender always runs first
+        for c in order:
+            times[c.name].append(time_once(c, x, t, device))
+        log(f"  {rows}x{classes} {str(dtype).split('.')[-1]}: round {r + 1}/{repeats}")
+    logits_bytes = x.numel() * x.element_size()
+    copy_gbps = copy_bandwidth(x) if device == "cuda" else None
+    base = statistics.median(times["torch eager"])
+    out = []
+    for c in cs:
+        med = statistics.median(times[c.name])
+        mem = None
+        if measure_memory:
+            raw = (peak_memory_cpu(c.name, rows, classes, dtype) if device == "cpu"
+                   else peak_memory_cuda(c, x, t))
+            mem = None if raw is None else raw / logits_bytes
+        gbps = None
+        if device == "cuda":
+            # A fused loss must read the logits and write the gradient: 2 x logits bytes.
+            gbps = 2 * logits_bytes / med / 1e9
+        out.append(Row(f"{rows}x{classes}", str(dtype).split(".")[-1], c.name, med, min(times[c.name]),
+                       max(times[c.name]), med / base, mem, gbps))
+    return out, copy_gbps
+
+
+def machine_description(device: str) -> str:
+    parts = [platform.platform(), f"Python {platform.python_version()}", f"torch {torch.__version__}",
+             f"{torch.get_num_threads()} threads"]
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None)
+        if model:
+            parts.insert(0, model)
+    except OSError:
+        pass
+    parts.insert(0, f"{os.cpu_count()} CPUs")
+    if device == "cuda":
+        parts.insert(0, torch.cuda.get_device_name())
+        try:
+            import triton
+
+            parts.append(f"triton {triton.__version__}")
+        except ImportError:
+            pass
+    return ", ".join(parts)
+
+
+def format_table(rows: list[Row], copy_gbps: dict[str, float | None]) -> str:
+    gpu = any(r.gbps is not None for r in rows)
+    head = "| shape | dtype | implementation | median ms | min ms | max ms | time vs torch eager | extra peak memory (x logits) |"
+    sep = "|---|---|---|---:|---:|---:|---:|---:|"
+    if gpu:
+        head += " GB/s | % of copy |"
+        sep += "---:|---:|"
+    lines = [head, sep]
+    for r in rows:
+        mem = "n/a" if r.extra_memory is None else f"{r.extra_memory:.2f}"
+        line = (f"| {r.shape} | {r.dtype} | {r.name} | {r.median * 1e3:.1f} | {r.minimum * 1e3:.1f} | "
+                f"{r.maximum * 1e3:.1f} | {r.ratio:.2f}x | {mem} |")
+        if gpu:
+            cg = copy_gbps.get(f"{r.shape} {r.dtype}")
+            line += f" {r.gbps:.0f} | {100 * r.gbps / cg:.0f}% |" if cg else f" {r.gbps:.0f} | n/a |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    try:
+        rows, classes = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shapes expects ROWSxCLASSES items such as 4096x32000, got {text!r}")
+    if rows < 1 or classes < 1:
+        raise argparse.ArgumentTypeError(f"--shapes needs positive sizes, got {text!r}")
+    return rows, classes
+
+
+CPU_SHAPES = "4096x32000,2048x128256"
+GPU_SHAPES = "16384x128256"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``labelsmooth bench``: time forward+backward of every backend against torch, print a table."""
+    p = argparse.ArgumentParser(prog="labelsmooth bench", description=main.__doc__)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--shapes", default=None,
+                   help=f"comma-separated ROWSxCLASSES (default: {CPU_SHAPES} on cpu, {GPU_SHAPES} on cuda)")
+    p.add_argument("--dtypes", default=None, help="comma-separated dtypes (default: float32 on cpu, "
+                                                  "bfloat16,float32 on cuda)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per contender (default 5)")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles per shape)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--quick", action="store_true", help="one small shape, 3 rounds, no compile")
+    p.add_argument("--markdown", default=None, help="also write the table to this file")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    if args.quick:
+        args.shapes, args.repeats, args.no_compile = args.shapes or "1024x32000", 3, True
+    shape_text = args.shapes or (CPU_SHAPES if args.device == "cpu" else GPU_SHAPES)
+    try:
+        shapes = [parse_shape(s) for s in shape_text.split(",") if s]
+    except argparse.ArgumentTypeError as exc:
+        p.error(str(exc))
+    dtype_text = args.dtypes or ("float32" if args.device == "cpu" else "bfloat16,float32")
+    dtypes = []
+    for name in dtype_text.split(","):
+        dt = getattr(torch, name, None)
+        if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+            p.error(f"--dtypes: unknown floating dtype {name!r}")
+        dtypes.append(dt)
+
+    all_rows: list[Row] = []
+    copies: dict[str, float | None] = {}
+    print(f"label-smoothed cross-entropy (eps={LABEL_SMOOTHING}), forward+backward on {args.device}",
+          file=sys.stderr)
+    for rows, classes in shapes:
+        for dt in dtypes:
+            got, copy = run_shape(rows, classes, dt, args.device, args.repeats, not args.no_compile,
+                                  not args.no_memory, log=lambda m: print(m, file=sys.stderr))
+            all_rows += got
+            copies[f"{rows}x{classes} {str(dt).split('.')[-1]}"] = copy
+    table = format_table(all_rows, copies)
+    header = (f"Machine: {machine_description(args.device)}\n"
+              f"Date: {time.strftime('%Y-%m-%d')}; eps={LABEL_SMOOTHING}; {args.repeats} alternating rounds; "
+              "medians.\n")
+    copy_lines = "".join(f"\nCopy bandwidth {k}: {v:.0f} GB/s" for k, v in copies.items() if v)
+    print(header + "\n" + table + copy_lines)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(header + "\n" + table + copy_lines + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
