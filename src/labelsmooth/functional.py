@@ -16,47 +16,81 @@ from torch import Tensor
 
 from labelsmooth import _validate as V
 from labelsmooth import reference
+from labelsmooth.kernels._memory import empty_for_grad
 from labelsmooth.targets import smooth_binary_labels
 
 BACKENDS = ("auto", "reference", "chunked", "triton")
 
 
-def _reference_rows(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace):
+def _reference(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction):
     # The reference has no buffers of its own to save, so ``inplace`` has nothing to do here.
-    return reference.ce_rows(x2, t2, weight, ignore_index, eps, z_loss, softcap)
+    rows = reference.ce_rows(x2, t2, weight, ignore_index, eps, z_loss, softcap)
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / _mean_denominator(t2, weight, ignore_index, rows.dtype)
+
+
+def _mean_denominator(t2: Tensor, weight: Tensor | None, ignore_index: int, dtype: torch.dtype) -> Tensor:
+    """What ``reduction="mean"`` divides by: the row count for probability targets, else the sum of
+    the target-class weights (or the count) over the rows that are not ignored."""
+    if t2.is_floating_point():
+        return torch.tensor(float(t2.shape[0]), dtype=dtype, device=t2.device)
+    keep = t2 != ignore_index
+    if weight is None:
+        return keep.sum().to(dtype)
+    safe = torch.where(keep, t2, torch.zeros_like(t2)).long()
+    return torch.where(keep, weight.to(dtype)[safe], torch.zeros((), dtype=dtype, device=t2.device)).sum()
 
 
 class _FusedCrossEntropy(torch.autograd.Function):
-    """Autograd glue for the fused kernels: the gradient is computed in forward, scaled in backward."""
+    """Autograd glue for the fused kernels: the gradient is computed in forward, scaled in backward.
+
+    For "mean" the kernel already divides the gradient by the denominator, so that backward of a loss
+    whose grad_output is 1 (the usual ``loss.backward()``) has nothing left to do: on CPU that saves a
+    whole read and write of the N x C gradient.
+    """
 
     @staticmethod
-    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, kernel):
-        grad = None
+    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, kernel, reduction):
+        grad = grad_scale = None
+        cdt = reference.compute_dtype(x2.dtype)
+        denom = _mean_denominator(t2, weight, ignore_index, cdt) if reduction == "mean" else None
         if ctx.needs_input_grad[0]:
-            grad = x2 if inplace else torch.empty_like(x2, memory_format=torch.contiguous_format)
-        rows = kernel(x2, t2, weight, ignore_index, eps, z_loss, softcap, grad)
+            grad = x2 if inplace else empty_for_grad(x2)
+            if denom is not None:
+                # With every row ignored torch's mean is 0/0 = NaN but its gradient is 0, not NaN.
+                grad_scale = torch.where(denom != 0, 1.0 / denom, torch.zeros_like(denom))
+        rows = kernel(x2, t2, weight, ignore_index, eps, z_loss, softcap, grad, grad_scale=grad_scale)
         ctx.grad = grad
-        # Ignored rows get no gradient whatever flows back: with every row ignored, "mean" sends
-        # 1/0 = inf, and inf * 0 must not turn their zero gradient into NaN (torch gives 0 there).
-        ctx.keep = None if t2.is_floating_point() else t2 != ignore_index
-        return rows
+        ctx.reduction = reduction
+        # Ignored rows get no gradient whatever flows back (an inf or NaN grad_output included).
+        ctx.keep = None if t2.is_floating_point() or reduction != "none" else t2 != ignore_index
+        if reduction == "none":
+            return rows
+        return rows.sum() if denom is None else rows.sum() / denom
 
     @staticmethod
-    def backward(ctx, grad_rows):
+    def backward(ctx, grad_out):
         grad = ctx.grad
         if grad is None:
             raise RuntimeError("the fused cross-entropy gradient was already consumed: backward through it "
                                "twice (retain_graph=True) needs backend='reference'")
         ctx.grad = None
-        if ctx.keep is not None:
-            grad_rows = torch.where(ctx.keep, grad_rows, torch.zeros_like(grad_rows))
         # Scaled in place: the buffer is used once, and a second N x C tensor would double peak memory.
-        grad.mul_(grad_rows.unsqueeze(1))
-        return grad, None, None, None, None, None, None, None, None
+        if ctx.reduction == "none":
+            if ctx.keep is not None:
+                grad_out = torch.where(ctx.keep, grad_out, torch.zeros_like(grad_out))
+            grad.mul_(grad_out.unsqueeze(1))
+        elif (grad_out.device.type != "cpu" or torch.compiler.is_compiling()
+              or grad_out.item() != 1.0):  # reading a CPU scalar costs no device synchronisation
+            grad.mul_(grad_out)
+        return grad, None, None, None, None, None, None, None, None, None
 
 
-def _fused_rows(kernel_loader: Callable[[], Callable[..., Tensor]], name: str):
-    def rows(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace):
+def _fused(kernel_loader: Callable[[], Callable[..., Tensor]], name: str):
+    def run(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction):
         if weight is not None and weight.requires_grad:
             raise ValueError(f"backend={name!r} does not compute a gradient for weight, which requires grad; "
                              "use backend='reference'")
@@ -66,8 +100,8 @@ def _fused_rows(kernel_loader: Callable[[], Callable[..., Tensor]], name: str):
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         return _FusedCrossEntropy.apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace,
-                                        kernel_loader())
-    return rows
+                                        kernel_loader(), reduction)
+    return run
 
 
 def _chunked_kernel():
@@ -83,10 +117,10 @@ def _triton_kernel():
     return fused_ce
 
 
-_ROW_BACKENDS: dict[str, Callable[..., Tensor]] = {
-    "reference": _reference_rows,
-    "chunked": _fused_rows(_chunked_kernel, "chunked"),
-    "triton": _fused_rows(_triton_kernel, "triton"),
+_BACKENDS: dict[str, Callable[..., Tensor]] = {
+    "reference": _reference,
+    "chunked": _fused(_chunked_kernel, "chunked"),
+    "triton": _fused(_triton_kernel, "triton"),
 }
 
 
@@ -224,27 +258,10 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     if weight is not None and weight.device != input.device:
         raise ValueError(f"weight is on {weight.device} but input is on {input.device}")
 
-    rows = _ROW_BACKENDS[name](x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace)
-    return _reduce(rows, t2, weight, ignore_index, probs, reduction, batch_shape, input.dtype)
-
-
-def _reduce(rows: Tensor, t2: Tensor, weight: Tensor | None, ignore_index: int, probs: bool,
-            reduction: str, batch_shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    out = _BACKENDS[name](x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction)
     if reduction == "none":
-        return rows.reshape(batch_shape).to(dtype)
-    total = rows.sum()
-    if reduction == "sum":
-        return total.to(dtype)
-    if probs:
-        return (total / rows.shape[0]).to(dtype)
-    keep = t2 != ignore_index
-    if weight is None:
-        denom = keep.sum().to(total.dtype)
-    else:
-        safe = torch.where(keep, t2, torch.zeros_like(t2)).long()
-        denom = torch.where(keep, weight.to(total.dtype)[safe], torch.zeros((), dtype=total.dtype,
-                                                                             device=total.device)).sum()
-    return (total / denom).to(dtype)
+        out = out.reshape(batch_shape)
+    return out.to(input.dtype)
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,

@@ -2,7 +2,8 @@
 
 Every kernel here has the same contract, on a 2-D problem::
 
-    loss_rows = kernel(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, grad)
+    loss_rows = kernel(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap, grad,
+                       *, grad_scale=None)
 
 * ``logits``: (M, C) floating tensor with contiguous rows (stride(1) == 1).
 * ``target``: (M,) int64 class indices, or (M, C) floating class probabilities.
@@ -12,6 +13,9 @@ Every kernel here has the same contract, on a 2-D problem::
 * ``grad``: None (no gradient wanted) or an (M, C) tensor of the logits' dtype, possibly the logits
   themselves (``inplace``): the kernel writes d loss_rows[n] / d logits[n, :] into it, unscaled by
   any grad_output (the caller's autograd glue multiplies by grad_output in backward).
+* ``grad_scale``: None or a 0-d tensor (on the logits' device, compute dtype) that multiplies the
+  written gradient; "mean" passes 1/denominator here so that backward often has nothing left to do.
+  It is a tensor, not a float, so that computing it needs no host-device synchronisation.
 * returns ``loss_rows``: (M,) float32 (float64 for float64 logits), the row losses of
   ``labelsmooth.reference.ce_rows``.
 
