@@ -1,0 +1,315 @@
+"""The Triton kernel against ``reference.ce_rows`` in float64, under the Triton interpreter on CPU.
+
+``TRITON_INTERPRET=1`` is the default here; with ``TRITON_INTERPRET=0`` on a CUDA machine the same
+tests run the compiled kernel on the GPU (the reference is always computed on CPU in float64).
+
+Blocks are kept small (``block_size=128`` split into 2 tile rows of 64 lanes, or less) so that C = 257
+spans several blocks with a one-element last block, which exercises the online max, the lane fold
+and the masking the GPU relies on.
+
+Tolerances, derived rather than tuned:
+
+* loss: the kernel accumulates in fp32 from inputs that are exact in fp32 (bf16/fp16 values upcast
+  exactly), so for every logits dtype the loss is good to a few fp32 roundings per reduction level:
+  rtol 1e-5 (about 100 ulps), atol 1e-6 for losses near 0.
+* gradient: computed in fp32 and rounded once to the logits' dtype at the store, so it is off the
+  float64 value by at most one rounding, unit roundoff u = 2**-24 (fp32), 2**-11 (fp16), 2**-8
+  (bf16), plus the fp32 computation error (atol 1e-6; gradient entries are O(1)). Exception: the
+  Triton interpreter (triton 3.9) converts fp32 to bf16 by truncation, not round-to-nearest as the
+  GPU does, so under it a bf16 gradient may be off by a whole bf16 step, 2**-7 relative.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+from labelsmooth.kernels import triton_ce  # noqa: E402
+from labelsmooth.reference import ce_rows  # noqa: E402
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+if not INTERPRETED and not torch.cuda.is_available():
+    pytest.skip("TRITON_INTERPRET is off and there is no CUDA device", allow_module_level=True)
+DEVICE = "cpu" if INTERPRETED else "cuda"
+BF16_STEP = 2.0**-7 if INTERPRETED else 2.0**-8  # truncation vs round-to-nearest, see above
+LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
+GRAD_TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float16: dict(rtol=2.0**-11 + 1e-5, atol=1e-6),
+    torch.bfloat16: dict(rtol=BF16_STEP + 1e-5, atol=1e-6),
+}
+SMALL = dict(block_size=128, iters=2)
+C = 257
+
+
+def reference(logits, target, weight=None, ignore_index=-100, eps=0.0, z=0.0, cap=None):
+    """Row losses and d loss_row / d logits in float64, from the same (rounded) logits the kernel sees."""
+    x = logits.detach().cpu().double().requires_grad_()
+    t = target.cpu().double() if target.is_floating_point() else target.cpu()
+    w = None if weight is None else weight.cpu().double()
+    loss = ce_rows(x, t, w, ignore_index, eps, z, cap)
+    # Rows are independent, so the gradient of the sum is each row's own gradient.
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), grad
+
+
+def run(logits, target, weight=None, ignore_index=-100, eps=0.0, z=0.0, cap=None, **cfg):
+    grad = torch.full_like(logits, float("nan"))  # every element must be written
+    loss = triton_ce.fused_ce(logits, target, weight, ignore_index, eps, z, cap, grad, **cfg)
+    return loss, grad
+
+
+def check(logits, target, weight=None, ignore_index=-100, eps=0.0, z=0.0, cap=None, **cfg):
+    loss, grad = run(logits, target, weight, ignore_index, eps, z, cap, **cfg)
+    ref_loss, ref_grad = reference(logits, target, weight, ignore_index, eps, z, cap)
+    assert loss.dtype == torch.float32 and loss.shape == (logits.shape[0],)
+    assert grad.dtype == logits.dtype
+    torch.testing.assert_close(f64(loss), ref_loss, **LOSS_TOL, equal_nan=True)
+    torch.testing.assert_close(f64(grad), ref_grad, **GRAD_TOL[logits.dtype], equal_nan=True)
+    return f64(loss), f64(grad)
+
+
+def f64(t):
+    return t.detach().cpu().double()
+
+
+def make_problem(kind, rows=6, num_classes=C, dtype=torch.float32, weighted=False, scale=3.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = (scale * torch.randn(rows, num_classes, generator=gen)).to(dtype)
+    if kind == "index":
+        target = torch.randint(0, num_classes, (rows,), generator=gen)
+        target[0] = num_classes - 1  # the lone element of the last, partial block
+        if rows > 2:
+            target[2] = -100  # ignored
+    else:
+        target = torch.softmax(2.0 * torch.randn(rows, num_classes, generator=gen), dim=-1)
+    weight = torch.rand(num_classes, generator=gen) + 0.25 if weighted else None
+    return logits.to(DEVICE), target.to(DEVICE), None if weight is None else weight.to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("eps", [0.0, 0.1, 1.0])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_matches_reference(kind, weighted, eps, dtype):
+    logits, target, weight = make_problem(kind, dtype=dtype, weighted=weighted)
+    check(logits, target, weight, eps=eps, **SMALL)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_z_loss_and_softcap(kind, weighted, eps):
+    # scale 6 with softcap 5: |x / s| covers both branches of the kernel's tanh (below and above 0.4).
+    logits, target, weight = make_problem(kind, weighted=weighted, scale=6.0, seed=1)
+    check(logits, target, weight, eps=eps, z=1e-2, cap=5.0, **SMALL)
+
+
+def test_softcap_bf16():
+    logits, target, weight = make_problem("index", dtype=torch.bfloat16, weighted=True, scale=6.0, seed=2)
+    check(logits, target, weight, eps=0.1, z=1e-3, cap=5.0, **SMALL)
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_few_classes(kind, num_classes):
+    logits, target, weight = make_problem(kind, rows=4, num_classes=num_classes, weighted=True)
+    if kind == "index":
+        target[2] = -100
+    for eps in (0.0, 0.1):
+        check(logits, target, None, eps=eps)  # default launch configuration
+        check(logits, target, weight, eps=eps, z=1e-2, block_size=2, iters=1)  # several blocks
+
+
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_rows_of_whole_blocks(kind):
+    # C a multiple of the block: only unmasked blocks, no masked last one.
+    logits, target, weight = make_problem(kind, num_classes=256, weighted=True)
+    check(logits, target, weight, eps=0.1, z=1e-2, **SMALL)
+    check(logits, target, None, eps=0.1, block_size=64, iters=4)
+
+
+def test_ignore_index_non_default():
+    logits, target, weight = make_problem("index", weighted=True)
+    # Class 3 is a real class, ignored only through ignore_index; -100 is now out of range, so row 2
+    # gets an ordinary class instead.
+    target[1] = 3
+    target[4] = 3
+    target[2] = 0
+    loss, grad = check(logits, target, weight, ignore_index=3, eps=0.1, z=1e-2, **SMALL)
+    assert loss[1] == 0 and loss[4] == 0
+    assert (grad[1] == 0).all() and (grad[4] == 0).all()
+    assert (loss[[0, 2, 3, 5]] > 0).all()
+
+
+def test_all_rows_ignored():
+    # NaN logits prove that ignored rows are never read: loss and gradient are exact zeros.
+    logits = torch.full((5, C), float("nan"), device=DEVICE)
+    target = torch.full((5,), -100, device=DEVICE)
+    loss, grad = run(logits, target, torch.rand(C, device=DEVICE), -100, 0.1, 1e-2, 5.0, **SMALL)
+    assert torch.equal(f64(loss), torch.zeros(5, dtype=torch.float64))
+    assert torch.equal(f64(grad), torch.zeros(5, C, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_stride_larger_than_num_classes(dtype):
+    logits, target, weight = make_problem("index", dtype=dtype, weighted=True)
+    wide = torch.full((6, C + 37), 1e4, dtype=dtype, device=DEVICE)  # poison beyond column C
+    wide[:, :C] = logits
+    view = wide[:, :C]
+    grad_wide = torch.full((6, C + 11), -7.0, dtype=dtype, device=DEVICE)
+    grad_view = grad_wide[:, :C]
+    loss = triton_ce.fused_ce(view, target, weight, -100, 0.1, 1e-2, None, grad_view, **SMALL)
+    ref_loss, ref_grad = reference(logits, target, weight, -100, 0.1, 1e-2)
+    torch.testing.assert_close(f64(loss), ref_loss, **LOSS_TOL)
+    torch.testing.assert_close(f64(grad_view), ref_grad, **GRAD_TOL[dtype])
+    assert (grad_wide[:, C:] == -7.0).all()  # nothing written past the row
+
+
+def test_probability_target_strided():
+    logits, target, weight = make_problem("prob", weighted=True)
+    target_t = target.t().contiguous().t()  # same values, stride(1) != 1
+    assert target_t.stride(1) != 1
+    check(logits, target_t, weight, eps=0.1, **SMALL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_inplace_matches_separate_buffer(kind, dtype):
+    logits, target, weight = make_problem(kind, dtype=dtype, weighted=True)
+    loss, grad = run(logits, target, weight, -100, 0.1, 1e-2, 5.0, **SMALL)
+    buf = logits.clone()
+    loss_inplace = triton_ce.fused_ce(buf, target, weight, -100, 0.1, 1e-2, 5.0, buf, **SMALL)
+    assert torch.equal(loss_inplace, loss)
+    assert torch.equal(buf, grad)
+    ref_loss, ref_grad = reference(logits, target, weight, -100, 0.1, 1e-2, 5.0)
+    torch.testing.assert_close(f64(buf), ref_grad, **GRAD_TOL[dtype])
+
+
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_forward_only(kind):
+    logits, target, weight = make_problem(kind, weighted=True)
+    before = logits.clone()
+    loss = triton_ce.fused_ce(logits, target, weight, -100, 0.1, 1e-2, 5.0, None, **SMALL)
+    loss_with_grad, _ = run(logits, target, weight, -100, 0.1, 1e-2, 5.0, **SMALL)
+    assert torch.equal(loss, loss_with_grad)
+    assert torch.equal(logits, before)
+
+
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_grad_scale(kind):
+    # A 0-d tensor on the device multiplies the written gradient (the loss is unscaled); ignored
+    # rows stay exactly 0. The product is rounded once, so the fp32 tolerance still holds.
+    logits, target, weight = make_problem(kind, weighted=True)
+    scale = torch.tensor(0.37, device=DEVICE)
+    grad = torch.full_like(logits, float("nan"))
+    loss = triton_ce.fused_ce(logits, target, weight, -100, 0.1, 1e-2, 5.0, grad, grad_scale=scale, **SMALL)
+    ref_loss, ref_grad = reference(logits, target, weight, -100, 0.1, 1e-2, 5.0)
+    torch.testing.assert_close(f64(loss), ref_loss, **LOSS_TOL)
+    torch.testing.assert_close(f64(grad), 0.37 * ref_grad, **GRAD_TOL[torch.float32])
+    if kind == "index":
+        assert (f64(grad[2]) == 0).all()
+    # Forward only: grad_scale has nothing to scale and is ignored.
+    assert torch.equal(triton_ce.fused_ce(logits, target, weight, -100, 0.1, 1e-2, 5.0, None,
+                                          grad_scale=scale, **SMALL), loss)
+
+
+def test_large_logits_confident_rows_fp32():
+    # |x| ~ 1e4, where one fp32 step is 1e-3: computing -log p as lse - x would leave nothing of
+    # these losses. Rows 0 and 1 are confident (losses ~1.6e-3 and ~5e-7, and log(S) instead of
+    # log1p(S - 1) would miss them by 4e-5 and 10% relative); row 2 is not; row 3 has a two-way tie.
+    gen = torch.Generator().manual_seed(3)
+    logits = 1e4 + 0.01 * torch.randn(4, C, generator=gen)
+    logits[0, 5] = 1e4 + 12
+    logits[1, 256] = 1e4 + 20
+    logits[2, 7] = 1e4 + 1
+    logits[3, 9] = logits[3, 200] = 1e4 + 15
+    logits, target = logits.to(DEVICE), torch.tensor([5, 256, 7, 9], device=DEVICE)
+    loss, grad = run(logits, target, **SMALL)
+    ref_loss, ref_grad = reference(logits, target)
+    assert ref_loss[1] < 1e-6
+    torch.testing.assert_close(f64(loss), ref_loss, rtol=1e-5, atol=0)
+    # Also p_y - 1 of the confident rows (-1.6e-3, -5e-7) to fp32 relative accuracy.
+    torch.testing.assert_close(f64(grad), ref_grad, rtol=1e-5, atol=1e-12)
+    for eps in (0.1, 1.0):
+        check(logits, target, eps=eps, **SMALL)
+
+
+def test_bf16_confident_row_target_gradient():
+    # p_target = 0.9999 with eps = 0: the target's gradient p_y - 1 ~ -1e-4 must survive, right to
+    # bf16 rounding, which needs it computed in fp32 (bf16 p_y would round to exactly 1).
+    logits = torch.zeros(2, C)
+    logits[0, 100] = math.log(0.9999 * (C - 1) / 1e-4)
+    logits[1, 256] = math.log(0.9999 * (C - 1) / 1e-4)
+    logits = logits.to(device=DEVICE, dtype=torch.bfloat16)
+    target = torch.tensor([100, 256], device=DEVICE)
+    loss, grad = check(logits, target, **SMALL)
+    ref_loss, ref_grad = reference(logits, target)
+    assert -2e-4 < ref_grad[0, 100] < -5e-5
+    assert abs(grad[0, 100] - ref_grad[0, 100]) <= BF16_STEP * abs(ref_grad[0, 100])
+    assert abs(grad[1, 256] - ref_grad[1, 256]) <= BF16_STEP * abs(ref_grad[1, 256])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, under the interpreter, on NaN/inf math
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_nan_and_inf_rows(kind):
+    logits, target, weight = make_problem(kind, weighted=True)
+    logits[1, 17] = float("nan")
+    logits[3, 200] = float("inf")
+    logits[4, 30:100] = float("-inf")  # finite max: an ordinary row with some zero probabilities
+    logits[5] = float("-inf")  # no finite max: NaN, as in the reference
+    for eps in (0.0, 0.1):
+        loss, grad = check(logits, target, None, eps=eps, **SMALL)
+        assert loss[[1, 3, 5]].isnan().all() and grad[[1, 3, 5]].isnan().all()
+        assert loss[0].isfinite() and grad[[0, 4]].isfinite().all()
+        # Row 4 has probability 0 on classes that smoothing (or a soft target) gives mass: inf loss.
+        assert loss[4].isfinite() if kind == "index" and eps == 0 else loss[4] == float("inf")
+    # Under a softcap +inf becomes the finite cap and -inf its negative; NaN stays NaN.
+    loss, grad = check(logits, target, weight, eps=0.1, cap=5.0, **SMALL)
+    assert loss[[0, 3, 4, 5]].isfinite().all() and loss[1].isnan()
+
+
+def test_default_launch_configuration():
+    # GPU defaults: 16 warps, 16-byte vectors, eight tile rows per iteration (four with weights or
+    # probability targets), fewer for short rows.
+    assert triton_ce._launch_config(128256, 2, False, None, None, None) == (8, 4096, 16)
+    assert triton_ce._launch_config(128256, 4, False, None, None, None) == (8, 2048, 16)
+    assert triton_ce._launch_config(128256, 2, True, None, None, None) == (4, 4096, 16)
+    assert triton_ce._launch_config(32000, 2, False, None, None, None) == (8, 4096, 16)
+    assert triton_ce._launch_config(1000, 2, False, None, None, None) == (1, 1024, 4)
+    assert triton_ce._launch_config(3, 4, False, None, None, None) == (1, 4, 1)
+    with pytest.raises(ValueError):
+        triton_ce._launch_config(257, 4, False, 96, None, None)
+
+
+def test_default_configuration_runs():
+    logits, target, weight = make_problem("index", weighted=True)
+    check(logits, target, weight, eps=0.1)
+
+
+def test_float64_and_bad_shapes_raise():
+    logits = torch.randn(3, 5, dtype=torch.float64, device=DEVICE)
+    target = torch.zeros(3, dtype=torch.long, device=DEVICE)
+    with pytest.raises(TypeError, match="float64"):
+        triton_ce.fused_ce(logits, target, None, -100, 0.0, 0.0, None, None)
+    with pytest.raises(ValueError, match="contiguous"):
+        triton_ce.fused_ce(torch.randn(5, 3, device=DEVICE).t(), target, None, -100, 0.0, 0.0, None, None)
+    with pytest.raises(ValueError, match="shape"):
+        triton_ce.fused_ce(logits.float(), target[:2], None, -100, 0.0, 0.0, None, None)
+
+
+def test_no_rows():
+    target = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    loss = triton_ce.fused_ce(torch.randn(0, 7, device=DEVICE), target, None, -100, 0.1, 0.0, None,
+                              torch.empty(0, 7, device=DEVICE))
+    assert loss.shape == (0,) and loss.dtype == torch.float32
+
+
+def test_is_available():
+    assert triton_ce.is_available()
