@@ -16,15 +16,19 @@ import torch
 REDUCTIONS = ("none", "mean", "sum")
 
 
+def check_unit_interval(value: object, name: str) -> float:
+    """Return ``value`` as a float, or raise naming ``name`` if it is not a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {value!r} of type {type(value).__name__}")
+    result = float(value)
+    if math.isnan(result) or not 0.0 <= result <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {result!r}")
+    return result
+
+
 def check_label_smoothing(label_smoothing: object, name: str = "label_smoothing") -> float:
     """Return ``label_smoothing`` as a float, or raise if it is not a number in [0, 1]."""
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
-        raise TypeError(f"{name} must be a real number in [0, 1], got {label_smoothing!r} "
-                        f"of type {type(label_smoothing).__name__}")
-    value = float(label_smoothing)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return value
+    return check_unit_interval(label_smoothing, name)
 
 
 def check_nonnegative_float(value: object, name: str) -> float:
@@ -55,11 +59,12 @@ def check_reduction(reduction: object) -> str:
     return reduction  # type: ignore[return-value]
 
 
-def check_num_classes(num_classes: object) -> int:
+def check_num_classes(num_classes: object, minimum: int = 1, reason: str = "") -> int:
+    """Return ``num_classes`` as an int >= ``minimum``; ``reason`` explains the bound in the error."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-        raise TypeError(f"num_classes must be an int, got {num_classes!r}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        raise TypeError(f"num_classes must be an integer >= {minimum}, got {num_classes!r}")
+    if num_classes < minimum:
+        raise ValueError(f"num_classes must be >= {minimum}{reason}, got {num_classes!r}")
     return int(num_classes)
 
 

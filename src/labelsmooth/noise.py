@@ -20,7 +20,6 @@ the even integer).
 
 from __future__ import annotations
 
-import math
 import numbers
 from types import MappingProxyType
 from typing import Mapping, TypeVar
@@ -28,6 +27,8 @@ from typing import Mapping, TypeVar
 import numpy as np
 import torch
 from torch import Tensor
+
+from labelsmooth import _validate as V
 
 __all__ = [
     "CIFAR10_ASYMMETRIC",
@@ -75,20 +76,11 @@ def _restore(result: Tensor, like: Tensor | np.ndarray) -> Tensor | np.ndarray:
 
 
 def _check_rate(rate: object) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
-        raise TypeError(f"rate must be a real number in [0, 1], got {rate!r}")
-    value = float(rate)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"rate must be in [0, 1], got {rate!r}")
-    return value
+    return V.check_unit_interval(rate, "rate")
 
 
 def _check_num_classes(num_classes: object) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-        raise TypeError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2 (a label needs another class to flip to), got {num_classes!r}")
-    return int(num_classes)
+    return V.check_num_classes(num_classes, 2, " (a label needs another class to flip to)")
 
 
 def _check_range(y: Tensor, num_classes: int, name: str = "labels") -> None:
