@@ -221,3 +221,113 @@ def test_torch_compile_on_cpu(compile_backend):
     want.backward()
     torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(x.grad, want_x.grad, rtol=1e-5, atol=1e-6)
+
+
+# ---- what a user swapping in labelsmooth runs into ---------------------------------------------------
+
+@pytest.mark.parametrize("backend", ALL)
+def test_uint8_targets_do_not_wrap_the_ignore_index(backend):
+    # In uint8, -100 would equal 156: the row must count, as in torch.
+    x = torch.randn(4, 200)
+    t = torch.tensor([156, 3, 5, 170], dtype=torch.uint8)
+    torch.testing.assert_close(ls.cross_entropy(x, t, reduction="none", backend=backend),
+                               F.cross_entropy(x, t.long(), reduction="none"))
+    with pytest.raises(IndexError, match="156"):
+        ls.cross_entropy(torch.randn(3, 10), torch.tensor([156, 3, 5], dtype=torch.uint8), backend=backend)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_double_backward_is_a_clear_error_not_a_wrong_number(backend):
+    inp = torch.randn(4, 3, requires_grad=True)
+    w = torch.randn(3, 5, requires_grad=True)
+    loss = ls.cross_entropy(inp @ w, torch.tensor([0, 1, 2, 3]), backend=backend)
+    with pytest.raises(RuntimeError, match="backend=.reference."):
+        torch.autograd.grad(loss, inp, create_graph=True)
+
+
+def test_double_backward_through_the_reference_matches_torch():
+    inp = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3])
+    grads_w = []
+    for f in (F.cross_entropy, lambda a, b: ls.cross_entropy(a, b, backend="reference")):
+        w = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        (g,) = torch.autograd.grad(f(inp @ w, y), inp, create_graph=True)
+        g.pow(2).sum().backward()
+        grads_w.append(w.grad)
+    torch.testing.assert_close(grads_w[0], grads_w[1])
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_cpu_autocast_follows_torch_float32_policy(backend):
+    x = torch.randn(64, 10) * 4
+    y = torch.randint(0, 10, (64,))
+    w = torch.rand(10) + 0.5
+    want = F.cross_entropy(x.double(), y, w.double(), label_smoothing=0.1)
+    lin = torch.nn.Linear(10, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ls.cross_entropy(x, y, w, label_smoothing=0.1, backend=backend)
+        h = lin(x)
+        assert h.dtype == torch.bfloat16
+        out = ls.cross_entropy(h, y, backend=backend)
+        ref = F.cross_entropy(h, y)
+    assert abs(got.item() - want.item()) < 1e-5
+    assert out.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(out, ref)
+
+
+def test_torch_func_grad_and_vmap_use_the_reference():
+    x = torch.randn(4, 6, dtype=torch.float64)
+    y = torch.tensor([0, 5, 2, 1])
+    got = torch.func.grad(lambda v: ls.cross_entropy(v, y, label_smoothing=0.1))(x)
+    want = torch.func.grad(lambda v: F.cross_entropy(v, y, label_smoothing=0.1))(x)
+    torch.testing.assert_close(got, want)
+    per = torch.func.vmap(lambda xi, yi: ls.cross_entropy(xi, yi, label_smoothing=0.1))(x, y)
+    torch.testing.assert_close(per, F.cross_entropy(x, y, reduction="none", label_smoothing=0.1))
+    with pytest.raises(ValueError, match="torch.func"):
+        torch.func.grad(lambda v: ls.cross_entropy(v, y, backend="chunked"))(x)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_mean_with_all_zero_weights_is_nan_like_torch(backend):
+    x = torch.randn(3, 5, requires_grad=True)
+    y = torch.tensor([0, 1, 2])
+    loss = ls.cross_entropy(x, y, weight=torch.zeros(5), backend=backend)
+    loss.backward()
+    xr = x.detach().clone().requires_grad_(True)
+    F.cross_entropy(xr, y, weight=torch.zeros(5)).backward()
+    assert torch.isnan(loss)
+    assert torch.isnan(x.grad).all() and torch.isnan(xr.grad).all()
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_no_grad_computes_no_gradient_and_consumes_nothing(backend):
+    x = torch.randn(4, 7, requires_grad=True)
+    before = x.detach().clone()
+    with torch.no_grad():
+        loss = ls.cross_entropy(x, torch.tensor([0, 1, 2, 3]), backend=backend, inplace=True)
+    assert torch.equal(x.detach(), before)
+    torch.testing.assert_close(loss, F.cross_entropy(before, torch.tensor([0, 1, 2, 3])))
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_inplace_on_expanded_logits_falls_back_to_a_buffer(backend):
+    row = torch.randn(1, 6, requires_grad=True)
+    x = row.expand(4, 6)
+    y = torch.tensor([0, 1, 2, 3])
+    ls.cross_entropy(x, y, backend=backend, inplace=True, label_smoothing=0.1).backward()
+    r2 = row.detach().clone().requires_grad_(True)
+    F.cross_entropy(r2.expand(4, 6), y, label_smoothing=0.1).backward()
+    torch.testing.assert_close(row.grad, r2.grad)
+
+
+def test_argument_types_read_like_torch():
+    import numpy as np
+    x = torch.randn(4, 10)
+    y = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        ls.cross_entropy(x, y, weight=[1.0] * 10)
+    torch.testing.assert_close(ls.cross_entropy(x, y, ignore_index=np.int64(-100)), F.cross_entropy(x, y))
+    with pytest.raises(TypeError, match="inplace"):
+        ls.CrossEntropyLoss(inplace="yes")
+    with pytest.raises(TypeError, match="dtype must be a floating-point"):
+        ls.smooth_labels(torch.tensor([0]), 3, 0.3, dtype=torch.long)

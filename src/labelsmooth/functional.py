@@ -53,15 +53,16 @@ class _FusedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, kernel, reduction):
+    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, kernel, reduction, want_grad):
         grad = grad_scale = None
         cdt = reference.compute_dtype(x2.dtype)
         denom = _mean_denominator(t2, weight, ignore_index, cdt) if reduction == "mean" else None
-        if ctx.needs_input_grad[0]:
+        if want_grad and ctx.needs_input_grad[0]:
             grad = x2 if inplace else empty_for_grad(x2)
             if denom is not None:
-                # With every row ignored torch's mean is 0/0 = NaN but its gradient is 0, not NaN.
-                grad_scale = torch.where(denom != 0, 1.0 / denom, torch.zeros_like(denom))
+                # With every row ignored this is 1/0, but the kernels set ignored rows to 0 outright,
+                # so the gradient is 0 there (as torch's) and NaN only where torch's is (zero weights).
+                grad_scale = 1.0 / denom
         rows = kernel(x2, t2, weight, ignore_index, eps, z_loss, softcap, grad, grad_scale=grad_scale)
         ctx.grad = grad
         ctx.reduction = reduction
@@ -73,6 +74,12 @@ class _FusedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        # Backward runs with grad enabled only for create_graph=True. The fused gradient is a constant
+        # buffer: differentiating it again would silently drop the softmax Hessian.
+        if torch.is_grad_enabled():
+            raise RuntimeError("the fused cross-entropy backends give a gradient that cannot be differentiated "
+                               "again (create_graph=True, gradient penalties, double backward); use "
+                               "backend='reference'")
         grad = ctx.grad
         if grad is None:
             raise RuntimeError("the fused cross-entropy gradient was already consumed: backward through it "
@@ -86,7 +93,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
         elif (grad_out.device.type != "cpu" or torch.compiler.is_compiling()
               or grad_out.item() != 1.0):  # reading a CPU scalar costs no device synchronisation
             grad.mul_(grad_out)
-        return grad, None, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None, None
 
 
 def _fused(kernel_loader: Callable[[], Callable[..., Tensor]], name: str):
@@ -99,8 +106,12 @@ def _fused(kernel_loader: Callable[[], Callable[..., Tensor]], name: str):
                              "use backend='reference' (or detach the target)")
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
+        if inplace and x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]:
+            inplace = False  # rows share memory (an expanded tensor): the gradient needs its own buffer
+        # Under no_grad nothing will call backward: compute no gradient (and consume no logits).
+        want_grad = torch.is_grad_enabled() and x2.requires_grad
         return _FusedCrossEntropy.apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace,
-                                        kernel_loader(), reduction)
+                                        kernel_loader(), reduction, want_grad)
     return run
 
 
@@ -134,9 +145,15 @@ def _triton_usable(device: torch.device) -> bool:
     return True
 
 
-def _resolve_backend(backend: object, x: Tensor, target: Tensor, weight: Tensor | None) -> str:
+def _resolve_backend(backend: object, x: Tensor, target: Tensor, weight: Tensor | None,
+                     functorch: bool = False) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if functorch and backend not in ("auto", "reference"):
+        raise ValueError(f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad); "
+                         "use backend='reference' or 'auto'")
+    if functorch:
+        return "reference"
     if backend != "auto":
         if backend == "triton" and not _triton_usable(x.device):
             raise ValueError(f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
@@ -155,7 +172,8 @@ def _legacy_reduction(size_average, reduce, reduction: str) -> str:
     return reduction
 
 
-def _as_rows(input: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor, tuple[int, ...], bool]:
+def _as_rows(input: Tensor, target: Tensor, ignore_index: int,
+             check_values: bool = True) -> tuple[Tensor, Tensor, tuple[int, ...], bool]:
     """Validate shapes and flatten to (M, C) logits and (M,) or (M, C) targets.
 
     Returns the flattened logits, the flattened target, the batch shape of a ``reduction="none"``
@@ -181,7 +199,10 @@ def _as_rows(input: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, 
         if tuple(target.shape) != batch_shape:
             raise ValueError(f"target of class indices must have shape {batch_shape} for input of shape "
                              f"{tuple(input.shape)}, got {tuple(target.shape)}")
-        V.check_class_indices(target, num_classes, ignore_index)
+        # int64 before any comparison: in uint8 the default ignore_index -100 would equal class 156.
+        target = target.long()
+        if check_values:
+            V.check_class_indices(target, num_classes, ignore_index)
         probs = False
     if input.dim() == 1:
         x2 = input.unsqueeze(0)
@@ -248,20 +269,35 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     reduction = V.check_reduction(_legacy_reduction(size_average, reduce, reduction))
     z_loss = V.check_nonnegative_float(z_loss, "z_loss")
     softcap = V.check_softcap(softcap)
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
-    if not isinstance(inplace, bool):
-        raise TypeError(f"inplace must be a bool, got {inplace!r}")
-    x2, t2, batch_shape, probs = _as_rows(input, target, ignore_index)
-    name = _resolve_backend(backend, input, target, weight)
-    V.check_weight(weight, x2.shape[-1])
+    ignore_index = V.check_index(ignore_index, "ignore_index")
+    inplace = V.check_bool(inplace, "inplace")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if input.dim() > 0:
+        V.check_weight(weight, input.shape[0 if input.dim() == 1 else 1])
     if weight is not None and weight.device != input.device:
         raise ValueError(f"weight is on {weight.device} but input is on {input.device}")
+    functorch = _under_functorch(input, target)
+    if torch.is_autocast_enabled(input.device.type) and input.dtype in (torch.float16, torch.bfloat16):
+        input = input.float()  # torch's autocast policy runs cross-entropy in float32
+    x2, t2, batch_shape, probs = _as_rows(input, target, ignore_index, check_values=not functorch)
+    name = _resolve_backend(backend, input, target, weight, functorch)
 
-    out = _BACKENDS[name](x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction)
+    # Inside autocast, matmuls and reductions of the kernels would silently run in half precision.
+    with torch.autocast(input.device.type, enabled=False):
+        out = _BACKENDS[name](x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction)
     if reduction == "none":
         out = out.reshape(batch_shape)
     return out.to(input.dtype)
+
+
+def _under_functorch(*tensors: Tensor) -> bool:
+    """True inside torch.func transforms (vmap, grad, ...), where only the reference can run."""
+    try:
+        wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    except AttributeError:  # pragma: no cover - private API moved
+        return False
+    return any(wrapped(t) for t in tensors)
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,

@@ -29,14 +29,15 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
                  backend: str = "auto", z_loss: float = 0.0, softcap: float | None = None,
                  inplace: bool = False) -> None:
         label_smoothing = V.check_label_smoothing(label_smoothing)
-        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        super().__init__(weight, size_average, V.check_index(ignore_index, "ignore_index"), reduce, reduction,
+                         label_smoothing)
         V.check_reduction(self.reduction)
         if backend not in LF.BACKENDS:
             raise ValueError(f"backend must be one of {LF.BACKENDS}, got {backend!r}")
         self.backend = backend
         self.z_loss = V.check_nonnegative_float(z_loss, "z_loss")
         self.softcap = V.check_softcap(softcap)
-        self.inplace = inplace
+        self.inplace = V.check_bool(inplace, "inplace")
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return LF.cross_entropy(input, target, self.weight, ignore_index=self.ignore_index,

@@ -52,6 +52,8 @@ def smooth_labels(target: torch.Tensor, num_classes: int, label_smoothing: float
     eps = V.check_label_smoothing(label_smoothing)
     V.check_class_indices(target, num_classes, ignore_index=None)
     dtype = dtype or torch.get_default_dtype()
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype (probabilities), got {dtype}")
     out = torch.full((*target.shape, num_classes), eps / num_classes, dtype=dtype, device=target.device)
     out.scatter_(-1, target.long().unsqueeze(-1), 1.0 - eps + eps / num_classes)
     return out
