@@ -4,7 +4,7 @@ against and every benchmark compares with.
 Nothing here calls ``F.cross_entropy``/``F.nll_loss``/``F.log_softmax``. Every quantity is kept relative
 to the row maximum m, as torch's own kernels do::
 
-    -log p_c = (m - x_c) + log sum_j exp(x_j - m)
+    -log p_c = (m - x_c) + log sum_j exp(x_j - m),  log sum_j exp(x_j - m) = log1p(sum_{j != argmax} exp(x_j - m))
 
 The shortcut ``lse - x_c`` with ``lse = m + log sum`` cancels catastrophically in float32 once logits
 are large (at |x| ~ 120 one float32 step is 7.6e-6, more than a confident row's whole loss).
@@ -61,7 +61,15 @@ def ce_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     # The row max is a constant shift: detaching it keeps the gradient exactly softmax - q.
     m = x.detach().amax(dim=-1, keepdim=True)
     z = x - m
-    log_s = torch.log(torch.exp(z).sum(dim=-1, keepdim=True))
+    # log S = log1p(S - 1) with S - 1 summed without one max element (whose exp is exactly 1): float32
+    # S itself keeps a confident row's S - 1 (about its loss) only to half an ulp of 1.
+    # The max element's exp is 1 in value; it stays in the graph as (e_max - e_max.detach()), zero in
+    # value, so that autograd still sees S's dependence on it.
+    e = torch.exp(z)
+    top = x.detach().argmax(dim=-1, keepdim=True)
+    e_top = e.gather(-1, top)
+    rest = e.scatter(-1, top, 0.0).sum(dim=-1, keepdim=True) + (e_top - e_top.detach())
+    log_s = torch.log1p(rest)
     nlp = log_s - z  # -log p, computed relative to the max
     w = None if weight is None else weight.to(device=x.device, dtype=cdt)
     eps = float(label_smoothing)

@@ -11,7 +11,9 @@ Per row, with z = x - m (m the row max), S = sum exp(z), log p_c = z_c - log S:
 
 * loss (index target y)  = (1-eps) w_y (log S - z_y) + (eps/C) (W log S - sum_c w_c z_c) + zl * lse^2
 * loss (probabilities t) = sum_c w_c t'_c (log S - z_c) + zl * lse^2,  t' = (1-eps) t + eps/C
-* gradient = p * (A + 2 zl lse) - w * q,  A = sum_c w_c q_c
+* gradient = p * (A + 2 zl lse) - w * q,  A = sum_c w_c q_c; the target column is rewritten from
+  p_y - 1 = (expm1(z_y) - (S - 1)) / S, and S - 1 of a confident row is summed without its max element,
+  so that a confident row keeps its small loss and target gradient to float32 accuracy.
 
 Every sum is taken of z <= 0 after the max is subtracted, so nothing cancels (``m W - sum w x`` would,
 once the logits are large and close together). The contract is in ``labelsmooth.kernels``; the formulas
@@ -33,6 +35,24 @@ _LOG2E = 1.4426950408889634
 
 def default_block_rows(num_classes: int) -> int:
     return max(1, BLOCK_BYTES // (4 * max(1, num_classes)))
+
+
+# Rows whose S - 1 is below this are confident enough for float32's S - 1 to lose accuracy
+# (relative error up to 6e-8 / (S - 1)); they get S - 1 summed again without the max element.
+_CONFIDENT = 2.0 ** -4
+
+
+def _refine_confident_rows(expz: Tensor, s_rest: Tensor) -> None:
+    """Replace ``s_rest`` (S - 1) of confident rows by the exact sum of all but one max element.
+
+    ``expz`` holds exp(x - max) (the max elements are exactly 1). CPU only: selecting rows reads values.
+    """
+    rows = (s_rest < _CONFIDENT).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return
+    sub = expz.index_select(0, rows)
+    sub.scatter_(1, sub.argmax(dim=1, keepdim=True), 0.0)
+    s_rest.index_copy_(0, rows, sub.sum(dim=1))
 
 
 @torch.no_grad()
@@ -97,8 +117,13 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
             buf.mul_(_LOG2E).exp2_()
         else:
             buf.exp_()
-        sum_exp = buf.sum(dim=1)
-        log_s = sum_exp.log()
+        # S - 1 rather than S: the max element contributes exactly 1, and a confident row's loss is about
+        # S - 1, which float32 S = 1 + (S - 1) keeps only to half an ulp of 1 (6e-8).
+        s_rest = buf.sum(dim=1) - 1.0
+        if device.type == "cpu":
+            _refine_confident_rows(buf, s_rest)
+        sum_exp = s_rest + 1.0
+        log_s = torch.log1p(s_rest)
 
         if probs:
             row_loss = (1.0 - eps) * (t_sum * log_s - t_dot_z)
@@ -137,10 +162,15 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
         if probs:
             buf.sub_(tw if gs is None else tw * gs, alpha=1.0 - eps)
         else:
-            # The target-class term is applied in float32/64 before any rounding to the output dtype,
-            # so a confident bf16 row keeps its tiny p_y - 1.
-            target_term = -(1.0 - eps) * w_y if gs is None else -(1.0 - eps) * w_y * gs
-            buf.scatter_add_(1, safe.unsqueeze(1), target_term.unsqueeze(1))
+            # The target column is rewritten from p_y - 1 = (expm1(z_y) - (S - 1)) / S, which has no
+            # cancellation, in float32/64 before any rounding: a confident row (p_y = 0.9999 or closer
+            # to 1) keeps its tiny target gradient, in bf16 too.
+            hard = (1.0 - eps) * w_y
+            grad_y = (hard * (torch.expm1(z_y) - s_rest) + (coeff - hard) * torch.exp(z_y)) / sum_exp
+            grad_y = grad_y - smooth * w_y
+            if gs is not None:
+                grad_y = grad_y * gs
+            buf.scatter_(1, safe.unsqueeze(1), grad_y.unsqueeze(1))
             # Ignored rows get exactly 0 (set, not multiplied: their logits may be NaN/Inf). On CPU only
             # those rows are touched; elsewhere a mask avoids a host-device synchronisation.
             if device.type == "cpu":
