@@ -1,0 +1,307 @@
+"""The ``labelsmooth`` command line: ``labelsmooth study`` (the main job) and ``labelsmooth bench``.
+
+``python -m labelsmooth`` is the same program. Bad arguments are argparse errors (exit code 2) whose
+message names the option and the value; nothing here prints a traceback for a user mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+__all__ = ["build_parser", "main"]
+
+#: Defaults of the full grid; ``--quick`` replaces the ones in QUICK. Epochs are per dataset ("*": any
+#: other): an epoch of digits is a third of an epoch of MNIST-1D, and the small sets need more epochs
+#: before a 2x256 MLP has fitted (and, with noisy labels, memorised) its training set. The values keep
+#: the default grid within ~5 minutes on 2 CPU cores (docs/study.md).
+DEFAULTS = {
+    "datasets": ["digits", "mnist1d", "breast_cancer"],
+    "methods": ["ce", "ls", "ts"],
+    "eps": [0.0, 0.05, 0.1, 0.2],
+    "noise": [0.0, 0.2, 0.4],
+    "seeds": 3,
+    "epochs": {"digits": 80, "mnist1d": 35, "breast_cancer": 80, "*": 30},
+}
+QUICK = {"eps": [0.0, 0.1], "noise": [0.0, 0.4], "seeds": 1,
+         "epochs": {"digits": 20, "mnist1d": 10, "breast_cancer": 20, "*": 5}}
+
+
+def _epochs_text(table: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" if k != "*" else f"others={v}" for k, v in table.items())
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _float_list(low: float, high: float, what: str) -> Callable[[str], list[float]]:
+    def parse(text: str) -> list[float]:
+        values = []
+        for item in text.split(","):
+            item = item.strip()
+            try:
+                v = float(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{item!r} is not a number (expected a comma-separated list of "
+                                                 f"{what} in [{low:g}, {high:g}))") from None
+            if math.isnan(v) or not low <= v < high:
+                raise argparse.ArgumentTypeError(f"{what} {item} is outside [{low:g}, {high:g})")
+            values.append(v)
+        if not values:
+            raise argparse.ArgumentTypeError("empty list")
+        return sorted(dict.fromkeys(values))
+
+    parse.__name__ = f"list of {what}"
+    return parse
+
+
+def _name_list(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``labelsmooth`` command (``study`` and ``bench`` subcommands).
+
+    Returns:
+        The ``argparse.ArgumentParser``.
+    """
+    from labelsmooth.study.data import BUILTIN
+    from labelsmooth.study.methods import METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="labelsmooth",
+        description="Label smoothing for PyTorch: measure whether smoothing helps (study) and time the losses (bench).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{study,bench}")
+    sub.required = True
+
+    method_help = "; ".join(f"{m.name}: {m.label}" for m in METHODS.values())
+    study = sub.add_parser(
+        "study",
+        help="train small models with and without label smoothing and report the four claims",
+        description=(
+            "Train small models with and without label smoothing on real datasets (shipped with installed "
+            "packages or generated locally: nothing is downloaded) and measure the four claims made for "
+            "smoothing: robustness to noisy labels, less overfitting, better calibration, less effect in binary "
+            "classification. Writes results.json (after every run; re-running into the same --out resumes), "
+            "report.html and summary.md."
+        ),
+    )
+    study.add_argument("--datasets", type=_name_list, default=None, metavar="A,B",
+                       help=f"datasets: {', '.join(BUILTIN)} (cifar10 needs --data-dir), or npz:PATH. "
+                            f"Default: {','.join(DEFAULTS['datasets'])}, plus what --data-dir holds")
+    study.add_argument("--methods", type=_name_list, default=DEFAULTS["methods"], metavar="M,N",
+                       help=f"methods ({method_help}). Default: {','.join(DEFAULTS['methods'])}")
+    study.add_argument("--eps", type=_float_list(0.0, 1.0, "label smoothing"), default=None, metavar="E,F",
+                       help=f"label-smoothing grid in [0, 1); ce uses 0, ls the non-zero values. "
+                            f"Default {','.join(map(str, DEFAULTS['eps']))} "
+                            f"(quick: {','.join(map(str, QUICK['eps']))})")
+    study.add_argument("--noise", type=_float_list(0.0, 1.0, "noise rate"), default=None, metavar="R,S",
+                       help=f"fractions of training labels flipped, in [0, 1). Default "
+                            f"{','.join(map(str, DEFAULTS['noise']))} (quick: {','.join(map(str, QUICK['noise']))})")
+    study.add_argument("--noise-kind", choices=["symmetric", "pairflip"], default="symmetric",
+                       help="symmetric (default): to a uniformly drawn other class; pairflip: c -> c+1 mod K")
+    study.add_argument("--seeds", type=_int_at_least(1), default=None, metavar="N",
+                       help=f"number of seeds (split, noise, init, batch order). Default {DEFAULTS['seeds']} "
+                            f"(quick: {QUICK['seeds']})")
+    study.add_argument("--epochs", type=_int_at_least(1), default=None, metavar="N",
+                       help=f"training epochs for every dataset, no early stopping. Default per dataset: "
+                            f"{_epochs_text(DEFAULTS['epochs'])} (quick: {_epochs_text(QUICK['epochs'])})")
+    study.add_argument("--batch-size", type=_int_at_least(1), default=128, metavar="N",
+                       help="minibatch size (default 128)")
+    study.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    study.add_argument("--hidden", type=str, default="256,256", metavar="W,W",
+                       help="MLP hidden widths (default 256,256)")
+    study.add_argument("--max-train", type=_int_at_least(10), default=None, metavar="N",
+                       help="cap on training samples per dataset (stratified subsample), e.g. for CIFAR-10 on a CPU")
+    study.add_argument("--out", type=Path, default=None, metavar="DIR",
+                       help="output folder (default runs/<timestamp>); re-running into it skips finished runs")
+    study.add_argument("--quick", action="store_true",
+                       help="small grid for a first look (< 1 minute on 2 cores): eps 0,0.1; noise 0,0.4; 1 seed; "
+                            "a quarter of the epochs or fewer. Explicit options override it")
+    study.add_argument("--workers", type=_int_at_least(1), default=os.cpu_count() or 1, metavar="N",
+                       help="parallel worker processes, 1 = train in this process (default: the number of CPUs, "
+                            f"{os.cpu_count() or 1} here)")
+    study.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train (default cpu)")
+    study.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                       help="folder with the CIFAR-10 binary batches (data_batch_1.bin ... test_batch.bin, or a "
+                            "cifar-10-batches-bin folder) and/or .npz files (arrays x, y; optional x_test, y_test)")
+    study.add_argument("--no-report", action="store_true", help="train and write results.json only")
+
+    parser.study_parser = study  # type: ignore[attr-defined]
+    bench = sub.add_parser("bench", help="time the losses on this machine (arguments go to labelsmooth.bench)",
+                           add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "StudyConfig":  # noqa: F821
+    from labelsmooth.study.data import DatasetError, discover, validate_name
+    from labelsmooth.study.methods import METHODS
+    from labelsmooth.study.runner import StudyConfig
+    from labelsmooth.study.train import TrainConfig
+
+    study = parser.study_parser  # errors are reported with the subcommand's usage line
+    preset = {**DEFAULTS, **(QUICK if args.quick else {})}
+    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else preset[name]  # noqa: E731
+
+    for m in args.methods:
+        if m not in METHODS:
+            study.error(f"argument --methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
+    data_dir = args.data_dir
+    if data_dir is not None and not data_dir.is_dir():
+        study.error(f"argument --data-dir: {str(data_dir)!r} is not a folder")
+    names = args.datasets if args.datasets is not None else (
+        DEFAULTS["datasets"] + (discover(data_dir) if data_dir is not None else []))
+    datasets = []
+    for name in names:
+        try:
+            datasets.append(validate_name(name, data_dir))
+        except DatasetError as err:
+            study.error(f"argument --datasets: {err}")
+    try:
+        hidden = tuple(int(h) for h in args.hidden.split(","))
+        if not hidden or min(hidden) < 1:
+            raise ValueError
+    except ValueError:
+        study.error(f"argument --hidden: expected comma-separated positive widths, got {args.hidden!r}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        study.error(f"argument --lr: expected a positive number, got {args.lr!r}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            study.error("argument --device: cuda requested but torch.cuda.is_available() is False")
+    out = args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    eps = pick("eps")
+    methods = list(args.methods)
+    if not any(METHODS[m].eps_values(eps) for m in methods):
+        study.error(f"arguments --methods/--eps: methods {','.join(methods)} run no value of --eps "
+                    f"{','.join(map(str, eps))} (ls needs a non-zero eps)")
+    table = pick("epochs")
+    epochs = {d: table if isinstance(table, int) else table.get(d, table["*"]) for d in datasets}
+    train = TrainConfig(epochs=max(epochs.values()), batch_size=args.batch_size, lr=args.lr, hidden=hidden,
+                        max_train=args.max_train, device=args.device)
+    command = _canonical_command(args, datasets, out)
+    return StudyConfig(datasets=datasets, methods=methods, eps=eps, noise=pick("noise"), noise_kind=args.noise_kind,
+                       seeds=pick("seeds"), train=train, epochs=epochs, out=out, workers=args.workers,
+                       data_dir=data_dir, command=command)
+
+
+def _canonical_command(args: argparse.Namespace, datasets: list[str], out: Path) -> str:
+    # The command that resumes this study exactly (the default --out is a fresh timestamp each time).
+    parts = ["labelsmooth", "study", "--datasets", ",".join(datasets), "--methods", ",".join(args.methods)]
+    for opt, value in (("--eps", args.eps), ("--noise", args.noise)):
+        if value is not None:
+            parts += [opt, ",".join(f"{v:g}" for v in value)]
+    for opt, value in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--max-train", args.max_train),
+                       ("--data-dir", args.data_dir)):
+        if value is not None:
+            parts += [opt, str(value)]
+    if args.quick:
+        parts.append("--quick")
+    if args.noise_kind != "symmetric":
+        parts += ["--noise-kind", args.noise_kind]
+    if args.batch_size != 128:
+        parts += ["--batch-size", str(args.batch_size)]
+    if args.lr != 1e-3:
+        parts += ["--lr", repr(args.lr)]
+    if args.hidden != "256,256":
+        parts += ["--hidden", args.hidden]
+    parts += ["--out", str(out)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from labelsmooth.study.data import DatasetError
+    from labelsmooth.study.report import summary_rows
+    from labelsmooth.study.runner import StudyInterrupted, run_study
+
+    cfg = _resolve(args, parser)
+    # Not a terminal (a log file, CI): rich would wrap the table at 80 columns; give it room instead.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    n_jobs = len(cfg.datasets) * len(cfg.noise) * cfg.seeds
+    console.print(f"labelsmooth study → {cfg.out}  (datasets {', '.join(cfg.datasets)}; "
+                  f"methods {', '.join(cfg.methods)}; "
+                  f"eps {cfg.eps}; noise {cfg.noise} {cfg.noise_kind}; {cfg.seeds} seed(s) × {n_jobs // cfg.seeds} "
+                  f"cells; epochs {_epochs_text(cfg.epochs)}; {cfg.workers} worker(s))")
+    try:
+        outcome = run_study(cfg, console=console, report=not args.no_report)
+    except StudyInterrupted as stop:
+        console.print(f"[yellow]{stop}[/yellow]")
+        return 130
+    except DatasetError as err:  # unusable user data found while loading (names were checked earlier)
+        parser.study_parser.error(f"argument --datasets: {err}")
+
+    rows = summary_rows(outcome.records)
+    if rows:
+        table = Table(title="labelsmooth study: mean ± 95% CI over seeds", show_lines=False)
+        cols = ["dataset", "noise", "method", "seeds", "test acc", "ECE", "NLL", "memorised flips", "train-test gap"]
+        for c in cols:
+            table.add_column(c, justify="left" if c in ("dataset", "method") else "right")
+        for row in rows:
+            table.add_row(*(row[c] for c in cols))
+        console.print(table)
+    console.print(f"{outcome.trained} run(s) trained, {outcome.skipped} skipped (already finished), "
+                  f"{len(outcome.failures)} failed, in {outcome.seconds:.1f} s.")
+    console.print(f"results: {cfg.out / 'results.json'}")
+    if outcome.report is not None:
+        console.print(f"report:  {outcome.report}\nsummary: {outcome.summary}")
+    for what, err in outcome.failures:
+        console.print(f"[red]failed:[/red] {what}: {err}")
+    return 1 if outcome.failures else 0
+
+
+def _bench(argv: list[str]) -> int:
+    from labelsmooth import bench  # imported lazily: the study does not need it
+
+    return int(bench.main(argv) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``labelsmooth`` command.
+
+    Args:
+        argv: arguments without the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0 on success, 1 if a run failed, 2 for bad arguments (argparse exits with it),
+        130 when interrupted (finished runs are saved; re-run to resume).
+
+    Example:
+        >>> main(["study", "--help"])  # doctest: +SKIP
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Everything after "bench" belongs to labelsmooth.bench, including --help.
+        return _bench(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return _study(args, parser)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

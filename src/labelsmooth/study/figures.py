@@ -1,0 +1,172 @@
+"""The study's figures, drawn from run records (matplotlib's object-oriented API on Agg, no pyplot).
+
+Reliability diagrams come from :func:`labelsmooth.plots.reliability_diagram`; every other figure
+plots means over seeds with 95% t-interval error bars from :mod:`labelsmooth.study.stats`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from labelsmooth.plots import _new_figure, reliability_diagram
+from labelsmooth.study import stats as S
+from labelsmooth.study.claims import HEADLINE_EPS, effect_sizes
+
+__all__ = [
+    "accuracy_vs_noise",
+    "effect_size_figure",
+    "learning_curves",
+    "metric_vs_eps",
+    "reliability_grid",
+]
+
+#: ``load(record) -> (probs, labels)`` for a record's saved test predictions.
+ProbsLoader = Callable[[dict], "tuple[np.ndarray, np.ndarray]"]
+
+
+def _err(e: S.Estimate | None) -> float:
+    return 0.0 if e is None or e.half is None else e.half
+
+
+def _grid(n: int, width: float = 4.2, height: float = 3.4):
+    fig = _new_figure((width * n, height))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    return fig, axes
+
+
+def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, noise_rate: float):
+    """Reliability diagrams of every variant on one dataset at one noise rate, seeds pooled.
+
+    Args:
+        records: run records.
+        load: returns a record's saved test ``(probs, labels)``.
+        dataset: dataset name.
+        noise_rate: noise rate of the runs shown.
+
+    Returns:
+        A matplotlib ``Figure`` with one diagram (and its count histogram) per variant.
+    """
+    vs = [v for v in S.variants(records, dataset) if S.cell(records, dataset, v, noise_rate)]
+    fig, axes = _grid(len(vs), 3.6, 5.2)
+    for ax, v in zip(axes, vs):
+        pairs = [load(r) for r in S.cell(records, dataset, v, noise_rate)]
+        probs = np.concatenate([p for p, _ in pairs])
+        labels = np.concatenate([y for _, y in pairs])
+        reliability_diagram(probs, labels, ax=ax, title=S.label(v))
+        ax.title.set_fontsize("small")
+        if ax is not axes[0] and ax.get_legend() is not None:
+            ax.get_legend().remove()  # one legend per row is enough
+    fig.suptitle(f"{dataset}: reliability at noise {noise_rate:g} (test sets of all seeds pooled)")
+    return fig
+
+
+def accuracy_vs_noise(records: Sequence[dict]):
+    """Test accuracy against the training-label noise rate, one line per variant, one panel per dataset."""
+    dsets = S.datasets(records)
+    fig, axes = _grid(len(dsets))
+    for ax, ds in zip(axes, dsets):
+        rates = S.noise_rates(records, ds)
+        # Post-hoc variants (temperature scaling) keep their model's predictions: same accuracy, not drawn.
+        for v in [v for v in S.variants(records, ds) if v not in S.posthoc_variants(records, ds)]:
+            es = [S.metric(records, ds, v, r, "test_accuracy") for r in rates]
+            xs = [r for r, e in zip(rates, es) if e is not None]
+            es = [e for e in es if e is not None]
+            ax.errorbar(xs, [e.mean for e in es], yerr=[_err(e) for e in es], marker="o", capsize=3,
+                        label=S.label(v))
+        ax.set(title=ds, xlabel="noise rate (training labels)", ylabel="test accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def metric_vs_eps(records: Sequence[dict], name: str, ylabel: str, posthoc: bool = True):
+    """A metric against label smoothing eps, one line per noise rate, one panel per dataset.
+
+    eps = 0 is the baseline (ce). With ``posthoc``, post-hoc variants (temperature scaling of ce) are
+    drawn as stars at eps = 0 in the colour of their noise rate; leave it off for metrics a post-hoc
+    step cannot change (accuracy-based ones).
+    """
+    dsets = S.datasets(records)
+    fig, axes = _grid(len(dsets))
+    base = S.baseline_variant(records)
+    for ax, ds in zip(axes, dsets):
+        line_vs = ([base] if base else []) + S.smoothing_variants(records, ds)
+        for r in S.noise_rates(records, ds):
+            es = [(v[1], S.metric(records, ds, v, r, name)) for v in line_vs]
+            es = [(x, e) for x, e in es if e is not None]
+            if not es:
+                continue
+            line = ax.errorbar([x for x, _ in es], [e.mean for _, e in es], yerr=[_err(e) for _, e in es],
+                               marker="o", capsize=3, label=f"noise {r:g}")
+            for pv in S.posthoc_variants(records, ds) if posthoc else []:
+                e = S.metric(records, ds, pv, r, name)
+                if e is not None:
+                    ax.errorbar([0], [e.mean], yerr=[_err(e)], marker="*", markersize=12, capsize=3,
+                                color=line.lines[0].get_color(), linestyle="none",
+                                label=f"{S.label(pv)}, noise {r:g}")
+        ax.set(title=ds, xlabel="label smoothing eps (0 = ce)", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="x-small")
+    return fig
+
+
+def effect_size_figure(records: Sequence[dict]):
+    """Binary vs multiclass: paired effect of each eps vs ce on ECE, test accuracy and relative NLL.
+
+    One panel per effect, groups of bars per eps, one bar per dataset (binary datasets hatched), at
+    the lowest noise rate; error bars are 95% t-intervals of the paired differences.
+    """
+    fig, axes = _grid(3, 4.6, 3.6)
+    noise = min(S.noise_rates(records))
+    dsets = S.datasets(records)
+    eps_vs = sorted({v for ds in dsets for v in S.smoothing_variants(records, ds)}, key=lambda v: v[1])
+    binary = {ds: any(r["binary"] for r in records if r["dataset"] == ds) for ds in dsets}
+    width = 0.8 / max(len(dsets), 1)
+    panels = [("ece", "Δ ECE (eps - ce)"), ("test_accuracy", "Δ test accuracy"), ("nll_rel", "Δ NLL (relative)")]
+    effects = {v: effect_sizes(records, v, noise) for v in eps_vs}
+    for ax, (key, title) in zip(axes, panels):
+        for j, ds in enumerate(dsets):
+            xs, ys, err = [], [], []
+            for i, v in enumerate(eps_vs):
+                e = effects[v].get(ds, {}).get(key)
+                if e is None:
+                    continue
+                xs.append(i + (j - (len(dsets) - 1) / 2) * width)
+                ys.append(e.mean)
+                err.append(_err(e))
+            ax.bar(xs, ys, width=width, yerr=err, capsize=2, hatch="//" if binary[ds] else None,
+                   edgecolor="black", linewidth=0.5, label=f"{ds} ({'binary' if binary[ds] else 'multiclass'})")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(eps_vs)), [f"eps={v[1]:g}" for v in eps_vs])
+        ax.set(title=title)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize="x-small")
+    fig.suptitle(f"Effect of smoothing vs ce, paired by seed (noise {noise:g}); hatched = binary")
+    return fig
+
+
+def learning_curves(records: Sequence[dict], dataset: str):
+    """Test accuracy and test NLL per epoch for ce and the eps closest to 0.1, at the lowest and highest
+    noise rate (mean over seeds): where test NLL turns upward, the model is overfitting."""
+    fig, axes = _grid(2, 4.8, 3.4)
+    base = S.baseline_variant(records)
+    smooth = S.smoothing_variants(records, dataset)
+    head = min(smooth, key=lambda v: (abs(v[1] - HEADLINE_EPS), v[1])) if smooth else None
+    rates = S.noise_rates(records, dataset)
+    for r in sorted({rates[0], rates[-1]}):
+        for v in [x for x in (base, head) if x is not None]:
+            cs = [c["curves"] for c in S.cell(records, dataset, v, r) if c.get("curves")]
+            if not cs:
+                continue
+            epochs = cs[0]["epoch"]
+            for ax, key in zip(axes, ("test_accuracy", "test_nll")):
+                ys = np.mean([c[key] for c in cs if len(c[key]) == len(epochs)], axis=0)
+                ax.plot(epochs, ys, linestyle="-" if v == base else "--", label=f"{S.label(v)}, noise {r:g}")
+    axes[0].set(title=f"{dataset}: test accuracy", xlabel="epoch", ylabel="accuracy")
+    axes[1].set(title=f"{dataset}: test NLL", xlabel="epoch", ylabel="NLL")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="x-small")
+    return fig

@@ -1,0 +1,391 @@
+"""Run a study grid: plan the trainings, skip finished ones, train (in parallel processes if asked),
+write every finished run to ``results.json`` atomically, then write the report.
+
+Crash safety: a run is written as soon as it finishes — first its test probabilities
+(``probs/<id>.npz``), then ``results.json`` — each through a temporary file and ``os.replace``,
+which is atomic on POSIX and Windows. A killed process therefore leaves either the previous or the
+new ``results.json``, never a torn one, and re-running the same command into the same folder
+skips every finished run (same key: dataset, method, eps, noise, seed and training fingerprint).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from labelsmooth.study.data import Dataset, load_dataset
+from labelsmooth.study.methods import METHODS
+from labelsmooth.study.train import Job, JobResult, TrainConfig, run_job
+
+__all__ = ["ResultsStore", "StudyConfig", "StudyInterrupted", "StudyOutcome", "plan_jobs", "run_study"]
+
+RESULTS = "results.json"
+
+
+class StudyInterrupted(Exception):
+    """Raised after Ctrl-C once the finished runs are safely on disk; the message says how to resume."""
+
+
+@dataclass
+class StudyConfig:
+    """Everything one ``labelsmooth study`` invocation runs.
+
+    Attributes:
+        datasets: dataset names (see :func:`labelsmooth.study.data.load_dataset`).
+        methods: method names (keys of :data:`labelsmooth.study.methods.METHODS`).
+        eps: the label-smoothing grid (each method picks its values from it).
+        noise: training-label noise rates.
+        noise_kind: ``"symmetric"`` or ``"pairflip"``.
+        seeds: number of seeds (0 .. seeds-1).
+        train: the :class:`TrainConfig`.
+        epochs: per-dataset epochs overriding ``train.epochs`` (datasets not listed use it).
+        out: output folder.
+        workers: parallel worker processes (1 = train in this process).
+        data_dir: folder for CIFAR-10 batches and ``.npz`` files.
+        command: the command line, for the report header.
+    """
+
+    datasets: list[str]
+    methods: list[str]
+    eps: list[float]
+    noise: list[float]
+    noise_kind: str = "symmetric"
+    seeds: int = 3
+    train: TrainConfig = field(default_factory=TrainConfig)
+    epochs: dict[str, int] = field(default_factory=dict)
+    out: Path = Path("runs/latest")
+    workers: int = 1
+    data_dir: Path | None = None
+    command: str = ""
+
+
+@dataclass
+class StudyOutcome:
+    """What :func:`run_study` did: the grid's finished records, counts, failures, report paths."""
+
+    records: list[dict]
+    planned: int
+    trained: int
+    skipped: int
+    failures: list[tuple[str, str]]
+    report: Path | None
+    summary: Path | None
+    seconds: float
+
+
+def plan_jobs(cfg: StudyConfig) -> list[Job]:
+    """The trainings of a grid: one per dataset x noise rate x seed x distinct (loss, eps).
+
+    Methods that share ``(loss_id, eps)`` share one job (``ce`` and ``ts``). At noise rate 0 the noise
+    kind is irrelevant and recorded as ``"none"``, so the clean runs are shared between kinds.
+
+    Args:
+        cfg: the study configuration.
+
+    Returns:
+        The jobs, in dataset, noise, seed, registry order.
+    """
+    jobs = []
+    for ds in cfg.datasets:
+        train = replace(cfg.train, epochs=cfg.epochs.get(ds, cfg.train.epochs))
+        for rate in cfg.noise:
+            kind = cfg.noise_kind if rate > 0 else "none"
+            for seed in range(cfg.seeds):
+                shared: dict[tuple[str, float], list[str]] = {}
+                for name in cfg.methods:
+                    method = METHODS[name]
+                    for eps in method.eps_values(cfg.eps):
+                        shared.setdefault((method.loss_id, float(eps)), []).append(name)
+                for (loss_id, eps), names in shared.items():
+                    jobs.append(Job(ds, loss_id, eps, kind, float(rate), seed, tuple(names), train))
+    return jobs
+
+
+def _clean_json(x):
+    # json cannot carry NaN/inf portably (and allow_nan=False refuses them): write null instead.
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean_json(v) for v in x]
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        return _clean_json(x.item())
+    return x
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through ``path.tmp-<pid>`` then ``os.replace``: readers see the old or the new file, whole."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class ResultsStore:
+    """``results.json`` (``{"runs": [records], "study": {...}}``) and the ``probs/*.npz`` files of a folder.
+
+    Args:
+        out: the output folder (created if missing).
+    """
+
+    def __init__(self, out: str | os.PathLike) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "probs").mkdir(exist_ok=True)
+        self.path = self.out / RESULTS
+        self.records: dict[str, dict] = {}
+        # Temporary files of a process killed mid-write are never valid results: remove them.
+        for stale in [*self.out.glob(f"{RESULTS}.tmp-*"), *(self.out / "probs").glob("*.tmp-*")]:
+            stale.unlink(missing_ok=True)
+        if self.path.exists():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                runs = data["runs"]
+            except (ValueError, KeyError, TypeError) as err:
+                # Cannot happen through this module's atomic writes; a hand-edited file is kept aside.
+                backup = self.path.with_name(f"{RESULTS}.unreadable-{int(time.time())}")
+                os.replace(self.path, backup)
+                print(f"warning: {self.path} was not a readable results file ({err}); moved to {backup}",
+                      file=sys.stderr)
+                runs = []
+            self.records = {r["key"]: r for r in runs if isinstance(r, dict) and "key" in r}
+
+    def done(self, key: str) -> bool:
+        """True if the run ``key`` is recorded and its saved test probabilities are present."""
+        r = self.records.get(key)
+        return r is not None and (self.out / r.get("probs_file", "")).is_file()
+
+    def add(self, result: JobResult) -> None:
+        """Save one finished training: its probability files first, then the updated ``results.json``."""
+        for record in result.records:
+            key = record["key"]
+            name = f"probs/{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+            arrays = result.arrays[key]
+            _atomic_write(self.out / name, lambda f, a=arrays: np.savez_compressed(f, **a))
+            record["probs_file"] = name
+            self.records[key] = record
+        self._write()
+
+    def _write(self) -> None:
+        payload = {
+            "study": {"format": 1, "updated": _dt.datetime.now().isoformat(timespec="seconds")},
+            "runs": [_clean_json(r) for r in self.records.values()],
+        }
+        text = json.dumps(payload, indent=1, allow_nan=False).encode("utf-8")
+        _atomic_write(self.path, lambda f: f.write(text))
+
+    def load_probs(self, record: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The saved test ``(probs, labels)`` of a record (read with ``allow_pickle=False``)."""
+        with np.load(self.out / record["probs_file"], allow_pickle=False) as f:
+            return f["probs"], f["labels"]
+
+
+# ----------------------------------------------------------------------------- workers
+
+_WORKER_DATA: dict[str, Dataset] = {}
+
+
+def _init_worker(datasets: dict[str, Dataset], threads: int) -> None:
+    # Ctrl-C is handled by the parent alone (it saves and reports); workers ignore SIGINT so they
+    # do not print a traceback each, and are terminated by the parent.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # One thread per worker: the models are small and the workers already use every core.
+    torch.set_num_threads(threads)
+    _WORKER_DATA.update(datasets)
+
+
+def _work(job: Job) -> JobResult:
+    return run_job(job, _WORKER_DATA[job.dataset])
+
+
+def _describe(job: Job) -> str:
+    noise = "clean" if job.noise_rate == 0 else f"{job.noise_kind} {job.noise_rate:g}"
+    return f"{job.dataset} {'+'.join(job.methods)} eps={job.eps:g} {noise} seed={job.seed}"
+
+
+def _cost(job: Job, sizes: dict[str, int]) -> float:
+    return sizes.get(job.dataset, 1) * job.config.epochs
+
+
+def run_study(cfg: StudyConfig, console=None, report: bool = True) -> StudyOutcome:
+    """Run (or resume) a study grid and write its report.
+
+    Args:
+        cfg: the :class:`StudyConfig`.
+        console: a ``rich.console.Console`` for the progress bar and messages (default: a new one).
+        report: write ``report.html`` and ``summary.md`` at the end.
+
+    Returns:
+        A :class:`StudyOutcome`.
+
+    Raises:
+        StudyInterrupted: on Ctrl-C, after the finished runs are saved; the message says how to resume.
+    """
+    from rich.console import Console
+
+    console = console or Console()
+    start = time.perf_counter()
+    store = ResultsStore(cfg.out)
+    jobs = plan_jobs(cfg)
+    planned_keys = [k for job in jobs for k in job.keys()]
+    pending: list[Job] = []
+    for job in jobs:
+        missing = tuple(m for m in job.methods if not store.done(job.key(m)))
+        if missing:
+            pending.append(Job(job.dataset, job.loss_id, job.eps, job.noise_kind, job.noise_rate, job.seed,
+                               missing, job.config))
+    n_todo = sum(len(j.methods) for j in pending)
+    skipped = len(planned_keys) - n_todo
+    if skipped and n_todo:
+        console.print(f"Resuming: skipping {skipped} finished run(s) already in {store.path}; {n_todo} to train.")
+    elif not n_todo:
+        console.print(f"Nothing to train: all {len(planned_keys)} runs are already in {store.path}.")
+
+    failures: list[tuple[str, str]] = []
+    html_path = md_path = None
+    try:
+        trained = _train(cfg, store, pending, failures, console) if pending else 0
+        records = [store.records[k] for k in planned_keys if store.done(k)]
+        if report and records:
+            from labelsmooth.study.report import write_report
+
+            with console.status("writing report ..."):
+                html_path, md_path = write_report(records, cfg.out, store.load_probs,
+                                                  _meta(cfg, records, planned_keys))
+    except KeyboardInterrupt:
+        done = sum(store.done(k) for k in planned_keys)
+        raise StudyInterrupted(
+            f"Interrupted. {done} of {len(planned_keys)} runs are saved in {store.path}. Resume with the same "
+            f"command (finished runs are skipped, the report is written at the end): {cfg.command}"
+        ) from None
+    return StudyOutcome(records, len(planned_keys), trained, skipped, failures, html_path, md_path,
+                        time.perf_counter() - start)
+
+
+def _train(cfg: StudyConfig, store: ResultsStore, pending: list[Job], failures: list, console) -> int:
+    """Train the pending jobs with a progress bar; save each as it finishes; return the records written."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    datasets = {}
+    for name in dict.fromkeys(j.dataset for j in pending):
+        with console.status(f"loading {name} ..."):
+            datasets[name] = load_dataset(name, cfg.data_dir)
+    sizes = {name: ds.size for name, ds in datasets.items()}
+    # Longest jobs first: with several workers this shortens the time to finish the grid.
+    pending = sorted(pending, key=lambda j: -_cost(j, sizes))
+    workers = max(1, min(cfg.workers, len(pending)))
+    trained = 0
+    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("runs", total=sum(len(j.methods) for j in pending))
+
+        def finished(job: Job, result: JobResult | None, error: BaseException | None) -> None:
+            nonlocal trained
+            if error is not None:
+                failures.append((_describe(job), f"{type(error).__name__}: {error}"))
+                progress.console.print(f"[red]failed[/red] {_describe(job)}: {type(error).__name__}: {error}")
+            else:
+                for r in result.records:
+                    r["dataset_description"] = datasets[job.dataset].description
+                store.add(result)
+                trained += len(result.records)
+            progress.update(task, advance=len(job.methods), description=f"runs (last: {_describe(job)})")
+
+        if workers == 1:
+            _run_inline(pending, datasets, finished)
+        else:
+            _run_pool(pending, datasets, workers, finished)
+    return trained
+
+
+def _run_inline(pending: list[Job], datasets: dict[str, Dataset], finished) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: one thread is as fast and leaves the other cores free
+    try:
+        for job in pending:
+            try:
+                result = run_job(job, datasets[job.dataset])
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # one failed run must not lose the others
+                finished(job, None, err)
+                continue
+            finished(job, result, None)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_pool(pending: list[Job], datasets: dict[str, Dataset], workers: int, finished) -> None:
+    # spawn, not fork: forking a process that has started OpenMP threads (torch) can deadlock the
+    # child, and CUDA cannot be used in a forked child at all.
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(datasets, 1))
+    futures: dict[Future, Job] = {}
+    try:
+        futures = {pool.submit(_work, job): job for job in pending}
+        remaining: Iterable[Future] = set(futures)
+        while remaining:
+            done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+            for fut in done:
+                err = fut.exception()
+                finished(futures[fut], None if err else fut.result(), err)
+    except KeyboardInterrupt:
+        for fut in futures:
+            fut.cancel()
+        # End only the worker processes this pool started (by their process objects).
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("labelsmooth", "torch", "numpy", "scikit-learn", "mnist1d"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _meta(cfg: StudyConfig, records: list[dict], planned_keys: list[str]) -> dict:
+    t = cfg.train
+    return {
+        "command": cfg.command,
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "config": {"epochs": {d: cfg.epochs.get(d, t.epochs) for d in cfg.datasets}, "batch_size": t.batch_size,
+                   "lr": t.lr, "hidden": list(t.hidden),
+                   "optimizer": "adam", "early_stopping": "none", "seeds": cfg.seeds, "noise_kind": cfg.noise_kind,
+                   "eps": cfg.eps, "noise": cfg.noise, "methods": cfg.methods},
+        "datasets": {r["dataset"]: r.get("dataset_description", "") for r in records},
+        "missing": len(planned_keys) - len(records),
+    }

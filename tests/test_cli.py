@@ -1,0 +1,195 @@
+"""End-to-end tests of ``labelsmooth study``: outputs, resume, crash safety, user data, argument errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("rich")
+pytest.importorskip("matplotlib")
+
+from labelsmooth.cli import main  # noqa: E402
+from labelsmooth.study.claims import CLAIMS  # noqa: E402
+
+TINY = ["--epochs", "2", "--hidden", "16", "--workers", "1"]
+FIELDS = ("dataset", "method", "label_smoothing", "noise_rate", "seed", "test_accuracy", "train_accuracy", "ece",
+          "nll", "config", "classwise_ece", "brier", "mean_confidence", "train_test_gap", "memorized_fraction",
+          "train_accuracy_clean", "curves", "probs_file")
+
+
+def runs(out: Path) -> list[dict]:
+    return json.loads((out / "results.json").read_text())["runs"]
+
+
+def test_study_end_to_end_then_resume_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["study", "--datasets", "digits,breast_cancer", "--eps", "0,0.1", "--noise", "0,0.4", "--seeds", "2",
+            "--out", str(out), *TINY]
+    # First invocation: trains in two spawned worker processes (the parent writes the results), no report.
+    assert main([*argv, "--workers", "2", "--no-report"]) == 0
+    text = capsys.readouterr().out
+    assert "2 worker(s)" in text and "24 run(s) trained" in text
+    assert "labelsmooth study: mean ± 95% CI over seeds" in text  # the final rich table
+    assert not (out / "report.html").exists()
+    records = runs(out)
+    # 2 datasets x 2 noise x 2 seeds x (ce, ts, ls eps=0.1)
+    assert len(records) == 24
+    for r in records:
+        for f in FIELDS:
+            assert f in r, f
+        assert r["config"]["epochs"] == 2 and r["config"]["hidden"] == [16]
+        with np.load(out / r["probs_file"], allow_pickle=False) as f:
+            assert f["probs"].shape[0] == f["labels"].shape[0]
+    assert {r["method"] for r in records} == {"ce", "ls", "ts"}
+    assert {r["binary"] for r in records if r["dataset"] == "breast_cancer"} == {True}
+    assert all(r["memorized_fraction"] is not None for r in records if r["noise_rate"] > 0)
+
+    # Second invocation: every run is found, nothing is trained, results are unchanged; the report is written.
+    mtime = (out / "results.json").stat().st_mtime_ns
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Nothing to train: all 24 runs are already in" in text
+    assert "0 run(s) trained, 24 skipped" in text
+    assert (out / "results.json").stat().st_mtime_ns == mtime
+    assert len(runs(out)) == 24
+
+    html = (out / "report.html").read_text()
+    imgs = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(imgs) >= 6
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
+    for claim in CLAIMS.values():
+        assert claim in html
+    assert "On digits" in html and "breast_cancer" in html and "ECE" in html
+    md = (out / "summary.md").read_text()
+    assert "| dataset | noise | method | seeds |" in md and "Label smoothing improves calibration" in md
+    assert "On digits" in md
+    assert (out / "figures" / "ece_vs_eps.png").exists()
+
+    # Widening the grid trains only the new runs.
+    assert main([*argv, "--methods", "ce,ls", "--eps", "0,0.1,0.2", "--no-report"]) == 0
+    text = capsys.readouterr().out
+    assert "Resuming: skipping 16 finished run(s)" in text and "8 run(s) trained" in text
+    assert len(runs(out)) == 32
+
+
+def test_ctrl_c_keeps_finished_runs_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    from labelsmooth.study import runner
+
+    calls = {"n": 0}
+    real = runner.run_job
+
+    def interrupt_second(job, ds):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(job, ds)
+
+    monkeypatch.setattr(runner, "run_job", interrupt_second)
+    out = tmp_path / "run"
+    argv = ["study", "--datasets", "breast_cancer", "--eps", "0,0.1", "--noise", "0", "--seeds", "1",
+            "--out", str(out), *TINY]
+    assert main(argv) == 130
+    text = capsys.readouterr().out
+    assert "Interrupted" in text and "Resume with the same command" in text and str(out) in text
+    assert len(runs(out)) in (1, 2)  # the first job (ce+ts or ls) is saved
+    monkeypatch.setattr(runner, "run_job", real)
+    assert main(argv) == 0
+    assert "Resuming: skipping" in capsys.readouterr().out
+    assert len(runs(out)) == 3
+
+
+def test_sigkill_mid_run_leaves_valid_results_and_rerun_completes(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "labelsmooth", "study", "--datasets", "digits", "--methods", "ce",
+           "--eps", "0", "--noise", "0", "--seeds", "12", "--epochs", "3", "--hidden", "16", "--workers", "1",
+           "--no-report", "--out", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            path = out / "results.json"
+            if path.exists() and len(json.loads(path.read_text())["runs"]) >= 2:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"study exited early: {proc.stderr.read().decode()}")
+            time.sleep(0.05)
+        else:
+            pytest.fail("no run finished within 60 s")
+    finally:
+        proc.send_signal(signal.SIGKILL)  # our own child, by its pid
+        proc.wait()
+    done = runs(out)  # parses: the atomic replace never leaves a torn file
+    assert 2 <= len(done) < 12
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"skipping {len(done)} finished run(s)" in res.stdout.replace("\n", " ")
+    assert len(runs(out)) == 12
+
+
+def test_user_data_cifar_binary_and_npz_through_data_dir(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("data_batch_1.bin", 60), ("test_batch.bin", 20)):
+        rec = np.concatenate([(np.arange(n) % 10).astype(np.uint8)[:, None],
+                              rng.integers(0, 256, (n, 3072), dtype=np.uint8)], axis=1)
+        rec.tofile(data / name)
+    np.savez(data / "mine.npz", x=rng.normal(size=(60, 6)), y=np.arange(60) % 3)
+    out = tmp_path / "run"
+    argv = ["study", "--data-dir", str(data), "--datasets", "cifar10,npz:mine.npz", "--eps", "0,0.1",
+            "--noise", "0", "--seeds", "1", "--methods", "ce,ls", "--out", str(out), *TINY]
+    assert main(argv) == 0
+    records = runs(out)
+    assert {r["dataset"] for r in records} == {"cifar10", f"npz:{data / 'mine.npz'}"}
+    assert {r["config"]["model"] for r in records if r["dataset"] == "cifar10"} == {"cnn"}
+    assert {r["splits"]["n_test"] for r in records if r["dataset"] == "cifar10"} == {20}  # the official test split
+    assert (out / "report.html").exists()
+
+
+@pytest.mark.parametrize("args,option,value", [
+    (["--datasets", "imagenet"], "--datasets", "imagenet"),
+    (["--methods", "ce,xyz"], "--methods", "xyz"),
+    (["--eps", "1.0"], "--eps", "1.0"),
+    (["--eps", "-0.1"], "--eps", "-0.1"),
+    (["--eps", "0,abc"], "--eps", "abc"),
+    (["--noise", "1"], "--noise", "1"),
+    (["--noise", "nan"], "--noise", "nan"),
+    (["--seeds", "0"], "--seeds", "0"),
+    (["--epochs", "ten"], "--epochs", "ten"),
+    (["--workers", "0"], "--workers", "0"),
+    (["--noise-kind", "random"], "--noise-kind", "random"),
+    (["--datasets", "cifar10"], "--datasets", "cifar10"),
+    (["--datasets", "npz:/no/such/file.npz"], "--datasets", "/no/such/file.npz"),
+    (["--data-dir", "/no/such/dir"], "--data-dir", "/no/such/dir"),
+    (["--hidden", "16,x"], "--hidden", "16,x"),
+])
+def test_bad_arguments_are_clear_errors(capsys, args, option, value, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "--out", str(tmp_path / "never"), *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and value in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "never").exists()
+
+
+def test_python_dash_m_and_help():
+    res = subprocess.run([sys.executable, "-m", "labelsmooth", "study", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0
+    for opt in ("--datasets", "--methods", "--eps", "--noise", "--noise-kind", "--seeds", "--epochs", "--out",
+                "--quick", "--workers", "--device", "--data-dir"):
+        assert opt in res.stdout
+    assert "ts:" in res.stdout and "ls:" in res.stdout  # the method registry is listed
