@@ -11,7 +11,7 @@ import labelsmooth as ls
 from labelsmooth import functional as LF
 from cases import grid, make_case
 
-BACKENDS = ["reference", "chunked"]
+BACKENDS = ["reference", "chunked", "torch"]
 GRID = list(grid())
 
 
@@ -60,7 +60,7 @@ def test_gradcheck(backend, probs, eps):
             (x,))
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
+@pytest.mark.parametrize("backend", ["chunked"])
 def test_fused_second_backward_is_a_clear_error(backend):
     x = torch.randn(4, 5, requires_grad=True)
     loss = ls.cross_entropy(x, torch.tensor([0, 1, 2, 3]), backend=backend)
@@ -128,7 +128,8 @@ def test_huge_logits(dtype, eps):
     torch.testing.assert_close(got.double(), want.detach(), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+# "torch" is torch's own float32 kernel, inexact here by design of the test.
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
 @pytest.mark.parametrize("lead", [12.0, 17.0, 25.0])
 def test_confident_row_float32_keeps_its_small_loss(backend, lead):
     # A row whose target leads by `lead` over 999 others has loss ~ S - 1 = 999 exp(-lead) (6e-3 .. 1e-8).

@@ -199,10 +199,15 @@ def test_triton_backend_without_cuda_is_a_clear_error(monkeypatch):
         ls.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]), backend="triton")
 
 
-def test_auto_is_chunked_on_cpu():
-    from labelsmooth.functional import _resolve_backend
-    x = torch.randn(2, 3)
-    assert _resolve_backend("auto", x, torch.tensor([0, 1]), None) == "chunked"
+def test_auto_on_cpu_is_torch_for_small_plain_problems_and_chunked_otherwise():
+    from labelsmooth.functional import SMALL_CPU_PROBLEM, _resolve_backend
+    small, big = torch.randn(2, 3), torch.empty(SMALL_CPU_PROBLEM // 1000 + 1, 1000)
+    t = torch.tensor([0, 1])
+    assert _resolve_backend("auto", small, t, None, plain=True) == "torch"
+    assert _resolve_backend("auto", small, t, None, plain=False) == "chunked"  # z_loss / softcap
+    assert _resolve_backend("auto", big, t, None, plain=True) == "chunked"
+    with pytest.raises(ValueError, match="z_loss"):
+        ls.cross_entropy(small, t, backend="torch", z_loss=1e-3)
 
 
 @pytest.mark.parametrize("compile_backend", ["aot_eager"])

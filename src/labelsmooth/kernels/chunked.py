@@ -75,6 +75,7 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     w = None if weight is None else weight.to(device=device, dtype=cdt)
     total_w = float(num_classes) if w is None else w.sum()
     rows = block_rows or default_block_rows(num_classes)
+    gs = None if grad_scale is None else grad_scale.to(cdt)
     # A float32 block of our own is needed unless the gradient buffer can serve as the work space.
     own_work = grad is None or grad.dtype != cdt
     scratch = torch.empty((min(rows, num_rows), num_classes), dtype=cdt, device=device) if own_work else None
@@ -151,7 +152,6 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
         # gradient = (p * coeff - w * q) * grad_scale, with w * q = (eps/C) w + (1-eps) w_y [c == y]
         # (index targets) or (1-eps) w t + (eps/C) w (probabilities). Scalar operands keep each pass
         # a plain vectorised loop (a broadcast tensor operand is several times slower on CPU).
-        gs = None if grad_scale is None else grad_scale.to(cdt)
         scale = coeff / sum_exp if gs is None else coeff * gs / sum_exp
         buf.mul_(scale.unsqueeze(1))
         if eps > 0:
