@@ -101,22 +101,23 @@ def _float_dtype(t: Tensor) -> torch.dtype:
     return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _check_probs_labels(probs: object, labels: object) -> tuple[Tensor, Tensor]:
-    """Validate and return ``(probs, labels)`` as tensors on the device of ``probs``."""
-    p = _to_tensor(probs, "probs")
+def _check_scores_labels(scores: object, labels: object, name: str, what: str) -> tuple[Tensor, Tensor]:
+    """Shape and dtype checks shared by probabilities and logits: ``name`` is the argument's name,
+    ``what`` how a floating-point value of it is described in the error."""
+    p = _to_tensor(scores, name)
     y = _to_tensor(labels, "labels")
     if not p.is_floating_point():
-        raise TypeError(f"probs must be a floating-point array of probabilities, got dtype {p.dtype}")
+        raise TypeError(f"{name} must be a floating-point array{what}, got dtype {p.dtype}")
     if p.dim() not in (1, 2):
         raise ValueError(
-            f"probs must be 1-D (N,) for binary or 2-D (N, K) for multiclass, got shape {tuple(p.shape)}"
+            f"{name} must be 1-D (N,) for binary or 2-D (N, K) for multiclass, got shape {tuple(p.shape)}"
         )
     if p.shape[0] == 0:
-        raise ValueError(f"probs is empty (shape {tuple(p.shape)}); at least one sample is needed")
+        raise ValueError(f"{name} is empty (shape {tuple(p.shape)}); at least one sample is needed")
     if p.dim() == 2 and p.shape[1] < 2:
         raise ValueError(
-            f"probs of shape (N, K) needs K >= 2 classes, got shape {tuple(p.shape)}; "
-            "pass a 1-D array of P(y=1) for a binary problem"
+            f"{name} of shape (N, K) needs K >= 2 classes, got shape {tuple(p.shape)}; "
+            "pass a 1-D array for a binary problem"
         )
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(f"labels must be an integer array of class indices, got dtype {y.dtype}")
@@ -124,9 +125,15 @@ def _check_probs_labels(probs: object, labels: object) -> tuple[Tensor, Tensor]:
         raise ValueError(f"labels must be 1-D (N,), got shape {tuple(y.shape)}")
     if y.shape[0] != p.shape[0]:
         raise ValueError(
-            f"probs and labels must have the same length, got probs with {p.shape[0]} rows "
+            f"{name} and labels must have the same length, got {name} with {p.shape[0]} rows "
             f"and labels with {y.shape[0]} entries"
         )
+    return p, y
+
+
+def _check_probs_labels(probs: object, labels: object) -> tuple[Tensor, Tensor]:
+    """Validate and return ``(probs, labels)`` as tensors on the device of ``probs``."""
+    p, y = _check_scores_labels(probs, labels, "probs", " of probabilities")
     p = p.to(_float_dtype(p))
     y = y.to(device=p.device, dtype=torch.long)
     num_classes = 2 if p.dim() == 1 else p.shape[1]
@@ -552,25 +559,7 @@ def bootstrap_interval(
 
 
 def _check_logits_labels(logits: object, labels: object) -> tuple[Tensor, Tensor]:
-    z = _to_tensor(logits, "logits")
-    y = _to_tensor(labels, "labels")
-    if not z.is_floating_point():
-        raise TypeError(f"logits must be a floating-point array, got dtype {z.dtype}")
-    if z.dim() not in (1, 2):
-        raise ValueError(
-            f"logits must be 1-D (N,) for binary or 2-D (N, K) for multiclass, got shape {tuple(z.shape)}"
-        )
-    if z.shape[0] == 0:
-        raise ValueError(f"logits is empty (shape {tuple(z.shape)}); at least one sample is needed")
-    if z.dim() == 2 and z.shape[1] < 2:
-        raise ValueError(f"logits of shape (N, K) needs K >= 2, got shape {tuple(z.shape)}")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer array of class indices, got dtype {y.dtype}")
-    if y.dim() != 1 or y.shape[0] != z.shape[0]:
-        raise ValueError(
-            f"logits and labels must have the same length, got logits of shape {tuple(z.shape)} "
-            f"and labels of shape {tuple(y.shape)}"
-        )
+    z, y = _check_scores_labels(logits, labels, "logits", "")
     y = y.to(device=z.device, dtype=torch.long)
     num_classes = 2 if z.dim() == 1 else z.shape[1]
     flags = torch.stack([~torch.isfinite(z).all(), ((y < 0) | (y >= num_classes)).any()]).tolist()
