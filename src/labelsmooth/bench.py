@@ -52,6 +52,13 @@ def contenders(device: str, include_compile: bool = True) -> list[Contender]:
         out.append(Contender("torch.compile", compiled))
     out.append(Contender("ls reference", lambda x, t: ls.cross_entropy(x, t, label_smoothing=eps,
                                                                        backend="reference")))
+    if device == "cuda":
+        try:  # the peer to beat on GPU, when its (pure-Python) package is installed
+            from liger_kernel.transformers import LigerCrossEntropyLoss
+        except ImportError:
+            pass
+        else:
+            out.append(Contender("liger", LigerCrossEntropyLoss(label_smoothing=eps)))
     fused = ["chunked"] + (["triton"] if device == "cuda" else [])
     for backend in fused:
         out.append(Contender(f"ls {backend}", lambda x, t, b=backend: ls.cross_entropy(
