@@ -137,11 +137,7 @@ def _check_probs_labels(probs: object, labels: object) -> tuple[Tensor, Tensor]:
     p = p.to(_float_dtype(p))
     y = y.to(device=p.device, dtype=torch.long)
     num_classes = 2 if p.dim() == 1 else p.shape[1]
-    # One combined host read for all value checks, instead of one synchronisation per check.
-    bad_probs = ~((p >= 0) & (p <= 1)).all()  # also catches NaN
-    bad_labels = ((y < 0) | (y >= num_classes)).any()
-    flags = torch.stack([bad_probs, bad_labels]).tolist()
-    if flags[0]:
+    if _bad_values(~((p >= 0) & (p <= 1)).all(), y, num_classes):  # also catches NaN
         nan = torch.isnan(p)
         seen = p[~nan]
         span = f"values in [{seen.min().item():.4g}, {seen.max().item():.4g}]" if seen.numel() else "no numbers"
@@ -149,13 +145,23 @@ def _check_probs_labels(probs: object, labels: object) -> tuple[Tensor, Tensor]:
             f"probs must be probabilities in [0, 1], got {span}{' and NaN' if nan.any() else ''}; "
             "if these are logits, apply softmax (or sigmoid for binary) first"
         )
+    return p, y
+
+
+def _bad_values(bad_scores: Tensor, y: Tensor, num_classes: int) -> bool:
+    """Read the value checks in one host read (not one synchronisation per check); raise for labels
+    out of range; return whether the scores' own check (``bad_scores``, a 0-d bool) failed, which the
+    caller reports first."""
+    flags = torch.stack([bad_scores, ((y < 0) | (y >= num_classes)).any()]).tolist()
+    if flags[0]:
+        return True
     if flags[1]:
         lo, hi = y.aminmax()
         raise ValueError(
             f"labels out of range: expected class indices in [0, {num_classes - 1}], "
             f"got values in [{lo.item()}, {hi.item()}]"
         )
-    return p, y
+    return False
 
 
 # ----------------------------------------------------------------------------- binning core
@@ -562,15 +568,8 @@ def _check_logits_labels(logits: object, labels: object) -> tuple[Tensor, Tensor
     z, y = _check_scores_labels(logits, labels, "logits", "")
     y = y.to(device=z.device, dtype=torch.long)
     num_classes = 2 if z.dim() == 1 else z.shape[1]
-    flags = torch.stack([~torch.isfinite(z).all(), ((y < 0) | (y >= num_classes)).any()]).tolist()
-    if flags[0]:
+    if _bad_values(~torch.isfinite(z).all(), y, num_classes):
         raise ValueError("logits must be finite, got NaN or infinite values")
-    if flags[1]:
-        lo, hi = y.aminmax()
-        raise ValueError(
-            f"labels out of range: expected class indices in [0, {num_classes - 1}], "
-            f"got values in [{lo.item()}, {hi.item()}]"
-        )
     return z, y
 
 
