@@ -159,10 +159,16 @@ def _triton_usable(device: torch.device) -> bool:
     return True
 
 
-def _resolve_backend(backend: object, x: Tensor, target: Tensor, weight: Tensor | None,
-                     functorch: bool = False, plain: bool = False) -> str:
+def check_backend(backend: object) -> str:
+    """Return ``backend`` if it is a known name; shared by the function and the module."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend  # type: ignore[return-value]
+
+
+def _resolve_backend(backend: object, x: Tensor, target: Tensor, weight: Tensor | None,
+                     functorch: bool = False, plain: bool = False) -> str:
+    """The backend to run for a validated ``backend`` name (see :func:`check_backend`)."""
     if functorch and backend not in ("auto", "reference"):
         raise ValueError(f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad); "
                          "use backend='reference' or 'auto'")
@@ -289,8 +295,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     softcap = V.check_softcap(softcap)
     ignore_index = V.check_index(ignore_index, "ignore_index")
     inplace = V.check_bool(inplace, "inplace")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if input.dim() > 0:
         V.check_weight(weight, input.shape[0 if input.dim() == 1 else 1])
     if weight is not None and weight.device != input.device:

@@ -32,9 +32,7 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         super().__init__(weight, size_average, V.check_index(ignore_index, "ignore_index"), reduce, reduction,
                          label_smoothing)
         V.check_reduction(self.reduction)
-        if backend not in LF.BACKENDS:
-            raise ValueError(f"backend must be one of {LF.BACKENDS}, got {backend!r}")
-        self.backend = backend
+        self.backend = LF.check_backend(backend)
         self.z_loss = V.check_nonnegative_float(z_loss, "z_loss")
         self.softcap = V.check_softcap(softcap)
         self.inplace = V.check_bool(inplace, "inplace")
