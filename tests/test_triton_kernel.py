@@ -276,12 +276,12 @@ def test_nan_and_inf_rows(kind):
 
 
 def test_default_launch_configuration():
-    # GPU defaults: 16 warps, 16-byte vectors, eight tile rows per iteration (four with weights or
-    # probability targets), fewer for short rows.
-    assert triton_ce._launch_config(128256, 2, False, None, None, None) == (8, 4096, 16)
+    # GPU defaults: 16-byte vectors, eight tile rows per iteration (four with weights or probability
+    # targets), fewer for short rows; 16 warps for fp32 and 8 for 16-bit logits (the H200 sweep).
+    assert triton_ce._launch_config(128256, 2, False, None, None, None) == (8, 2048, 8)
     assert triton_ce._launch_config(128256, 4, False, None, None, None) == (8, 2048, 16)
-    assert triton_ce._launch_config(128256, 2, True, None, None, None) == (4, 4096, 16)
-    assert triton_ce._launch_config(32000, 2, False, None, None, None) == (8, 4096, 16)
+    assert triton_ce._launch_config(128256, 2, True, None, None, None) == (4, 2048, 8)
+    assert triton_ce._launch_config(32000, 2, False, None, None, None) == (8, 2048, 8)
     assert triton_ce._launch_config(1000, 2, False, None, None, None) == (1, 1024, 4)
     assert triton_ce._launch_config(3, 4, False, None, None, None) == (1, 4, 1)
     with pytest.raises(ValueError):

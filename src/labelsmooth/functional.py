@@ -49,7 +49,8 @@ def _mean_denominator(t2: Tensor, weight: Tensor | None, ignore_index: int, dtyp
     """What ``reduction="mean"`` divides by: the row count for probability targets, else the sum of
     the target-class weights (or the count) over the rows that are not ignored."""
     if t2.is_floating_point():
-        return torch.tensor(float(t2.shape[0]), dtype=dtype, device=t2.device)
+        # Filled on the device: torch.tensor(n, device=...) would be a synchronising host-to-device copy.
+        return torch.full((), float(t2.shape[0]), dtype=dtype, device=t2.device)
     keep = t2 != ignore_index
     if weight is None:
         return keep.sum().to(dtype)
@@ -58,7 +59,7 @@ def _mean_denominator(t2: Tensor, weight: Tensor | None, ignore_index: int, dtyp
 
 
 class _FusedCrossEntropy(torch.autograd.Function):
-    """Autograd glue for the fused kernels: the gradient is computed in forward, scaled in backward.
+    """Autograd glue for the chunked kernel: the gradient is computed in forward, scaled in backward.
 
     For "mean" the kernel already divides the gradient by the denominator, so that backward of a loss
     whose grad_output is 1 (the usual ``loss.backward()``) has nothing left to do: on CPU that saves a
@@ -87,12 +88,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        # Backward runs with grad enabled only for create_graph=True. The fused gradient is a constant
-        # buffer: differentiating it again would silently drop the softmax Hessian.
-        if torch.is_grad_enabled():
-            raise RuntimeError("the fused cross-entropy backends give a gradient that cannot be differentiated "
-                               "again (create_graph=True, gradient penalties, double backward); use "
-                               "backend='reference'")
+        _no_double_backward()
         grad = ctx.grad
         if grad is None:
             raise RuntimeError("the fused cross-entropy gradient was already consumed: backward through it "
@@ -109,7 +105,71 @@ class _FusedCrossEntropy(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None, None, None, None
 
 
-def _fused(kernel_loader: Callable[[], Callable[..., Tensor]], name: str):
+class _TritonCrossEntropy(torch.autograd.Function):
+    """Autograd glue for the Triton kernels: a split forward and backward.
+
+    Forward reads the logits once and keeps 16 bytes of statistics per row; backward reads the logits
+    again and writes the gradient already multiplied by grad_output and, for "mean", by 1/denominator,
+    both read on the device inside the kernel. Any grad_output therefore costs nothing beyond the kernel
+    (``loss.backward()``, ``(loss_sum / n_tokens).backward()`` with a device tensor ``n_tokens``, a
+    masked or weighted sum of ``reduction="none"`` rows) and nothing is synchronised with the host. No
+    N x C buffer lives between forward and backward, and backward can run twice (``retain_graph``)
+    unless ``inplace`` consumed the logits. docs/kernels.md compares the traffic with the fused design.
+    """
+
+    @staticmethod
+    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction, want_grad):
+        from labelsmooth.kernels import triton_ce
+
+        save = want_grad and ctx.needs_input_grad[0]
+        rows, stats = triton_ce.forward(x2, t2, weight, ignore_index, eps, z_loss, softcap, save_stats=save)
+        denom = _mean_denominator(t2, weight, ignore_index, rows.dtype) if reduction == "mean" else None
+        if save:
+            # Saved through autograd, so that changing the logits before backward is an error.
+            ctx.save_for_backward(x2, t2, weight, stats)
+            # "mean" with every row ignored gives 1/0 here, but ignored rows get 0 outright, so the
+            # gradient is 0 there (as torch's) and NaN only where torch's is (zero weights).
+            ctx.scale = None if denom is None else 1.0 / denom
+            ctx.options = (ignore_index, eps, softcap, inplace)
+            ctx.consumed = False
+        if reduction == "none":
+            return rows
+        return rows.sum() if denom is None else rows.sum() / denom
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from labelsmooth.kernels import triton_ce
+
+        _no_double_backward()
+        if ctx.consumed:
+            raise RuntimeError("the fused cross-entropy gradient was written over the logits (inplace=True) "
+                               "by an earlier backward: backward through it twice (retain_graph=True) needs "
+                               "inplace=False")
+        x2, t2, weight, stats = ctx.saved_tensors
+        ignore_index, eps, softcap, inplace = ctx.options
+        grad = x2 if inplace else torch.empty_like(x2)
+        triton_ce.backward(x2, t2, weight, ignore_index, eps, softcap, stats, grad, grad_output=grad_out,
+                           grad_scale=ctx.scale)
+        if inplace:
+            ctx.consumed = True
+            # The kernel wrote through a pointer: tell autograd, so that any other operation that saved
+            # these logits for its own backward raises instead of reading the gradient as logits.
+            torch.autograd.graph.increment_version(x2)
+        return grad, None, None, None, None, None, None, None, None, None
+
+
+def _no_double_backward() -> None:
+    # Backward runs with grad enabled only for create_graph=True. The fused gradient is computed by a
+    # kernel autograd cannot see: differentiating it again would silently drop the softmax Hessian.
+    if torch.is_grad_enabled():
+        raise RuntimeError("the fused cross-entropy backends give a gradient that cannot be differentiated "
+                           "again (create_graph=True, gradient penalties, double backward); use "
+                           "backend='reference'")
+
+
+def _fused(apply: Callable[..., Tensor], name: str):
+    """A backend running ``apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction,
+    want_grad)`` (one of the autograd Functions here) after the checks every fused backend shares."""
     def run(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction):
         if weight is not None and weight.requires_grad:
             raise ValueError(f"backend={name!r} does not compute a gradient for weight, which requires grad; "
@@ -123,28 +183,29 @@ def _fused(kernel_loader: Callable[[], Callable[..., Tensor]], name: str):
             inplace = False  # rows share memory (an expanded tensor): the gradient needs its own buffer
         # Under no_grad nothing will call backward: compute no gradient (and consume no logits).
         want_grad = torch.is_grad_enabled() and x2.requires_grad
-        return _FusedCrossEntropy.apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace,
-                                        kernel_loader(), reduction, want_grad)
+        return apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction, want_grad)
     return run
 
 
-def _chunked_kernel():
+def _apply_chunked(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction, want_grad):
     from labelsmooth.kernels.chunked import fused_ce
-    return fused_ce
+
+    return _FusedCrossEntropy.apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, fused_ce,
+                                    reduction, want_grad)
 
 
-def _triton_kernel():
+def _apply_triton(*args):
     try:
-        from labelsmooth.kernels.triton_ce import fused_ce
+        import labelsmooth.kernels.triton_ce  # noqa: F401
     except ImportError as exc:  # triton is an optional dependency
         raise ImportError("backend='triton' needs the optional dependency triton: pip install triton") from exc
-    return fused_ce
+    return _TritonCrossEntropy.apply(*args)
 
 
 _BACKENDS: dict[str, Callable[..., Tensor]] = {
     "reference": _reference,
-    "chunked": _fused(_chunked_kernel, "chunked"),
-    "triton": _fused(_triton_kernel, "triton"),
+    "chunked": _fused(_apply_chunked, "chunked"),
+    "triton": _fused(_apply_triton, "triton"),
     "torch": _torch,
 }
 
@@ -181,11 +242,13 @@ def _resolve_backend(backend: object, x: Tensor, target: Tensor, weight: Tensor 
         return backend  # type: ignore[return-value]
     if target.requires_grad or (weight is not None and weight.requires_grad):
         return "reference"  # the only backend that differentiates through target and weight
-    if x.device.type == "cuda" and x.dtype != torch.float64 and _triton_usable(x.device):
+    if x.device.type == "cpu":
+        return "torch" if plain and x.numel() < SMALL_CPU_PROBLEM else "chunked"
+    if x.dtype != torch.float64 and _triton_usable(x.device):
         return "triton"
-    if plain and x.device.type == "cpu" and x.numel() < SMALL_CPU_PROBLEM:
-        return "torch"
-    return "chunked"
+    # An accelerator without Triton (or float64 logits): torch's own kernel for what it can do, the
+    # chunked kernel (with device-sized blocks) only for z_loss and softcap.
+    return "torch" if plain else "chunked"
 
 
 def _legacy_reduction(size_average, reduce, reduction: str) -> str:
@@ -265,13 +328,15 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
             ``"torch"`` (torch's own ``F.cross_entropy``, without z_loss/softcap),
             ``"triton"`` (fused GPU kernel, CUDA tensors), ``"reference"`` (plain torch, written from the
             formula; the only one that differentiates through ``weight`` or a probability ``target``), or
-            ``"auto"``: triton on CUDA when it is installed; on CPU torch's own kernel below 2**20 logits
+            ``"auto"``: triton on CUDA when it is installed (float16/bfloat16/float32), else torch's own
+            kernel there, or chunked for z_loss/softcap; on CPU torch's own kernel below 2**20 logits
             (where a fused call's fixed cost dominates) and chunked above; reference when ``weight`` or
             ``target`` requires grad. Chosen at call time from the tensor's device and size.
         z_loss: adds ``z_loss * logsumexp(x)**2`` to every non-ignored row (PaLM's auxiliary loss).
         softcap: if set, logits become ``softcap * tanh(x / softcap)`` before the softmax (Gemma 2).
-        inplace: allow a fused backend to write the gradient into ``input``'s storage during the forward
-            pass, so that it needs no buffer of its own. The caller must not use the logits afterwards.
+        inplace: allow a fused backend to write the gradient into ``input``'s storage (chunked: during
+            forward; triton: during backward), so that it needs no N x C buffer of its own. The caller must
+            not use the logits after the loss.
 
     Returns:
         The loss: a scalar, or of the target's batch shape for ``reduction="none"``; in input's dtype.

@@ -1,9 +1,10 @@
-"""Fused label-smoothed cross-entropy as one Triton kernel: loss rows and, optionally, the gradient.
+"""Label-smoothed cross-entropy as two Triton kernels: a forward that reads the logits once, and a
+backward that reads them again and writes the gradient already multiplied by grad_output.
 
-One program handles one row of the (M, C) logits and makes at most two passes over it.
+One program handles one row of the (M, C) logits in each kernel.
 
-Pass 1 (statistics) streams the row in blocks and keeps, per lane (a lane is one column position of
-the block, so each thread owns a few lanes), an online softmax state::
+The forward kernel (pass 1, statistics) streams the row in blocks and keeps, per lane (a lane is one
+column position of the block, so each thread owns a few lanes), an online softmax state::
 
     m    running max of the lane's logits
     s    sum exp(x - m)                                 (rescaled by exp(m_old - m_new) when m grows)
@@ -15,20 +16,19 @@ probability targets. A block is a [ITERS, LANES] tile whose reduction over ITERS
 thread: the loop has no block-wide reduction and no barrier, so every warp streams on its own and the
 loads of some warps overlap the arithmetic of others. Only after the loop are the lanes folded into
 row values (max M, S = sum exp(x - M), log S, V, G). All blocks but a row's last are full and run
-without masks; only the last one pays for them.
+without masks; only the last one pays for them. It stores the row's loss and, when a gradient will be
+wanted, 16 bytes of statistics: M, S, S - 1 and coef = T + V + 2 z lse (d loss / d log S).
 
-Pass 2 (gradient, only when ``grad`` is given) re-reads the row and writes
-``d loss / d x_j = p_j * (T + V + 2 z lse) - T [j == y] - v_j`` (T = (1 - eps) w_y, zero for
-probability targets; times 1 - tanh^2 under the softcap, and times ``grad_scale`` when given) as
-exp(x_j - M) * a - v_j, one multiply-add per element; the one-hot -T is left out of the per-element
-work, and the target column is rewritten by one scalar store after a barrier. Pass 2 walks the
-blocks in reverse order, so it first re-reads what pass 1 read last, while that is most likely
-still in L2: on the H200 target shape (bf16 16384 x 128256) a row is 256 KB, and the kernel is only
-at copy bandwidth if the second read comes from L2. Loads in pass 1 ask to be kept (evict_last),
-loads and stores in pass 2 ask to go first (evict_first; Triton turns both into L1 and L2 hints),
-so the streaming gradient writes do not push out rows still to be re-read. Within one row pass 2
-reads x at an offset before it writes the gradient at that same offset, and the target logit is
-read before pass 2 starts, so ``grad`` may be the logits themselves.
+The backward kernel (pass 2, gradient) re-reads the row and writes
+``d loss / d x_j = (p_j * (T + V + 2 z lse) - T [j == y] - v_j) * g`` (T = (1 - eps) w_y, zero for
+probability targets; times 1 - tanh^2 under the softcap), where g is the row's grad_output times
+``grad_scale`` (1/denominator for "mean"), both read on the device: as exp(x_j - M) * a - v_j * g, one
+multiply-add per element. The one-hot -T is left out of the per-element work, and the target column is
+rewritten by one scalar store after a barrier. Loads and stores ask to go first from the caches
+(evict_first): nothing here is read again. Within one row the kernel reads x at an offset before it
+writes the gradient at that same offset, and the target logit is read before the row is written, so
+``grad`` may be the logits themselves (``inplace``). Why two kernels rather than one that writes the
+gradient during forward: docs/kernels.md, "The Triton backend's design".
 
 Checked offline with Triton's sm_90 compiler and ptxas (no GPU was available to time it): no layout
 conversion (shared-memory round trip) inside either loop, <= 128 registers per thread without spills
@@ -78,14 +78,15 @@ import triton.language as tl
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# Default tile, chosen for a bandwidth-bound kernel on H100/H200-class GPUs (not yet measured on one):
-# 16 warps per program, each thread owning one 16-byte vector per tile row (8 bf16/fp16 or 4 fp32
-# logits) and ITERS tile rows, so each thread has ITERS independent 16-byte loads in flight. With 8
-# tile rows a program has 64 KB in flight per iteration, above the ~30 KB per SM that HBM3e's
-# bandwidth x latency asks for, leaving room for the warps busy with arithmetic. ptxas (sm_90) then
-# uses <= 128 registers per thread without spilling, so one 512-thread program runs per SM and the
-# rows being worked on (132 x 256 KB for bf16 x 128256) stay within the 50 MB L2 for pass 2's re-read.
+# Default tile for a bandwidth-bound kernel on H100/H200-class GPUs: each thread owns one 16-byte
+# vector per tile row (8 bf16/fp16 or 4 fp32 logits) and ITERS tile rows, so each thread has ITERS
+# independent 16-byte loads in flight. fp32 rows get 16 warps per program; 16-bit rows 8 (see
+# _max_warps: measured on an H200 with the earlier single fused kernel, whose passes are these two
+# kernels' loops; to be re-checked for the split kernels). With 8 tile rows a program has 32-64 KB in
+# flight per iteration, above the ~30 KB per SM that HBM3e's bandwidth x latency asks for. ptxas
+# (sm_90) then uses <= 128 registers per thread without spilling.
 _MAX_WARPS = 16
+_MAX_WARPS_HALF = 8
 _DEFAULT_ITERS = 8
 # Weights and probability targets add fp32 tiles of their own to each iteration; half as many tile
 # rows keeps them within 128 registers without spills.
@@ -176,10 +177,10 @@ def _stats_block(x_row, t_row, w_ptr, cols, C, eps, smooth, cap, inv_cap,
     NEG_INF: tl.constexpr = float("-inf")
     if MASKED:
         mask = cols < C
-        x = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        x = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
     else:
         mask = None
-        x = tl.load(x_row + cols, eviction_policy="evict_last").to(tl.float32)
+        x = tl.load(x_row + cols, eviction_policy="evict_first").to(tl.float32)
     if SOFTCAP:
         x = cap * _tanh(x * inv_cap)
     if MASKED:
@@ -300,15 +301,15 @@ def _grad_block(x_row, g_row, t_row, w_ptr, cols, C, eps, smooth, cap, inv_cap, 
 def _write_grad(x_row, g_row, t_row, w_ptr, C, eps, smooth, cap, inv_cap, M_ref, a, scale,
                 HAS_WEIGHT: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
                 SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
-    """Pass 2, last block first: it is the most recently read, so the likeliest still in L2."""
+    """Pass 2 over the row: full blocks without masks, then the masked tail."""
     offs = tl.arange(0, BLOCK)
-    n_full_blocks = C // BLOCK
-    if n_full_blocks * BLOCK < C:
-        _grad_block(x_row, g_row, t_row, w_ptr, n_full_blocks * BLOCK + offs, C, eps, smooth, cap,
-                    inv_cap, M_ref, a, scale, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, True)
-    for i in range(0, n_full_blocks):
-        _grad_block(x_row, g_row, t_row, w_ptr, (n_full_blocks - 1 - i) * BLOCK + offs, C, eps, smooth,
-                    cap, inv_cap, M_ref, a, scale, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, False)
+    n_full = (C // BLOCK) * BLOCK
+    for start in range(0, n_full, BLOCK):
+        _grad_block(x_row, g_row, t_row, w_ptr, start + offs, C, eps, smooth, cap, inv_cap, M_ref, a,
+                    scale, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, False)
+    if n_full < C:
+        _grad_block(x_row, g_row, t_row, w_ptr, n_full + offs, C, eps, smooth, cap, inv_cap, M_ref, a,
+                    scale, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, True)
 
 
 @triton.jit
@@ -320,26 +321,30 @@ def _zero_grad(g_row, C, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _fused_ce_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, g_ptr, g_stride, scale_ptr, loss_ptr,
-                     C, ignore_index, eps, z_coef, cap,
-                     HAS_WEIGHT: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
-                     HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr, HAS_GRAD: tl.constexpr,
-                     HAS_SCALE: tl.constexpr, ITERS: tl.constexpr, LANES: tl.constexpr):
-    BLOCK: tl.constexpr = ITERS * LANES
+def _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef):
+    st = stats_ptr + row * 4
+    tl.store(st, M_ref)
+    tl.store(st + 1, S)
+    tl.store(st + 2, s_minus_1)
+    tl.store(st + 3, coef)
+
+
+@triton.jit
+def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, loss_ptr, stats_ptr,
+                   C, ignore_index, eps, z_coef, cap,
+                   HAS_WEIGHT: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
+                   HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr, SAVE_STATS: tl.constexpr,
+                   ITERS: tl.constexpr, LANES: tl.constexpr):
+    """Forward: one read of the row; stores its loss and, with SAVE_STATS, the four numbers the
+    gradient needs (M_ref, S, S - 1, coef = d loss / d log S), 16 bytes per row."""
     # int64 before any multiplication by a stride: row * stride exceeds 2**31 on large problems.
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
-    g_row = g_ptr + row * g_stride if HAS_GRAD else g_ptr
     smooth = eps / C
     if SOFTCAP:
         inv_cap = 1.0 / cap
     else:
         inv_cap = 1.0
-    # grad_scale is read on the device: computing it (1 / denominator for "mean") needed no sync.
-    if HAS_SCALE:
-        scale = tl.load(scale_ptr).to(tl.float32)
-    else:
-        scale = 1.0
 
     if PROB_TARGET:
         t_row = tgt_ptr + row * tgt_stride
@@ -349,30 +354,25 @@ def _fused_ce_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, g_ptr, g_strid
         lse = M + log_s
         # sum_c v_c (M - x_c + log S) = V log S - G, both terms >= 0.
         loss = V * log_s - G
+        coef = V
         if HAS_Z:
             loss += z_coef * lse * lse
+            coef += 2.0 * z_coef * lse
         tl.store(loss_ptr + row, loss)
-        if HAS_GRAD:
-            coef = V
-            if HAS_Z:
-                coef += 2.0 * z_coef * lse
-            _write_grad(x_row, g_row, t_row, w_ptr, C, eps, smooth, cap, inv_cap, M_ref,
-                        coef * scale / S, scale, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, BLOCK)
+        if SAVE_STATS:
+            _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef)
     else:
         y = tl.load(tgt_ptr + row * tgt_stride)
         if y == ignore_index:
+            # Nothing else to store: backward sees the ignored target and writes zeros.
             tl.store(loss_ptr + row, 0.0)
-            if HAS_GRAD:
-                _zero_grad(g_row, C, BLOCK)
         else:
             tl.device_assert((y >= 0) & (y < C), "labelsmooth: target class index out of range")
             # Clamped so that a bad target reads in bounds even with device asserts off.
             yc = tl.minimum(tl.maximum(y, 0), C - 1).to(tl.int32)
-            # Read before pass 2, which may overwrite the row (inplace).
             x_y = tl.load(x_row + yc).to(tl.float32)
             if SOFTCAP:
-                th_y = _tanh(x_y * inv_cap)
-                x_y = cap * th_y
+                x_y = cap * _tanh(x_y * inv_cap)
             if HAS_WEIGHT:
                 w_y = tl.load(w_ptr + yc).to(tl.float32)
             else:
@@ -384,43 +384,97 @@ def _fused_ce_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, g_ptr, g_strid
             lse = M + log_s
             # (M - x_y) >= 0 is exactly 0 when y is the argmax; no lse - x_y cancellation.
             loss = T * ((M - x_y) + log_s)
+            coef = T
             if HAS_V:
                 loss += V * log_s - G
+                coef += V
             if HAS_Z:
                 loss += z_coef * lse * lse
+                coef += 2.0 * z_coef * lse
             tl.store(loss_ptr + row, loss)
-            if HAS_GRAD:
-                inv_s = 1.0 / S
-                coef = T
-                if HAS_V:
-                    coef += V
-                if HAS_Z:
-                    coef += 2.0 * z_coef * lse
-                # Every column first gets p * coef - v, right everywhere but at the target, which is
-                # overwritten below: keeping the one-hot -T out of the per-element work saves a
-                # compare and a select per element.
-                _write_grad(x_row, g_row, tgt_ptr, w_ptr, C, eps, smooth, cap, inv_cap, M_ref,
-                            coef * inv_s * scale, scale, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, BLOCK)
-                # p_y - 1 = (e_y - S) / S = ((e_y - 1) - (S - 1)) / S: for a confident row e_y = 1
-                # exactly and this is -(S - 1) / S to full fp32 relative accuracy, where p_y - 1
-                # would keep only the rounding error of p_y.
-                e_y = _exp(x_y - M_ref)
-                g_y = e_y * inv_s * (coef - T) + T * (((e_y - 1.0) - s_minus_1) * inv_s)
-                if HAS_V:
-                    g_y -= smooth * w_y
-                if SOFTCAP:
-                    g_y = g_y * (1.0 - th_y * th_y)
-                g_y = g_y * scale
-                # Whichever thread stored column y in pass 2 must be done before this store.
-                tl.debug_barrier()
-                tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
+            if SAVE_STATS:
+                _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef)
+
+
+@triton.jit
+def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, g_ptr, g_stride, stats_ptr,
+                   go_ptr, go_stride, scale_ptr, C, ignore_index, eps, cap,
+                   HAS_WEIGHT: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
+                   SOFTCAP: tl.constexpr, HAS_GO: tl.constexpr, HAS_SCALE: tl.constexpr,
+                   ITERS: tl.constexpr, LANES: tl.constexpr):
+    """Backward: one read and one write of the row, the gradient already multiplied by the row's
+    grad_output and by ``grad_scale`` (both read here, on the device: no host synchronisation)."""
+    BLOCK: tl.constexpr = ITERS * LANES
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * x_stride
+    g_row = g_ptr + row * g_stride
+    smooth = eps / C
+    if SOFTCAP:
+        inv_cap = 1.0 / cap
+    else:
+        inv_cap = 1.0
+    # grad_output of this row (stride 0 for a scalar or an expanded one) times grad_scale.
+    scale = 1.0
+    if HAS_GO:
+        scale = tl.load(go_ptr + row * go_stride).to(tl.float32)
+    if HAS_SCALE:
+        scale = scale * tl.load(scale_ptr).to(tl.float32)
+    st = stats_ptr + row * 4
+
+    if PROB_TARGET:
+        t_row = tgt_ptr + row * tgt_stride
+        M_ref = tl.load(st)
+        S = tl.load(st + 1)
+        coef = tl.load(st + 3)
+        _write_grad(x_row, g_row, t_row, w_ptr, C, eps, smooth, cap, inv_cap, M_ref,
+                    coef * scale / S, scale, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, BLOCK)
+    else:
+        y = tl.load(tgt_ptr + row * tgt_stride)
+        if y == ignore_index:
+            # Exactly 0, whatever the logits or the grad_output (NaN or inf included) hold.
+            _zero_grad(g_row, C, BLOCK)
+        else:
+            yc = tl.minimum(tl.maximum(y, 0), C - 1).to(tl.int32)
+            M_ref = tl.load(st)
+            S = tl.load(st + 1)
+            s_minus_1 = tl.load(st + 2)
+            coef = tl.load(st + 3)
+            # Read before the row is written, which may be over the logits themselves (inplace).
+            x_y = tl.load(x_row + yc).to(tl.float32)
+            if SOFTCAP:
+                th_y = _tanh(x_y * inv_cap)
+                x_y = cap * th_y
+            if HAS_WEIGHT:
+                w_y = tl.load(w_ptr + yc).to(tl.float32)
+            else:
+                w_y = 1.0
+            T = (1.0 - eps) * w_y
+            inv_s = 1.0 / S
+            # Every column first gets p * coef - v, right everywhere but at the target, which is
+            # overwritten below: keeping the one-hot -T out of the per-element work saves a compare
+            # and a select per element.
+            _write_grad(x_row, g_row, tgt_ptr, w_ptr, C, eps, smooth, cap, inv_cap, M_ref,
+                        coef * inv_s * scale, scale, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, BLOCK)
+            # p_y - 1 = (e_y - S) / S = ((e_y - 1) - (S - 1)) / S: for a confident row e_y = 1
+            # exactly and this is -(S - 1) / S to full fp32 relative accuracy, where p_y - 1
+            # would keep only the rounding error of p_y.
+            e_y = _exp(x_y - M_ref)
+            g_y = e_y * inv_s * (coef - T) + T * (((e_y - 1.0) - s_minus_1) * inv_s)
+            if HAS_V:
+                g_y -= smooth * w_y
+            if SOFTCAP:
+                g_y = g_y * (1.0 - th_y * th_y)
+            g_y = g_y * scale
+            # Whichever thread stored column y in the pass above must be done before this store.
+            tl.debug_barrier()
+            tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
 
 
 def is_available() -> bool:
     """True when this kernel can run here: on a CUDA device, or on CPU tensors under the Triton
     interpreter. The interpreter is chosen when the kernels are defined, i.e. by TRITON_INTERPRET=1
     being set before this module was first imported, so that is what is checked."""
-    interpreted = type(_fused_ce_kernel).__name__ == "InterpretedFunction"
+    interpreted = type(_ce_fwd_kernel).__name__ == "InterpretedFunction"
     return interpreted or torch.cuda.is_available()
 
 
@@ -428,12 +482,20 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+def _max_warps(element_size: int) -> int:
+    """Warps per program by logits dtype, from a sweep of the fused kernel on an H200 at 16384 x 128256:
+    bf16 was fastest with 8 warps (2048 lanes, 8 tile rows: 2.57 ms against 2.87 ms with 16 warps);
+    fp32 with 16 warps (2048 lanes, 8 tile rows). fp16 moves the bytes bf16 does and follows it."""
+    return _MAX_WARPS_HALF if element_size <= 2 else _MAX_WARPS
+
+
 def _launch_config(num_classes: int, element_size: int, extra_operands: bool,
                    block_size: int | None, iters: int | None, num_warps: int | None) -> tuple[int, int, int]:
     """(ITERS, LANES, num_warps) for a row of ``num_classes`` logits of ``element_size`` bytes."""
     vec = max(1, 16 // element_size)  # logits per 16-byte vector load
+    max_warps = _max_warps(element_size)
     if block_size is None:
-        lanes = min(_next_pow2(num_classes), _MAX_WARPS * 32 * vec)
+        lanes = min(_next_pow2(num_classes), max_warps * 32 * vec)
         it = iters or (_DEFAULT_ITERS_EXTRA_OPERANDS if extra_operands else _DEFAULT_ITERS)
         it = max(1, min(_next_pow2(it), _next_pow2(num_classes) // lanes))
     else:
@@ -442,21 +504,12 @@ def _launch_config(num_classes: int, element_size: int, extra_operands: bool,
         it = min(_next_pow2(iters or 1), block_size)
         lanes = block_size // it
     if num_warps is None:
-        num_warps = max(1, min(_MAX_WARPS, lanes // (32 * vec)))
+        num_warps = max(1, min(max_warps, lanes // (32 * vec)))
     return it, lanes, num_warps
 
 
-def fused_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
-             label_smoothing: float, z_loss: float, softcap: float | None, grad: torch.Tensor | None,
-             *, grad_scale: torch.Tensor | None = None, block_size: int | None = None,
-             iters: int | None = None, num_warps: int | None = None) -> torch.Tensor:
-    """Row losses of (M, C) logits; writes d loss_row / d logits into ``grad`` when it is given,
-    times the one-element tensor ``grad_scale`` if that is given.
-
-    See ``labelsmooth.kernels`` for the contract. Keyword-only knobs (tests, tuning): ``block_size``
-    columns per iteration (a power of two), split into ``iters`` tile rows, and ``num_warps``.
-    No host-device synchronisation happens here.
-    """
+def _check_operands(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None):
+    """Validate the 2-D problem; returns (target, weight) made ready for the kernels."""
     if logits.dtype not in _SUPPORTED_DTYPES:
         raise TypeError(f"the Triton cross-entropy kernel supports float16, bfloat16 and float32 logits, "
                         f"got {logits.dtype}")
@@ -467,50 +520,125 @@ def fused_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
         raise ValueError("logits must have at least one class")
     if num_classes > 1 and logits.stride(1) != 1:
         raise ValueError("logits rows must be contiguous (stride(1) == 1)")
-    device = logits.device
-    loss = torch.empty(num_rows, dtype=torch.float32, device=device)
-    if num_rows == 0:
-        return loss
-
-    prob = target.is_floating_point()
-    if prob:
+    if target.is_floating_point():
         if target.shape != logits.shape:
             raise ValueError(f"probability target must have the logits' shape {tuple(logits.shape)}, "
                              f"got {tuple(target.shape)}")
         if num_classes > 1 and target.stride(1) != 1:
-            target = target.contiguous()  # the kernel reads target rows as contiguous vectors
+            target = target.contiguous()  # the kernels read target rows as contiguous vectors
     elif target.shape != (num_rows,):
         raise ValueError(f"class-index target must have shape ({num_rows},), got {tuple(target.shape)}")
     if weight is not None:
         if weight.shape != (num_classes,):
             raise ValueError(f"weight must have shape ({num_classes},), got {tuple(weight.shape)}")
         weight = weight.contiguous()
-    if grad is not None:
-        if grad.shape != logits.shape or grad.dtype != logits.dtype:
-            raise ValueError("grad must have the logits' shape and dtype")
-        if num_classes > 1 and grad.stride(1) != 1:
-            raise ValueError("grad rows must be contiguous (stride(1) == 1)")
-    if grad is None:
-        grad_scale = None  # nothing to scale
-    elif grad_scale is not None:
-        if grad_scale.numel() != 1 or grad_scale.device != device:
-            raise ValueError("grad_scale must be a one-element tensor on the logits' device")
+    return target, weight
 
-    eps = float(label_smoothing)
-    z = float(z_loss)
-    has_v = prob or eps > 0.0
-    it, lanes, warps = _launch_config(num_classes, logits.element_size(), prob or weight is not None,
-                                      block_size, iters, num_warps)
-    args = (logits, logits.stride(0), target, target.stride(0), weight,
-            grad, grad.stride(0) if grad is not None else 0, grad_scale, loss,
-            num_classes, int(ignore_index), eps, z, float(softcap) if softcap is not None else 1.0)
-    meta = dict(HAS_WEIGHT=weight is not None, PROB_TARGET=prob, HAS_V=has_v, HAS_Z=z != 0.0,
-                SOFTCAP=softcap is not None, HAS_GRAD=grad is not None, HAS_SCALE=grad_scale is not None,
-                ITERS=it, LANES=lanes,
-                num_warps=warps)
+
+def _launch(kernel, device: torch.device, num_rows: int, args: tuple, meta: dict) -> None:
     if device.type == "cuda":
         with torch.cuda.device(device):  # launch on the tensors' device, not the current one
-            _fused_ce_kernel[(num_rows,)](*args, **meta)
+            kernel[(num_rows,)](*args, **meta)
     else:
-        _fused_ce_kernel[(num_rows,)](*args, **meta)
+        kernel[(num_rows,)](*args, **meta)
+
+
+def forward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
+            label_smoothing: float, z_loss: float, softcap: float | None, *, save_stats: bool = False,
+            block_size: int | None = None, iters: int | None = None,
+            num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Row losses of (M, C) logits in one read of them; with ``save_stats`` also the (M, 4) float32
+    row statistics that :func:`backward` needs. Returns ``(loss_rows, stats or None)``.
+
+    Keyword-only knobs (tests, tuning): ``block_size`` columns per iteration (a power of two), split
+    into ``iters`` tile rows, and ``num_warps``. No host-device synchronisation happens here.
+    """
+    target, weight = _check_operands(logits, target, weight)
+    num_rows, num_classes = logits.shape
+    device = logits.device
+    loss = torch.empty(num_rows, dtype=torch.float32, device=device)
+    stats = torch.empty((num_rows, 4), dtype=torch.float32, device=device) if save_stats else None
+    if num_rows == 0:
+        return loss, stats
+    prob = target.is_floating_point()
+    eps = float(label_smoothing)
+    z = float(z_loss)
+    it, lanes, warps = _launch_config(num_classes, logits.element_size(), prob or weight is not None,
+                                      block_size, iters, num_warps)
+    args = (logits, logits.stride(0), target, target.stride(0), weight, loss, stats,
+            num_classes, int(ignore_index), eps, z, float(softcap) if softcap is not None else 1.0)
+    meta = dict(HAS_WEIGHT=weight is not None, PROB_TARGET=prob, HAS_V=prob or eps > 0.0, HAS_Z=z != 0.0,
+                SOFTCAP=softcap is not None, SAVE_STATS=save_stats, ITERS=it, LANES=lanes, num_warps=warps)
+    _launch(_ce_fwd_kernel, device, num_rows, args, meta)
+    return loss, stats
+
+
+def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
+             label_smoothing: float, softcap: float | None, stats: torch.Tensor, grad: torch.Tensor,
+             *, grad_output: torch.Tensor | None = None, grad_scale: torch.Tensor | None = None,
+             block_size: int | None = None, iters: int | None = None,
+             num_warps: int | None = None) -> torch.Tensor:
+    """Write d loss_rows[n] / d logits[n, :] times ``grad_output[n]`` times ``grad_scale`` into ``grad``
+    (which may be ``logits`` itself) in one read of the logits and one write, and return ``grad``.
+
+    ``stats`` comes from :func:`forward` with ``save_stats=True`` on the same, unmodified operands.
+    ``grad_output`` is None (1), a one-element tensor, or an (M,) vector of any stride (an expanded
+    scalar included); ``grad_scale`` None or a one-element tensor. Both are read on the device, so the
+    gradient is scaled with no extra pass over it and no host-device synchronisation. Ignored rows get
+    exactly 0 whatever their logits and grad_output hold.
+    """
+    target, weight = _check_operands(logits, target, weight)
+    num_rows, num_classes = logits.shape
+    device = logits.device
+    if grad.shape != logits.shape or grad.dtype != logits.dtype:
+        raise ValueError("grad must have the logits' shape and dtype")
+    if num_classes > 1 and grad.stride(1) != 1:
+        raise ValueError("grad rows must be contiguous (stride(1) == 1)")
+    if stats.shape != (num_rows, 4) or stats.dtype != torch.float32 or not stats.is_contiguous():
+        raise ValueError(f"stats must be the contiguous ({num_rows}, 4) float32 tensor that forward returned")
+    for name, t in (("grad_output", grad_output), ("grad_scale", grad_scale)):
+        if t is not None and t.device != device:
+            raise ValueError(f"{name} must be on the logits' device {device}, got {t.device}")
+    if grad_scale is not None and grad_scale.numel() != 1:
+        raise ValueError(f"grad_scale must be a one-element tensor, got shape {tuple(grad_scale.shape)}")
+    go_stride = 0
+    if grad_output is not None:
+        if grad_output.numel() == 1:
+            grad_output = grad_output.reshape(())
+        elif grad_output.shape != (num_rows,):
+            raise ValueError(f"grad_output must have one element or shape ({num_rows},), "
+                             f"got {tuple(grad_output.shape)}")
+        else:
+            go_stride = grad_output.stride(0)
+    if num_rows == 0:
+        return grad
+    prob = target.is_floating_point()
+    eps = float(label_smoothing)
+    it, lanes, warps = _launch_config(num_classes, logits.element_size(), prob or weight is not None,
+                                      block_size, iters, num_warps)
+    args = (logits, logits.stride(0), target, target.stride(0), weight, grad, grad.stride(0), stats,
+            grad_output, go_stride, grad_scale, num_classes, int(ignore_index), eps,
+            float(softcap) if softcap is not None else 1.0)
+    meta = dict(HAS_WEIGHT=weight is not None, PROB_TARGET=prob, HAS_V=prob or eps > 0.0,
+                SOFTCAP=softcap is not None, HAS_GO=grad_output is not None, HAS_SCALE=grad_scale is not None,
+                ITERS=it, LANES=lanes, num_warps=warps)
+    _launch(_ce_bwd_kernel, device, num_rows, args, meta)
+    return grad
+
+
+def fused_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
+             label_smoothing: float, z_loss: float, softcap: float | None, grad: torch.Tensor | None,
+             *, grad_scale: torch.Tensor | None = None, block_size: int | None = None,
+             iters: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """The kernels' common contract (``labelsmooth.kernels``): row losses, and the gradient times
+    ``grad_scale`` written into ``grad`` when it is given; :func:`forward` then :func:`backward`.
+
+    No host-device synchronisation happens here.
+    """
+    cfg = dict(block_size=block_size, iters=iters, num_warps=num_warps)
+    loss, stats = forward(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap,
+                          save_stats=grad is not None, **cfg)
+    if grad is not None:
+        backward(logits, target, weight, ignore_index, label_smoothing, softcap, stats, grad,
+                 grad_scale=grad_scale, **cfg)
     return loss
