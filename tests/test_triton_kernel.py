@@ -313,3 +313,17 @@ def test_no_rows():
 
 def test_is_available():
     assert triton_ce.is_available()
+
+
+def test_check_targets_flags_an_out_of_range_class_without_reading_it_on_the_host():
+    # Off the CPU the forward kernel itself flags bad class indices (ignore_index excepted) in a device
+    # scalar checked by torch._assert_async; on a CPU tensor that assertion fails at once.
+    logits = torch.randn(4, 9, device=DEVICE)
+    good = torch.tensor([0, 8, -100, 3], device=DEVICE)
+    loss, _ = triton_ce.forward(logits, good, None, -100, 0.1, 0.0, None, check_targets=True)
+    torch.testing.assert_close(f64(loss), reference(logits, good, eps=0.1)[0], **LOSS_TOL)
+    if DEVICE != "cpu":
+        pytest.skip("a device-side assertion poisons the CUDA context; checked on CPU tensors only")
+    for bad in ([0, 9, -100, 3], [0, -1, 2, 3]):
+        with pytest.raises(RuntimeError, match="outside"):
+            triton_ce.forward(logits, torch.tensor(bad), None, -100, 0.1, 0.0, None, check_targets=True)

@@ -53,7 +53,7 @@ def _mean_denominator(t2: Tensor, weight: Tensor | None, ignore_index: int, dtyp
         return torch.full((), float(t2.shape[0]), dtype=dtype, device=t2.device)
     keep = t2 != ignore_index
     if weight is None:
-        return keep.sum().to(dtype)
+        return keep.sum(dtype=dtype)
     safe = torch.where(keep, t2, torch.zeros_like(t2)).long()
     return torch.where(keep, weight.to(dtype)[safe], torch.zeros((), dtype=dtype, device=t2.device)).sum()
 
@@ -122,14 +122,15 @@ class _TritonCrossEntropy(torch.autograd.Function):
         from labelsmooth.kernels import triton_ce
 
         save = want_grad and ctx.needs_input_grad[0]
-        rows, stats = triton_ce.forward(x2, t2, weight, ignore_index, eps, z_loss, softcap, save_stats=save)
+        rows, stats = triton_ce.forward(x2, t2, weight, ignore_index, eps, z_loss, softcap, save_stats=save,
+                                        check_targets=x2.device.type != "cpu")
         denom = _mean_denominator(t2, weight, ignore_index, rows.dtype) if reduction == "mean" else None
         if save:
             # Saved through autograd, so that changing the logits before backward is an error.
             ctx.save_for_backward(x2, t2, weight, stats)
             # "mean" with every row ignored gives 1/0 here, but ignored rows get 0 outright, so the
             # gradient is 0 there (as torch's) and NaN only where torch's is (zero weights).
-            ctx.scale = None if denom is None else 1.0 / denom
+            ctx.scale = None if denom is None else denom.reciprocal()
             ctx.options = (ignore_index, eps, softcap, inplace)
             ctx.consumed = False
         if reduction == "none":
@@ -368,9 +369,12 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     functorch = _under_functorch(input, target)
     if torch.is_autocast_enabled(input.device.type) and input.dtype in (torch.float16, torch.bfloat16):
         input = input.float()  # torch's autocast policy runs cross-entropy in float32
-    x2, t2, batch_shape, probs = _as_rows(input, target, ignore_index, check_values=not functorch)
     name = _resolve_backend(backend, input, target, weight, functorch,
                             plain=z_loss == 0 and softcap is None)
+    # Off the CPU the Triton forward checks class indices itself, in the same kernel.
+    kernel_checks = name == "triton" and input.device.type != "cpu"
+    x2, t2, batch_shape, probs = _as_rows(input, target, ignore_index,
+                                          check_values=not functorch and not kernel_checks)
 
     # Inside autocast, matmuls and reductions of the kernels would silently run in half precision.
     with torch.autocast(input.device.type, enabled=False):

@@ -64,8 +64,9 @@ Numerics (fp32 throughout, also for fp16/bf16 logits; the gradient is rounded on
 
 Ignored rows (index target == ignore_index) store loss 0 and a zero gradient without reading the
 logits. Targets are clamped before any gather, so an out-of-range target never reads out of bounds;
-``tl.device_assert`` reports it when Triton runs with debug checks (TRITON_DEBUG=1), without a
-host-device sync. Offsets of rows are int64, so M * C beyond 2**31 elements is fine.
+with ``check_targets`` the forward kernel flags it in a device scalar that ``torch._assert_async``
+checks (one small op instead of the five a separate range check takes), and ``tl.device_assert``
+reports it when Triton runs with debug checks (TRITON_DEBUG=1); neither synchronises the host. Offsets of rows are int64, so M * C beyond 2**31 elements is fine.
 
 Float64 logits are not supported (TypeError): the fp32 accumulation here would lose their precision.
 """
@@ -330,11 +331,11 @@ def _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef):
 
 
 @triton.jit
-def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, loss_ptr, stats_ptr,
+def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, loss_ptr, stats_ptr, bad_ptr,
                    C, ignore_index, eps, z_coef, cap,
                    HAS_WEIGHT: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
                    HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr, SAVE_STATS: tl.constexpr,
-                   ITERS: tl.constexpr, LANES: tl.constexpr):
+                   CHECK_TARGETS: tl.constexpr, ITERS: tl.constexpr, LANES: tl.constexpr):
     """Forward: one read of the row; stores its loss and, with SAVE_STATS, the four numbers the
     gradient needs (M_ref, S, S - 1, coef = d loss / d log S), 16 bytes per row."""
     # int64 before any multiplication by a stride: row * stride exceeds 2**31 on large problems.
@@ -368,6 +369,10 @@ def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, loss_ptr, stats_
             tl.store(loss_ptr + row, 0.0)
         else:
             tl.device_assert((y >= 0) & (y < C), "labelsmooth: target class index out of range")
+            if CHECK_TARGETS:
+                # Every offending row writes the same 1: racing stores need no atomics.
+                if (y < 0) | (y >= C):
+                    tl.store(bad_ptr, 1)
             # Clamped so that a bad target reads in bounds even with device asserts off.
             yc = tl.minimum(tl.maximum(y, 0), C - 1).to(tl.int32)
             x_y = tl.load(x_row + yc).to(tl.float32)
@@ -545,10 +550,13 @@ def _launch(kernel, device: torch.device, num_rows: int, args: tuple, meta: dict
 
 def forward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
             label_smoothing: float, z_loss: float, softcap: float | None, *, save_stats: bool = False,
-            block_size: int | None = None, iters: int | None = None,
+            check_targets: bool = False, block_size: int | None = None, iters: int | None = None,
             num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Row losses of (M, C) logits in one read of them; with ``save_stats`` also the (M, 4) float32
     row statistics that :func:`backward` needs. Returns ``(loss_rows, stats or None)``.
+
+    ``check_targets`` queues a device-side assertion that every class index other than
+    ``ignore_index`` lies in [0, C) (on a CPU tensor it fails at once, with a RuntimeError).
 
     Keyword-only knobs (tests, tuning): ``block_size`` columns per iteration (a power of two), split
     into ``iters`` tile rows, and ``num_warps``. No host-device synchronisation happens here.
@@ -565,11 +573,17 @@ def forward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     z = float(z_loss)
     it, lanes, warps = _launch_config(num_classes, logits.element_size(), prob or weight is not None,
                                       block_size, iters, num_warps)
-    args = (logits, logits.stride(0), target, target.stride(0), weight, loss, stats,
+    check = check_targets and not prob
+    bad = torch.zeros((), dtype=torch.int32, device=device) if check else None
+    args = (logits, logits.stride(0), target, target.stride(0), weight, loss, stats, bad,
             num_classes, int(ignore_index), eps, z, float(softcap) if softcap is not None else 1.0)
     meta = dict(HAS_WEIGHT=weight is not None, PROB_TARGET=prob, HAS_V=prob or eps > 0.0, HAS_Z=z != 0.0,
-                SOFTCAP=softcap is not None, SAVE_STATS=save_stats, ITERS=it, LANES=lanes, num_warps=warps)
+                SOFTCAP=softcap is not None, SAVE_STATS=save_stats, CHECK_TARGETS=check, ITERS=it,
+                LANES=lanes, num_warps=warps)
     _launch(_ce_fwd_kernel, device, num_rows, args, meta)
+    if check:
+        torch._assert_async(bad == 0, f"target contains a class index outside [0, {num_classes - 1}] "
+                                      f"(and not ignore_index={ignore_index})")
     return loss, stats
 
 
