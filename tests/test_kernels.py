@@ -472,3 +472,25 @@ def test_chunked_loss_needs_no_gradient_graph_in_workers():
     F.cross_entropy(xr, t, label_smoothing=0.1).backward()
     torch.testing.assert_close(loss, F.cross_entropy(x.detach(), t, label_smoothing=0.1))
     torch.testing.assert_close(x.grad, xr.grad)
+
+
+def test_chunked_masked_path_reads_no_values_on_the_host(monkeypatch):
+    # What an accelerator needs to stay asynchronous: no .item(), no nonzero/index lists, no tensor in an
+    # `if`. Checked on CPU by making every such read an error while the masked path runs.
+    x, t, w = make_case((10, 57), probs=False, weighted=True, ignore_index=-100, dtype=torch.float32)
+    soft = torch.softmax(torch.randn(10, 57), 1)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host read on the masked path")
+
+    for name in ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    monkeypatch.setattr(torch, "nonzero", forbidden)
+    for target in (t, soft):
+        grad = torch.empty_like(x)
+        chunked.fused_ce(x, target, w, -100, 0.1, 1e-3, 5.0, grad, grad_scale=torch.tensor(0.5),
+                         block_rows=3, masked=True)
+    monkeypatch.undo()
+    with pytest.raises(AssertionError, match="host read"):  # the check itself bites on the CPU path
+        monkeypatch.setattr(torch.Tensor, "nonzero", forbidden)
+        chunked.fused_ce(x, t, w, -100, 0.1, 0.0, None, torch.empty_like(x), block_rows=3, masked=False)

@@ -12,7 +12,6 @@ environment variable THP_MEM_ALLOC_ENABLE=1.)
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 import torch
@@ -27,7 +26,9 @@ def _madvise():
     global _libc
     if _libc is None:
         try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            # The running interpreter's own symbols include libc's madvise. (ctypes.util.find_library
+            # would work too, but it runs ldconfig or a compiler in a subprocess: ~1 s on the first loss.)
+            _libc = ctypes.CDLL(None, use_errno=True)
             _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         except (OSError, AttributeError):
             _libc = False

@@ -138,8 +138,8 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     if workers is None:
         workers = default_workers(num_rows, num_classes, rows, device)
     gs = None if grad_scale is None else grad_scale.to(cdt)
-    if gs is not None and device.type == "cpu":
-        gs = gs.item()  # a Python scalar keeps the passes plain loops; reading it costs no sync on CPU
+    if gs is not None and not masked:
+        gs = gs.item()  # a Python scalar keeps the passes plain loops; on the host reading it costs nothing
     # A float32 block of our own is needed unless the gradient buffer can serve as the work space.
     own_work = grad is None or grad.dtype != cdt
     scratch = threading.local()
