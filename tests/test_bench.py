@@ -91,3 +91,12 @@ def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_chunked_bf16_needs_only_its_gradient_and_block_scratch():
+    # bf16 logits: the gradient (1.00x) plus one float32 block per worker thread (2 x 4 MiB = 0.06x here).
+    # A whole-buffer float32 temporary, as a bf16 scatter_ on CPU makes, would show as 3.0x.
+    rows, classes = 2048, 16384
+    extra = bench.peak_memory_cpu("ls chunked", rows, classes, bench.torch.bfloat16)
+    assert extra is not None
+    assert extra < 1.2 * rows * classes * 2

@@ -308,7 +308,9 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
         if dsoft_y is not None:
             grad_y = grad_y * dsoft_y
         grad_y = torch.where(keep, grad_y, torch.zeros_like(grad_y))
-        grad.scatter_(1, safe, grad_y.to(grad.dtype))
+        # index_put_, not scatter_: on CPU a bf16 scatter_ works on a float32 copy of the whole buffer
+        rows_idx = torch.arange(num_rows, device=device)
+        grad.index_put_((rows_idx, safe.squeeze(1)), grad_y.squeeze(1).to(grad.dtype))
         if not masked:
             grad.index_fill_(0, (~keep).squeeze(1).nonzero().squeeze(1), 0.0)
     return loss
