@@ -40,6 +40,9 @@ if hasattr(os, "register_at_fork"):
 
 
 def _worker(tasks: queue.SimpleQueue, ready: threading.Barrier) -> None:
+    # Torch sets a thread's count lazily, from the process default, on its first parallel op: do that
+    # first (get_num_threads triggers it), or it would later undo the 1 set here.
+    torch.get_num_threads()
     torch.set_num_threads(1)
     ready.wait()
     while True:
