@@ -494,3 +494,20 @@ def test_chunked_masked_path_reads_no_values_on_the_host(monkeypatch):
     with pytest.raises(AssertionError, match="host read"):  # the check itself bites on the CPU path
         monkeypatch.setattr(torch.Tensor, "nonzero", forbidden)
         chunked.fused_ce(x, t, w, -100, 0.1, 0.0, None, torch.empty_like(x), block_rows=3, masked=False)
+
+
+def test_chunked_workers_run_single_threaded_ops():
+    # Each worker must run torch with one intra-op thread, also after its first op (torch initialises a
+    # thread's count lazily from the process default), while the caller keeps its own count.
+    from labelsmooth.kernels import _workers
+
+    caller = torch.get_num_threads()
+    counts = []
+
+    def fn(i):
+        torch.ones(70000).sum()  # an op big enough to consult the thread count
+        counts.append(torch.get_num_threads())
+
+    _workers.run_blocks(fn, 8, 2)
+    assert counts == [1] * 8
+    assert torch.get_num_threads() == caller
