@@ -100,3 +100,18 @@ def test_chunked_bf16_needs_only_its_gradient_and_block_scratch():
     extra = bench.peak_memory_cpu("ls chunked", rows, classes, bench.torch.bfloat16)
     assert extra is not None
     assert extra < 1.2 * rows * classes * 2
+
+
+def test_cpu_timing_primes_memory_outside_the_timed_call(monkeypatch):
+    # Before each timed call the runner writes and frees 4 x the logits' bytes (see prime_memory); the
+    # contender must not be running meanwhile.
+    calls = []
+    running = []
+    monkeypatch.setattr(bench, "prime_memory", lambda n: calls.append((n, bool(running))))
+    x, t = bench.make_inputs(16, 50, bench.torch.float32, "cpu")
+    c = bench.Contender("probe", lambda a, b: (running.append(1), a.sum())[1])
+    bench.time_once(c, x, t, "cpu")
+    assert calls == [(bench.PRIME_FACTOR * x.numel() * 4, False)]
+    before = bench._rss_bytes()
+    bench.prime_memory(64 << 20)  # the real one gives its memory back
+    assert bench._rss_bytes() - before < (16 << 20)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 import labelsmooth as ls
+from labelsmooth.kernels._memory import empty_advised
 
 LABEL_SMOOTHING = 0.1
 
@@ -85,9 +86,33 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+# CPU: bytes (in units of the logits' size) touched and freed before every timed call; see prime_memory.
+PRIME_FACTOR = 4
+
+
+def prime_memory(nbytes: int) -> None:
+    """Write and free ``nbytes`` of memory, so that the next allocations reuse pages just in use.
+
+    In a training loop every step frees its buffers shortly before the next step allocates them again.
+    Between the contenders of a benchmark seconds pass instead, and on virtual machines with free page
+    reporting (virtio-balloon) memory left free for ~2 s goes back to the host: faulting it in again cost
+    ~0.7 s per 512 MB (against ~0.06 s for recently used memory) on the machine of RESULTS.md, landing on
+    whichever contender allocated first. Touching 4 x the logits before each call (untimed) gives every
+    contender recently used memory, as in training.
+    """
+    buf = empty_advised((nbytes,), torch.uint8)
+    buf.fill_(1)
+    del buf
+
+
 def time_once(c: Contender, x: torch.Tensor, t: torch.Tensor, device: str) -> float:
-    """Seconds for one forward+backward on a fresh leaf copy of ``x`` (the copy is not timed)."""
+    """Seconds for one forward+backward on a fresh leaf copy of ``x`` (the copy is not timed).
+
+    On CPU, memory is primed first (:func:`prime_memory`, not timed).
+    """
     leaf = x.clone().requires_grad_(True)
+    if device == "cpu":
+        prime_memory(PRIME_FACTOR * x.numel() * x.element_size())
     _sync(device)
     start = time.perf_counter()
     c.fn(leaf, t).backward()

@@ -37,9 +37,14 @@ def _madvise():
 
 def empty_for_grad(like: torch.Tensor) -> torch.Tensor:
     """An uninitialised contiguous tensor shaped like ``like``, advised for huge pages on Linux CPU."""
-    out = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    return empty_advised(like.shape, like.dtype, like.device)
+
+
+def empty_advised(shape, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``torch.empty(shape)``, advised for huge pages where it is a large buffer in Linux CPU memory."""
+    out = torch.empty(shape, dtype=dtype, device=device)
     nbytes = out.numel() * out.element_size()
-    if like.device.type != "cpu" or not sys.platform.startswith("linux") or nbytes < _MIN_BYTES:
+    if out.device.type != "cpu" or not sys.platform.startswith("linux") or nbytes < _MIN_BYTES:
         return out
     madvise = _madvise()
     if madvise is None:
