@@ -12,8 +12,9 @@ Per row, with z = x - m (m the row max), S = sum exp(z), log p_c = z_c - log S:
 * loss (index target y)  = (1-eps) w_y (log S - z_y) + (eps/C) (W log S - sum_c w_c z_c) + zl * lse^2
 * loss (probabilities t) = sum_c w_c t'_c (log S - z_c) + zl * lse^2,  t' = (1-eps) t + eps/C
 * gradient = p * (A + 2 zl lse) - w * q,  A = sum_c w_c q_c; the target column is rewritten from
-  p_y - 1 = (expm1(z_y) - (S - 1)) / S, and S - 1 of a confident row is summed without its max element,
-  so that a confident row keeps its small loss and target gradient to float32 accuracy.
+  p_y - 1 = (expm1(z_y) - (S - 1)) / S, and S - 1 of a confident row is summed without a max element
+  (the target element for class indices: when the target is a max, z_y = 0 and the rest is S - 1
+  exactly), so that a confident row keeps its small loss and target gradient to float32 accuracy.
 
 Every sum is taken of z <= 0 after the max is subtracted, so nothing cancels (``m W - sum w x`` would,
 once the logits are large and close together). The contract is in ``labelsmooth.kernels``; the formulas
