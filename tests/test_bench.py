@@ -1,5 +1,7 @@
 """The benchmark runner runs end to end on a tiny shape and reports what it says it does."""
 
+import sys
+
 import pytest
 
 from labelsmooth import bench
@@ -33,3 +35,83 @@ def test_bench_bad_arguments(argv, match, capsys):
         bench.main(argv)
     assert exc.value.code == 2
     assert match in capsys.readouterr().err
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and sched_setaffinity")
+
+
+@linux_only
+def test_contention_rows_and_the_busy_process_is_gone(capsys):
+    assert bench.main(["--shapes", "32x200", "--repeats", "1", "--no-compile", "--no-memory", "--contention"]) == 0
+    text = capsys.readouterr().out
+    for name in ("torch eager", "ls chunked"):
+        assert f"| 32x200 | float32 | {name} |" in text
+        assert f"| 32x200 | float32 | {name}{bench.BUSY_SUFFIX} |" in text
+    assert "Load average" in text
+
+
+@linux_only
+def test_busy_core_spins_on_one_core_and_is_killed():
+    import os
+    import time
+
+    with bench.busy_core() as cpu:
+        assert cpu in os.sched_getaffinity(0)
+        children = _children()
+        assert len(children) == 1
+        (pid,) = children
+        start = _cpu_seconds(pid)
+        time.sleep(0.3)
+        assert _cpu_seconds(pid) - start > 0.05  # it spins (most of a core, less on a loaded machine)
+        assert os.sched_getaffinity(pid) == {cpu}
+    time.sleep(0.05)
+    assert pid not in _children()
+
+
+def _children() -> set[int]:
+    import os
+
+    me = os.getpid()
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me and fields[0] != "Z":
+                out.add(int(entry))
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    import os
+
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_chunked_bf16_needs_only_its_gradient_and_block_scratch():
+    # bf16 logits: the gradient (1.00x) plus one float32 block per worker thread (2 x 4 MiB = 0.06x here).
+    # A whole-buffer float32 temporary, as a bf16 scatter_ on CPU makes, would show as 3.0x.
+    rows, classes = 2048, 16384
+    extra = bench.peak_memory_cpu("ls chunked", rows, classes, bench.torch.bfloat16)
+    assert extra is not None
+    assert extra < 1.2 * rows * classes * 2
+
+
+def test_cpu_timing_primes_memory_outside_the_timed_call(monkeypatch):
+    # Before each timed call the runner writes and frees 4 x the logits' bytes (see prime_memory); the
+    # contender must not be running meanwhile.
+    calls = []
+    running = []
+    monkeypatch.setattr(bench, "prime_memory", lambda n: calls.append((n, bool(running))))
+    x, t = bench.make_inputs(16, 50, bench.torch.float32, "cpu")
+    c = bench.Contender("probe", lambda a, b: (running.append(1), a.sum())[1])
+    bench.time_once(c, x, t, "cpu")
+    assert calls == [(bench.PRIME_FACTOR * x.numel() * 4, False)]
+    before = bench._rss_bytes()
+    bench.prime_memory(64 << 20)  # the real one gives its memory back
+    assert bench._rss_bytes() - before < (16 << 20)

@@ -336,3 +336,178 @@ def test_argument_types_read_like_torch():
         ls.CrossEntropyLoss(inplace="yes")
     with pytest.raises(TypeError, match="dtype must be a floating-point"):
         ls.smooth_labels(torch.tensor([0]), 3, 0.3, dtype=torch.long)
+
+
+# ---- the chunked kernel's CPU worker threads, its off-CPU (masked) path and its block-size rule ------
+
+def _chunked_vs_reference(x, t, w, eps, z_loss, softcap, **kw):
+    grad = torch.empty_like(x)
+    scale = torch.tensor(0.37, dtype=reference.compute_dtype(x.dtype))
+    rows = chunked.fused_ce(x, t, w, -100, eps, z_loss, softcap, grad, grad_scale=scale, **kw)
+    xr = x.detach().double().requires_grad_(True)
+    want = reference.ce_rows(xr, t.double() if t.is_floating_point() else t,
+                             None if w is None else w.double(), -100, eps, z_loss, softcap)
+    (want_g,) = torch.autograd.grad(want.sum() * 0.37, xr)
+    return rows, grad, want.detach(), want_g
+
+
+@pytest.mark.parametrize("workers,masked", [(3, False), (1, True), (2, True)])
+@pytest.mark.parametrize("probs", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunked_worker_threads_and_masked_path_match_reference(workers, masked, probs, dtype):
+    # masked=True is the path accelerators take (no host reads: masks instead of index lists), run here on
+    # CPU; workers > 1 spreads the blocks over threads. Both must give the reference's numbers, and the
+    # threads must not change a single bit against one thread with the same blocks.
+    x, t, w = make_case((29, 113), probs=probs, weighted=True, ignore_index=None if probs else -100, dtype=dtype)
+    if not probs:
+        x[0, 5] = math.nan  # row 0 is ignored (every third target is -100): its gradient is still exactly 0
+    t = t.to(dtype) if probs else t
+    w = w.to(reference.compute_dtype(dtype))
+    # float64 agrees to rounding; float32 to a few ulps of the row sums (2e-5, as for triton above)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for eps, z_loss, softcap in [(0.0, 0.0, None), (0.2, 1e-3, 6.0), (0.1, 0.0, None)]:
+        rows, grad, want, want_g = _chunked_vs_reference(x, t, w, eps, z_loss, softcap, block_rows=4,
+                                                         workers=workers, masked=masked)
+        if not probs:
+            assert torch.isnan(x[0]).any() and torch.all(grad[0] == 0) and rows[0] == 0
+            keep = t != -100
+            rows, grad, want, want_g = rows[keep], grad[keep], want[keep], want_g[keep]
+        torch.testing.assert_close(rows.double(), want, rtol=tol, atol=tol)
+        torch.testing.assert_close(grad.double(), want_g, rtol=tol, atol=tol)
+        one_rows, one_grad, _, _ = _chunked_vs_reference(x, t, w, eps, z_loss, softcap, block_rows=4,
+                                                         workers=1, masked=masked)
+        assert torch.equal(one_rows[keep] if not probs else one_rows, rows)
+        assert torch.equal(one_grad[keep] if not probs else one_grad, grad)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("probs", [False, True])
+def test_chunked_confident_rows_keep_s_minus_one_on_both_paths(masked, probs):
+    # Rows whose top class leads by 17 over 999 others (S - 1 = 4e-5), one with a two-way tie at the top
+    # (S - 1 = 1 + 4e-5), one led by a non-target class. The loss of a confident row is ~S - 1, which float32
+    # S = 1 + (S - 1) keeps only to 6e-8 absolute; summed without one max element it is exact to float32.
+    x = torch.zeros(4, 1000)
+    x[0, 3] = 17.0
+    x[1, 3] = x[1, 7] = 17.0
+    x[2, 9] = 17.0
+    x[3, 3] = 17.0
+    x[3] += 100.0  # large logits: z = x - m must still be exact
+    if probs:
+        t = torch.zeros(4, 1000)
+        t[:, 3] = 1.0
+    else:
+        t = torch.tensor([3, 3, 3, 3])
+    rows, grad, want, want_g = _chunked_vs_reference(x, t, None, 0.0, 0.0, None, block_rows=3, masked=masked)
+    torch.testing.assert_close(rows.double(), want, rtol=2e-6, atol=0)
+    if not probs:
+        # p_y - 1 of the confident rows (~ -4e-5) to float32 relative accuracy, from expm1 (a class index
+        # target only: with probabilities the gradient is p * A - t by subtraction, exact to ~6e-8 absolute)
+        torch.testing.assert_close(grad[:, 3].double(), want_g[:, 3], rtol=2e-6, atol=0)
+    torch.testing.assert_close(grad.double(), want_g, rtol=2e-6, atol=1e-7)
+
+
+def test_chunked_block_rows_follow_the_device(monkeypatch):
+    # CPU: cache-sized blocks. Elsewhere: a few large blocks (256 MiB of float32 work, at most 1/64 of the
+    # device's memory), so that 16384 x 128256 is tens of blocks, not thousands of launches per op.
+    assert chunked.default_block_rows(32000) == chunked.BLOCK_BYTES // (4 * 32000)
+    assert chunked.default_block_rows(10 ** 7) == 1
+    off_cpu = chunked.default_block_rows(128256, "meta")
+    assert off_cpu == chunked.DEVICE_BLOCK_BYTES // (4 * 128256)
+    assert 16 <= -(-16384 // off_cpu) <= 64
+
+    class Props:
+        total_memory = 4 << 30  # a small GPU: 1/64 of it (64 MiB) caps the block
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    assert chunked.default_block_rows(128256, "cuda") == (64 << 20) // (4 * 128256)
+    Props.total_memory = 141 << 30  # an H200: the 256 MiB budget holds
+    assert chunked.default_block_rows(128256, torch.device("cuda", 0)) == off_cpu
+
+
+def test_chunked_workers_follow_the_work(monkeypatch):
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert chunked.default_workers(4096, 32000, 32, cpu) == 8
+    assert chunked.default_workers(4096, 32000, 1024, cpu) == 4  # one per block
+    assert chunked.default_workers(64, 300, 8, cpu) == 1  # too little work to wake a thread
+    assert chunked.default_workers(4096, 32000, 32, meta) == 1  # accelerators: blocks run in order
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert chunked.default_workers(4096, 32000, 32, cpu) == 1
+
+
+def test_chunked_workers_under_inference_mode_and_with_errors():
+    x, t, _ = make_case((40, 31), probs=False, weighted=False, ignore_index=-100, dtype=torch.float32)
+    want = chunked.fused_ce(x, t, None, -100, 0.1, 0.0, None, None, block_rows=3, workers=1)
+    with torch.inference_mode():
+        xi = x.clone()
+        got = chunked.fused_ce(xi, t, None, -100, 0.1, 0.0, None, xi, block_rows=3, workers=2)
+    assert torch.equal(got, want)
+    threads = torch.get_num_threads()
+    from labelsmooth.kernels import _workers
+
+    seen = []
+
+    def fn(i):
+        if i == 5:
+            raise ValueError("block 5")
+        seen.append(i)
+
+    with pytest.raises(ValueError, match="block 5"):
+        _workers.run_blocks(fn, 1000, 2)
+    assert len(seen) < 1000 and torch.get_num_threads() == threads
+    # the workers survive an error and serve the next call
+    out = torch.zeros(50)
+    _workers.run_blocks(lambda i: out[i].fill_(i), 50, 2)
+    assert torch.equal(out, torch.arange(50.0))
+
+
+def test_chunked_loss_needs_no_gradient_graph_in_workers():
+    # logits that require grad, read by worker threads (where grad mode is on by default)
+    x = torch.randn(64, 20000, requires_grad=True)
+    t = torch.randint(0, 20000, (64,))
+    loss = ls.cross_entropy(x, t, label_smoothing=0.1, backend="chunked")
+    loss.backward()
+    xr = x.detach().clone().requires_grad_(True)
+    F.cross_entropy(xr, t, label_smoothing=0.1).backward()
+    torch.testing.assert_close(loss, F.cross_entropy(x.detach(), t, label_smoothing=0.1))
+    torch.testing.assert_close(x.grad, xr.grad)
+
+
+def test_chunked_masked_path_reads_no_values_on_the_host(monkeypatch):
+    # What an accelerator needs to stay asynchronous: no .item(), no nonzero/index lists, no tensor in an
+    # `if`. Checked on CPU by making every such read an error while the masked path runs.
+    x, t, w = make_case((10, 57), probs=False, weighted=True, ignore_index=-100, dtype=torch.float32)
+    soft = torch.softmax(torch.randn(10, 57), 1)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host read on the masked path")
+
+    for name in ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    monkeypatch.setattr(torch, "nonzero", forbidden)
+    for target in (t, soft):
+        grad = torch.empty_like(x)
+        chunked.fused_ce(x, target, w, -100, 0.1, 1e-3, 5.0, grad, grad_scale=torch.tensor(0.5),
+                         block_rows=3, masked=True)
+    monkeypatch.undo()
+    with pytest.raises(AssertionError, match="host read"):  # the check itself bites on the CPU path
+        monkeypatch.setattr(torch.Tensor, "nonzero", forbidden)
+        chunked.fused_ce(x, t, w, -100, 0.1, 0.0, None, torch.empty_like(x), block_rows=3, masked=False)
+
+
+def test_chunked_workers_run_single_threaded_ops():
+    # Each worker must run torch with one intra-op thread, also after its first op (torch initialises a
+    # thread's count lazily from the process default), while the caller keeps its own count.
+    from labelsmooth.kernels import _workers
+
+    caller = torch.get_num_threads()
+    counts = []
+
+    def fn(i):
+        torch.ones(70000).sum()  # an op big enough to consult the thread count
+        counts.append(torch.get_num_threads())
+
+    _workers.run_blocks(fn, 8, 2)
+    assert counts == [1] * 8
+    assert torch.get_num_threads() == caller

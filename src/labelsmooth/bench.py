@@ -12,12 +12,17 @@ torch eager, and peak memory:
   the bytes a fused loss must move (read the logits, write the gradient), next to the copy bandwidth
   measured in the same run.
 
+With ``--contention`` (CPU) every shape is timed a second time beside a busy-loop process pinned to
+one core, as a data loader or another job would be: those rows are named "... [1 core busy]" and their
+ratio is to torch eager under the same load. The header records the load average before and after.
+
 ``labelsmooth bench`` prints the CPU table for the machine it runs on.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -26,12 +31,13 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 import labelsmooth as ls
+from labelsmooth.kernels._memory import empty_advised
 
 LABEL_SMOOTHING = 0.1
 
@@ -80,9 +86,33 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+# CPU: bytes (in units of the logits' size) touched and freed before every timed call; see prime_memory.
+PRIME_FACTOR = 4
+
+
+def prime_memory(nbytes: int) -> None:
+    """Write and free ``nbytes`` of memory, so that the next allocations reuse pages just in use.
+
+    In a training loop every step frees its buffers shortly before the next step allocates them again.
+    Between the contenders of a benchmark seconds pass instead, and on virtual machines with free page
+    reporting (virtio-balloon) memory left free for ~2 s goes back to the host: faulting it in again cost
+    ~0.7 s per 512 MB (against ~0.06 s for recently used memory) on the machine of RESULTS.md, landing on
+    whichever contender allocated first. Touching 4 x the logits before each call (untimed) gives every
+    contender recently used memory, as in training.
+    """
+    buf = empty_advised((nbytes,), torch.uint8)
+    buf.fill_(1)
+    del buf
+
+
 def time_once(c: Contender, x: torch.Tensor, t: torch.Tensor, device: str) -> float:
-    """Seconds for one forward+backward on a fresh leaf copy of ``x`` (the copy is not timed)."""
+    """Seconds for one forward+backward on a fresh leaf copy of ``x`` (the copy is not timed).
+
+    On CPU, memory is primed first (:func:`prime_memory`, not timed).
+    """
     leaf = x.clone().requires_grad_(True)
+    if device == "cpu":
+        prime_memory(PRIME_FACTOR * x.numel() * x.element_size())
     _sync(device)
     start = time.perf_counter()
     c.fn(leaf, t).backward()
@@ -181,8 +211,37 @@ class Row:
     gbps: float | None = None
 
 
+BUSY_SUFFIX = " [1 core busy]"
+_BUSY_LOOP = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
+
+
+@contextlib.contextmanager
+def busy_core() -> Iterator[int]:
+    """Keep one core (the last this process may use) busy with a pinned busy-loop process meanwhile.
+
+    The benchmark itself stays free to run on every core, as a training process beside a data loader
+    does. Yields the busy core's number; the process is killed on exit.
+    """
+    cpu = max(os.sched_getaffinity(0))
+    proc = subprocess.Popen([sys.executable, "-c", _BUSY_LOOP, str(cpu)])
+    try:
+        time.sleep(0.3)  # past interpreter start-up: the loop is spinning when timing starts
+        if proc.poll() is not None:
+            raise RuntimeError(f"the busy-loop process exited early with status {proc.returncode}")
+        yield cpu
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def run_shape(rows: int, classes: int, dtype: torch.dtype, device: str, repeats: int,
-              include_compile: bool, measure_memory: bool, log=print) -> tuple[list[Row], float | None]:
+              include_compile: bool, measure_memory: bool, log=print,
+              busy: bool = False) -> tuple[list[Row], float | None]:
+    """Time every contender on one shape; ``busy``: with one core kept busy (see :func:`busy_core`)."""
+    if busy:
+        with busy_core():
+            got, copy = run_shape(rows, classes, dtype, device, repeats, include_compile, False, log)
+        return [dataclasses.replace(r, name=r.name + BUSY_SUFFIX) for r in got], copy
     x, t = make_inputs(rows, classes, dtype, device)
     cs = contenders(device, include_compile)
     for c in cs:  # warm-up (and compilation) outside the timed rounds
@@ -236,6 +295,13 @@ def machine_description(device: str) -> str:
     return ", ".join(parts)
 
 
+def _load_average() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
+
+
 def format_table(rows: list[Row], copy_gbps: dict[str, float | None]) -> str:
     gpu = any(r.gbps is not None for r in rows)
     head = "| shape | dtype | implementation | median ms | min ms | max ms | time vs torch eager | extra peak memory (x logits) |"
@@ -281,12 +347,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles per shape)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--quick", action="store_true", help="one small shape, 3 rounds, no compile")
+    p.add_argument("--contention", action="store_true",
+                   help="cpu: time every shape again with a busy-loop process pinned to one core")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
+    if args.contention and (args.device != "cpu" or not hasattr(os, "sched_setaffinity")):
+        p.error("--contention needs --device cpu on a system with os.sched_setaffinity (Linux)")
     if args.quick:
         args.shapes, args.repeats, args.no_compile = args.shapes or "1024x32000", 3, True
     shape_text = args.shapes or (CPU_SHAPES if args.device == "cpu" else GPU_SHAPES)
@@ -304,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
 
     all_rows: list[Row] = []
     copies: dict[str, float | None] = {}
+    load_before = _load_average()
     print(f"label-smoothed cross-entropy (eps={LABEL_SMOOTHING}), forward+backward on {args.device}",
           file=sys.stderr)
     for rows, classes in shapes:
@@ -312,10 +383,14 @@ def main(argv: list[str] | None = None) -> int:
                                   not args.no_memory, log=lambda m: print(m, file=sys.stderr))
             all_rows += got
             copies[f"{rows}x{classes} {str(dt).split('.')[-1]}"] = copy
+            if args.contention:
+                got, _ = run_shape(rows, classes, dt, args.device, args.repeats, not args.no_compile, False,
+                                   log=lambda m: print(m + BUSY_SUFFIX, file=sys.stderr), busy=True)
+                all_rows += got
     table = format_table(all_rows, copies)
     header = (f"Machine: {machine_description(args.device)}\n"
               f"Date: {time.strftime('%Y-%m-%d')}; eps={LABEL_SMOOTHING}; {args.repeats} alternating rounds; "
-              "medians.\n")
+              f"medians. Load average (1 min) before {load_before}, after {_load_average()}.\n")
     copy_lines = "".join(f"\nCopy bandwidth {k}: {v:.0f} GB/s" for k, v in copies.items() if v)
     print(header + "\n" + table + copy_lines)
     if args.markdown:

@@ -12,7 +12,6 @@ environment variable THP_MEM_ALLOC_ENABLE=1.)
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 import torch
@@ -27,7 +26,9 @@ def _madvise():
     global _libc
     if _libc is None:
         try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            # The running interpreter's own symbols include libc's madvise. (ctypes.util.find_library
+            # would work too, but it runs ldconfig or a compiler in a subprocess: ~1 s on the first loss.)
+            _libc = ctypes.CDLL(None, use_errno=True)
             _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         except (OSError, AttributeError):
             _libc = False
@@ -36,9 +37,14 @@ def _madvise():
 
 def empty_for_grad(like: torch.Tensor) -> torch.Tensor:
     """An uninitialised contiguous tensor shaped like ``like``, advised for huge pages on Linux CPU."""
-    out = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    return empty_advised(like.shape, like.dtype, like.device)
+
+
+def empty_advised(shape, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``torch.empty(shape)``, advised for huge pages where it is a large buffer in Linux CPU memory."""
+    out = torch.empty(shape, dtype=dtype, device=device)
     nbytes = out.numel() * out.element_size()
-    if like.device.type != "cpu" or not sys.platform.startswith("linux") or nbytes < _MIN_BYTES:
+    if out.device.type != "cpu" or not sys.platform.startswith("linux") or nbytes < _MIN_BYTES:
         return out
     madvise = _madvise()
     if madvise is None:

@@ -12,29 +12,76 @@ Per row, with z = x - m (m the row max), S = sum exp(z), log p_c = z_c - log S:
 * loss (index target y)  = (1-eps) w_y (log S - z_y) + (eps/C) (W log S - sum_c w_c z_c) + zl * lse^2
 * loss (probabilities t) = sum_c w_c t'_c (log S - z_c) + zl * lse^2,  t' = (1-eps) t + eps/C
 * gradient = p * (A + 2 zl lse) - w * q,  A = sum_c w_c q_c; the target column is rewritten from
-  p_y - 1 = (expm1(z_y) - (S - 1)) / S, and S - 1 of a confident row is summed without its max element,
-  so that a confident row keeps its small loss and target gradient to float32 accuracy.
+  p_y - 1 = (expm1(z_y) - (S - 1)) / S, and S - 1 of a confident row is summed without a max element
+  (the target element for class indices: when the target is a max, z_y = 0 and the rest is S - 1
+  exactly), so that a confident row keeps its small loss and target gradient to float32 accuracy.
 
 Every sum is taken of z <= 0 after the max is subtracted, so nothing cancels (``m W - sum w x`` would,
 once the logits are large and close together). The contract is in ``labelsmooth.kernels``; the formulas
 are those of ``labelsmooth.reference.ce_rows``.
+
+Work split. A block does only the passes over its R x C elements and leaves per-row numbers (z_y,
+sum z, S, ...) in (M,) tensors; the loss and the target column of the gradient are computed once for
+all rows afterwards, so a block costs about a dozen torch calls. On CPU the blocks are spread over
+worker threads that each run single-threaded ops and take the next block when done
+(``labelsmooth.kernels._workers``): no parallel region per op, hence no barrier that a busy core stalls.
+Block sizes (:func:`default_block_rows`): on CPU a few MiB, so that a block's passes hit the cache; on
+an accelerator, where a block is a handful of kernel launches and caches hold little of it anyway,
+blocks are large (256 MiB of float32 work, at most 1/64 of the device's memory) so that launches are
+few: 16384 x 128256 runs as 32 blocks instead of 2048.
 """
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 
+from labelsmooth.kernels._workers import run_blocks
 from labelsmooth.reference import compute_dtype
 
-# Bytes of float32 work per block: large enough that per-op overhead is amortised over many
-# elements, small enough that the block's repeated passes hit the last-level cache.
+# CPU: bytes of float32 work per block. Large enough that a block's dozen torch calls (~5 us each) are
+# small against its arithmetic, small enough that its repeated passes stay in the last-level cache.
 BLOCK_BYTES = 4 << 20
+# Accelerators: bytes of float32 work per block, and the largest share of device memory it may take.
+DEVICE_BLOCK_BYTES = 256 << 20
+DEVICE_MEMORY_SHARE = 64
+# CPU: elements of work a worker thread must get before a second one is worth waking (~1 ms).
+MIN_ELEMENTS_PER_WORKER = 1 << 20
 _LOG2E = 1.4426950408889634
 
 
-def default_block_rows(num_classes: int) -> int:
-    return max(1, BLOCK_BYTES // (4 * max(1, num_classes)))
+def default_block_rows(num_classes: int, device: torch.device | str | None = None) -> int:
+    """Rows per block for ``num_classes`` classes on ``device`` (CPU when None).
+
+    CPU: ``BLOCK_BYTES`` of float32 work (cache-sized). Any other device: ``DEVICE_BLOCK_BYTES``, capped
+    at 1/``DEVICE_MEMORY_SHARE`` of the device's memory where torch reports it: a few large blocks, each
+    a few kernel launches over many elements.
+
+    >>> default_block_rows(32000)
+    32
+    >>> default_block_rows(128256, "meta")
+    523
+    """
+    dev = torch.device("cpu" if device is None else device)
+    budget = BLOCK_BYTES
+    if dev.type != "cpu":
+        budget = DEVICE_BLOCK_BYTES
+        if dev.type == "cuda" and torch.cuda.is_available():
+            total = torch.cuda.get_device_properties(dev).total_memory
+            budget = min(budget, total // DEVICE_MEMORY_SHARE)
+    return max(1, budget // (4 * max(1, num_classes)))
+
+
+def default_workers(num_rows: int, num_classes: int, block_rows: int, device: torch.device) -> int:
+    """Worker threads for a problem: 1 (the caller alone) off CPU, while compiling, or for small work;
+    else as many as torch's intra-op thread count allows, one per block and per ~1 ms of work."""
+    if device.type != "cpu" or torch.compiler.is_compiling():
+        return 1
+    blocks = -(-num_rows // block_rows)
+    by_work = num_rows * num_classes // MIN_ELEMENTS_PER_WORKER
+    return max(1, min(torch.get_num_threads(), blocks, by_work))
 
 
 # Rows whose S - 1 is below this are confident enough for float32's S - 1 to lose accuracy
@@ -42,26 +89,38 @@ def default_block_rows(num_classes: int) -> int:
 _CONFIDENT = 2.0 ** -4
 
 
-def _refine_confident_rows(expz: Tensor, s_rest: Tensor) -> None:
-    """Replace ``s_rest`` (S - 1) of confident rows by the exact sum of all but one max element.
+def _refine_confident_rows(expz: Tensor, s_rest: Tensor, masked: bool) -> None:
+    """Replace ``s_rest`` ((R, 1), S - 1) of confident rows by the sum of all but one max element.
 
-    ``expz`` holds exp(x - max) (the max elements are exactly 1). CPU only: selecting rows reads values.
+    ``expz`` holds exp(x - max) (the max elements are exactly 1). Probability targets only: with a class
+    index the target column serves (see ``fused_ce``). ``masked``: without reading values on the host
+    (accelerators), at the cost of an argmax and a sum over every row of the block.
     """
-    rows = (s_rest < _CONFIDENT).nonzero().squeeze(1)
+    if masked:
+        top = expz.argmax(dim=1, keepdim=True)
+        expz.scatter_(1, top, 0.0)
+        rest = expz.sum(dim=1, keepdim=True)
+        expz.scatter_(1, top, 1.0)
+        torch.where(s_rest < _CONFIDENT, rest, s_rest, out=s_rest)
+        return
+    rows = (s_rest.squeeze(1) < _CONFIDENT).nonzero().squeeze(1)
     if rows.numel() == 0:
         return
     sub = expz.index_select(0, rows)
     sub.scatter_(1, sub.argmax(dim=1, keepdim=True), 0.0)
-    s_rest.index_copy_(0, rows, sub.sum(dim=1))
+    s_rest.index_copy_(0, rows, sub.sum(dim=1, keepdim=True))
 
 
 @torch.no_grad()
 def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
              label_smoothing: float, z_loss: float, softcap: float | None, grad: Tensor | None,
-             *, grad_scale: Tensor | None = None, block_rows: int | None = None) -> Tensor:
+             *, grad_scale: Tensor | None = None, block_rows: int | None = None,
+             workers: int | None = None, masked: bool | None = None) -> Tensor:
     """Row losses of (M, C) logits; writes d loss_row / d logits into ``grad`` when it is given.
 
-    See ``labelsmooth.kernels`` for the contract. ``block_rows`` overrides the block height (tests).
+    See ``labelsmooth.kernels`` for the contract. Overrides (tests, benchmarks): ``block_rows`` the
+    block height, ``workers`` the number of CPU worker threads, ``masked`` whether to avoid reading
+    tensor values on the host (default: off CPU), which accelerators need to stay asynchronous.
     """
     num_rows, num_classes = logits.shape
     cdt = compute_dtype(logits.dtype)
@@ -69,21 +128,65 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     loss = torch.empty(num_rows, dtype=cdt, device=device)
     if num_rows == 0:
         return loss
+    masked = device.type != "cpu" if masked is None else masked
     eps = float(label_smoothing)
     smooth = eps / num_classes
     probs = target.is_floating_point()
     w = None if weight is None else weight.to(device=device, dtype=cdt)
     total_w = float(num_classes) if w is None else w.sum()
-    rows = block_rows or default_block_rows(num_classes)
+    rows = block_rows or default_block_rows(num_classes, device)
+    blocks = -(-num_rows // rows)
+    if workers is None:
+        workers = default_workers(num_rows, num_classes, rows, device)
     gs = None if grad_scale is None else grad_scale.to(cdt)
+    if gs is not None and not masked:
+        gs = gs.item()  # a Python scalar keeps the passes plain loops; on the host reading it costs nothing
     # A float32 block of our own is needed unless the gradient buffer can serve as the work space.
     own_work = grad is None or grad.dtype != cdt
-    scratch = torch.empty((min(rows, num_rows), num_classes), dtype=cdt, device=device) if own_work else None
+    scratch = threading.local()
 
-    for start in range(0, num_rows, rows):
+    def col() -> Tensor:  # one per-row statistic, kept as a column so that blocks can broadcast it
+        return torch.empty((num_rows, 1), dtype=cdt, device=device)
+
+    sum_exp, s_rest = col(), col()
+    sum_wz = col() if eps > 0 else None
+    row_max = col() if z_loss else None
+    if probs:
+        t_sum, t_dot_z = col(), col()
+    else:
+        tgt = target.view(num_rows, 1)
+        keep = tgt != ignore_index
+        safe = torch.where(keep, tgt, torch.zeros_like(tgt)).long()
+        w_y = None if w is None else w[safe]
+        z_y, rest = col(), col()
+        dsoft_y = col() if softcap is not None and grad is not None else None
+        hard = 1.0 - eps if w_y is None else (1.0 - eps) * w_y
+        coeff0 = hard + smooth * total_w  # A, the row's total target weight
+        if grad is not None:
+            coeff_gs = coeff0 if gs is None else coeff0 * gs
+            if not isinstance(coeff_gs, Tensor):
+                coeff_gs = torch.full((num_rows, 1), coeff_gs, dtype=cdt, device=device)
+            elif coeff_gs.dim() == 0:
+                coeff_gs = coeff_gs.expand(num_rows, 1)
+    if grad is not None and eps > 0:
+        # (eps/C) w, times grad_scale: what every column loses. Scalar operands keep the pass a plain
+        # vectorised loop (a broadcast tensor operand is several times slower on CPU).
+        if w is None and gs is None:
+            smooth_g = smooth
+        else:
+            smooth_g = smooth * (w if w is not None else 1.0) * (gs if gs is not None else 1.0)
+
+    def block(i: int) -> None:
+        start = i * rows
         end = min(num_rows, start + rows)
         xb = logits[start:end]
-        buf = scratch[: end - start] if own_work else grad[start:end]
+        if own_work:
+            buf = getattr(scratch, "buf", None)
+            if buf is None:
+                buf = scratch.buf = torch.empty((min(rows, num_rows), num_classes), dtype=cdt, device=device)
+            buf = buf[: end - start]
+        else:
+            buf = grad[start:end]
         tanh_b = None
         if softcap is not None:
             tanh_b = torch.tanh(xb.to(cdt) / softcap)
@@ -96,21 +199,25 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
             src = xb  # float32/64 logits are read in place; buf may even be xb itself (inplace)
         m = src.amax(dim=1, keepdim=True)
         torch.sub(src, m, out=buf)  # z = x - m <= 0, in place when src is buf
-        m = m.squeeze(1)
+        if row_max is not None:
+            row_max[start:end] = m
 
         if probs:
             tb = target[start:end].to(cdt)
             tw = tb if w is None else tb * w
-            t_sum = tw.sum(dim=1)
-            t_dot_z = torch.linalg.vecdot(tw, buf)
+            torch.sum(tw, dim=1, keepdim=True, out=t_sum[start:end])
+            t_dot_z[start:end] = torch.linalg.vecdot(tw, buf).unsqueeze(1)
         else:
-            tgt = target[start:end]
-            keep = tgt != ignore_index
-            safe = torch.where(keep, tgt, torch.zeros_like(tgt)).long()
-            z_y = buf.gather(1, safe.unsqueeze(1)).squeeze(1)
-            w_y = torch.ones_like(z_y) if w is None else w[safe]
-        if eps > 0:
-            sum_wz = buf.sum(dim=1) if w is None else buf @ w
+            sb = safe[start:end]
+            torch.gather(buf, 1, sb, out=z_y[start:end])
+            if dsoft_y is not None:
+                th = tanh_b.gather(1, sb)
+                dsoft_y[start:end] = 1.0 - th * th
+        if sum_wz is not None:
+            if w is None:
+                torch.sum(buf, dim=1, keepdim=True, out=sum_wz[start:end])
+            else:
+                torch.matmul(buf, w.unsqueeze(1), out=sum_wz[start:end])
 
         if cdt == torch.float32:
             # exp2 is about twice as fast as exp on CPU; z is exact (x - m, Sterbenz), and scaling it by
@@ -118,67 +225,93 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
             buf.mul_(_LOG2E).exp2_()
         else:
             buf.exp_()
-        # S - 1 rather than S: the max element contributes exactly 1, and a confident row's loss is about
-        # S - 1, which float32 S = 1 + (S - 1) keeps only to half an ulp of 1 (6e-8).
-        s_rest = buf.sum(dim=1) - 1.0
-        if device.type == "cpu":
-            _refine_confident_rows(buf, s_rest)
-        sum_exp = s_rest + 1.0
-        log_s = torch.log1p(s_rest)
-
+        s_b = sum_exp[start:end]
         if probs:
-            row_loss = (1.0 - eps) * (t_sum * log_s - t_dot_z)
-            coeff = (1.0 - eps) * t_sum
+            # S - 1 rather than S: the max element contributes exactly 1, and a confident row's loss is
+            # about S - 1, which float32 S = 1 + (S - 1) keeps only to half an ulp of 1 (6e-8).
+            sr = s_rest[start:end]
+            torch.sum(buf, dim=1, keepdim=True, out=sr)
+            sr.sub_(1.0)
+            _refine_confident_rows(buf, sr, masked)
+            torch.add(sr, 1.0, out=s_b)
         else:
-            row_loss = (1.0 - eps) * w_y * (log_s - z_y)
-            coeff = (1.0 - eps) * w_y
-        if eps > 0:
-            row_loss = row_loss + smooth * (total_w * log_s - sum_wz)
-            coeff = coeff + smooth * total_w
-        if z_loss:
-            lse = m + log_s
-            row_loss = row_loss + z_loss * lse * lse
-            coeff = coeff + 2.0 * z_loss * lse
-        if not probs:
-            keep_f = keep.to(cdt)
-            row_loss = row_loss * keep_f
-            coeff = coeff * keep_f
-            # An ignored row may hold NaN/Inf logits; its loss is still exactly 0, as torch's is.
-            row_loss = torch.where(keep, row_loss, torch.zeros_like(row_loss))
-        loss[start:end] = row_loss
+            # S is summed without the target element: the rest, sum_{c != y} exp(z_c), is S - 1 exactly
+            # when y is a max element (z_y = 0), which is the confident row whose S - 1 matters. The target
+            # column is rewritten at the end, so its value here is free.
+            e_y = buf.gather(1, sb)
+            buf.scatter_(1, sb, 0.0)
+            r_b = rest[start:end]
+            torch.sum(buf, dim=1, keepdim=True, out=r_b)
+            torch.add(r_b, e_y, out=s_b)
 
         if grad is None:
-            continue
-        # gradient = (p * coeff - w * q) * grad_scale, with w * q = (eps/C) w + (1-eps) w_y [c == y]
-        # (index targets) or (1-eps) w t + (eps/C) w (probabilities). Scalar operands keep each pass
-        # a plain vectorised loop (a broadcast tensor operand is several times slower on CPU).
-        scale = coeff / sum_exp if gs is None else coeff * gs / sum_exp
-        buf.mul_(scale.unsqueeze(1))
+            return
+        if probs:
+            coeff = (1.0 - eps) * t_sum[start:end] + smooth * total_w
+            if gs is not None:
+                coeff = coeff * gs
+        else:
+            coeff = coeff_gs[start:end]
+        if z_loss:
+            sr = s_rest[start:end] if probs else torch.where(z_y[start:end] == 0, r_b, s_b - 1.0)
+            log_s = torch.log1p(sr)
+            zl = (2.0 * z_loss) * (m + log_s)
+            coeff = coeff + (zl if gs is None else zl * gs)
+        buf.mul_(coeff / s_b)
         if eps > 0:
-            if w is None and gs is None:
-                buf.sub_(smooth)
-            else:
-                buf.sub_(smooth * (w if w is not None else 1.0) * (gs if gs is not None else 1.0))
+            buf.sub_(smooth_g)
         if probs:
             buf.sub_(tw if gs is None else tw * gs, alpha=1.0 - eps)
-        else:
-            # The target column is rewritten from p_y - 1 = (expm1(z_y) - (S - 1)) / S, which has no
-            # cancellation, in float32/64 before any rounding: a confident row (p_y = 0.9999 or closer
-            # to 1) keeps its tiny target gradient, in bf16 too.
-            hard = (1.0 - eps) * w_y
-            grad_y = (hard * (torch.expm1(z_y) - s_rest) + (coeff - hard) * torch.exp(z_y)) / sum_exp
-            grad_y = grad_y - smooth * w_y
-            if gs is not None:
-                grad_y = grad_y * gs
-            buf.scatter_(1, safe.unsqueeze(1), grad_y.unsqueeze(1))
-            # Ignored rows get exactly 0 (set, not multiplied: their logits may be NaN/Inf). On CPU only
-            # those rows are touched; elsewhere a mask avoids a host-device synchronisation.
-            if device.type == "cpu":
-                buf.index_fill_(0, (~keep).nonzero().squeeze(1), 0.0)
-            else:
-                buf.masked_fill_(~keep.unsqueeze(1), 0.0)
         if tanh_b is not None:
             buf.mul_(1.0 - tanh_b * tanh_b)
+        if masked and not probs:
+            # Ignored rows get exactly 0 (set, not multiplied: their logits may be NaN/Inf). On the host
+            # this happens once at the end, for the ignored rows only.
+            buf.masked_fill_(~keep[start:end], 0.0)
         if own_work:
             grad[start:end].copy_(buf)
+
+    if workers > 1:
+        run_blocks(block, blocks, workers)
+    else:
+        for i in range(blocks):
+            block(i)
+
+    if not probs:
+        torch.where(z_y == 0, rest, sum_exp - 1.0, out=s_rest)
+    log_s = torch.log1p(s_rest)
+    if probs:
+        row_loss = (1.0 - eps) * (t_sum * log_s - t_dot_z)
+    else:
+        row_loss = hard * (log_s - z_y)
+    if eps > 0:
+        row_loss = row_loss + smooth * (total_w * log_s - sum_wz)
+    if z_loss:
+        lse = row_max + log_s
+        row_loss = row_loss + z_loss * lse * lse
+    if not probs:
+        # An ignored row may hold NaN/Inf logits; its loss is still exactly 0, as torch's is.
+        row_loss = torch.where(keep, row_loss, torch.zeros_like(row_loss))
+    loss.copy_(row_loss.squeeze(1))
+
+    if grad is not None and not probs:
+        # The target column is rewritten from p_y - 1 = (expm1(z_y) - (S - 1)) / S, which has no
+        # cancellation, in float32/64 before any rounding: a confident row (p_y = 0.9999 or closer to 1)
+        # keeps its tiny target gradient, in bf16 too.
+        coeff = coeff0
+        if z_loss:
+            coeff = coeff + 2.0 * z_loss * lse
+        grad_y = (hard * (torch.expm1(z_y) - s_rest) + (coeff - hard) * torch.exp(z_y)) / sum_exp
+        if eps > 0:
+            grad_y = grad_y - smooth * (1.0 if w_y is None else w_y)
+        if gs is not None:
+            grad_y = grad_y * gs
+        if dsoft_y is not None:
+            grad_y = grad_y * dsoft_y
+        grad_y = torch.where(keep, grad_y, torch.zeros_like(grad_y))
+        # index_put_, not scatter_: on CPU a bf16 scatter_ works on a float32 copy of the whole buffer
+        rows_idx = torch.arange(num_rows, device=device)
+        grad.index_put_((rows_idx, safe.squeeze(1)), grad_y.squeeze(1).to(grad.dtype))
+        if not masked:
+            grad.index_fill_(0, (~keep).squeeze(1).nonzero().squeeze(1), 0.0)
     return loss
