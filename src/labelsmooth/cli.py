@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a budget of N epochs on every dataset instead of --steps (e.g. for CIFAR-10)")
     study.add_argument("--batch-size", type=_int_at_least(1), default=128, metavar="N",
                        help="minibatch size (default 128)")
-    study.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    study.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 0.003)")
     study.add_argument("--hidden", type=str, default="256,256", metavar="W,W",
                        help="MLP hidden widths (default 256,256)")
     study.add_argument("--max-train", type=_int_at_least(10), default=None, metavar="N",
@@ -235,7 +235,7 @@ def _canonical_command(args: argparse.Namespace, datasets: list[str], out: Path)
         parts += ["--noise-kind", ",".join(args.noise_kind)]
     if args.batch_size != 128:
         parts += ["--batch-size", str(args.batch_size)]
-    if args.lr != 1e-3:
+    if args.lr != 3e-3:
         parts += ["--lr", repr(args.lr)]
     if args.hidden != "256,256":
         parts += ["--hidden", args.hidden]
