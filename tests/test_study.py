@@ -525,3 +525,13 @@ def test_torch_global_seed_is_what_run_job_sets():
     torch.rand(100)
     b = run_job(Job("breast_cancer", "ls", 0.0, "none", 0.0, 0, ("ce",), cfg), ds).records[0]["nll"]
     assert a == b
+
+
+@pytest.mark.parametrize("name", ["claims", "stats", "train", "methods", "metrics", "data"])
+def test_study_docstring_examples(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"labelsmooth.study.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

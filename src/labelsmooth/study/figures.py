@@ -67,7 +67,9 @@ def accuracy_vs_noise(records: Sequence[dict], checkpoint: str = ""):
     """Test accuracy against the noise level (fraction of the breakdown rate), one line per variant and
     noise kind, one panel per dataset. ``checkpoint="es_"`` draws the early-stopped models."""
     dsets = [d for d in S.datasets(records) if len(S.noise_settings(records, d)) > 1]
-    fig, axes = _grid(max(len(dsets), 1))
+    if not dsets:
+        return None  # no noisy runs: nothing to draw
+    fig, axes = _grid(len(dsets))
     for ax, ds in zip(axes, dsets):
         settings = S.noise_settings(records, ds)
         kinds = sorted({k for k, lvl in settings if lvl > 0})

@@ -325,7 +325,8 @@ def run_study(cfg: StudyConfig, console=None, report: bool = True) -> StudyOutco
         trained = _train(cfg, store, pending, failures, console) if pending else 0
         records = [store.records[k] for k in planned_keys if store.done(k)]
         meta = _meta(cfg, records, planned_keys)
-        if records:
+        same = lambda m: {k: v for k, v in m.items() if k != "created"}  # noqa: E731
+        if records and same(_clean_json(meta)) != same(store.meta):
             store.meta = meta  # the last grid's settings (quick, n_seeds, ...), for findings and banners
             store.save()
         if report and records:
