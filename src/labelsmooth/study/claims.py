@@ -311,6 +311,9 @@ def _overfitting(w: _Writer) -> list[str]:
             gap_h = w.mean(ds, head, noise, "train_test_gap")
             text += (f" With {S.label(head)} it was {_f(gap_h)}, a difference of {_ci(d)}: "
                      f"{_say(v, 'smaller with smoothing', 'larger with smoothing')}.")
+            if gap0 < 0:
+                text += (" A negative gap means the model fitted flipped labels: it is wrong on those training "
+                         "examples' clean labels more often than on the test set.")
             rises = {}
             for var in (base, head):
                 rises[var] = {r["seed"]: _val_nll_rise(r) for r in S.cell(w.records, ds, var, noise)}
