@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     study.add_argument("--datasets", type=_name_list, default=None, metavar="A,B",
-                       help=f"datasets: {', '.join(BUILTIN)} (cifar10 needs --data-dir), or npz:PATH. "
+                       help=f"datasets: {', '.join(BUILTIN)} (cifar10 needs --data-dir), BASE:AvB (a binary task carved "
+                            "from digits or mnist1d, e.g. digits:3v8), or npz:PATH. "
                             f"Default: {','.join(DEFAULTS['datasets'])}, plus what --data-dir holds")
     study.add_argument("--methods", type=_name_list, default=DEFAULTS["methods"], metavar="M,N",
                        help=f"methods ({method_help}). Default: {','.join(DEFAULTS['methods'])}")

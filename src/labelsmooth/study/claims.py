@@ -541,10 +541,10 @@ def _statistics(w: _Writer) -> str:
             "multiplicity is applied, so read single clear verdicts near the tolerance with care.")
     if w.smoke:
         text = ("This is a --quick smoke test: it checks that the study runs end to end, with a budget and a number "
-                "of seeds that support no verdict. Every verdict is withheld; run the default grid for evidence. ")
+                "of seeds that support no verdict. Every verdict is withheld; run the default grid for evidence.")
     elif n_seeds < MIN_SEEDS:
         text = (f"With {n_seeds} seed(s) there are no intervals over seeds worth the name, so every verdict is "
-                f"withheld; run at least {MIN_SEEDS} seeds (the default is 10). ")
+                f"withheld; run at least {MIN_SEEDS} seeds (the default is 10).")
     det = []
     for metric, spreads in sorted(w.spreads.items()):
         sd = _st.median(s for s, _ in spreads)

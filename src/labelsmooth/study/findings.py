@@ -93,7 +93,7 @@ def findings_markdown(records: Sequence[dict], meta: dict) -> str:
             for metric in ("ece", "test_accuracy", "nll"):
                 c = C.binary_comparison(records, b, m, head, metric, S.CLEAN, smoke)
                 lines.append(f"| {b} vs {m} ({S.label(head)}) | {metric} | {_cell(c.binary)} | {_cell(c.multi)} | "
-                             f"{_cell(c.reduction)} | {c.verdict} |")
+                             f"{_cell(c.reduction)} | {c.verdict.replace('withheld', 'no verdict')} |")
     lines += ["", C.claim_paragraphs(records, smoke)["statistics"], ""]
     return "\n".join(lines)
 
