@@ -527,7 +527,7 @@ def test_torch_global_seed_is_what_run_job_sets():
     assert a == b
 
 
-@pytest.mark.parametrize("name", ["claims", "stats", "train", "methods", "metrics", "data"])
+@pytest.mark.parametrize("name", ["claims", "stats", "train", "methods", "metrics", "data", "findings"])
 def test_study_docstring_examples(name):
     import doctest
     import importlib
@@ -535,3 +535,22 @@ def test_study_docstring_examples(name):
     module = importlib.import_module(f"labelsmooth.study.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_findings_block_goes_between_the_markers(tmp_path, capsys):
+    from labelsmooth.study import findings as Fi
+
+    recs = [r for s in range(3) for r in (rec("ce", 0.0, seed=s, ece=0.02 + jitter(s)),
+                                          rec("ls", 0.1, seed=s, ece=0.12 + jitter(s)))]
+    (tmp_path / "results.json").write_text(json.dumps({"study": {"meta": {"command": "cmd", "n_seeds": 3}},
+                                                       "runs": recs}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{Fi.START}\nold numbers\n{Fi.END}\ntail\n")
+    assert Fi.main([str(tmp_path), "--into", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old numbers" not in text and text.endswith(f"{Fi.END}\ntail\n")
+    assert "| digits | 360 | 0.020 | 0.120 | +0.100 [+0.100, +0.100] | worse |" in text
+    assert (tmp_path / "findings.md").read_text() in text
+    readme.write_text("no markers")
+    assert Fi.main([str(tmp_path), "--into", str(readme)]) == 2
+    assert "study-findings:start" in capsys.readouterr().err

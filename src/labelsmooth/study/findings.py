@@ -3,7 +3,11 @@
 Generated from the records by the same code as the report (:mod:`labelsmooth.study.claims` and
 :mod:`labelsmooth.study.stats`), so no figure is copied by hand. Regenerate it from a finished run with::
 
-    python -m labelsmooth.study.findings runs/latest      # prints the block; also rewrites findings.md
+    python -m labelsmooth.study.findings runs/latest                    # print it; rewrite findings.md
+    python -m labelsmooth.study.findings runs/latest --into README.md   # also replace the README block
+
+``--into FILE`` replaces everything between the lines ``<!-- study-findings:start -->`` and
+``<!-- study-findings:end -->`` of FILE (both must be present).
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from typing import Sequence
 from labelsmooth.study import claims as C
 from labelsmooth.study import stats as S
 
-__all__ = ["findings_markdown", "main"]
+__all__ = ["END", "START", "findings_markdown", "main", "replace_block"]
+
+START = "<!-- study-findings:start -->"
+END = "<!-- study-findings:end -->"
 
 
 def _cell(e: S.Estimate | None) -> str:
@@ -98,17 +105,48 @@ def findings_markdown(records: Sequence[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def replace_block(document: str, block: str) -> str:
+    """``document`` with the text between :data:`START` and :data:`END` replaced by ``block``.
+
+    Raises:
+        ValueError: a marker is missing or they are out of order.
+
+    Example:
+        >>> replace_block(f"a\\n{START}\\nold\\n{END}\\nb", "new").splitlines()[1:4]
+        ['<!-- study-findings:start -->', 'new', '<!-- study-findings:end -->']
+    """
+    i, j = document.find(START), document.find(END)
+    if i < 0 or j < 0 or j < i:
+        raise ValueError(f"document must contain {START!r} followed by {END!r}")
+    return document[:i + len(START)] + "\n" + block.strip("\n") + "\n" + document[j:]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print (and rewrite) ``findings.md`` of a finished study folder: ``python -m labelsmooth.study.findings DIR``."""
+    """``python -m labelsmooth.study.findings DIR [--into FILE]``: print and rewrite ``DIR/findings.md``.
+
+    The records are every run in ``DIR/results.json`` (the study itself writes ``findings.md`` from
+    exactly the runs of its grid); with ``--into FILE`` the block between the markers of FILE is
+    replaced as well.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    into = None
+    if len(argv) == 3 and argv[1] == "--into":
+        into = Path(argv[2])
+        argv = argv[:1]
     if len(argv) != 1:
-        print("usage: python -m labelsmooth.study.findings RUN_FOLDER", file=sys.stderr)
+        print("usage: python -m labelsmooth.study.findings RUN_FOLDER [--into FILE]", file=sys.stderr)
         return 2
     folder = Path(argv[0])
     data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     meta = data.get("study", {}).get("meta", {})
     text = findings_markdown(data["runs"], meta)
     (folder / "findings.md").write_text(text, encoding="utf-8")
+    if into is not None:
+        try:
+            into.write_text(replace_block(into.read_text(encoding="utf-8"), text), encoding="utf-8")
+        except ValueError as err:
+            print(f"--into {into}: {err}", file=sys.stderr)
+            return 2
     print(text)
     return 0
 
