@@ -1,9 +1,9 @@
 """Run a study grid: plan the trainings, skip finished ones, train (in parallel processes if asked),
 write every finished run to ``results.json`` atomically, then write the report.
 
-Crash safety: a run is written as soon as it finishes — first its test probabilities
-(``probs/<id>.npz``), then ``results.json`` — each through a temporary file and ``os.replace``,
-which is atomic on POSIX and Windows. A killed process therefore leaves either the previous or the
+Crash safety: a run's test probabilities (``probs/<id>.npz``) are written as soon as it finishes, and
+``results.json`` at most every :data:`_WRITE_EVERY_S` seconds and at the end (also after Ctrl-C),
+each through a temporary file and ``os.replace``, which is atomic on POSIX and Windows. A killed process therefore leaves either the previous or the
 new ``results.json``, never a torn one, and re-running the same command into the same folder
 skips every finished run (same key: dataset, method, eps, noise, seed and training fingerprint).
 """
@@ -34,6 +34,9 @@ from labelsmooth.study.train import Job, JobResult, TrainConfig, run_job
 __all__ = ["ResultsStore", "StudyConfig", "StudyInterrupted", "StudyOutcome", "plan_jobs", "run_study"]
 
 RESULTS = "results.json"
+
+#: Seconds between rewrites of results.json while a grid trains.
+_WRITE_EVERY_S = 3.0
 
 
 class StudyInterrupted(Exception):
@@ -214,8 +217,8 @@ class ResultsStore:
         r = self.records.get(key)
         return r is not None and (self.out / r.get("probs_file", "")).is_file()
 
-    def add(self, result: JobResult) -> None:
-        """Save one finished training: its probability files first, then the updated ``results.json``."""
+    def add(self, result: JobResult, write: bool = True) -> None:
+        """Save one finished training: its probability files first, then (if ``write``) ``results.json``."""
         for record in result.records:
             key = record["key"]
             name = f"probs/{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
@@ -223,7 +226,8 @@ class ResultsStore:
             _atomic_write(self.out / name, lambda f, a=arrays: np.savez_compressed(f, **a))
             record["probs_file"] = name
             self.records[key] = record
-        self._write()
+        if write:
+            self._write()
 
     def save(self) -> None:
         """Rewrite ``results.json`` (atomically), e.g. after changing :attr:`meta`."""
@@ -358,6 +362,9 @@ def _train(cfg: StudyConfig, store: ResultsStore, pending: list[Job], failures: 
     pending = sorted(pending, key=lambda j: -_cost(j, sizes))
     workers = max(1, min(cfg.workers, len(pending)))
     trained = 0
+    # results.json is rewritten whole, so on a long grid it is rewritten at most every few seconds
+    # (and always at the end, also after Ctrl-C): a killed process loses only those seconds.
+    last_write = [time.monotonic()]
     columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
@@ -371,14 +378,20 @@ def _train(cfg: StudyConfig, store: ResultsStore, pending: list[Job], failures: 
             else:
                 for r in result.records:
                     r["dataset_description"] = datasets[job.dataset].description
-                store.add(result)
+                now = time.monotonic()
+                store.add(result, write=now - last_write[0] >= _WRITE_EVERY_S)
+                if now - last_write[0] >= _WRITE_EVERY_S:
+                    last_write[0] = now
                 trained += len(result.records)
             progress.update(task, advance=len(job.methods), description=f"runs (last: {_describe(job)})")
 
-        if workers == 1:
-            _run_inline(pending, datasets, finished)
-        else:
-            _run_pool(pending, datasets, workers, finished)
+        try:
+            if workers == 1:
+                _run_inline(pending, datasets, finished)
+            else:
+                _run_pool(pending, datasets, workers, finished)
+        finally:
+            store.save()
     return trained
 
 
