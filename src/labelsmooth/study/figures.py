@@ -74,7 +74,8 @@ def accuracy_vs_noise(records: Sequence[dict], checkpoint: str = ""):
         settings = S.noise_settings(records, ds)
         kinds = sorted({k for k, lvl in settings if lvl > 0})
         # Post-hoc variants (temperature scaling) keep their model's predictions: same accuracy, not drawn.
-        for v in [S.baseline_variant(records)] + S.smoothing_variants(records, ds):
+        for i, v in enumerate([S.baseline_variant(records)] + S.smoothing_variants(records, ds)):
+            color = f"C{i % 10}"  # one colour per variant, one line style per noise kind
             for kind in kinds:
                 pts = [n for n in settings if n[1] == 0 or n[0] == kind]
                 es = [(n[1], S.metric(records, ds, v, n, checkpoint + "test_accuracy")) for n in pts]
@@ -82,7 +83,8 @@ def accuracy_vs_noise(records: Sequence[dict], checkpoint: str = ""):
                 if not es:
                     continue
                 ax.errorbar([x for x, _ in es], [e.mean for _, e in es], yerr=[_err(e) for _, e in es], marker="o",
-                            capsize=3, linestyle="-" if kind == kinds[0] else "--", label=f"{S.label(v)}, {kind}")
+                            capsize=3, color=color, linestyle="-" if kind == kinds[0] else "--",
+                            label=f"{S.label(v)}, {kind}")
         ax.set(title=ds, xlabel="noise level (fraction of the breakdown rate)", ylabel="test accuracy")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="xx-small")
