@@ -373,6 +373,10 @@ def _calibration(w: _Writer) -> list[str]:
                 text += (f" FLAG: temperature scaling made the test NLL worse than plain ce in {len(hurt)} of "
                          f"{len(rises)} seeds (by up to {max(hurt, default=0.0):.3f}), although it minimises the "
                          "validation NLL: the temperature fitted on this validation split does not always transfer.")
+                bound = sum(bool(r.get("temperature_at_bound")) for r in S.cell(w.records, ds, ts, noise))
+                if bound:
+                    text += (f" In {bound} seed(s) T hit the end of its search range: the model separated the "
+                             "validation set perfectly, so the NLL kept falling as T shrank.")
             if smooth:
                 d, picked = S.selected_difference(w.records, ds, smooth, ts, noise, "val_ece", False, "ece")
                 vals = _selected_values(w, ds, smooth, ts, noise, "val_ece", False, "ece")
