@@ -402,6 +402,7 @@ def test_claim_calibration_says_when_smoothing_hurts_and_compares_on_validation_
     assert "NLL by +0.110" in text
     assert "T = 1.20" in text and "temperature scaling better" in text
     assert "FLAG" not in text
+    assert "Early-stopped (both models at their best validation accuracy): ECE 0.020 (ce) vs 0.020, +0.000" in text
     assert "n = 3 seed(s) x 360 test examples each" in text
 
 

@@ -355,6 +355,10 @@ def _calibration(w: _Writer) -> list[str]:
                      f"({_say(v, 'better calibrated', 'worse calibrated')}; equal-mass bins {_ci(dq)}, "
                      f"{_say(vq, 'better', 'worse')}) and NLL by {_ci(dn)} ({_say(vn, 'better', 'worse')}); it was "
                      f"{_confidence(w.mean(ds, head, noise, 'mean_confidence'), w.mean(ds, head, noise, 'test_accuracy'))}.")
+            de, ve = w.paired("calibration", ds, head, base, noise, "es_ece", True)
+            text += (f" Early-stopped (both models at their best validation accuracy): ECE "
+                     f"{_f(w.mean(ds, base, noise, 'es_ece'))} (ce) vs {_f(w.mean(ds, head, noise, 'es_ece'))}, "
+                     f"{_ci(de)} ({_say(ve, 'better', 'worse')}).")
             grid = "; ".join(f"{S.label(sv)} {_f(w.mean(ds, sv, noise, 'ece'))}" for sv in smooth)
             text += f" ECE over the eps grid: {grid}."
         for rv in S.reference_variants(w.records, ds):
