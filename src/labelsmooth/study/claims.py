@@ -18,7 +18,6 @@ Claims (keys of :data:`CLAIMS`): ``noise``, ``overfitting``, ``calibration``, ``
 
 from __future__ import annotations
 
-import math
 import statistics as _st
 from dataclasses import dataclass, field
 from typing import Sequence
