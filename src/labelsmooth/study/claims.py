@@ -190,6 +190,14 @@ class _Writer:
         vals = S.paired_values(self.records, ds, v, ref, noise, name)
         return d, self.judge(claim, d, name, lower_is_better, ds, vals)
 
+    def selected(self, claim: str, ds: str, candidates: Sequence[Variant], ref: Variant, noise: Noise,
+                 select_on: str, higher_is_better: bool, name: str, lower_is_better: bool
+                 ) -> tuple[Estimate | None, dict[Variant, int], str]:
+        """The candidate chosen per seed on ``select_on`` (validation) against ``ref``: estimate, picks, verdict."""
+        vals, picked = S.selected_values(self.records, ds, candidates, ref, noise, select_on, higher_is_better, name)
+        d = S.estimate(vals)
+        return d, picked, self.judge(claim, d, name, lower_is_better, ds, vals)
+
     def basis(self, ds: str, v: Variant, noise: Noise, chosen: str = "") -> str:
         n = self.n_seeds(ds, v, noise)
         nt = self.n_test(ds)
@@ -231,27 +239,21 @@ def _noise(w: _Writer) -> list[str]:
             if not smooth:
                 out.append(text + " No smoothed model was trained." + w.basis(ds, base, noise))
                 continue
-            d, picked = S.selected_difference(w.records, ds, smooth, base, noise, "val_accuracy", True,
-                                              "test_accuracy")
-            vals = _selected_values(w, ds, smooth, base, noise, "val_accuracy", True, "test_accuracy")
-            v = w.judge("noise", d, "test_accuracy", False, ds, vals)
+            d, picked, v = w.selected("noise", ds, smooth, base, noise, "val_accuracy", True, "test_accuracy", False)
             text += (f" Smoothing with eps chosen per seed by validation accuracy ({_picked(picked)}) changed the "
                      f"last-step test accuracy by {_ci(d)} against ce: "
                      f"{_say(v, 'smoothing helped', 'smoothing hurt', 'no clear difference')}.")
-            d2, _ = S.selected_difference(w.records, ds, smooth, base, noise, "es_val_accuracy", True,
-                                          "es_test_accuracy")
+
             # Early-stopped smoothing vs early-stopped ce: does smoothing add anything to early stopping?
-            vals2 = _selected_values(w, ds, smooth, base, noise, "es_val_accuracy", True, "es_test_accuracy")
-            v2 = w.judge("noise", d2, "test_accuracy", False, ds, vals2)
+            d2, _, v2 = w.selected("noise", ds, smooth, base, noise, "es_val_accuracy", True, "es_test_accuracy",
+                                   False)
             text += (f" With early stopping on both, the difference was {_ci(d2)} "
                      f"({_say(v2, 'smoothing helped', 'smoothing hurt')}).")
             mem0 = w.mean(ds, base, noise, "memorized_fraction")
             cor0 = w.mean(ds, base, noise, "flipped_corrected_fraction")
             if mem0 is not None:
-                dm, _ = S.selected_difference(w.records, ds, smooth, base, noise, "val_accuracy", True,
-                                              "memorized_fraction")
-                mvals = _selected_values(w, ds, smooth, base, noise, "val_accuracy", True, "memorized_fraction")
-                vm = w.judge("noise", dm, "memorized_fraction", True, ds, mvals)
+                dm, _, vm = w.selected("noise", ds, smooth, base, noise, "val_accuracy", True, "memorized_fraction",
+                                       True)
                 third = "" if _k(w, ds) <= 2 else ", the rest as a third class"
                 text += (f" At the last step ce predicted {_pct(mem0)} of the flipped training labels as the flipped "
                          f"label (memorised) and {_pct(cor0)} as their true class{third}; the validation-chosen "
@@ -265,19 +267,6 @@ def _noise(w: _Writer) -> list[str]:
 
 def _k(w: _Writer, ds: str) -> int:
     return next((r["num_classes"] for r in w.records if r["dataset"] == ds), 0)
-
-
-def _selected_values(w: _Writer, ds, cands, base, noise, select_on, higher, name) -> list[float]:
-    ref = {r["seed"]: r.get(name) for r in S.cell(w.records, ds, base, noise)}
-    best: dict[int, dict] = {}
-    sign = -1.0 if higher else 1.0
-    for v in cands:
-        for r in S.cell(w.records, ds, v, noise):
-            if r.get(select_on) is None:
-                continue
-            if r["seed"] not in best or sign * r[select_on] < sign * best[r["seed"]][select_on]:
-                best[r["seed"]] = r
-    return [r[name] - ref[s] for s, r in best.items() if r.get(name) is not None and ref.get(s) is not None]
 
 
 # ----------------------------------------------------------------------------- claim 2: overfitting
@@ -381,16 +370,12 @@ def _calibration(w: _Writer) -> list[str]:
                     text += (f" In {bound} seed(s) T hit the end of its search range: the model separated the "
                              "validation set perfectly, so the NLL kept falling as T shrank.")
             if smooth:
-                d, picked = S.selected_difference(w.records, ds, smooth, ts, noise, "val_ece", False, "ece")
-                vals = _selected_values(w, ds, smooth, ts, noise, "val_ece", False, "ece")
-                v = w.judge("calibration", d, "ece", True, ds, vals)
+                d, picked, v = w.selected("calibration", ds, smooth, ts, noise, "val_ece", False, "ece", True)
                 text += (f" The smoothed model with the lowest validation ECE per seed ({_picked(picked)}) against "
                          f"temperature scaling: ECE {_ci(d)} ({_say(v, 'smoothing better', 'temperature scaling better')}).")
             lsts = [pv for pv in S.posthoc_variants(w.records, ds) if pv[0] == "ls+ts"]
             if lsts:
-                d, picked = S.selected_difference(w.records, ds, lsts, ts, noise, "val_ece", False, "ece")
-                vals = _selected_values(w, ds, lsts, ts, noise, "val_ece", False, "ece")
-                v = w.judge("calibration", d, "ece", True, ds, vals)
+                d, picked, v = w.selected("calibration", ds, lsts, ts, noise, "val_ece", False, "ece", True)
                 text += (f" Smoothing followed by temperature scaling (eps chosen on validation ECE) against "
                          f"temperature scaling alone: ECE {_ci(d)} ({_say(v, 'better', 'worse')}).")
             noisy = [n for n in S.noise_settings(w.records, ds) if n[1] > 0]

@@ -79,9 +79,7 @@ def findings_markdown(records: Sequence[dict], meta: dict) -> str:
         for n in [n for n in S.noise_settings(records, ds) if n[1] > 0]:
             if not smooth:
                 continue
-            d, _ = S.selected_difference(records, ds, smooth, base, n, "val_accuracy", True, "test_accuracy")
-            vals = C._selected_values(w, ds, smooth, base, n, "val_accuracy", True, "test_accuracy")
-            v = w.judge("noise", d, "test_accuracy", False, ds, vals)
+            d, _, v = w.selected("noise", ds, smooth, base, n, "val_accuracy", True, "test_accuracy", False)
             rate = S.metric(records, ds, base, n, "noise_rate")
             mem = S.metric(records, ds, base, n, "memorized_fraction")
             lines.append(f"| {ds} | {S.noise_label(n)} | {'–' if rate is None else f'{rate.mean:.0%}'} | "

@@ -38,6 +38,7 @@ __all__ = [
     "posthoc_variants",
     "reference_variants",
     "selected_difference",
+    "selected_values",
     "smoothing_variants",
     "t_quantile",
     "variants",
@@ -228,10 +229,10 @@ def welch_difference(a: Estimate | None, sd_a: float, b: Estimate | None, sd_b: 
     return Estimate(a.mean - b.mean, t_quantile(df) * se, a.n + b.n)
 
 
-def selected_difference(records: Sequence[dict], dataset: str, candidates: Sequence[Variant], reference: Variant,
-                        noise: Noise, select_on: str, higher_is_better: bool, name: str
-                        ) -> tuple[Estimate | None, dict[Variant, int]]:
-    """Per seed, pick the candidate with the best *validation* metric, then pair its test metric with the reference.
+def selected_values(records: Sequence[dict], dataset: str, candidates: Sequence[Variant], reference: Variant,
+                    noise: Noise, select_on: str, higher_is_better: bool, name: str
+                    ) -> tuple[list[float], dict[Variant, int]]:
+    """Per seed, pick the candidate with the best *validation* metric and pair its metric with the reference.
 
     The selection reads only ``select_on`` (a ``val_*`` field): the test split plays no part in it.
 
@@ -246,7 +247,7 @@ def selected_difference(records: Sequence[dict], dataset: str, candidates: Seque
         name: the (test) metric compared.
 
     Returns:
-        ``(Estimate of selected - reference over seeds, {variant: times selected})``.
+        ``(per-seed differences selected - reference, {variant: times selected})``.
     """
     ref = {r["seed"]: r.get(name) for r in cell(records, dataset, reference, noise)}
     by_seed: dict[int, list[tuple[Variant, dict]]] = {}
@@ -254,15 +255,24 @@ def selected_difference(records: Sequence[dict], dataset: str, candidates: Seque
         for r in cell(records, dataset, v, noise):
             if r.get(select_on) is not None:
                 by_seed.setdefault(r["seed"], []).append((v, r))
+    sign = -1.0 if higher_is_better else 1.0
     diffs, picked = [], {}
     for seed, options in sorted(by_seed.items()):
-        sign = -1.0 if higher_is_better else 1.0
-        # Ties go to the first candidate (the smallest eps): no test value is consulted.
+        # min() keeps the first of equal candidates (the smallest eps): no test value is consulted.
         v, r = min(options, key=lambda o: sign * o[1][select_on])
         if r.get(name) is None or ref.get(seed) is None:
             continue
         picked[v] = picked.get(v, 0) + 1
         diffs.append(r[name] - ref[seed])
+    return diffs, picked
+
+
+def selected_difference(records: Sequence[dict], dataset: str, candidates: Sequence[Variant], reference: Variant,
+                        noise: Noise, select_on: str, higher_is_better: bool, name: str
+                        ) -> tuple[Estimate | None, dict[Variant, int]]:
+    """:func:`selected_values` summarised: ``(Estimate over seeds, {variant: times selected})``."""
+    diffs, picked = selected_values(records, dataset, candidates, reference, noise, select_on, higher_is_better,
+                                    name)
     return estimate(diffs), picked
 
 
