@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Train small models with and without label smoothing on real datasets (shipped with installed "
             "packages or generated locally: nothing is downloaded) and measure the four claims made for "
             "smoothing: robustness to noisy labels, less overfitting, better calibration, less effect in binary "
-            "classification. Writes results.json (after every run; re-running into the same --out resumes), "
-            "report.html and summary.md."
+            "classification. Every choice is made on a validation split; the test split only scores the chosen "
+            "models. Writes results.json (during the run; re-running into the same --out resumes), report.html, "
+            "summary.md and findings.md."
         ),
     )
     study.add_argument("--datasets", type=_name_list, default=None, metavar="A,B",
