@@ -22,10 +22,11 @@ pytest.importorskip("matplotlib")
 from labelsmooth.cli import main  # noqa: E402
 from labelsmooth.study.claims import CLAIMS  # noqa: E402
 
-TINY = ["--epochs", "2", "--hidden", "16", "--workers", "1"]
-FIELDS = ("dataset", "method", "label_smoothing", "noise_rate", "seed", "test_accuracy", "train_accuracy", "ece",
+TINY = ["--steps", "4", "--hidden", "16", "--workers", "1"]
+FIELDS = ("dataset", "method", "label_smoothing", "noise_level", "noise_rate", "seed", "test_accuracy", "train_accuracy", "ece",
           "nll", "config", "classwise_ece", "brier", "mean_confidence", "train_test_gap", "memorized_fraction",
-          "train_accuracy_clean", "curves", "probs_file")
+          "train_accuracy_clean", "curves", "probs_file", "ece_quantile", "val_accuracy", "val_ece", "es_test_accuracy",
+          "es_ece", "es_step", "flipped_corrected_fraction", "steps")
 
 
 def runs(out: Path) -> list[dict]:
@@ -35,7 +36,7 @@ def runs(out: Path) -> list[dict]:
 def test_study_end_to_end_then_resume_trains_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["study", "--datasets", "digits,breast_cancer", "--eps", "0,0.1", "--noise", "0,0.4", "--seeds", "2",
-            "--out", str(out), *TINY]
+            "--methods", "ce,ls,ts", "--noise-kind", "symmetric", "--out", str(out), *TINY]
     # First invocation: trains in two spawned worker processes (the parent writes the results), no report.
     assert main([*argv, "--workers", "2", "--no-report"]) == 0
     text = capsys.readouterr().out
@@ -48,12 +49,15 @@ def test_study_end_to_end_then_resume_trains_nothing(tmp_path, capsys):
     for r in records:
         for f in FIELDS:
             assert f in r, f
-        assert r["config"]["epochs"] == 2 and r["config"]["hidden"] == [16]
+        assert r["steps"] == 4 and r["config"]["steps"] == 4 and r["config"]["hidden"] == [16]
         with np.load(out / r["probs_file"], allow_pickle=False) as f:
             assert f["probs"].shape[0] == f["labels"].shape[0]
     assert {r["method"] for r in records} == {"ce", "ls", "ts"}
     assert {r["binary"] for r in records if r["dataset"] == "breast_cancer"} == {True}
-    assert all(r["memorized_fraction"] is not None for r in records if r["noise_rate"] > 0)
+    assert all(r["memorized_fraction"] is not None for r in records if r["noise_level"] > 0)
+    # Level 0.4 of the breakdown rate: 36% of 10-class labels, 20% of binary ones.
+    assert {round(r["noise_rate"], 3) for r in records if r["noise_level"] > 0 and not r["binary"]} == {0.36}
+    assert {round(r["noise_rate"], 3) for r in records if r["noise_level"] > 0 and r["binary"]} == {0.2}
 
     # Second invocation: every run is found, nothing is trained, results are unchanged; the report is written.
     mtime = (out / "results.json").stat().st_mtime_ns
@@ -70,10 +74,15 @@ def test_study_end_to_end_then_resume_trains_nothing(tmp_path, capsys):
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
     for claim in CLAIMS.values():
         assert claim in html
-    assert "On digits" in html and "breast_cancer" in html and "ECE" in html
+    assert "digits, clean labels" in html and "breast_cancer" in html and "ECE" in html
+    # Two seeds: the numbers are shown, no verdict is made, and the text says why.
+    assert "Verdicts withheld: fewer than 3 seeds" in html and "no verdict" in html
+    meta = json.loads((out / "results.json").read_text())["study"]["meta"]
+    assert meta["quick"] is False and meta["n_seeds"] == 2
+    assert "| dataset | n_test | ECE ce |" in (out / "findings.md").read_text()
     md = (out / "summary.md").read_text()
     assert "| dataset | noise | method | seeds |" in md and "Label smoothing improves calibration" in md
-    assert "On digits" in md
+    assert "digits, clean labels" in md
     assert (out / "figures" / "ece_vs_eps.png").exists()
 
     # Widening the grid trains only the new runs.
@@ -98,7 +107,7 @@ def test_ctrl_c_keeps_finished_runs_and_says_how_to_resume(tmp_path, capsys, mon
     monkeypatch.setattr(runner, "run_job", interrupt_second)
     out = tmp_path / "run"
     argv = ["study", "--datasets", "breast_cancer", "--eps", "0,0.1", "--noise", "0", "--seeds", "1",
-            "--out", str(out), *TINY]
+            "--methods", "ce,ls,ts", "--out", str(out), *TINY]
     assert main(argv) == 130
     text = capsys.readouterr().out
     assert "Interrupted" in text and "Resume with the same command" in text and str(out) in text
@@ -112,7 +121,7 @@ def test_ctrl_c_keeps_finished_runs_and_says_how_to_resume(tmp_path, capsys, mon
 def test_sigkill_mid_run_leaves_valid_results_and_rerun_completes(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "labelsmooth", "study", "--datasets", "digits", "--methods", "ce",
-           "--eps", "0", "--noise", "0", "--seeds", "12", "--epochs", "3", "--hidden", "16", "--workers", "1",
+           "--eps", "0", "--noise", "0", "--seeds", "40", "--steps", "60", "--hidden", "16", "--workers", "1",
            "--no-report", "--out", str(out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -131,11 +140,11 @@ def test_sigkill_mid_run_leaves_valid_results_and_rerun_completes(tmp_path):
         proc.send_signal(signal.SIGKILL)  # our own child, by its pid
         proc.wait()
     done = runs(out)  # parses: the atomic replace never leaves a torn file
-    assert 2 <= len(done) < 12
+    assert 2 <= len(done) < 40  # results.json is rewritten every few seconds: the first write comes mid-grid
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert f"skipping {len(done)} finished run(s)" in res.stdout.replace("\n", " ")
-    assert len(runs(out)) == 12
+    assert len(runs(out)) == 40
 
 
 def test_user_data_cifar_binary_and_npz_through_data_dir(tmp_path, capsys):
@@ -189,7 +198,7 @@ def test_python_dash_m_and_help():
     res = subprocess.run([sys.executable, "-m", "labelsmooth", "study", "--help"], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 0
-    for opt in ("--datasets", "--methods", "--eps", "--noise", "--noise-kind", "--seeds", "--epochs", "--out",
+    for opt in ("--datasets", "--methods", "--eps", "--noise", "--noise-kind", "--seeds", "--steps", "--epochs", "--out",
                 "--quick", "--workers", "--device", "--data-dir"):
         assert opt in res.stdout
     assert "ts:" in res.stdout and "ls:" in res.stdout  # the method registry is listed

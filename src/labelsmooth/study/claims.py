@@ -1,32 +1,32 @@
 """The claim paragraphs: what the numbers say about each of the four claims made for label smoothing.
 
-Every sentence is generated from the run records, so a paragraph says "raised ECE" when smoothing
-raised it, and "did not prevent memorisation" when it did not. A difference is called an
-improvement or a deterioration only when
+Every sentence is generated from the run records, one short paragraph per dataset (and noise setting)
+per claim, each with its numbers, its n and its interval. The rules:
 
-* its 95% paired t-interval over seeds excludes zero (with a single seed there is no interval: the
-  text says so and only the size of the difference counts), and
-* it is at least a practical tolerance (:data:`TOLERANCE`), so that a tiny but consistent change
-  is reported as "no clear difference".
+* **The test split is used once.** Every choice (the eps set against ce, the smoothed model set
+  against temperature scaling, the early-stopping step, the temperature) is made on the validation
+  split; the test split only scores the chosen models.
+* **A verdict needs >= 3 seeds** (:data:`MIN_SEEDS`). Below that, or in a ``--quick`` smoke test, the
+  numbers are shown and the verdict is withheld, and the text says so.
+* A difference is called better or worse only when its 95% paired t-interval over seeds excludes
+  zero **and** it is at least the practical tolerance: :data:`TOLERANCE`, raised to 2 / n_test for
+  metrics counted in test examples (one example of a 114-example test set is 0.0088).
 
-Claims (keys of :data:`CLAIMS`):
-
-1. ``noise``: robustness to noisy training labels (test accuracy and memorisation of flipped labels
-   at the highest noise rate);
-2. ``overfitting``: less overfitting (train-test accuracy gap, rise of the test NLL after its best
-   epoch);
-3. ``calibration``: better calibration (ECE, NLL, and the comparison with temperature scaling);
-4. ``binary``: less effect in binary than in multiclass classification (effect sizes side by side).
+Claims (keys of :data:`CLAIMS`): ``noise``, ``overfitting``, ``calibration``, ``binary``. The extra key
+``statistics`` says how many comparisons the report makes and what difference it could detect.
 """
 
 from __future__ import annotations
 
+import statistics as _st
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from labelsmooth.study import stats as S
-from labelsmooth.study.stats import Estimate, Variant
+from labelsmooth.study.stats import CLEAN, Estimate, Noise, Variant
 
-__all__ = ["CLAIMS", "TOLERANCE", "claim_paragraphs", "verdict"]
+__all__ = ["CLAIMS", "HEADLINE_EPS", "MIN_SEEDS", "TOLERANCE", "binary_comparison", "claim_paragraphs",
+           "effect_sizes", "tolerance", "verdict"]
 
 #: Claim key -> the claim as usually stated.
 CLAIMS: dict[str, str] = {
@@ -36,33 +36,59 @@ CLAIMS: dict[str, str] = {
     "binary": "Label smoothing has less effect in binary classification",
 }
 
-#: Smallest difference called a change, per metric (absolute; ``nll_rel`` is a relative change).
+#: Smallest difference called a change, per metric (absolute).
 TOLERANCE: dict[str, float] = {
     "test_accuracy": 0.005,
     "ece": 0.005,
+    "ece_quantile": 0.005,
     "nll": 0.01,
-    "nll_rel": 0.02,
     "train_test_gap": 0.005,
     "memorized_fraction": 0.05,
+    "nll_rise": 0.01,
 }
 
-#: Reference smoothing value for headline sentences (the grid's value closest to it is used).
+#: Metrics counted in test examples: their tolerance is at least 2 / n_test.
+_PER_EXAMPLE = {"test_accuracy", "ece", "ece_quantile", "train_test_gap"}
+
+#: Fewer seeds than this: no verdict.
+MIN_SEEDS = 3
+
+#: The pre-specified smoothing value of the headline comparisons (the grid's value closest to it).
 HEADLINE_EPS = 0.1
 
 #: |mean confidence - accuracy| below this is called "close to calibrated on average".
 _CONF_TOL = 0.02
 
+_WORDS = ("better", "worse", "same")
 
-def verdict(diff: Estimate | None, metric: str, lower_is_better: bool) -> str:
-    """Classify a paired difference (variant - baseline) as ``"better"``, ``"worse"`` or ``"same"``.
+
+def tolerance(metric: str, n_test: int | None = None) -> float:
+    """The practical tolerance of ``metric``: :data:`TOLERANCE`, at least 2 / n_test for per-example metrics.
+
+    Example:
+        >>> tolerance("test_accuracy", 114) == 2 / 114, tolerance("test_accuracy", 10000)
+        (True, 0.005)
+    """
+    base = TOLERANCE[metric]
+    if n_test and metric.removeprefix("es_") in _PER_EXAMPLE:
+        return max(base, 2.0 / n_test)
+    return base
+
+
+def verdict(diff: Estimate | None, metric: str, lower_is_better: bool, n_test: int | None = None,
+            smoke: bool = False) -> str:
+    """Classify a paired difference (variant - reference).
 
     Args:
-        diff: the paired difference, or ``None`` (returns ``"unknown"``).
-        metric: key of :data:`TOLERANCE`.
+        diff: the paired difference over seeds, or ``None``.
+        metric: key of :data:`TOLERANCE` (an ``es_`` prefix is ignored).
         lower_is_better: True for ECE, NLL, gap, memorisation; False for accuracy.
+        n_test: test-set size (raises the tolerance to 2 / n_test for per-example metrics).
+        smoke: a ``--quick`` smoke test: never a verdict.
 
     Returns:
-        ``"better"``, ``"worse"``, ``"same"`` or ``"unknown"``.
+        ``"better"``, ``"worse"``, ``"same"`` (no clear difference), ``"withheld"`` (fewer than
+        :data:`MIN_SEEDS` seeds, or a smoke test) or ``"unknown"`` (nothing to compare).
 
     Example:
         >>> from labelsmooth.study.stats import Estimate
@@ -70,18 +96,20 @@ def verdict(diff: Estimate | None, metric: str, lower_is_better: bool) -> str:
         'worse'
         >>> verdict(Estimate(0.1, 0.2, 3), "ece", lower_is_better=True)
         'same'
+        >>> verdict(Estimate(0.1, None, 1), "ece", lower_is_better=True)
+        'withheld'
     """
     if diff is None:
         return "unknown"
-    if abs(diff.mean) < TOLERANCE[metric]:
-        return "same"
-    if diff.half is not None and not diff.excludes_zero:
+    if smoke or diff.n < MIN_SEEDS or diff.half is None:
+        return "withheld"
+    if abs(diff.mean) < tolerance(metric.removeprefix("es_"), n_test) or not diff.excludes_zero:
         return "same"
     improved = diff.mean < 0 if lower_is_better else diff.mean > 0
     return "better" if improved else "worse"
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- formatting
 
 
 def _f(x: float | None, d: int = 3) -> str:
@@ -92,418 +120,481 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
-def _diff(d: Estimate | None, d_: int = 3, pct: bool = False) -> str:
+def _ci(d: Estimate | None, pct: bool = False) -> str:
+    """``+0.012 (95% CI +0.004 to +0.020)``; percentages in percentage points when ``pct``."""
     if d is None:
-        return "no paired seeds"
-    scale, unit = (100, " %") if pct else (1, "")
-    dd = 1 if pct else d_
+        return "n/a (no paired seeds)"
+    s, u = (100.0, " pp") if pct else (1.0, "")
+    dd = 1 if pct else 3
     if d.half is None:
-        return f"{d.mean * scale:+.{dd}f}{unit}, one seed"
-    return f"{d.mean * scale:+.{dd}f}{unit}, 95% CI {d.low * scale:+.{dd}f} to {d.high * scale:+.{dd}f}"
-
-
-def _mean(records, ds, v, noise, name) -> float | None:
-    e = S.metric(records, ds, v, noise, name)
-    return None if e is None else e.mean
+        return f"{d.mean * s:+.{dd}f}{u} (one seed, no interval)"
+    return f"{d.mean * s:+.{dd}f}{u} (95% CI {d.low * s:+.{dd}f} to {d.high * s:+.{dd}f})"
 
 
 def _headline(variants: Sequence[Variant]) -> Variant | None:
     # The smoothing value closest to 0.1 (the usual default); on ties the smaller one.
     if not variants:
         return None
-    return min(variants, key=lambda v: (abs(abs(v[1]) - HEADLINE_EPS), abs(v[1])))
+    return min(variants, key=lambda v: (abs(v[1] - HEADLINE_EPS), v[1]))
 
 
-def _confidence(conf: float | None, acc: float | None) -> tuple[str, str]:
-    """(kind, detail): kind is over-/under-confident or close to calibrated; detail gives the numbers."""
+def _confidence(conf: float | None, acc: float | None) -> str:
     if conf is None or acc is None:
-        return "of unknown confidence", ""
+        return "of unknown confidence"
     if conf - acc > _CONF_TOL:
-        return "over-confident", f"mean confidence {conf:.3f} > accuracy {acc:.3f}"
+        return f"over-confident (mean confidence {conf:.3f} > accuracy {acc:.3f})"
     if acc - conf > _CONF_TOL:
-        return "under-confident", f"mean confidence {conf:.3f} < accuracy {acc:.3f}"
-    return "close to calibrated on average", f"mean confidence {conf:.3f}, accuracy {acc:.3f}"
+        return f"under-confident (mean confidence {conf:.3f} < accuracy {acc:.3f})"
+    return f"close to calibrated on average (mean confidence {conf:.3f}, accuracy {acc:.3f})"
 
 
-def _state(kind_detail: tuple[str, str]) -> str:
-    kind, detail = kind_detail
-    return f"{kind} ({detail})" if detail else kind
+def _picked(picked: dict[Variant, int]) -> str:
+    return ", ".join(f"{S.label(v)} {k}x" for v, k in sorted(picked.items(), key=lambda x: -x[1]))
 
 
-def _names(vs: Sequence[Variant]) -> str:
-    return ", ".join(S.label(v) for v in vs)
+# ----------------------------------------------------------------------------- the writer
 
 
-def _sum_up(groups: dict[str, list[str]], what: str, good: str, bad: str) -> str:
-    parts = []
-    if groups["better"]:
-        parts.append(f"{good} on {', '.join(groups['better'])}")
-    if groups["worse"]:
-        parts.append(f"{bad} on {', '.join(groups['worse'])}")
-    if groups["same"]:
-        parts.append(f"made no clear difference on {', '.join(groups['same'])}")
-    if groups["unknown"]:
-        parts.append(f"could not be compared on {', '.join(groups['unknown'])}")
-    if not parts:
-        return ""
-    return f"In sum ({what}), smoothing " + "; ".join(parts) + "."
+@dataclass
+class _Writer:
+    """Holds the records, the smoke flag and the ledger of every verdict made (for the statistics note)."""
+
+    records: list[dict]
+    smoke: bool = False
+    ledger: list[tuple[str, str, str]] = field(default_factory=list)  # (claim, metric, verdict)
+    spreads: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # metric -> (sd, n)
+
+    def mean(self, ds: str, v: Variant, noise: Noise, name: str) -> float | None:
+        e = S.metric(self.records, ds, v, noise, name)
+        return None if e is None else e.mean
+
+    def n_seeds(self, ds: str, v: Variant, noise: Noise) -> int:
+        return len(S.cell(self.records, ds, v, noise))
+
+    def n_test(self, ds: str) -> int | None:
+        sizes = [r["splits"]["n_test"] for r in self.records if r["dataset"] == ds and r.get("splits")]
+        return min(sizes) if sizes else None
+
+    def judge(self, claim: str, diff: Estimate | None, metric: str, lower_is_better: bool, ds: str,
+              values: Sequence[float] | None = None) -> str:
+        v = verdict(diff, metric, lower_is_better, self.n_test(ds), self.smoke)
+        if v in _WORDS:
+            self.ledger.append((claim, metric, v))
+            if values is not None and len(values) >= 2:
+                self.spreads.setdefault(metric.removeprefix("es_"), []).append((_st.stdev(values), len(values)))
+        return v
+
+    def paired(self, claim: str, ds: str, v: Variant, ref: Variant, noise: Noise, name: str,
+               lower_is_better: bool) -> tuple[Estimate | None, str]:
+        d = S.paired_difference(self.records, ds, v, ref, noise, name)
+        vals = S.paired_values(self.records, ds, v, ref, noise, name)
+        return d, self.judge(claim, d, name, lower_is_better, ds, vals)
+
+    def selected(self, claim: str, ds: str, candidates: Sequence[Variant], ref: Variant, noise: Noise,
+                 select_on: str, higher_is_better: bool, name: str, lower_is_better: bool
+                 ) -> tuple[Estimate | None, dict[Variant, int], str]:
+        """The candidate chosen per seed on ``select_on`` (validation) against ``ref``: estimate, picks, verdict."""
+        vals, picked = S.selected_values(self.records, ds, candidates, ref, noise, select_on, higher_is_better, name)
+        d = S.estimate(vals)
+        return d, picked, self.judge(claim, d, name, lower_is_better, ds, vals)
+
+    def basis(self, ds: str, v: Variant, noise: Noise, chosen: str = "") -> str:
+        n = self.n_seeds(ds, v, noise)
+        nt = self.n_test(ds)
+        test = f"{nt} test examples each" if nt else "test examples"
+        why = (" Verdicts withheld: --quick is a smoke test." if self.smoke else
+               f" Verdicts withheld: fewer than {MIN_SEEDS} seeds." if n < MIN_SEEDS else "")
+        return (f" [n = {n} seed(s) x {test}; intervals are 95% t-intervals over seeds of paired differences; "
+                f"{chosen or 'nothing was chosen on the test split'}; the test split only scored the models.{why}]")
 
 
-def _setup(records: Sequence[dict]):
-    base = S.baseline_variant(records)
-    return base, [d for d in S.datasets(records)]
-
-
-def _missing_baseline(claim: str) -> str:
-    return (f"Not measured: the claim compares smoothing with the unsmoothed baseline (method 'ce'), "
-            f"which is not in these runs. Add ce to --methods.")
-
-
-# ----------------------------------------------------------------------------- claim 3: calibration
-
-
-def _calibration(records: Sequence[dict]) -> str:
-    base, dsets = _setup(records)
-    if base is None:
-        return _missing_baseline("calibration")
-    out: list[str] = []
-    groups: dict[str, list[str]] = {"better": [], "worse": [], "same": [], "unknown": []}
-    for ds in dsets:
-        smooth = S.smoothing_variants(records, ds)
-        rates = S.noise_rates(records, ds)
-        noise = rates[0]
-        where = "with clean labels" if noise == 0 else f"at the lowest noise rate in the grid ({noise:g})"
-        ece0 = _mean(records, ds, base, noise, "ece")
-        if ece0 is None:
-            continue
-        conf0 = _mean(records, ds, base, noise, "mean_confidence")
-        acc0 = _mean(records, ds, base, noise, "test_accuracy")
-        nll0 = _mean(records, ds, base, noise, "nll")
-        text = (f"On {ds} {where}, the unsmoothed model (ce) had ECE {ece0:.3f} and NLL {nll0:.3f}, and was "
-                f"{_state(_confidence(conf0, acc0))}.")
-        head = _headline(smooth)
-        if head is None:
-            out.append(text + " No smoothed model was trained, so there is nothing to compare.")
-            continue
-        d = S.paired_difference(records, ds, head, base, noise, "ece")
-        v = verdict(d, "ece", lower_is_better=True)
-        groups[v].append(ds)
-        ece_h = _mean(records, ds, head, noise, "ece")
-        nll_h = _mean(records, ds, head, noise, "nll")
-        kind_h, detail_h = _confidence(_mean(records, ds, head, noise, "mean_confidence"),
-                                       _mean(records, ds, head, noise, "test_accuracy"))
-        if v == "better":
-            text += (f" {S.label(head)} lowered ECE from {ece0:.3f} to {ece_h:.3f} ({_diff(d)}): smoothing improved "
-                     f"calibration, and the model became {_state((kind_h, detail_h))}.")
-        elif v == "worse":
-            kind0 = _confidence(conf0, acc0)[0]
-            made = ("made the model more under-confident" if kind_h == kind0 == "under-confident" else
-                    "made the model under-confident" if kind_h == "under-confident" else
-                    "left the model over-confident" if kind_h == "over-confident" else "did not help")
-            text += (f" {S.label(head)} raised ECE from {ece0:.3f} to {ece_h:.3f} ({_diff(d)}): smoothing {made}"
-                     + (f" ({detail_h})." if detail_h else "."))
-        elif v == "same":
-            text += (f" {S.label(head)} left ECE without a clear change ({ece0:.3f} → {ece_h:.3f}, {_diff(d)}).")
-        else:
-            text += f" {S.label(head)} could not be paired with ce by seed."
-        dn = S.paired_difference(records, ds, head, base, noise, "nll")
-        vn = verdict(dn, "nll", lower_is_better=True)
-        nll_word = {"better": "lowered", "worse": "raised", "same": "did not clearly change"}.get(vn, "changed")
-        text += f" It {nll_word} the NLL ({nll0:.3f} → {nll_h:.3f}, {_diff(dn)})."
-        if len(smooth) > 1:
-            per = {w: [] for w in ("better", "worse", "same", "unknown")}
-            for sv in smooth:
-                per[verdict(S.paired_difference(records, ds, sv, base, noise, "ece"), "ece", True)].append(sv)
-            grid = "; ".join(f"{S.label(sv)} {_f(_mean(records, ds, sv, noise, 'ece'))}" for sv in smooth)
-            bits = []
-            if per["better"]:
-                bits.append(f"lower than ce for {_names(per['better'])}")
-            if per["worse"]:
-                bits.append(f"higher for {_names(per['worse'])}")
-            if per["same"]:
-                bits.append(f"not clearly different for {_names(per['same'])}")
-            text += f" Over the grid, ECE was {grid} ({'; '.join(bits)})."
-        for pv in S.posthoc_variants(records, ds):
-            ece_p = _mean(records, ds, pv, noise, "ece")
-            if ece_p is None:
-                continue
-            temp = _mean(records, ds, pv, noise, "temperature")
-            best = min(smooth, key=lambda sv: _mean(records, ds, sv, noise, "ece") or float("inf"))
-            ece_b = _mean(records, ds, best, noise, "ece")
-            dp = S.paired_difference(records, ds, best, pv, noise, "ece")
-            vp = verdict(dp, "ece", lower_is_better=True)
-            cmp = {"better": "better calibrated than", "worse": "worse calibrated than",
-                   "same": "not clearly better calibrated than"}.get(vp, "not comparable with")
-            t_txt = "" if temp is None else f" (T = {temp:.2f}, fitted on the validation split)"
-            text += (f" Temperature scaling of the ce model{t_txt} reached ECE {ece_p:.3f} without retraining; the "
-                     f"best smoothed model ({S.label(best)}, ECE {_f(ece_b)}) was {cmp} it ({_diff(dp)}).")
-        out.append(text)
-    if not out:
-        return "Not measured: no runs with the baseline."
-    summary = _sum_up(groups, f"ECE at the eps closest to {HEADLINE_EPS:g}", "improved calibration",
-                      "worsened calibration")
-    return " ".join(out + [summary]).strip()
+def _say(v: str, better: str, worse: str, same: str = "no clear difference") -> str:
+    return {"better": better, "worse": worse, "same": same, "withheld": "no verdict",
+            "unknown": "not comparable"}[v]
 
 
 # ----------------------------------------------------------------------------- claim 1: noisy labels
 
 
-def _noise(records: Sequence[dict]) -> str:
-    base, dsets = _setup(records)
-    if base is None:
-        return _missing_baseline("noise")
-    out: list[str] = []
-    groups: dict[str, list[str]] = {"better": [], "worse": [], "same": [], "unknown": []}
-    for ds in dsets:
-        rates = S.noise_rates(records, ds)
-        if not rates or rates[-1] == 0:
-            out.append(f"On {ds} no noise rate above 0 was run, so robustness to noise was not measured.")
-            continue
-        r, r0 = rates[-1], rates[0]
-        kinds = {x["noise_kind"] for x in S.cell(records, ds, base, r)}
-        kind = "/".join(sorted(kinds)) or "label"
-        acc0 = _mean(records, ds, base, r0, "test_accuracy")
-        acc = _mean(records, ds, base, r, "test_accuracy")
-        if acc is None:
-            continue
-        clean_txt = f"{acc0:.3f} on clean labels" if r0 == 0 and acc0 is not None else f"{_f(acc0)} at noise {r0:g}"
-        text = (f"On {ds} with {r:.0%} {kind} noise on the training labels, ce test accuracy was {acc:.3f} "
-                f"(vs {clean_txt}).")
-        best_ce = _mean(records, ds, base, r, "best_test_accuracy")
-        best_ep = _mean(records, ds, base, r, "best_test_accuracy_epoch")
-        if best_ce is not None and best_ce - acc > 0.01:
-            text += (f" During training it peaked at {best_ce:.3f} (around epoch {best_ep:.0f}) and fell as the noise "
-                     f"was fitted; early stopping, which the study does not use, would have kept that.")
-        smooth = S.smoothing_variants(records, ds)
-        if not smooth:
-            out.append(text + " No smoothed model was trained.")
-            continue
-        accs = {sv: _mean(records, ds, sv, r, "test_accuracy") for sv in smooth}
-        best = max(smooth, key=lambda sv: accs[sv] if accs[sv] is not None else -1.0)
-        d = S.paired_difference(records, ds, best, base, r, "test_accuracy")
-        v = verdict(d, "test_accuracy", lower_is_better=False)
-        groups[v].append(ds)
-        grid = "; ".join(f"{S.label(sv)} {_f(accs[sv])}" for sv in smooth)
-        word = {"better": "helped", "worse": "hurt", "same": "made no clear difference"}.get(v, "could not be compared")
-        if len(smooth) > 1:
-            lead = "The best" if v == "better" else "Even the best"
-            text += f" With smoothing: {grid}. {lead}, {S.label(best)}, changed it by {_diff(d)}: smoothing {word}."
-        else:
-            text += f" With {S.label(best)} it was {_f(accs[best])} ({_diff(d)}): smoothing {word}."
-        mem0 = _mean(records, ds, base, r, "memorized_fraction")
-        mems = {sv: _mean(records, ds, sv, r, "memorized_fraction") for sv in smooth}
-        if mem0 is not None:
-            text += (f" The ce model memorised {_pct(mem0)} of the flipped training labels (predicted the wrong label "
-                     f"it was given; 0% would mean every flipped example is still predicted as its true class), "
-                     f"with smoothing " + "; ".join(f"{S.label(sv)} {_pct(m)}" for sv, m in mems.items()) + ".")
-            text += " " + _memorisation_verdict(mem0, [m for m in mems.values() if m is not None])
-        out.append(text)
-    summary = _sum_up(groups, "test accuracy at the highest noise rate, best eps", "helped", "hurt")
-    return " ".join(out + [summary]).strip()
+def _noise(w: _Writer) -> list[str]:
+    base = S.baseline_variant(w.records)
+    out = []
+    for ds in S.datasets(w.records):
+        smooth = S.smoothing_variants(w.records, ds)
+        for noise in [n for n in S.noise_settings(w.records, ds) if n[1] > 0]:
+            acc = w.mean(ds, base, noise, "test_accuracy")
+            if acc is None:
+                continue
+            rate = w.mean(ds, base, noise, "noise_rate")
+            acc_es = w.mean(ds, base, noise, "es_test_accuracy")
+            acc0 = w.mean(ds, base, CLEAN, "test_accuracy")
+            text = (f"{ds}, {noise[0]} noise at level {noise[1]:g} of the breakdown rate ({_pct(rate)} of training "
+                    f"labels flipped): ce's test accuracy was {acc:.3f} at the last step"
+                    + (f" ({acc0:.3f} with clean labels)" if acc0 is not None else "")
+                    + f" and {_f(acc_es)} with early stopping on validation accuracy.")
+            es_vals = [r["es_test_accuracy"] - r["test_accuracy"] for r in S.cell(w.records, ds, base, noise)]
+            d_es = S.estimate(es_vals)
+            v_es = w.judge("noise", d_es, "test_accuracy", False, ds, es_vals)
+            text += f" Early stopping changed ce's accuracy by {_ci(d_es)}: {_say(v_es, 'it helped', 'it hurt')}."
+            if not smooth:
+                out.append(text + " No smoothed model was trained." + w.basis(ds, base, noise))
+                continue
+            d, picked, v = w.selected("noise", ds, smooth, base, noise, "val_accuracy", True, "test_accuracy", False)
+            text += (f" Smoothing with eps chosen per seed by validation accuracy ({_picked(picked)}) changed the "
+                     f"last-step test accuracy by {_ci(d)} against ce: "
+                     f"{_say(v, 'smoothing helped', 'smoothing hurt', 'no clear difference')}.")
+
+            # Early-stopped smoothing vs early-stopped ce: does smoothing add anything to early stopping?
+            d2, _, v2 = w.selected("noise", ds, smooth, base, noise, "es_val_accuracy", True, "es_test_accuracy",
+                                   False)
+            text += (f" With early stopping on both, the difference was {_ci(d2)} "
+                     f"({_say(v2, 'smoothing helped', 'smoothing hurt')}).")
+            mem0 = w.mean(ds, base, noise, "memorized_fraction")
+            cor0 = w.mean(ds, base, noise, "flipped_corrected_fraction")
+            if mem0 is not None:
+                dm, _, vm = w.selected("noise", ds, smooth, base, noise, "val_accuracy", True, "memorized_fraction",
+                                       True)
+                third = "" if _k(w, ds) <= 2 else ", the rest as a third class"
+                text += (f" At the last step ce predicted {_pct(mem0)} of the flipped training labels as the flipped "
+                         f"label (memorised) and {_pct(cor0)} as their true class{third}; the validation-chosen "
+                         f"smoothing changed the memorised share by {_ci(dm, pct=True)}: "
+                         f"{_say(vm, 'less memorisation', 'more memorisation')}.")
+                if mem0 < 0.5:
+                    text += " With under half of the flips memorised by ce, this budget left little to prevent."
+            out.append(text + w.basis(ds, base, noise, "eps and the early-stopping step were chosen on validation"))
+    return out or ["Not measured: no run with noisy training labels."]
 
 
-def _memorisation_verdict(mem0: float, smoothed: list[float]) -> str:
-    if not smoothed:
-        return ""
-    least, most = min(smoothed), max(smoothed)
-    tol = TOLERANCE["memorized_fraction"]
-    if mem0 < 0.5 and least >= mem0 - tol:
-        more = " (smoothing memorised more)" if most > mem0 + tol else ""
-        return ("By the last epoch neither model had memorised most flipped labels, so with this training budget "
-                f"there was little memorisation for smoothing to prevent{more}.")
-    if least >= mem0 - tol:
-        return "Smoothing did not prevent memorisation of the flipped labels."
-    if least > 0.5:
-        return f"Smoothing reduced memorisation (to {_pct(least)} at best) but did not prevent it."
-    return f"Smoothing reduced memorisation substantially (from {_pct(mem0)} to {_pct(least)} at best)."
+def _k(w: _Writer, ds: str) -> int:
+    return next((r["num_classes"] for r in w.records if r["dataset"] == ds), 0)
 
 
 # ----------------------------------------------------------------------------- claim 2: overfitting
 
 
-def _overfitting(records: Sequence[dict]) -> str:
-    base, dsets = _setup(records)
-    if base is None:
-        return _missing_baseline("overfitting")
-    out: list[str] = []
-    groups: dict[str, list[str]] = {"better": [], "worse": [], "same": [], "unknown": []}
-    for ds in dsets:
-        rates = S.noise_rates(records, ds)
-        r0 = rates[0]
-        gap0 = _mean(records, ds, base, r0, "train_test_gap")
-        if gap0 is None:
-            continue
-        tr = _mean(records, ds, base, r0, "train_accuracy")
-        te = _mean(records, ds, base, r0, "test_accuracy")
-        where = "with clean labels" if r0 == 0 else f"at noise {r0:g}"
-        text = (f"On {ds} {where}, ce reached train accuracy {tr:.3f} and test accuracy {te:.3f}, a train-test gap "
-                f"of {gap0:.3f}.")
-        head = _headline(S.smoothing_variants(records, ds))
-        if head is None:
-            out.append(text + " No smoothed model was trained.")
-            continue
-        d = S.paired_difference(records, ds, head, base, r0, "train_test_gap")
-        v = verdict(d, "train_test_gap", lower_is_better=True)
-        groups[v].append(ds)
-        gap_h = _mean(records, ds, head, r0, "train_test_gap")
-        tr_h, te_h = _mean(records, ds, head, r0, "train_accuracy"), _mean(records, ds, head, r0, "test_accuracy")
-        verb = {"better": "narrowed the gap to", "worse": "widened the gap to",
-                "same": "left the gap without a clear change at"}.get(v, "gave a gap of")
-        text += (f" {S.label(head)} {verb} {_f(gap_h)} ({_diff(d)}; train {_f(tr_h)}, test {_f(te_h)}).")
-        rise0 = _nll_rise(records, ds, base, r0)
-        rise_h = _nll_rise(records, ds, head, r0)
-        if rise0 is not None and rise_h is not None:
-            if max(rise0, rise_h) < TOLERANCE["nll"]:
-                text += " Neither model's test NLL rose after its best epoch."
-            else:
-                less = rise_h < rise0 - TOLERANCE["nll"]
-                text += (f" After its best epoch the test NLL rose by {rise0:.3f} with ce and by {rise_h:.3f} with "
-                         f"{S.label(head)}: this probabilistic sign of overfitting was "
-                         f"{'smaller' if less else 'not smaller'} with smoothing.")
-        if rates[-1] > r0:
-            r = rates[-1]
-            g = _mean(records, ds, base, r, "train_test_gap")
-            gh = _mean(records, ds, head, r, "train_test_gap")
-            dn = S.paired_difference(records, ds, head, base, r, "train_test_gap")
-            vn = verdict(dn, "train_test_gap", lower_is_better=True)
-            word = {"better": "smaller", "worse": "larger", "same": "not clearly different"}.get(vn, "not comparable")
-            text += (f" At {r:.0%} noise the gap (accuracy on the noisy training labels minus clean test accuracy) was "
-                     f"{_f(g)} with ce and {_f(gh)} with {S.label(head)}: {word} ({_diff(dn)}).")
-            if g is not None and g < 0:
-                text += " A negative gap means the model had not fitted the noisy labels."
-        out.append(text)
-    summary = _sum_up(groups, f"train-test gap, eps closest to {HEADLINE_EPS:g}", "reduced overfitting",
-                      "increased overfitting")
-    return " ".join(out + [summary]).strip()
+def _val_nll_rise(r: dict) -> float | None:
+    c = r.get("curves") or {}
+    vals = c.get("val_nll") or []
+    return vals[-1] - min(vals) if vals else None
 
 
-def _nll_rise(records, ds, v, noise) -> float | None:
-    rises = [r["nll"] - r["min_test_nll"] for r in S.cell(records, ds, v, noise)
-             if r.get("nll") is not None and r.get("min_test_nll") is not None]
-    return sum(rises) / len(rises) if rises else None
+def _overfitting(w: _Writer) -> list[str]:
+    base = S.baseline_variant(w.records)
+    out = []
+    for ds in S.datasets(w.records):
+        head = _headline(S.smoothing_variants(w.records, ds))
+        for noise in S.noise_settings(w.records, ds):
+            if noise != CLEAN and noise[0] != S.noise_settings(w.records, ds)[-1][0]:
+                continue  # one noisy kind is enough for this claim (the last in the grid)
+            gap0 = w.mean(ds, base, noise, "train_test_gap")
+            if gap0 is None:
+                continue
+            where = "clean labels" if noise == CLEAN else f"{S.noise_label(noise)} noise"
+            text = (f"{ds}, {where}: ce's train-test gap (accuracy on the clean training labels minus test "
+                    f"accuracy) was {gap0:.3f} at the last step.")
+            if head is None:
+                out.append(text + " No smoothed model was trained." + w.basis(ds, base, noise))
+                continue
+            d, v = w.paired("overfitting", ds, head, base, noise, "train_test_gap", True)
+            gap_h = w.mean(ds, head, noise, "train_test_gap")
+            text += (f" With {S.label(head)} it was {_f(gap_h)}, a difference of {_ci(d)}: "
+                     f"{_say(v, 'smaller with smoothing', 'larger with smoothing')}.")
+            if gap0 < 0:
+                text += (" A negative gap means the model fitted flipped labels: it is wrong on those training "
+                         "examples' clean labels more often than on the test set.")
+            rises = {}
+            for var in (base, head):
+                rises[var] = {r["seed"]: _val_nll_rise(r) for r in S.cell(w.records, ds, var, noise)}
+            vals = [rises[head][s] - rises[base][s] for s in rises[head]
+                    if rises[head][s] is not None and rises[base].get(s) is not None]
+            if vals:
+                dr = S.estimate(vals)
+                vr = w.judge("overfitting", dr, "nll_rise", True, ds, vals)
+                r0 = S.estimate(rises[base].values()).mean
+                rh = S.estimate(rises[head].values()).mean
+                text += (f" The validation NLL rose after its minimum by {r0:.3f} (ce) and {rh:.3f} "
+                         f"({S.label(head)}); the paired difference was {_ci(dr)}: "
+                         f"{_say(vr, 'a smaller rise with smoothing', 'a larger rise with smoothing')}.")
+            out.append(text + w.basis(ds, base, noise, f"eps = {head[1]:g} was fixed in advance"))
+    return out or ["Not measured: no runs with the baseline."]
+
+
+# ----------------------------------------------------------------------------- claim 3: calibration
+
+
+def _calibration(w: _Writer) -> list[str]:
+    base = S.baseline_variant(w.records)
+    out = []
+    for ds in S.datasets(w.records):
+        noise = S.noise_settings(w.records, ds)[0]
+        ece0 = w.mean(ds, base, noise, "ece")
+        if ece0 is None:
+            continue
+        smooth = S.smoothing_variants(w.records, ds)
+        text = (f"{ds}, {S.noise_label(noise)} labels: ce had test ECE {ece0:.3f} (equal-mass bins "
+                f"{_f(w.mean(ds, base, noise, 'ece_quantile'))}) and NLL {_f(w.mean(ds, base, noise, 'nll'))}, "
+                f"and was {_confidence(w.mean(ds, base, noise, 'mean_confidence'), w.mean(ds, base, noise, 'test_accuracy'))}.")
+        head = _headline(smooth)
+        if head is not None:
+            d, v = w.paired("calibration", ds, head, base, noise, "ece", True)
+            dq, vq = w.paired("calibration", ds, head, base, noise, "ece_quantile", True)
+            dn, vn = w.paired("calibration", ds, head, base, noise, "nll", True)
+            text += (f" {S.label(head)} (fixed in advance) changed ECE by {_ci(d)} "
+                     f"({_say(v, 'better calibrated', 'worse calibrated')}; equal-mass bins {_ci(dq)}, "
+                     f"{_say(vq, 'better', 'worse')}) and NLL by {_ci(dn)} ({_say(vn, 'better', 'worse')}); it was "
+                     f"{_confidence(w.mean(ds, head, noise, 'mean_confidence'), w.mean(ds, head, noise, 'test_accuracy'))}.")
+            de, ve = w.paired("calibration", ds, head, base, noise, "es_ece", True)
+            text += (f" Early-stopped (both models at their best validation accuracy): ECE "
+                     f"{_f(w.mean(ds, base, noise, 'es_ece'))} (ce) vs {_f(w.mean(ds, head, noise, 'es_ece'))}, "
+                     f"{_ci(de)} ({_say(ve, 'better', 'worse')}).")
+            grid = "; ".join(f"{S.label(sv)} {_f(w.mean(ds, sv, noise, 'ece'))}" for sv in smooth)
+            text += f" ECE over the eps grid: {grid}."
+        for rv in S.reference_variants(w.records, ds):
+            d, v = w.paired("calibration", ds, rv, base, noise, "ece", True)
+            text += f" {S.label(rv)} changed ECE by {_ci(d)} against ce ({_say(v, 'better', 'worse')})."
+        ts = ("ts", 0.0) if ("ts", 0.0) in S.posthoc_variants(w.records, ds) else None
+        if ts is not None:
+            temp = w.mean(ds, ts, noise, "temperature")
+            dn, vn = w.paired("calibration", ds, ts, base, noise, "nll", True)
+            text += (f" Temperature scaling of ce (T = {_f(temp, 2)}, fitted on validation) reached ECE "
+                     f"{_f(w.mean(ds, ts, noise, 'ece'))} and changed NLL by {_ci(dn)} against plain ce.")
+            rises = S.paired_values(w.records, ds, ts, base, noise, "nll")
+            hurt = [x for x in rises if x > TOLERANCE["nll"]]
+            if dn is not None and (vn == "worse" or dn.mean > TOLERANCE["nll"] or hurt):
+                # Flagged even without a clear mean: one seed where T ruins the NLL is a failure a user meets.
+                text += (f" FLAG: temperature scaling made the test NLL worse than plain ce in {len(hurt)} of "
+                         f"{len(rises)} seeds (by up to {max(hurt, default=0.0):.3f}), although it minimises the "
+                         "validation NLL: the temperature fitted on this validation split does not always transfer.")
+                bound = sum(bool(r.get("temperature_at_bound")) for r in S.cell(w.records, ds, ts, noise))
+                if bound:
+                    text += (f" In {bound} seed(s) T hit the end of its search range: the model separated the "
+                             "validation set perfectly, so the NLL kept falling as T shrank.")
+            if smooth:
+                d, picked, v = w.selected("calibration", ds, smooth, ts, noise, "val_ece", False, "ece", True)
+                text += (f" The smoothed model with the lowest validation ECE per seed ({_picked(picked)}) against "
+                         f"temperature scaling: ECE {_ci(d)} ({_say(v, 'smoothing better', 'temperature scaling better')}).")
+            lsts = [pv for pv in S.posthoc_variants(w.records, ds) if pv[0] == "ls+ts"]
+            if lsts:
+                d, picked, v = w.selected("calibration", ds, lsts, ts, noise, "val_ece", False, "ece", True)
+                text += (f" Smoothing followed by temperature scaling (eps chosen on validation ECE) against "
+                         f"temperature scaling alone: ECE {_ci(d)} ({_say(v, 'better', 'worse')}).")
+            noisy = [n for n in S.noise_settings(w.records, ds) if n[1] > 0]
+            tsn = ("ts-noisyval", 0.0)
+            if noisy and S.cell(w.records, ds, tsn, noisy[0]):
+                nz = noisy[0]
+                d, v = w.paired("calibration", ds, tsn, ts, nz, "ece", True)
+                text += (f" With {S.noise_label(nz)} noise, "
+                         f"T fitted on clean validation labels gave ECE {_f(w.mean(ds, ts, nz, 'ece'))}, on noisy "
+                         f"validation labels (what a practitioner would have) {_f(w.mean(ds, tsn, nz, 'ece'))}: "
+                         f"{_ci(d)}.")
+        out.append(text + w.basis(ds, base, noise, "the compared eps, the temperature and every "
+                                                   "'best' model were chosen on validation"))
+    return out or ["Not measured: no runs with the baseline."]
 
 
 # ----------------------------------------------------------------------------- claim 4: binary
 
 
-def effect_sizes(records: Sequence[dict], variant: Variant, noise_rate: float) -> dict[str, dict[str, Estimate | None]]:
-    """Paired effects of ``variant`` vs the baseline per dataset: ΔECE, Δaccuracy, relative ΔNLL.
+def effect_sizes(records: Sequence[dict], variant: Variant, noise: Noise) -> dict[str, dict[str, Estimate | None]]:
+    """Signed paired effects of ``variant`` vs the baseline per dataset: ΔECE, Δaccuracy, ΔNLL.
 
     Args:
         records: run records.
         variant: the smoothing variant.
-        noise_rate: the noise rate of the comparison.
+        noise: the noise setting.
 
     Returns:
-        ``{dataset: {"ece": Estimate, "test_accuracy": Estimate, "nll_rel": Estimate}}``.
+        ``{dataset: {"ece": Estimate, "test_accuracy": Estimate, "nll": Estimate}}``.
     """
     base = S.baseline_variant(records)
-    out = {}
-    for ds in S.datasets(records):
-        if base is None:
+    if base is None:
+        return {}
+    return {ds: {m: S.paired_difference(records, ds, variant, base, noise, m) for m in ("ece", "test_accuracy", "nll")}
+            for ds in S.datasets(records)}
+
+
+@dataclass(frozen=True)
+class BinaryComparison:
+    """Claim 4 on one pair of tasks sharing their data: signed effects and the interval on their difference.
+
+    ``reduction`` is ``s * (effect_multi - effect_binary)`` with ``s`` the sign of the multiclass
+    effect: positive when the binary effect is smaller in the multiclass effect's direction.
+    """
+
+    metric: str
+    binary: Estimate | None
+    multi: Estimate | None
+    reduction: Estimate | None
+    verdict: str
+
+
+def binary_comparison(records: Sequence[dict], binary_ds: str, multi_ds: str, variant: Variant, metric: str,
+                      noise: Noise = CLEAN, smoke: bool = False) -> BinaryComparison:
+    """Compare the signed effect of ``variant`` (vs ce, paired by seed) on a binary task and a K-class task.
+
+    The two tasks are trained on different models and splits, so their effects are independent: the
+    interval on their difference is Welch's.
+
+    Args:
+        records: run records.
+        binary_ds: the binary task (e.g. ``digits:3v8``).
+        multi_ds: the K-class task on the same data (``digits``).
+        variant: the smoothing variant.
+        metric: ``"ece"``, ``"test_accuracy"`` or ``"nll"``.
+        noise: the noise setting.
+        smoke: a smoke test (no verdict).
+
+    Returns:
+        A :class:`BinaryComparison`; its verdict is ``"smaller"``, ``"larger"``, ``"opposite"``,
+        ``"same"`` (no clear difference), ``"no multiclass effect"``, ``"withheld"`` or ``"unknown"``.
+    """
+    base = S.baseline_variant(records)
+    vb = S.paired_values(records, binary_ds, variant, base, noise, metric) if base else []
+    vm = S.paired_values(records, multi_ds, variant, base, noise, metric) if base else []
+    eb, em = S.estimate(vb), S.estimate(vm)
+    if eb is None or em is None:
+        return BinaryComparison(metric, eb, em, None, "unknown")
+    if smoke or min(len(vb), len(vm)) < MIN_SEEDS:
+        return BinaryComparison(metric, eb, em, None, "withheld")
+    s = 1.0 if em.mean >= 0 else -1.0
+    red = S.welch_difference(S.estimate([s * x for x in vm]), _st.stdev(vm),
+                             S.estimate([s * x for x in vb]), _st.stdev(vb))
+    tol = TOLERANCE[metric]
+    if not em.excludes_zero or abs(em.mean) < tol:
+        v = "no multiclass effect"
+    elif eb.excludes_zero and s * eb.mean < 0 and abs(eb.mean) >= tol:
+        v = "opposite"
+    elif red is not None and red.excludes_zero and abs(red.mean) >= tol:
+        v = "smaller" if red.mean > 0 else "larger"
+    else:
+        v = "same"
+    return BinaryComparison(metric, eb, em, red, v)
+
+
+_BIN_WORDS = {
+    "smaller": "smaller in the binary task",
+    "larger": "LARGER in the binary task",
+    "opposite": "in the OPPOSITE direction in the binary task",
+    "same": "no clear difference between the tasks",
+    "no multiclass effect": "no clear effect on the 10-class task, so nothing to be smaller than",
+    "withheld": "no verdict",
+    "unknown": "not comparable",
+}
+
+
+def _binary(w: _Writer) -> list[str]:
+    base = S.baseline_variant(w.records)
+    dsets = S.datasets(w.records)
+    parents = {r["dataset"]: r.get("parent_dataset") for r in w.records}
+    pairs = [(d, parents[d]) for d in dsets if parents.get(d) and parents[d] in dsets]
+    out = []
+    for bds, mds in pairs:
+        shared = set(S.smoothing_variants(w.records, bds)) & set(S.smoothing_variants(w.records, mds))
+        head = _headline(sorted(shared))
+        if head is None:
             continue
-        out[ds] = {
-            "ece": S.paired_difference(records, ds, variant, base, noise_rate, "ece"),
-            "test_accuracy": S.paired_difference(records, ds, variant, base, noise_rate, "test_accuracy"),
-            "nll_rel": S.paired_difference(records, ds, variant, base, noise_rate, "nll", relative=True),
-        }
+        k = _k(w, mds)
+        parts = []
+        for metric, title in (("ece", "ECE"), ("test_accuracy", "test accuracy"), ("nll", "NLL")):
+            c = binary_comparison(w.records, bds, mds, head, metric, CLEAN, w.smoke)
+            if c.verdict in ("smaller", "larger", "opposite", "same"):
+                w.ledger.append(("binary", metric, c.verdict))
+            red = "" if c.reduction is None else f"; |multiclass| minus binary effect in that direction {_ci(c.reduction)}"
+            parts.append(f"{title}: binary {_ci(c.binary)}, {k}-class {_ci(c.multi)}{red}: {_BIN_WORDS[c.verdict]}")
+        eps = head[1]
+        text = (f"{bds} vs {mds} (the same data as one binary and one {k}-class task), clean labels, {S.label(head)} "
+                f"against ce, signed effects: " + "; ".join(parts) + ". "
+                f"Part of any difference is arithmetic: eps = {eps:g} caps the smoothed target at 1 - eps/2 = "
+                f"{1 - eps / 2:.3f} for one logit and at 1 - eps + eps/K = {1 - eps + eps / k:.3f} for K = {k}.")
+        out.append(text + w.basis(bds, base, CLEAN, f"eps = {eps:g} was fixed in advance"))
+    others = [d for d in dsets if d not in parents or not parents.get(d)]
+    lone = [d for d in others if any(r["binary"] for r in w.records if r["dataset"] == d)]
+    for ds in lone:
+        head = _headline(S.smoothing_variants(w.records, ds))
+        if head is None or base is None:
+            continue
+        d = S.paired_difference(w.records, ds, head, base, CLEAN, "ece")
+        out.append(f"{ds} (binary, no K-class version of the same data): {S.label(head)} changed ECE by {_ci(d)}; "
+                   "set beside other datasets it compares tasks, not only the number of classes, so it is shown "
+                   "but not used for this claim." + w.basis(ds, base, CLEAN, f"eps = {head[1]:g} was fixed in advance"))
+    if not pairs:
+        out.insert(0, "Not measured within one dataset: add a binary task carved from a K-class dataset next to it, "
+                      "e.g. --datasets digits,digits:3v8.")
     return out
 
 
-def _binary(records: Sequence[dict]) -> str:
-    base, dsets = _setup(records)
-    if base is None:
-        return _missing_baseline("binary")
-    is_bin = {ds: S.cell(records, ds, base, S.noise_rates(records, ds)[0])[0]["binary"]
-              for ds in dsets if S.cell(records, ds, base, S.noise_rates(records, ds)[0])}
-    binary = [d for d, b in is_bin.items() if b]
-    multi = [d for d, b in is_bin.items() if not b]
-    if not binary or not multi:
-        return ("Not measured: the comparison needs at least one binary and one multiclass dataset in --datasets "
-                f"(binary: {', '.join(binary) or 'none'}; multiclass: {', '.join(multi) or 'none'}).")
-    noise = min(S.noise_rates(records))
-    shared = set(S.smoothing_variants(records, binary[0]))
-    for ds in binary[1:] + multi:
-        shared &= set(S.smoothing_variants(records, ds))
-    head = _headline(sorted(shared, key=lambda v: v[1]))
-    if head is None:
-        return "Not measured: no smoothing value was run on both the binary and the multiclass datasets."
-    eff = effect_sizes(records, head, noise)
-    where = "clean labels" if noise == 0 else f"noise {noise:g}"
-    text = (f"With {S.label(head)} and {where}, compared with ce on the same seeds: ")
-    names = {"ece": ("ECE", False), "test_accuracy": ("test accuracy", False), "nll_rel": ("NLL", True)}
-    parts, conclusions = [], []
-    for key, (title, rel) in names.items():
-        def show(ds):
-            e = eff[ds][key]
-            return f"{ds} {_diff(e, pct=rel)}"
-        parts.append(f"{title} changed by " + "; ".join(show(d) + " (binary)" for d in binary) + " vs "
-                     + "; ".join(show(d) for d in multi) + (" (relative change)" if rel else ""))
-        b = [abs(eff[d][key].mean) for d in binary if eff[d][key] is not None]
-        m = [abs(eff[d][key].mean) for d in multi if eff[d][key] is not None]
-        if not b or not m:
-            continue
-        mb, mm = sum(b) / len(b), sum(m) / len(m)
-        tol = TOLERANCE[key]
-        # Magnitudes of changes that are all within seed noise say nothing about which is larger.
-        clear = {d: verdict(eff[d][key], key, lower_is_better=True) in ("better", "worse") for d in binary + multi}
-        clear_multi = {d: abs(eff[d][key].mean) for d in multi if clear[d]}
-        if not any(clear.values()):
-            conclusions.append(f"not distinguishable for {title}: smoothing had no clear effect on it on any dataset")
-        elif not any(clear[d] for d in binary):
-            named = ", ".join(f"{d} |Δ| {v:.3f}" for d, v in clear_multi.items())
-            if mb < min(clear_multi.values()) - tol / 2:
-                conclusions.append(f"smaller for {title}: no clear change in the binary task (|Δ| {mb:.3f}) while "
-                                   f"the multiclass change was clear ({named})")
-            else:
-                conclusions.append(f"inconclusive for {title}: the binary change (|Δ| {mb:.3f}) was not "
-                                   f"distinguishable from zero, yet not smaller than the clear multiclass change "
-                                   f"({named})")
-        elif mb < min(m) - tol / 2:
-            conclusions.append(f"smaller for {title} than on every multiclass dataset (|Δ| {mb:.3f} vs {min(m):.3f}"
-                               f"–{max(m):.3f})")
-        elif mb < mm - tol / 2:
-            conclusions.append(f"smaller for {title} than the multiclass average (|Δ| {mb:.3f} vs {mm:.3f}) but not "
-                               "than every multiclass dataset")
-        else:
-            conclusions.append(f"NOT smaller for {title} (|Δ| {mb:.3f} binary vs {mm:.3f} multiclass)")
-    k = max(S.cell(records, multi[0], base, noise)[0]["num_classes"], 3)
-    eps = head[1]
-    text += "; ".join(parts) + ". "
-    text += "The effect in the binary task was " + "; ".join(conclusions) + ". " if conclusions else ""
-    text += (f"Part of this is arithmetic: with eps={eps:g} the smoothed target caps a binary model's confidence at "
-             f"1 - eps/2 = {1 - eps / 2:.3f} but a {k}-class model's at 1 - eps + eps/K = {1 - eps + eps / k:.3f}. "
-             "The datasets also differ in size and difficulty, so this compares tasks, not only the number of classes.")
+# ----------------------------------------------------------------------------- statistics note
+
+
+def _statistics(w: _Writer) -> str:
+    seeds = sorted({len(S.cell(w.records, ds, v, n)) for ds in S.datasets(w.records)
+                    for v in S.variants(w.records, ds) for n in S.noise_settings(w.records, ds)} - {0})
+    n_seeds = seeds[-1] if seeds else 0
+    m = len(w.ledger)
+    clear = sum(1 for _, _, v in w.ledger if v in ("better", "worse", "smaller", "larger", "opposite"))
+    text = (f"This report makes {m} comparisons with a verdict ({clear} of them clear). Each uses a 95% interval, "
+            f"so if nothing differed about {0.05 * m:.1f} would still come out clear by chance; no correction for "
+            "multiplicity is applied, so read single clear verdicts near the tolerance with care.")
+    if w.smoke:
+        text = ("This is a --quick smoke test: it checks that the study runs end to end, with a budget and a number "
+                "of seeds that support no verdict. Every verdict is withheld; run the default grid for evidence.")
+    elif n_seeds < MIN_SEEDS:
+        text = (f"With {n_seeds} seed(s) there are no intervals over seeds worth the name, so every verdict is "
+                f"withheld; run at least {MIN_SEEDS} seeds (the default is 10).")
+    det = []
+    for metric, spreads in sorted(w.spreads.items()):
+        sd = _st.median(s for s, _ in spreads)
+        n = int(_st.median(k for _, k in spreads))
+        dd = S.detectable_difference(sd, n)
+        if dd is not None:
+            det.append(f"{metric} {dd:.3f}")
+    if det:
+        text += (f" With {n_seeds} seeds and the median spread of the paired differences seen here, a true "
+                 f"difference is found with 80% power when it is at least about: " + "; ".join(det) + ".")
+    steps = sorted({r.get("steps") for r in w.records if r.get("steps")})
+    moving = [r for r in w.records if (r.get("train_accuracy_gain_last_fifth") or 0) > 0.01 and r["method"] == "ce"]
+    n_ce = sum(1 for r in w.records if r["method"] == "ce")
+    if steps:
+        text += (f" Budget: {', '.join(map(str, steps))} Adam steps per training, the same on every dataset; in "
+                 f"{len(moving)} of {n_ce} ce trainings the accuracy on the training labels still rose by more than "
+                 "1 point over the last fifth of the budget (not converged).")
+    text += (" Tolerances: a difference smaller than the practical tolerance is 'no clear difference' even when its "
+             "interval excludes zero; for accuracy and ECE it is at least 2 / n_test.")
     return text
 
 
 # ----------------------------------------------------------------------------- entry point
 
 
-def claim_paragraphs(records: Sequence[dict]) -> dict[str, str]:
-    """One paragraph per claim, generated from the run records.
+def claim_paragraphs(records: Sequence[dict], smoke: bool = False) -> dict[str, str]:
+    """Short paragraphs per claim (separated by blank lines), generated from the run records.
 
     Args:
-        records: run records (as in ``results.json``); they should come from one grid (one training
-            configuration).
+        records: run records (as in ``results.json``) of one grid.
+        smoke: the records come from a ``--quick`` smoke test: numbers are shown, verdicts withheld.
 
     Returns:
-        ``{claim key: paragraph}`` in the order of :data:`CLAIMS`.
+        ``{claim key: paragraphs}`` in the order of :data:`CLAIMS`, then ``"statistics"``.
 
     Example:
-        >>> rec = lambda m, eps, ece, seed: dict(dataset="toy", method=m, label_smoothing=eps, noise_rate=0.0,
+        >>> rec = lambda m, eps, ece, seed: dict(dataset="toy", method=m, label_smoothing=eps, noise_level=0.0,
         ...     noise_kind="none", seed=seed, ece=ece, nll=0.2, mean_confidence=0.97, test_accuracy=0.97,
-        ...     train_accuracy=1.0, train_test_gap=0.03, num_classes=10, binary=False)
+        ...     train_test_gap=0.03, num_classes=10, binary=False, splits={"n_test": 1000})
         >>> rs = [rec("ce", 0.0, 0.02, s) for s in range(3)] + [rec("ls", 0.1, 0.12 + s / 100, s) for s in range(3)]
-        >>> "raised ECE from 0.020 to 0.130" in claim_paragraphs(rs)["calibration"]
+        >>> "ls eps=0.1 (fixed in advance) changed ECE by +0.110" in claim_paragraphs(rs)["calibration"]
         True
     """
     records = list(records)
-    if not records:
-        return {k: "Not measured: no finished runs." for k in CLAIMS}
-    return {
-        "noise": _noise(records),
-        "overfitting": _overfitting(records),
-        "calibration": _calibration(records),
-        "binary": _binary(records),
+    if not records or S.baseline_variant(records) is None:
+        why = "no finished runs." if not records else "the baseline ce is not in these runs (add it to --methods)."
+        return {**{k: f"Not measured: {why}" for k in CLAIMS}, "statistics": ""}
+    w = _Writer(records, smoke)
+    out = {
+        "noise": _noise(w),
+        "overfitting": _overfitting(w),
+        "calibration": _calibration(w),
+        "binary": _binary(w),
     }
+    result = {k: "\n\n".join(v) for k, v in out.items()}
+    result["statistics"] = _statistics(w)
+    return result

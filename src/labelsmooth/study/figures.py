@@ -19,6 +19,7 @@ __all__ = [
     "effect_size_figure",
     "learning_curves",
     "metric_vs_eps",
+    "projection_figure",
     "reliability_grid",
 ]
 
@@ -36,14 +37,14 @@ def _grid(n: int, width: float = 4.2, height: float = 3.4):
     return fig, axes
 
 
-def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, noise_rate: float):
+def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, noise_rate: S.Noise):
     """Reliability diagrams of every variant on one dataset at one noise rate, seeds pooled.
 
     Args:
         records: run records.
         load: returns a record's saved test ``(probs, labels)``.
         dataset: dataset name.
-        noise_rate: noise rate of the runs shown.
+        noise_rate: noise setting ``(kind, level)`` of the runs shown.
 
     Returns:
         A matplotlib ``Figure`` with one diagram (and its count histogram) per variant.
@@ -58,54 +59,63 @@ def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, n
         ax.title.set_fontsize("small")
         if ax is not axes[0] and ax.get_legend() is not None:
             ax.get_legend().remove()  # one legend per row is enough
-    fig.suptitle(f"{dataset}: reliability at noise {noise_rate:g} (test sets of all seeds pooled)")
+    fig.suptitle(f"{dataset}: reliability, {S.noise_label(noise_rate)} labels (test sets of all seeds pooled)")
     return fig
 
 
-def accuracy_vs_noise(records: Sequence[dict]):
-    """Test accuracy against the training-label noise rate, one line per variant, one panel per dataset."""
-    dsets = S.datasets(records)
+def accuracy_vs_noise(records: Sequence[dict], checkpoint: str = ""):
+    """Test accuracy against the noise level (fraction of the breakdown rate), one line per variant and
+    noise kind, one panel per dataset. ``checkpoint="es_"`` draws the early-stopped models."""
+    dsets = [d for d in S.datasets(records) if len(S.noise_settings(records, d)) > 1]
+    if not dsets:
+        return None  # no noisy runs: nothing to draw
     fig, axes = _grid(len(dsets))
     for ax, ds in zip(axes, dsets):
-        rates = S.noise_rates(records, ds)
+        settings = S.noise_settings(records, ds)
+        kinds = sorted({k for k, lvl in settings if lvl > 0})
         # Post-hoc variants (temperature scaling) keep their model's predictions: same accuracy, not drawn.
-        for v in [v for v in S.variants(records, ds) if v not in S.posthoc_variants(records, ds)]:
-            es = [S.metric(records, ds, v, r, "test_accuracy") for r in rates]
-            xs = [r for r, e in zip(rates, es) if e is not None]
-            es = [e for e in es if e is not None]
-            ax.errorbar(xs, [e.mean for e in es], yerr=[_err(e) for e in es], marker="o", capsize=3,
-                        label=S.label(v))
-        ax.set(title=ds, xlabel="noise rate (training labels)", ylabel="test accuracy")
+        for i, v in enumerate([S.baseline_variant(records)] + S.smoothing_variants(records, ds)):
+            color = f"C{i % 10}"  # one colour per variant, one line style per noise kind
+            for kind in kinds:
+                pts = [n for n in settings if n[1] == 0 or n[0] == kind]
+                es = [(n[1], S.metric(records, ds, v, n, checkpoint + "test_accuracy")) for n in pts]
+                es = [(x, e) for x, e in es if e is not None]
+                if not es:
+                    continue
+                ax.errorbar([x for x, _ in es], [e.mean for _, e in es], yerr=[_err(e) for _, e in es], marker="o",
+                            capsize=3, color=color, linestyle="-" if kind == kinds[0] else "--",
+                            label=f"{S.label(v)}, {kind}")
+        ax.set(title=ds, xlabel="noise level (fraction of the breakdown rate)", ylabel="test accuracy")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    axes[0].legend(fontsize="xx-small")
     return fig
 
 
 def metric_vs_eps(records: Sequence[dict], name: str, ylabel: str, posthoc: bool = True):
-    """A metric against label smoothing eps, one line per noise rate, one panel per dataset.
+    """A metric against label smoothing eps, one line per noise setting, one panel per dataset.
 
-    eps = 0 is the baseline (ce). With ``posthoc``, post-hoc variants (temperature scaling of ce) are
-    drawn as stars at eps = 0 in the colour of their noise rate; leave it off for metrics a post-hoc
-    step cannot change (accuracy-based ones).
+    eps = 0 is the baseline (ce). With ``posthoc``, ce + temperature scaling (``ts``) is drawn as a
+    star at eps = 0 in the colour of its noise setting; leave it off for metrics a post-hoc step
+    cannot change (accuracy-based ones).
     """
     dsets = S.datasets(records)
     fig, axes = _grid(len(dsets))
     base = S.baseline_variant(records)
     for ax, ds in zip(axes, dsets):
         line_vs = ([base] if base else []) + S.smoothing_variants(records, ds)
-        for r in S.noise_rates(records, ds):
-            es = [(v[1], S.metric(records, ds, v, r, name)) for v in line_vs]
+        for n in S.noise_settings(records, ds):
+            es = [(v[1], S.metric(records, ds, v, n, name)) for v in line_vs]
             es = [(x, e) for x, e in es if e is not None]
             if not es:
                 continue
             line = ax.errorbar([x for x, _ in es], [e.mean for _, e in es], yerr=[_err(e) for _, e in es],
-                               marker="o", capsize=3, label=f"noise {r:g}")
-            for pv in S.posthoc_variants(records, ds) if posthoc else []:
-                e = S.metric(records, ds, pv, r, name)
+                               marker="o", capsize=3, label=S.noise_label(n))
+            for pv in [p for p in S.posthoc_variants(records, ds) if p == ("ts", 0.0)] if posthoc else []:
+                e = S.metric(records, ds, pv, n, name)
                 if e is not None:
                     ax.errorbar([0], [e.mean], yerr=[_err(e)], marker="*", markersize=12, capsize=3,
                                 color=line.lines[0].get_color(), linestyle="none",
-                                label=f"{S.label(pv)}, noise {r:g}")
+                                label=f"{S.label(pv)}, {S.noise_label(n)}")
         ax.set(title=ds, xlabel="label smoothing eps (0 = ce)", ylabel=ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="x-small")
@@ -119,12 +129,12 @@ def effect_size_figure(records: Sequence[dict]):
     the lowest noise rate; error bars are 95% t-intervals of the paired differences.
     """
     fig, axes = _grid(3, 4.6, 3.6)
-    noise = min(S.noise_rates(records))
+    noise = S.CLEAN
     dsets = S.datasets(records)
     eps_vs = sorted({v for ds in dsets for v in S.smoothing_variants(records, ds)}, key=lambda v: v[1])
     binary = {ds: any(r["binary"] for r in records if r["dataset"] == ds) for ds in dsets}
     width = 0.8 / max(len(dsets), 1)
-    panels = [("ece", "Δ ECE (eps - ce)"), ("test_accuracy", "Δ test accuracy"), ("nll_rel", "Δ NLL (relative)")]
+    panels = [("ece", "Δ ECE (eps - ce)"), ("test_accuracy", "Δ test accuracy"), ("nll", "Δ NLL (eps - ce)")]
     effects = {v: effect_sizes(records, v, noise) for v in eps_vs}
     for ax, (key, title) in zip(axes, panels):
         for j, ds in enumerate(dsets):
@@ -143,30 +153,61 @@ def effect_size_figure(records: Sequence[dict]):
         ax.set(title=title)
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize="x-small")
-    fig.suptitle(f"Effect of smoothing vs ce, paired by seed (noise {noise:g}); hatched = binary")
+    fig.suptitle("Effect of smoothing vs ce, paired by seed (clean labels); hatched = binary")
     return fig
 
 
 def learning_curves(records: Sequence[dict], dataset: str):
-    """Test accuracy and test NLL per epoch for ce and the eps closest to 0.1, at the lowest and highest
-    noise rate (mean over seeds): where test NLL turns upward, the model is overfitting."""
-    fig, axes = _grid(2, 4.8, 3.4)
+    """Training loss, validation accuracy and validation NLL against the training step, for ce and the
+    eps closest to 0.1, on clean labels and the last noise setting (mean over seeds). The test split is
+    not on these curves: it only scores the final and the early-stopped models."""
+    fig, axes = _grid(3, 4.4, 3.4)
     base = S.baseline_variant(records)
     smooth = S.smoothing_variants(records, dataset)
     head = min(smooth, key=lambda v: (abs(v[1] - HEADLINE_EPS), v[1])) if smooth else None
-    rates = S.noise_rates(records, dataset)
-    for r in sorted({rates[0], rates[-1]}):
+    settings = S.noise_settings(records, dataset)
+    for n in list(dict.fromkeys([settings[0], settings[-1]])):
         for v in [x for x in (base, head) if x is not None]:
-            cs = [c["curves"] for c in S.cell(records, dataset, v, r) if c.get("curves")]
+            cs = [c["curves"] for c in S.cell(records, dataset, v, n) if c.get("curves")]
             if not cs:
                 continue
-            epochs = cs[0]["epoch"]
-            for ax, key in zip(axes, ("test_accuracy", "test_nll")):
-                ys = np.mean([c[key] for c in cs if len(c[key]) == len(epochs)], axis=0)
-                ax.plot(epochs, ys, linestyle="-" if v == base else "--", label=f"{S.label(v)}, noise {r:g}")
-    axes[0].set(title=f"{dataset}: test accuracy", xlabel="epoch", ylabel="accuracy")
-    axes[1].set(title=f"{dataset}: test NLL", xlabel="epoch", ylabel="NLL")
-    for ax in axes:
+            steps = cs[0]["step"]
+            for ax, key in zip(axes, ("train_loss", "val_accuracy", "val_nll")):
+                ys = np.mean([c[key] for c in cs if len(c[key]) == len(steps)], axis=0)
+                ax.plot(steps, ys, linestyle="-" if v == base else "--", label=f"{S.label(v)}, {S.noise_label(n)}")
+    for ax, title in zip(axes, ("training loss (the loss trained on)", "validation accuracy", "validation NLL")):
+        ax.set(title=f"{dataset}: {title}", xlabel="step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="x-small")
+    return fig
+
+
+def projection_figure(records: Sequence[dict], load: Callable[[dict], object], dataset: str):
+    """Müller et al.'s (2019) picture: validation examples of three classes, penultimate activations
+    projected onto the plane of their three templates, ce beside the eps closest to 0.1 (seed 0, clean).
+
+    Returns:
+        A ``Figure``, or ``None`` when no record of the dataset carries a projection.
+    """
+    rs = [r for r in records if r["dataset"] == dataset and r.get("has_projection") and r["seed"] == 0]
+    base = S.baseline_variant(records)
+    smooth = sorted({(r["method"], r["label_smoothing"]) for r in rs} & set(S.smoothing_variants(records, dataset)))
+    head = min(smooth, key=lambda v: (abs(v[1] - HEADLINE_EPS), v[1])) if smooth else None
+    shown = [v for v in (base, head) if v is not None]
+    picked = [next((r for r in rs if (r["method"], r["label_smoothing"]) == v), None) for v in shown]
+    pairs = [(v, r) for v, r in zip(shown, picked) if r is not None]
+    if not pairs:
+        return None
+    fig, axes = _grid(len(pairs), 4.2, 4.0)
+    for ax, (v, r) in zip(axes, pairs):
+        got = load(r)
+        if got is None:
+            continue
+        xy, lab = got
+        for c in np.unique(lab):
+            m = lab == c
+            ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.6, label=f"class {c}")
+        ax.set(title=f"{dataset}: {S.label(v)}", xlabel="template plane, axis 1", ylabel="axis 2")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="x-small")
     return fig

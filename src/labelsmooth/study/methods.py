@@ -8,6 +8,13 @@ model trained for ``ce``, and only adds its post-hoc step.
 Adding a method (negative or online label smoothing, ...) is one new entry in :data:`METHODS`; the
 CLI's ``--methods`` choices, the runner, the tables, the figures and the claim paragraphs pick it up.
 
+Roles: ``baseline`` (ce, what every other method is compared with), ``smoothing`` (the label-smoothing
+variants the four claims are about), ``posthoc`` (a step on a trained model's logits), and
+``reference`` (another training loss set beside smoothing as a calibration baseline: focal loss).
+
+Negative label smoothing is not in the registry: the library has no negative-eps loss yet, and the
+study does not imitate one.
+
 A loss factory returns an ``nn.Module`` called as ``loss(logits, target)`` with the *noisy* training
 labels (float 0/1 targets for the binary single-logit model, class indices otherwise). It may define
 ``epoch_end(model)``, which the training loop calls after every epoch (online label smoothing keeps
@@ -20,15 +27,22 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import labelsmooth as ls
 from labelsmooth.calibration import fit_temperature
 
-__all__ = ["METHODS", "Method", "Posthoc", "label_smoothing_loss", "temperature_scaling"]
+__all__ = ["FOCAL_GAMMA", "METHODS", "FocalLoss", "Method", "Posthoc", "focal_loss", "label_smoothing_loss",
+           "temperature_scaling"]
 
-#: ``posthoc(val_logits, val_labels, test_logits) -> (test_logits, extra record fields)``.
-Posthoc = Callable[[Tensor, Tensor, Tensor], "tuple[Tensor, dict]"]
+#: ``posthoc(val_logits, val_labels) -> (transform, extra record fields)``: fitted on the validation
+#: split, ``transform(logits)`` is then applied to any logits of the same model (test, checkpoints).
+Posthoc = Callable[[Tensor, Tensor], "tuple[Callable[[Tensor], Tensor], dict]"]
+
+#: Focal loss exponent: Mukhoti et al. (2020) report gamma = 3 as their best fixed value.
+FOCAL_GAMMA = 3.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,10 @@ class Method:
         loss_id: trainings with equal ``(loss_id, eps)`` are shared between methods.
         posthoc: optional post-hoc step on the trained model's logits (fitted on the validation split).
         baseline: True for the reference every other method is compared with (``ce``).
+        role: ``"baseline"``, ``"smoothing"``, ``"posthoc"`` or ``"reference"`` (see the module docstring).
+        posthoc_labels: validation labels the post-hoc step is fitted on: ``"clean"``, or ``"noisy"``
+            (corrupted like the training labels, as a practitioner's held-out labels would be).
+        noisy_runs: False for methods only run on clean labels (the focal-loss calibration baseline).
     """
 
     name: str
@@ -52,6 +70,9 @@ class Method:
     loss_id: str
     posthoc: Posthoc | None = None
     baseline: bool = False
+    role: str = "smoothing"
+    posthoc_labels: str = "clean"
+    noisy_runs: bool = True
 
 
 def label_smoothing_loss(eps: float, binary: bool) -> nn.Module:
@@ -67,23 +88,66 @@ def label_smoothing_loss(eps: float, binary: bool) -> nn.Module:
     return ls.BCEWithLogitsLoss(label_smoothing=eps) if binary else ls.CrossEntropyLoss(label_smoothing=eps)
 
 
-def temperature_scaling(val_logits: Tensor, val_labels: Tensor, test_logits: Tensor) -> tuple[Tensor, dict]:
-    """Post-hoc temperature scaling (Guo et al. 2017): fit T on validation logits, divide test logits.
+class FocalLoss(nn.Module):
+    """Focal loss, mean over the batch: ``-(1 - p_y)^gamma log p_y`` (Lin et al. 2017).
+
+    Mukhoti et al. (2020) show that it trains better-calibrated networks than cross-entropy, which
+    makes it the natural training-time calibration baseline beside label smoothing. ``(N, K)``
+    logits take class indices; ``(N,)`` binary logits take float 0/1 targets (``p_y`` from the
+    sigmoid). ``log p_y`` comes from ``log_softmax`` / ``logsigmoid``, never from a clamped
+    probability.
+
+    Args:
+        gamma: the focusing exponent, >= 0 (0 is cross-entropy).
+
+    Example:
+        >>> import torch
+        >>> z, y = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
+        >>> bool(torch.isclose(FocalLoss(0.0)(z, y), torch.nn.functional.cross_entropy(z, y)))
+        True
+
+    References:
+        Lin, Goyal, Girshick, He & Dollár, "Focal Loss for Dense Object Detection", ICCV 2017.
+        Mukhoti, Kulharia, Sanyal, Golodetz, Torr & Dokania, "Calibrating Deep Neural Networks
+        using Focal Loss", NeurIPS 2020.
+    """
+
+    def __init__(self, gamma: float = FOCAL_GAMMA) -> None:
+        super().__init__()
+        if not gamma >= 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma!r}")
+        self.gamma = float(gamma)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if logits.dim() == 1:
+            # log p_y of the label that was given: logsigmoid(z) for y = 1, logsigmoid(-z) for y = 0.
+            log_p = F.logsigmoid(torch.where(target > 0.5, logits, -logits))
+        else:
+            log_p = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+        return (-(1 - log_p.exp()).pow(self.gamma) * log_p).mean()
+
+
+def focal_loss(eps: float, binary: bool) -> nn.Module:
+    """The focal-loss factory of the registry (``eps`` is always 0: focal loss is run without smoothing)."""
+    return FocalLoss(FOCAL_GAMMA)
+
+
+def temperature_scaling(val_logits: Tensor, val_labels: Tensor) -> tuple[Callable[[Tensor], Tensor], dict]:
+    """Post-hoc temperature scaling (Guo et al. 2017): fit T on validation logits.
 
     Args:
         val_logits: ``(N, K)`` or ``(N,)`` validation logits.
-        val_labels: ``(N,)`` validation labels (clean: the held-out set is assumed trustworthy).
-        test_logits: logits to rescale.
+        val_labels: ``(N,)`` validation labels (clean or noisy, as the method says).
 
     Returns:
-        ``(test_logits / T, {"temperature": T, "temperature_at_bound": bool})``.
+        ``(logits -> logits / T, {"temperature": T, "temperature_at_bound": bool})``.
     """
     with warnings.catch_warnings(record=True) as caught:
         # A separable validation set pushes T to a bound; that is recorded, not printed mid-progress-bar.
         warnings.simplefilter("always")
         t = fit_temperature(val_logits, val_labels)
     at_bound = any(issubclass(w.category, RuntimeWarning) for w in caught)
-    return test_logits / t, {"temperature": t, "temperature_at_bound": at_bound}
+    return (lambda logits: logits / t), {"temperature": t, "temperature_at_bound": at_bound}
 
 
 def _zero(grid: Sequence[float]) -> list[float]:
@@ -98,10 +162,16 @@ def _nonzero(grid: Sequence[float]) -> list[float]:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("ce", "cross-entropy (eps = 0)", _zero, label_smoothing_loss, "ls", baseline=True),
+        Method("ce", "cross-entropy (eps = 0)", _zero, label_smoothing_loss, "ls", baseline=True, role="baseline"),
         Method("ls", "uniform label smoothing", _nonzero, label_smoothing_loss, "ls"),
-        Method("ts", "cross-entropy + temperature scaling", _zero, label_smoothing_loss, "ls",
-               posthoc=temperature_scaling),
+        Method("focal", f"focal loss (gamma {FOCAL_GAMMA:g}), a calibration baseline; clean labels only", _zero,
+               focal_loss, "focal", role="reference", noisy_runs=False),
+        Method("ts", "cross-entropy + temperature scaling (T fitted on clean validation labels)", _zero,
+               label_smoothing_loss, "ls", posthoc=temperature_scaling, role="posthoc"),
+        Method("ts-noisyval", "cross-entropy + temperature scaling fitted on NOISY validation labels", _zero,
+               label_smoothing_loss, "ls", posthoc=temperature_scaling, role="posthoc", posthoc_labels="noisy"),
+        Method("ls+ts", "label smoothing, then temperature scaling (clean validation labels)", _nonzero,
+               label_smoothing_loss, "ls", posthoc=temperature_scaling, role="posthoc"),
     )
 }
 

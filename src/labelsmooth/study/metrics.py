@@ -7,6 +7,7 @@ study's models define them, accuracy and mean top-label confidence.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from labelsmooth import calibration as cal
@@ -50,8 +51,21 @@ def mean_confidence(probs: Tensor) -> float:
 
 
 def nll(logits: Tensor, labels: Tensor) -> float:
-    """Mean negative log-likelihood of ``labels`` under the model's probabilities (for the curves)."""
-    return cal.negative_log_likelihood(probabilities(logits), labels.to(logits.device))
+    """Mean negative log-likelihood of ``labels``, computed in float64 from the logits.
+
+    From logits, not probabilities: a confident mistake whose probability underflowed (or was clamped)
+    keeps its full cost, so the NLL is exact rather than an understatement.
+
+    Example:
+        >>> import torch
+        >>> round(nll(torch.tensor([[0.0, 0.0]]), torch.tensor([1])), 4)  # log 2
+        0.6931
+    """
+    z = logits.detach().double()
+    y = labels.to(z.device)
+    if z.dim() == 1:
+        return float(F.binary_cross_entropy_with_logits(z, y.double()))
+    return float(F.cross_entropy(z, y.long()))
 
 
 def evaluate(logits: Tensor, labels: Tensor) -> dict[str, float]:
@@ -62,16 +76,18 @@ def evaluate(logits: Tensor, labels: Tensor) -> dict[str, float]:
         labels: ``(N,)`` clean labels.
 
     Returns:
-        ``{"accuracy", "nll", "ece", "classwise_ece", "brier", "mean_confidence"}``: ECE and class-wise
-        ECE with :data:`N_BINS` equal-width bins (top-label for binary), Brier in the multiclass
+        ``{"accuracy", "nll", "ece", "ece_quantile", "classwise_ece", "brier", "mean_confidence"}``: ECE
+        and class-wise ECE with :data:`N_BINS` equal-width bins (top-label for binary), ``ece_quantile``
+        with :data:`N_BINS` equal-mass bins, NLL from the logits, Brier in the multiclass
         convention for K > 2 and the binary one for the single-logit model (see docs/evidence.md).
     """
     probs = probabilities(logits)
     labels = labels.to(probs.device)
     return {
         "accuracy": accuracy(logits, labels),
-        "nll": cal.negative_log_likelihood(probs, labels),
+        "nll": nll(logits, labels),
         "ece": cal.expected_calibration_error(probs, labels, n_bins=N_BINS),
+        "ece_quantile": cal.expected_calibration_error(probs, labels, n_bins=N_BINS, binning="quantile"),
         "classwise_ece": cal.classwise_calibration_error(probs, labels, n_bins=N_BINS),
         "brier": cal.brier_score(probs, labels),
         "mean_confidence": mean_confidence(probs),

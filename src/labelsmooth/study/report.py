@@ -18,6 +18,7 @@ import numpy as np
 from labelsmooth.study import figures as F
 from labelsmooth.study import stats as S
 from labelsmooth.study.claims import CLAIMS, claim_paragraphs
+from labelsmooth.study.findings import findings_markdown
 
 __all__ = ["COLUMNS", "summary_rows", "write_report"]
 
@@ -26,6 +27,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("test_accuracy", "test acc"),
     ("nll", "NLL"),
     ("ece", "ECE"),
+    ("ece_quantile", "ECE (equal-mass)"),
     ("classwise_ece", "cw-ECE"),
     ("brier", "Brier"),
     ("mean_confidence", "confidence"),
@@ -33,6 +35,8 @@ COLUMNS: list[tuple[str, str]] = [
     ("train_accuracy_clean", "train acc (clean labels)"),
     ("memorized_fraction", "memorised flips"),
     ("train_test_gap", "train-test gap"),
+    ("es_test_accuracy", "test acc (early-stopped)"),
+    ("es_ece", "ECE (early-stopped)"),
 ]
 
 
@@ -47,12 +51,12 @@ def summary_rows(records: Sequence[dict]) -> list[dict[str, str]]:
     """
     rows = []
     for ds in S.datasets(records):
-        for r in S.noise_rates(records, ds):
+        for r in S.noise_settings(records, ds):
             for v in S.variants(records, ds):
                 cell = S.cell(records, ds, v, r)
                 if not cell:
                     continue
-                row = {"dataset": ds, "noise": f"{r:g}", "method": S.label(v), "seeds": str(len(cell))}
+                row = {"dataset": ds, "noise": S.noise_label(r), "method": S.label(v), "seeds": str(len(cell))}
                 for key, header in COLUMNS:
                     row[header] = S.fmt(S.estimate(c.get(key) for c in cell))
                 rows.append(row)
@@ -95,7 +99,8 @@ code { background: #f3f3f3; padding: 0 0.2em; }
 
 
 def write_report(records: Sequence[dict], out: str | os.PathLike,
-                 load: Callable[[dict], tuple[np.ndarray, np.ndarray]], meta: dict) -> tuple[Path, Path]:
+                 load: Callable[[dict], tuple[np.ndarray, np.ndarray]], meta: dict,
+                 load_projection: Callable[[dict], object] | None = None) -> tuple[Path, Path]:
     """Write ``report.html``, ``summary.md`` and ``figures/*.png`` into ``out``.
 
     Args:
@@ -103,7 +108,9 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
         out: output folder.
         load: returns a record's saved test ``(probs, labels)`` (for the reliability diagrams).
         meta: header facts: ``command``, ``created``, ``versions``, ``config``, ``datasets``
-            (name -> description), ``missing`` (runs planned but not finished).
+            (name -> description), ``missing`` (runs planned but not finished), ``quick`` (a smoke
+            test: no verdicts) and ``n_seeds``.
+        load_projection: returns a record's penultimate-layer projection, or ``None``.
 
     Returns:
         ``(report.html path, summary.md path)``.
@@ -112,15 +119,18 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     records = list(records)
-    paragraphs = claim_paragraphs(records)
+    paragraphs = claim_paragraphs(records, smoke=bool(meta.get("quick")))
     rows = summary_rows(records)
 
+    load_projection = load_projection or (lambda r: None)
     figures: list[tuple[str, str, str]] = []  # (file stem, title, caption)
     pngs: dict[str, bytes] = {}
 
     def add(stem: str, title: str, caption: str, make: Callable[[], object]) -> None:
         try:
             fig = make()
+            if fig is None:
+                return
         except Exception as err:  # a figure that cannot be drawn must not lose the whole report
             figures.append((stem, title, f"(figure not drawn: {type(err).__name__}: {err})"))
             return
@@ -129,31 +139,45 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
         figures.append((stem, title, caption))
 
     if records:
-        add("accuracy_vs_noise", "Test accuracy vs noise rate",
-            "Mean over seeds, 95% t-interval error bars; ts has ce's accuracy by construction and is not drawn.",
+        add("accuracy_vs_noise", "Test accuracy vs noise level (last step)",
+            "Mean over seeds, 95% t-interval error bars; noise level = fraction of the breakdown rate "
+            "(1 - 1/K symmetric, 1/2 pair-flip); ts has ce's accuracy by construction and is not drawn.",
             lambda: F.accuracy_vs_noise(records))
+        add("accuracy_vs_noise_es", "Test accuracy vs noise level (early-stopped on validation)",
+            "The same models at the step of best validation accuracy.",
+            lambda: F.accuracy_vs_noise(records, "es_"))
         add("ece_vs_eps", "ECE vs label smoothing",
             "eps = 0 is ce; stars are ce + temperature scaling.",
-            lambda: F.metric_vs_eps(records, "ece", "ECE (15 bins)"))
+            lambda: F.metric_vs_eps(records, "ece", "ECE (15 equal-width bins)"))
+        add("ece_quantile_vs_eps", "ECE with equal-mass bins vs label smoothing",
+            "15 bins holding equal numbers of test examples.",
+            lambda: F.metric_vs_eps(records, "ece_quantile", "ECE (15 equal-mass bins)"))
         add("gap_vs_eps", "Train-test gap vs label smoothing",
-            "Train accuracy on the labels the model was fitted to minus test accuracy.",
+            "Accuracy on the clean training labels minus test accuracy.",
             lambda: F.metric_vs_eps(records, "train_test_gap", "train acc - test acc", posthoc=False))
         if any(r.get("memorized_fraction") is not None for r in records):
             add("memorised_vs_eps", "Memorised flipped labels vs label smoothing",
-                "Share of the noisy training labels the final model predicts (1.0 = every flip memorised).",
+                "Of the flipped training labels, the share the final model predicts as the flipped label "
+                "(1.0 = every flip memorised).",
                 lambda: F.metric_vs_eps(records, "memorized_fraction", "memorised fraction", posthoc=False))
         if S.baseline_variant(records) is not None:
             add("effect_sizes", "Binary vs multiclass: effect of smoothing",
                 "Paired differences smoothing - ce; hatched bars are binary datasets.",
                 lambda: F.effect_size_figure(records))
         for ds in S.datasets(records):
-            r0 = S.noise_rates(records, ds)[0]
+            r0 = S.noise_settings(records, ds)[0]
             add(f"reliability_{_safe(ds)}", f"Reliability diagrams: {ds}",
                 "One panel per method; bars: accuracy per confidence bin; hatched: gap to the diagonal.",
                 lambda ds=ds, r0=r0: F.reliability_grid(records, load, ds, r0))
             add(f"curves_{_safe(ds)}", f"Learning curves: {ds}",
-                "Mean over seeds; a test NLL that rises while accuracy stays flat is over-confidence growing.",
+                "Mean over seeds, against the Adam step (the budget is the same on every dataset); validation "
+                "split only. A validation NLL that rises while accuracy stays flat is over-confidence growing.",
                 lambda ds=ds: F.learning_curves(records, ds))
+            if any(r.get("has_projection") for r in records if r["dataset"] == ds):
+                add(f"projection_{_safe(ds)}", f"Penultimate layer: {ds}",
+                    "Validation examples of classes 0, 1, 2 projected onto the plane of their templates "
+                    "(Müller et al. 2019), seed 0, clean labels.",
+                    lambda ds=ds: F.projection_figure(records, load_projection, ds))
 
     # ---- Markdown
     md = [f"# labelsmooth study\n", f"`{meta.get('command', '')}` — {meta.get('created', '')}\n"]
@@ -161,6 +185,7 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
     md.append("## The claims\n")
     for key, claim in CLAIMS.items():
         md.append(f"### {claim}\n\n{paragraphs[key]}\n")
+    md.append(f"### How much these numbers can say\n\n{paragraphs['statistics']}\n")
     md.append("## Summary (mean ± 95% t-interval over seeds)\n")
     md.append(_markdown_table(rows))
     md.append("\n## Figures\n")
@@ -170,6 +195,7 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
             md.append(f"![{title}](figures/{stem}.png)\n")
     md_path = out / "summary.md"
     _atomic_text(md_path, "\n".join(md))
+    _atomic_text(out / "findings.md", findings_markdown(records, meta))
 
     # ---- HTML
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>labelsmooth study</title><style>{_CSS}</style>"
@@ -177,8 +203,10 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
          f"<p><code>{html.escape(meta.get('command', ''))}</code> — {html.escape(meta.get('created', ''))}</p>",
          _header_html(meta, records), "<h2>The claims</h2>"]
     for key, claim in CLAIMS.items():
-        h.append(f"<div class='claim' id='claim-{key}'><h3>{html.escape(claim)}</h3>"
-                 f"<p>{html.escape(paragraphs[key])}</p></div>")
+        paras = "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs[key].split("\n\n"))
+        h.append(f"<div class='claim' id='claim-{key}'><h3>{html.escape(claim)}</h3>{paras}</div>")
+    h.append(f"<div class='claim' id='claim-statistics'><h3>How much these numbers can say</h3>"
+             f"<p>{html.escape(paragraphs['statistics'])}</p></div>")
     h.append("<h2>Summary (mean ± 95% t-interval over seeds)</h2>")
     h.append(_html_table(rows))
     h.append("<h2>Figures</h2>")
@@ -216,11 +244,15 @@ def _header_lines(meta: dict, records: Sequence[dict]) -> list[str]:
     if meta.get("missing"):
         lines.append(f"{meta['missing']} planned runs are not finished yet: this report covers the finished ones "
                      "only (re-run the same command to complete them).")
-    lines.append("How to read: ce = cross-entropy (eps = 0); ls eps=e = uniform label smoothing; ts = the ce model "
-                 "with temperature scaling fitted on the validation split. Noise flips training labels only; "
-                 "validation and test labels are clean. Differences are paired by seed (same split, noise, "
-                 "initialisation and batch order); intervals are 95% Student-t over seeds; a difference marked "
-                 "'one seed' has no interval. No early stopping: the last epoch's model is evaluated.")
+    lines.append("How to read: ce = cross-entropy (eps = 0); ls eps=e = uniform label smoothing; focal = focal loss "
+                 "(gamma 3); ts = the ce model with temperature scaling fitted on clean validation labels; "
+                 "ts-noisyval = the same fitted on noisy validation labels; ls+ts = smoothing then temperature "
+                 "scaling. Noise levels are fractions of the breakdown rate (1 - 1/K symmetric, 1/2 pair-flip); "
+                 "noise flips training labels (and, for ts-noisyval only, validation labels); test labels are "
+                 "clean. Differences are paired by seed (same split, noise, initialisation and batch order); "
+                 "intervals are 95% Student-t over seeds; fewer than 3 seeds give no verdict. Two checkpoints "
+                 "per training are scored on the test split: the last step and the step of best validation "
+                 "accuracy (early-stopped); every choice is made on the validation split.")
     return lines
 
 

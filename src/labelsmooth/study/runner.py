@@ -1,9 +1,9 @@
 """Run a study grid: plan the trainings, skip finished ones, train (in parallel processes if asked),
 write every finished run to ``results.json`` atomically, then write the report.
 
-Crash safety: a run is written as soon as it finishes — first its test probabilities
-(``probs/<id>.npz``), then ``results.json`` — each through a temporary file and ``os.replace``,
-which is atomic on POSIX and Windows. A killed process therefore leaves either the previous or the
+Crash safety: a run's test probabilities (``probs/<id>.npz``) are written as soon as it finishes, and
+``results.json`` at most every :data:`_WRITE_EVERY_S` seconds and at the end (also after Ctrl-C),
+each through a temporary file and ``os.replace``, which is atomic on POSIX and Windows. A killed process therefore leaves either the previous or the
 new ``results.json``, never a torn one, and re-running the same command into the same folder
 skips every finished run (same key: dataset, method, eps, noise, seed and training fingerprint).
 """
@@ -35,6 +35,9 @@ __all__ = ["ResultsStore", "StudyConfig", "StudyInterrupted", "StudyOutcome", "p
 
 RESULTS = "results.json"
 
+#: Seconds between rewrites of results.json while a grid trains.
+_WRITE_EVERY_S = 3.0
+
 
 class StudyInterrupted(Exception):
     """Raised after Ctrl-C once the finished runs are safely on disk; the message says how to resume."""
@@ -48,15 +51,17 @@ class StudyConfig:
         datasets: dataset names (see :func:`labelsmooth.study.data.load_dataset`).
         methods: method names (keys of :data:`labelsmooth.study.methods.METHODS`).
         eps: the label-smoothing grid (each method picks its values from it).
-        noise: training-label noise rates.
-        noise_kind: ``"symmetric"`` or ``"pairflip"``.
+        noise: training-label noise levels, as fractions of the breakdown rate
+            (:func:`labelsmooth.study.train.noise_rate`).
+        noise_kind: ``"symmetric"`` or ``"pairflip"``, or several separated by commas.
         seeds: number of seeds (0 .. seeds-1).
-        train: the :class:`TrainConfig`.
-        epochs: per-dataset epochs overriding ``train.epochs`` (datasets not listed use it).
+        train: the :class:`TrainConfig` (its step budget is the same on every dataset).
+        epochs: per-dataset epochs overriding the step budget (datasets not listed use ``train``).
         out: output folder.
         workers: parallel worker processes (1 = train in this process).
         data_dir: folder for CIFAR-10 batches and ``.npz`` files.
         command: the command line, for the report header.
+        quick: the ``--quick`` smoke test (the report then makes no verdicts).
     """
 
     datasets: list[str]
@@ -71,6 +76,12 @@ class StudyConfig:
     workers: int = 1
     data_dir: Path | None = None
     command: str = ""
+    quick: bool = False
+
+    @property
+    def noise_kinds(self) -> list[str]:
+        """The noise kinds, in order."""
+        return [k for k in self.noise_kind.split(",") if k]
 
 
 @dataclass
@@ -87,31 +98,58 @@ class StudyOutcome:
     seconds: float
 
 
-def plan_jobs(cfg: StudyConfig) -> list[Job]:
-    """The trainings of a grid: one per dataset x noise rate x seed x distinct (loss, eps).
+def noise_settings(cfg: StudyConfig, dataset: str) -> list[tuple[str, float]]:
+    """The ``(kind, level)`` noise settings a dataset is trained with.
 
-    Methods that share ``(loss_id, eps)`` share one job (``ce`` and ``ts``). At noise rate 0 the noise
-    kind is irrelevant and recorded as ``"none"``, so the clean runs are shared between kinds.
+    Level 0 is one clean setting (kind ``"none"``) shared by every kind. A binary task carved from a
+    K-class dataset (``digits:3v8``) serves the binary-vs-multiclass comparison, which is made on clean
+    labels, so it is run clean only. For two classes pair-flip noise *is* symmetric noise, so a binary
+    dataset gets only the symmetric kind.
+    """
+    carved = ":" in dataset and not dataset.startswith("npz:")
+    out: list[tuple[str, float]] = []
+    for level in cfg.noise:
+        if level == 0:
+            out.append(("none", 0.0))
+            continue
+        if carved:
+            continue
+        for kind in cfg.noise_kinds:
+            out.append((kind, float(level)))
+    return list(dict.fromkeys(out))
+
+
+def plan_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[Job]:
+    """The trainings of a grid: one per dataset x noise setting x seed x distinct (loss, eps).
+
+    Methods that share ``(loss_id, eps)`` share one job (``ce``, ``ts``, ``ts-noisyval``). Methods with
+    ``noisy_runs=False`` (focal loss) are trained on clean labels only.
 
     Args:
         cfg: the study configuration.
+        binary: dataset name -> whether it has two classes (pair-flip noise is then skipped as a
+            duplicate of symmetric noise); unknown datasets count as multiclass.
 
     Returns:
         The jobs, in dataset, noise, seed, registry order.
     """
+    binary = binary or {}
     jobs = []
     for ds in cfg.datasets:
-        train = replace(cfg.train, epochs=cfg.epochs.get(ds, cfg.train.epochs))
-        for rate in cfg.noise:
-            kind = cfg.noise_kind if rate > 0 else "none"
+        train = replace(cfg.train, epochs=cfg.epochs[ds]) if ds in cfg.epochs else cfg.train
+        for kind, level in noise_settings(cfg, ds):
+            if kind == "pairflip" and binary.get(ds, False) and "symmetric" in cfg.noise_kinds:
+                continue
             for seed in range(cfg.seeds):
                 shared: dict[tuple[str, float], list[str]] = {}
                 for name in cfg.methods:
                     method = METHODS[name]
+                    if level > 0 and not method.noisy_runs:
+                        continue
                     for eps in method.eps_values(cfg.eps):
                         shared.setdefault((method.loss_id, float(eps)), []).append(name)
                 for (loss_id, eps), names in shared.items():
-                    jobs.append(Job(ds, loss_id, eps, kind, float(rate), seed, tuple(names), train))
+                    jobs.append(Job(ds, loss_id, eps, kind, level, seed, tuple(names), train))
     return jobs
 
 
@@ -155,6 +193,7 @@ class ResultsStore:
         (self.out / "probs").mkdir(exist_ok=True)
         self.path = self.out / RESULTS
         self.records: dict[str, dict] = {}
+        self.meta: dict = {}
         # Temporary files of a process killed mid-write are never valid results: remove them.
         for stale in [*self.out.glob(f"{RESULTS}.tmp-*"), *(self.out / "probs").glob("*.tmp-*")]:
             stale.unlink(missing_ok=True)
@@ -170,14 +209,16 @@ class ResultsStore:
                       file=sys.stderr)
                 runs = []
             self.records = {r["key"]: r for r in runs if isinstance(r, dict) and "key" in r}
+            if isinstance(data, dict) and isinstance(data.get("study"), dict):
+                self.meta = data["study"].get("meta", {}) or {}
 
     def done(self, key: str) -> bool:
         """True if the run ``key`` is recorded and its saved test probabilities are present."""
         r = self.records.get(key)
         return r is not None and (self.out / r.get("probs_file", "")).is_file()
 
-    def add(self, result: JobResult) -> None:
-        """Save one finished training: its probability files first, then the updated ``results.json``."""
+    def add(self, result: JobResult, write: bool = True) -> None:
+        """Save one finished training: its probability files first, then (if ``write``) ``results.json``."""
         for record in result.records:
             key = record["key"]
             name = f"probs/{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
@@ -185,15 +226,26 @@ class ResultsStore:
             _atomic_write(self.out / name, lambda f, a=arrays: np.savez_compressed(f, **a))
             record["probs_file"] = name
             self.records[key] = record
+        if write:
+            self._write()
+
+    def save(self) -> None:
+        """Rewrite ``results.json`` (atomically), e.g. after changing :attr:`meta`."""
         self._write()
 
     def _write(self) -> None:
         payload = {
-            "study": {"format": 1, "updated": _dt.datetime.now().isoformat(timespec="seconds")},
+            "study": {"format": 2, "updated": _dt.datetime.now().isoformat(timespec="seconds"),
+                      "meta": _clean_json(self.meta)},
             "runs": [_clean_json(r) for r in self.records.values()],
         }
         text = json.dumps(payload, indent=1, allow_nan=False).encode("utf-8")
         _atomic_write(self.path, lambda f: f.write(text))
+
+    def load_projection(self, record: dict) -> tuple[np.ndarray, np.ndarray] | None:
+        """The saved penultimate-layer projection ``(coords, labels)`` of a record, if it has one."""
+        with np.load(self.out / record["probs_file"], allow_pickle=False) as f:
+            return (f["proj"], f["proj_labels"]) if "proj" in f.files else None
 
     def load_probs(self, record: dict) -> tuple[np.ndarray, np.ndarray]:
         """The saved test ``(probs, labels)`` of a record (read with ``allow_pickle=False``)."""
@@ -219,12 +271,21 @@ def _work(job: Job) -> JobResult:
     return run_job(job, _WORKER_DATA[job.dataset])
 
 
+def _binary_names(cfg: StudyConfig) -> dict[str, bool]:
+    # Which datasets are binary, without loading them: built-in and carved names are known; a user's
+    # .npz counts as multiclass here (its pair-flip runs are kept; for two classes they repeat symmetric).
+    known = {"digits": False, "mnist1d": False, "breast_cancer": True, "cifar10": False}
+    return {d: known.get(d, ":" in d and not d.startswith("npz:")) for d in cfg.datasets}
+
+
 def _describe(job: Job) -> str:
-    noise = "clean" if job.noise_rate == 0 else f"{job.noise_kind} {job.noise_rate:g}"
+    noise = "clean" if job.noise_level == 0 else f"{job.noise_kind} level {job.noise_level:g}"
     return f"{job.dataset} {'+'.join(job.methods)} eps={job.eps:g} {noise} seed={job.seed}"
 
 
 def _cost(job: Job, sizes: dict[str, int]) -> float:
+    if job.config.epochs is None:
+        return job.config.steps * (10.0 if sizes.get(job.dataset, 0) > 20000 else 1.0)
     return sizes.get(job.dataset, 1) * job.config.epochs
 
 
@@ -247,13 +308,13 @@ def run_study(cfg: StudyConfig, console=None, report: bool = True) -> StudyOutco
     console = console or Console()
     start = time.perf_counter()
     store = ResultsStore(cfg.out)
-    jobs = plan_jobs(cfg)
+    jobs = plan_jobs(cfg, _binary_names(cfg))
     planned_keys = [k for job in jobs for k in job.keys()]
     pending: list[Job] = []
     for job in jobs:
         missing = tuple(m for m in job.methods if not store.done(job.key(m)))
         if missing:
-            pending.append(Job(job.dataset, job.loss_id, job.eps, job.noise_kind, job.noise_rate, job.seed,
+            pending.append(Job(job.dataset, job.loss_id, job.eps, job.noise_kind, job.noise_level, job.seed,
                                missing, job.config))
     n_todo = sum(len(j.methods) for j in pending)
     skipped = len(planned_keys) - n_todo
@@ -267,12 +328,16 @@ def run_study(cfg: StudyConfig, console=None, report: bool = True) -> StudyOutco
     try:
         trained = _train(cfg, store, pending, failures, console) if pending else 0
         records = [store.records[k] for k in planned_keys if store.done(k)]
+        meta = _meta(cfg, records, planned_keys)
+        same = lambda m: {k: v for k, v in m.items() if k != "created"}  # noqa: E731
+        if records and same(_clean_json(meta)) != same(store.meta):
+            store.meta = meta  # the last grid's settings (quick, n_seeds, ...), for findings and banners
+            store.save()
         if report and records:
             from labelsmooth.study.report import write_report
 
             with console.status("writing report ..."):
-                html_path, md_path = write_report(records, cfg.out, store.load_probs,
-                                                  _meta(cfg, records, planned_keys))
+                html_path, md_path = write_report(records, cfg.out, store.load_probs, meta, store.load_projection)
     except KeyboardInterrupt:
         done = sum(store.done(k) for k in planned_keys)
         raise StudyInterrupted(
@@ -297,6 +362,9 @@ def _train(cfg: StudyConfig, store: ResultsStore, pending: list[Job], failures: 
     pending = sorted(pending, key=lambda j: -_cost(j, sizes))
     workers = max(1, min(cfg.workers, len(pending)))
     trained = 0
+    # results.json is rewritten whole, so on a long grid it is rewritten at most every few seconds
+    # (and always at the end, also after Ctrl-C): a killed process loses only those seconds.
+    last_write = [time.monotonic()]
     columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
@@ -310,14 +378,20 @@ def _train(cfg: StudyConfig, store: ResultsStore, pending: list[Job], failures: 
             else:
                 for r in result.records:
                     r["dataset_description"] = datasets[job.dataset].description
-                store.add(result)
+                now = time.monotonic()
+                store.add(result, write=now - last_write[0] >= _WRITE_EVERY_S)
+                if now - last_write[0] >= _WRITE_EVERY_S:
+                    last_write[0] = now
                 trained += len(result.records)
             progress.update(task, advance=len(job.methods), description=f"runs (last: {_describe(job)})")
 
-        if workers == 1:
-            _run_inline(pending, datasets, finished)
-        else:
-            _run_pool(pending, datasets, workers, finished)
+        try:
+            if workers == 1:
+                _run_inline(pending, datasets, finished)
+            else:
+                _run_pool(pending, datasets, workers, finished)
+        finally:
+            store.save()
     return trained
 
 
@@ -378,14 +452,20 @@ def _versions() -> dict[str, str]:
 
 def _meta(cfg: StudyConfig, records: list[dict], planned_keys: list[str]) -> dict:
     t = cfg.train
+    budget = ({"steps": t.steps} if not cfg.epochs and t.epochs is None else
+              {"epochs": {d: cfg.epochs.get(d, t.epochs) for d in cfg.datasets}})
     return {
         "command": cfg.command,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "versions": _versions(),
-        "config": {"epochs": {d: cfg.epochs.get(d, t.epochs) for d in cfg.datasets}, "batch_size": t.batch_size,
-                   "lr": t.lr, "hidden": list(t.hidden),
-                   "optimizer": "adam", "early_stopping": "none", "seeds": cfg.seeds, "noise_kind": cfg.noise_kind,
-                   "eps": cfg.eps, "noise": cfg.noise, "methods": cfg.methods},
+        # Read by the report's banner: a smoke test or fewer than 3 seeds makes no verdicts.
+        "quick": bool(cfg.quick),
+        "n_seeds": int(cfg.seeds),
+        "config": {**budget, "batch_size": t.batch_size,
+                   "lr": t.lr, "hidden": list(t.hidden), "optimizer": "adam",
+                   "checkpoints": "last step, and best validation accuracy (early stopping)",
+                   "seeds": cfg.seeds, "noise_kind": cfg.noise_kind,
+                   "noise_levels (fraction of breakdown rate)": cfg.noise, "eps": cfg.eps, "methods": cfg.methods},
         "datasets": {r["dataset"]: r.get("dataset_description", "") for r in records},
         "missing": len(planned_keys) - len(records),
     }

@@ -1,7 +1,8 @@
 """Aggregation of run records: cells, variants, means with t-intervals, paired differences.
 
-A *variant* is a ``(method, label_smoothing)`` pair, e.g. ``("ls", 0.1)``; a *cell* is every seed of
-one variant on one dataset at one noise rate. Intervals are two-sided 95% Student-t intervals over
+A *variant* is a ``(method, label_smoothing)`` pair, e.g. ``("ls", 0.1)``; a *noise setting* is a
+``(kind, level)`` pair, e.g. ``("symmetric", 0.5)`` or ``("none", 0.0)``; a *cell* is every seed of one
+variant on one dataset at one noise setting. Intervals are two-sided 95% Student-t intervals over
 seeds, ``mean ± t_{0.975, n-1} · s / sqrt(n)``; with a single seed there is no interval (``None``).
 Differences between a variant and the baseline are *paired* by seed (same split, noise, init and
 batch order), which removes the seed-to-seed spread that both share.
@@ -18,24 +19,37 @@ import numpy as np
 from labelsmooth.study.methods import METHODS
 
 __all__ = [
+    "CLEAN",
     "Estimate",
+    "Noise",
     "Variant",
     "baseline_variant",
     "cell",
     "datasets",
+    "detectable_difference",
     "estimate",
     "fmt",
     "label",
     "metric",
-    "noise_rates",
+    "noise_label",
+    "noise_settings",
     "paired_difference",
+    "paired_values",
     "posthoc_variants",
+    "reference_variants",
+    "selected_difference",
+    "selected_values",
     "smoothing_variants",
     "t_quantile",
     "variants",
+    "welch_difference",
 ]
 
 Variant = tuple[str, float]
+Noise = tuple[str, float]
+
+#: The clean setting.
+CLEAN: Noise = ("none", 0.0)
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,7 @@ class Estimate:
         return self.half is not None and (self.low > 0 or self.high < 0)
 
 
-def t_quantile(df: int, level: float = 0.95) -> float:
+def t_quantile(df: float, level: float = 0.95) -> float:
     """The ``(1 + level) / 2`` quantile of Student's t with ``df`` degrees of freedom.
 
     Example:
@@ -72,6 +86,23 @@ def t_quantile(df: int, level: float = 0.95) -> float:
     from scipy import stats
 
     return float(stats.t.ppf((1 + level) / 2, df))
+
+
+def detectable_difference(sd: float, n: int, power: float = 0.8) -> float | None:
+    """Smallest true paired difference a two-sided 95% t-test on ``n`` seeds finds with ``power``.
+
+    The usual approximation ``(t_{0.975, n-1} + t_{power, n-1}) * sd / sqrt(n)`` for the spread ``sd``
+    of the per-seed differences; ``None`` below 2 seeds.
+
+    Example:
+        >>> round(detectable_difference(1.0, 10), 2)
+        0.99
+    """
+    if n < 2:
+        return None
+    from scipy import stats
+
+    return float((stats.t.ppf(0.975, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
 
 
 def estimate(values: Iterable[float | None]) -> Estimate | None:
@@ -106,9 +137,19 @@ def datasets(records: Sequence[dict]) -> list[str]:
     return list(dict.fromkeys(r["dataset"] for r in records))
 
 
-def noise_rates(records: Sequence[dict], dataset: str | None = None) -> list[float]:
-    """Sorted distinct noise rates (of one dataset, if given)."""
-    return sorted({r["noise_rate"] for r in records if dataset is None or r["dataset"] == dataset})
+def _noise(r: dict) -> Noise:
+    return (r["noise_kind"], float(r["noise_level"]))
+
+
+def noise_settings(records: Sequence[dict], dataset: str | None = None) -> list[Noise]:
+    """Distinct ``(kind, level)`` noise settings (of one dataset, if given): clean first, then by level, kind."""
+    found = {_noise(r) for r in records if dataset is None or r["dataset"] == dataset}
+    return sorted(found, key=lambda n: (n[1], n[0]))
+
+
+def noise_label(noise: Noise) -> str:
+    """``"clean"`` or ``"symmetric 0.5"`` (the level is a fraction of the breakdown rate)."""
+    return "clean" if noise[1] == 0 else f"{noise[0]} {noise[1]:g}"
 
 
 def _order(v: Variant) -> tuple[int, float]:
@@ -130,15 +171,23 @@ def baseline_variant(records: Sequence[dict]) -> Variant | None:
     return None
 
 
+def _role(records: Sequence[dict], dataset: str | None, role: str) -> list[Variant]:
+    return [v for v in variants(records, dataset) if v[0] in METHODS and METHODS[v[0]].role == role]
+
+
 def smoothing_variants(records: Sequence[dict], dataset: str | None = None) -> list[Variant]:
-    """Variants that *train* differently from the baseline (no post-hoc step, not the baseline)."""
-    return [v for v in variants(records, dataset)
-            if v[0] in METHODS and not METHODS[v[0]].baseline and METHODS[v[0]].posthoc is None]
+    """The label-smoothing variants (role ``smoothing``): what the four claims are about."""
+    return _role(records, dataset, "smoothing")
+
+
+def reference_variants(records: Sequence[dict], dataset: str | None = None) -> list[Variant]:
+    """Other trained calibration baselines (role ``reference``: focal loss)."""
+    return _role(records, dataset, "reference")
 
 
 def posthoc_variants(records: Sequence[dict], dataset: str | None = None) -> list[Variant]:
     """Variants that add a post-hoc step to a trained model (temperature scaling)."""
-    return [v for v in variants(records, dataset) if v[0] in METHODS and METHODS[v[0]].posthoc is not None]
+    return _role(records, dataset, "posthoc")
 
 
 def label(v: Variant) -> str:
@@ -146,20 +195,97 @@ def label(v: Variant) -> str:
     return v[0] if v[1] == 0 else f"{v[0]} eps={v[1]:g}"
 
 
-def cell(records: Sequence[dict], dataset: str, variant: Variant, noise_rate: float) -> list[dict]:
-    """All seeds of one variant on one dataset at one noise rate, sorted by seed."""
+def cell(records: Sequence[dict], dataset: str, variant: Variant, noise: Noise) -> list[dict]:
+    """All seeds of one variant on one dataset at one noise setting, sorted by seed."""
     out = [r for r in records if r["dataset"] == dataset and r["method"] == variant[0]
-           and r["label_smoothing"] == variant[1] and r["noise_rate"] == noise_rate]
+           and r["label_smoothing"] == variant[1] and _noise(r) == tuple(noise)]
     return sorted(out, key=lambda r: r["seed"])
 
 
-def metric(records: Sequence[dict], dataset: str, variant: Variant, noise_rate: float, name: str) -> Estimate | None:
+def metric(records: Sequence[dict], dataset: str, variant: Variant, noise: Noise, name: str) -> Estimate | None:
     """:func:`estimate` of one metric over the seeds of a cell."""
-    return estimate(r.get(name) for r in cell(records, dataset, variant, noise_rate))
+    return estimate(r.get(name) for r in cell(records, dataset, variant, noise))
+
+
+def welch_difference(a: Estimate | None, sd_a: float, b: Estimate | None, sd_b: float) -> Estimate | None:
+    """``a - b`` for two independent means with a Welch 95% interval (``None`` below 2 values each).
+
+    Args:
+        a, b: the two means (their ``n`` is used).
+        sd_a, sd_b: the standard deviations of the values behind them.
+
+    Example:
+        >>> d = welch_difference(Estimate(1.0, 0.1, 10), 0.1, Estimate(0.5, 0.1, 10), 0.1)
+        >>> round(d.mean, 3), round(d.half, 3)
+        (0.5, 0.094)
+    """
+    if a is None or b is None or a.n < 2 or b.n < 2:
+        return None
+    va, vb = sd_a ** 2 / a.n, sd_b ** 2 / b.n
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return Estimate(a.mean - b.mean, 0.0, a.n + b.n)
+    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    return Estimate(a.mean - b.mean, t_quantile(df) * se, a.n + b.n)
+
+
+def selected_values(records: Sequence[dict], dataset: str, candidates: Sequence[Variant], reference: Variant,
+                    noise: Noise, select_on: str, higher_is_better: bool, name: str
+                    ) -> tuple[list[float], dict[Variant, int]]:
+    """Per seed, pick the candidate with the best *validation* metric and pair its metric with the reference.
+
+    The selection reads only ``select_on`` (a ``val_*`` field): the test split plays no part in it.
+
+    Args:
+        records: run records.
+        dataset: dataset name.
+        candidates: the variants to choose from (e.g. every eps).
+        reference: the variant compared against.
+        noise: the noise setting.
+        select_on: validation field that decides, e.g. ``"val_accuracy"`` or ``"val_ece"``.
+        higher_is_better: direction of ``select_on``.
+        name: the (test) metric compared.
+
+    Returns:
+        ``(per-seed differences selected - reference, {variant: times selected})``.
+    """
+    ref = {r["seed"]: r.get(name) for r in cell(records, dataset, reference, noise)}
+    by_seed: dict[int, list[tuple[Variant, dict]]] = {}
+    for v in candidates:
+        for r in cell(records, dataset, v, noise):
+            if r.get(select_on) is not None:
+                by_seed.setdefault(r["seed"], []).append((v, r))
+    sign = -1.0 if higher_is_better else 1.0
+    diffs, picked = [], {}
+    for seed, options in sorted(by_seed.items()):
+        # min() keeps the first of equal candidates (the smallest eps): no test value is consulted.
+        v, r = min(options, key=lambda o: sign * o[1][select_on])
+        if r.get(name) is None or ref.get(seed) is None:
+            continue
+        picked[v] = picked.get(v, 0) + 1
+        diffs.append(r[name] - ref[seed])
+    return diffs, picked
+
+
+def selected_difference(records: Sequence[dict], dataset: str, candidates: Sequence[Variant], reference: Variant,
+                        noise: Noise, select_on: str, higher_is_better: bool, name: str
+                        ) -> tuple[Estimate | None, dict[Variant, int]]:
+    """:func:`selected_values` summarised: ``(Estimate over seeds, {variant: times selected})``."""
+    diffs, picked = selected_values(records, dataset, candidates, reference, noise, select_on, higher_is_better,
+                                    name)
+    return estimate(diffs), picked
+
+
+def paired_values(records: Sequence[dict], dataset: str, variant: Variant, reference: Variant, noise: Noise,
+                  name: str) -> list[float]:
+    """The per-seed differences ``variant - reference`` behind :func:`paired_difference`."""
+    ref = {r["seed"]: r.get(name) for r in cell(records, dataset, reference, noise)}
+    return [r[name] - ref[r["seed"]] for r in cell(records, dataset, variant, noise)
+            if r.get(name) is not None and ref.get(r["seed"]) is not None]
 
 
 def paired_difference(records: Sequence[dict], dataset: str, variant: Variant, reference: Variant,
-                      noise_rate: float, name: str, relative: bool = False) -> Estimate | None:
+                      noise: Noise, name: str, relative: bool = False) -> Estimate | None:
     """Mean over shared seeds of ``variant - reference`` for one metric, with its t-interval.
 
     Args:
@@ -167,16 +293,16 @@ def paired_difference(records: Sequence[dict], dataset: str, variant: Variant, r
         dataset: dataset name.
         variant: the variant measured.
         reference: the variant compared against (usually the baseline).
-        noise_rate: noise rate of both cells.
+        noise: noise setting of both cells.
         name: metric field of the records.
         relative: divide each difference by the reference value (a relative change).
 
     Returns:
         The :class:`Estimate` of the difference, or ``None`` if no seed has both.
     """
-    ref = {r["seed"]: r.get(name) for r in cell(records, dataset, reference, noise_rate)}
+    ref = {r["seed"]: r.get(name) for r in cell(records, dataset, reference, noise)}
     diffs = []
-    for r in cell(records, dataset, variant, noise_rate):
+    for r in cell(records, dataset, variant, noise):
         a, b = r.get(name), ref.get(r["seed"])
         if a is None or b is None:
             continue
