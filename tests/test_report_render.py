@@ -267,3 +267,9 @@ def test_report_fits_a_1400px_browser_window(request, tmp_path):
     for img in layout["images"]:
         assert img["natural"] > 0, img
         assert img["shown"] >= 0.8 * img["natural"], img
+
+
+@pytest.mark.parametrize("text", ["first dataset.\n\nsecond dataset.", ["first dataset.", "second dataset."]])
+def test_claim_text_with_several_paragraphs_renders_one_block_each(text):
+    assert R._html_paragraphs(text) == "<p>first dataset.</p><p>second dataset.</p>"
+    assert R._html_paragraphs("a < b") == "<p>a &lt; b</p>"

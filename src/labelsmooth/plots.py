@@ -135,7 +135,7 @@ def reliability_diagram(
     bottom.axvline(mean_acc, color=ACCURACY_COLOR, linestyle="-", label=f"accuracy {mean_acc:.3f}")
     bottom.axvline(mean_conf, color="tab:red", linestyle="--", label=f"mean confidence {mean_conf:.3f}")
     bottom.set(xlim=(0, 1), xlabel="confidence", ylabel="count")
-    bottom.legend(loc="upper left", fontsize="small")
+    bottom.legend(loc="best", fontsize="small")
     return fig
 
 

@@ -227,7 +227,9 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
     md.append(_header_md(meta, records))
     md.append("## The claims\n")
     for key, claim in CLAIMS.items():
-        md.append(f"### {claim}\n\n{paragraphs[key]}\n")
+        text = paragraphs[key]
+        text = "\n\n".join(map(str, text)) if isinstance(text, (list, tuple)) else text
+        md.append(f"### {claim}\n\n{text}\n")
     md.append("## Summary (mean ± 95% t-interval over seeds)\n")
     md.append(_markdown_table(rows))
     md.append("\n## Figures\n")
@@ -247,7 +249,7 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
          _header_html(meta, records), "<h2>The claims</h2>"]
     for key, claim in CLAIMS.items():
         h.append(f"<div class='claim' id='claim-{key}'><h3>{html.escape(claim)}</h3>"
-                 f"<p>{html.escape(paragraphs[key])}</p></div>")
+                 f"{_html_paragraphs(paragraphs[key])}</div>")
     h.append("<h2 id='summary'>Summary (mean ± 95% t-interval over seeds)</h2>")
     h.append(_html_table(rows))
     h.append("<h2>Figures</h2>")
@@ -290,6 +292,13 @@ def _preliminary(meta: dict, records: Sequence[dict]) -> tuple[str, str] | None:
     return ("Preliminary: no verdicts.",
             "This report shows that the pipeline runs; its numbers are not evidence for or against the "
             "claims, because " + ", and ".join(why) + ". Run the default grid (without --quick) for the study.")
+
+
+def _html_paragraphs(text) -> str:
+    # A claim's text may hold several paragraphs (one per dataset), separated by blank lines, or
+    # come as a list of them; each becomes its own <p> so the reader sees one block per dataset.
+    parts = list(text) if isinstance(text, (list, tuple)) else str(text).split("\n\n")
+    return "".join(f"<p>{html.escape(str(p).strip())}</p>" for p in parts if str(p).strip())
 
 
 def _nowrap_options(escaped: str) -> str:
