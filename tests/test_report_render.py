@@ -273,3 +273,13 @@ def test_report_fits_a_1400px_browser_window(request, tmp_path):
 def test_claim_text_with_several_paragraphs_renders_one_block_each(text):
     assert R._html_paragraphs(text) == "<p>first dataset.</p><p>second dataset.</p>"
     assert R._html_paragraphs("a < b") == "<p>a &lt; b</p>"
+
+
+def test_a_column_in_no_group_gets_its_own_table(monkeypatch):
+    monkeypatch.setattr(R, "COLUMNS", [*R.COLUMNS, ("val_accuracy", "val acc")])
+    rows = [{"dataset": "d", "noise": "0", "method": "ce", "seeds": "3",
+             **{h: f"{i}" for i, (_, h) in enumerate(R.COLUMNS)}}]
+    groups = R._table_groups(rows)
+    assert [t for t, _ in groups][-1] == "More columns"
+    assert list(groups[-1][1][0]) == ["dataset", "noise", "method", "seeds", "val acc"]
+    assert sum(len(part[0]) - 4 for _, part in groups) == len(R.COLUMNS)

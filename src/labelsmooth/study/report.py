@@ -36,7 +36,7 @@ COLUMNS: list[tuple[str, str]] = [
 ]
 
 #: The summary is printed as several narrower tables, so that each fits a 1400 px window: (title,
-#: record fields). A column of COLUMNS in no group gets a table of its own kind ("More columns").
+#: record fields). Columns of COLUMNS that no group names go into one more table, "More columns".
 TABLE_GROUPS: list[tuple[str, list[str]]] = [
     ("Test set (clean labels)", ["test_accuracy", "nll", "ece", "classwise_ece", "brier", "mean_confidence"]),
     ("Training set (fit to the training labels, and to the flipped ones)",
@@ -220,10 +220,9 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
                 lambda ds=ds: F.learning_curves(records, ds))
 
     # ---- Markdown
-    md = [f"# labelsmooth study\n", f"`{meta.get('command', '')}` — {meta.get('created', '')}\n"]
     banner = _preliminary(meta, records)
-    if banner:
-        md.append(f"> **{banner[0]}** {banner[1]}\n")
+    md = ["# labelsmooth study\n", *([f"> **{banner[0]}** {banner[1]}\n"] if banner else []),
+          f"`{meta.get('command', '')}` — {meta.get('created', '')}\n"]
     md.append(_header_md(meta, records))
     md.append("## The claims\n")
     for key, claim in CLAIMS.items():
