@@ -146,6 +146,7 @@ td:nth-child(-n+4), th:nth-child(-n+4) { text-align: left; }
 tr.group td { border-top: 2px solid #888; }
 .pm { color: #666; font-size: 0.9em; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; margin: 0.5em 0; }
+p, li { max-width: 68em; }  /* long lines are hard to follow back to their start */
 .claim { background: #f8f8fb; border-left: 4px solid #4a6fa5; padding: 0.6em 1em; margin: 1em 0; }
 .banner { background: #fff4d6; border: 2px solid #d9a400; padding: 0.7em 1em; margin: 1em 0; font-size: 1.05em; }
 code { background: #f3f3f3; padding: 0 0.2em; overflow-wrap: anywhere; }
