@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test study bench clean
+.PHONY: venv test study bench report-check clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,14 @@ study: venv
 
 bench: venv
 	$(VENV)/bin/labelsmooth bench
+
+# The report as a reader sees it: a small study's report (or REPORT=path/to/report.html) opened in
+# headless Chromium in a 1400 px window; fails if anything is wider than the window, a table has to
+# scroll or a figure is shrunk. Screenshots and layout numbers land in runs/report-check/. Needs
+# Chromium (Debian/Ubuntu: apt-get install chromium; elsewhere set CHROMIUM=/path/to/chrome).
+report-check: venv
+	REPORT_CHECK_REQUIRE=1 REPORT_CHECK_OUT=runs/report-check REPORT_CHECK_HTML="$(REPORT)" \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_report_render.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

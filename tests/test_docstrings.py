@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["labelsmooth.targets", "labelsmooth.functional", "labelsmooth.modules",
-           "labelsmooth.calibration", "labelsmooth.noise", "labelsmooth.plots"]
+           "labelsmooth.calibration", "labelsmooth.noise", "labelsmooth.plots", "labelsmooth.study.models"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -128,3 +128,65 @@ def test_missing_matplotlib_gives_install_hint(monkeypatch):
         reliability_diagram(probs, labels)
     with pytest.raises(ImportError, match=r"pip install matplotlib"):
         reliability_overlay({"a": (probs, labels)})
+
+
+def _pixels(fig) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3]
+
+
+def _most_common_colour(fig, ax, x, y, half=4) -> np.ndarray:
+    # The colour drawn around data point (x, y), ignoring the thin hatch lines: the mode of a patch.
+    img = _pixels(fig)
+    px, py = ax.transData.transform((x, y))
+    row, col = int(round(img.shape[0] - py)), int(round(px))
+    patch = img[row - half:row + half + 1, col - half:col + half + 1].reshape(-1, 3)
+    colours, counts = np.unique(patch, axis=0, return_counts=True)
+    return colours[counts.argmax()].astype(float) / 255
+
+
+@pytest.mark.parametrize("confidence,accuracy", [(0.55, 1.0), (0.95, 0.5)])
+def test_gap_band_shows_the_legend_colour_for_under_and_over_confidence(confidence, accuracy):
+    from matplotlib.colors import to_rgb
+
+    # n samples all at one confidence; a share `accuracy` of them correct: one bin, a known gap.
+    n, k = 200, 2
+    probs = torch.tensor([[confidence, 1 - confidence]] * n, dtype=torch.float64)
+    labels = torch.zeros(n, dtype=torch.long)
+    labels[: int(round(n * (1 - accuracy)))] = 1
+    fig = reliability_diagram(probs, labels, n_bins=10)
+    top = fig.axes[0]
+    handle = next(h for h, t in zip(top.get_legend().legend_handles, top.get_legend().get_texts())
+                  if t.get_text() == "gap")
+    legend_rgb = np.array(handle.get_facecolor()[:3])
+    assert handle.get_facecolor()[3] == 1.0  # opaque: nothing beneath can tint it
+    # Middle of the band between accuracy and confidence, in the middle of the bin's width.
+    bin_centre = (np.floor(confidence * 10) + 0.5) / 10
+    seen = _most_common_colour(fig, top, bin_centre, (confidence + accuracy) / 2)
+    np.testing.assert_allclose(seen, legend_rgb, atol=2 / 255)
+    np.testing.assert_allclose(legend_rgb, to_rgb("#f4b4b4"), atol=1e-9)
+
+
+def test_histogram_panel_of_given_axes_stays_inside_a_constrained_figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    for ax in axes:
+        reliability_diagram(*model_outputs(500, seed=5), ax=ax)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert len(fig.axes) == 6
+    for ax in fig.axes:
+        box = ax.get_tightbbox(renderer)
+        assert fig.bbox.x0 - 1 <= box.x0 and box.x1 <= fig.bbox.x1 + 1
+        assert fig.bbox.y0 - 1 <= box.y0 and box.y1 <= fig.bbox.y1 + 1
+    hist = [ax for ax in fig.axes if ax.get_xlabel() == "confidence"]
+    assert len(hist) == 3
+    for ax, top in zip(hist, axes):
+        # Below its diagram, same x range, tick labels drawn.
+        assert ax.get_position().y1 <= top.get_position().y0 + 1e-9
+        assert ax.get_xlim() == top.get_xlim()
+        assert any(t.get_text() for t in ax.get_xticklabels())

@@ -24,6 +24,10 @@ __all__ = ["reliability_diagram", "reliability_overlay"]
 
 ArrayLike = Tensor | np.ndarray
 
+#: Fill of the accuracy bars, and of the pink band between a bin's accuracy and its confidence.
+ACCURACY_COLOR = "tab:blue"
+GAP_COLOR = "#f4b4b4"
+
 
 def _matplotlib() -> Any:
     try:
@@ -64,8 +68,8 @@ def reliability_diagram(
     """Reliability diagram: accuracy per confidence bin against the diagonal, with a histogram below.
 
     The top panel draws one bar per non-empty bin at the bin's accuracy, the diagonal of perfect
-    calibration, and a hatched red band between each bin's accuracy and its mean confidence (the
-    gap that ECE averages). The bottom panel shows how many samples fall in each bin, with the
+    calibration, and a hatched pink band between each bin's accuracy and its mean confidence (the
+    gap that ECE averages), drawn over the bar where the bin is under-confident. The bottom panel shows how many samples fall in each bin, with the
     overall accuracy and mean confidence marked. The title ends in the ECE (same ``n_bins``,
     ``binning`` and ``binary_mode``), formatted ``"ECE = 0.0123"``.
 
@@ -74,8 +78,9 @@ def reliability_diagram(
         labels: ``(N,)`` integer labels.
         n_bins: number of bins, >= 1.
         title: text placed before the ECE in the title; default ``"Reliability diagram"``.
-        ax: optional axes to draw into; it is split to make room for the histogram panel and its
-            figure is returned. By default a new figure is created.
+        ax: optional axes to draw into; its place is split to make room for the histogram panel
+            below it (``ax`` keeps the upper three quarters) and its figure is returned. By default
+            a new figure is created.
         binning: ``"uniform"`` or ``"quantile"`` (see :func:`~labelsmooth.calibration.reliability_curve`).
         binary_mode: ``"top_label"`` or ``"positive"`` for ``(N,)`` input.
 
@@ -102,21 +107,22 @@ def reliability_diagram(
         top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     else:
         _matplotlib()
-        from mpl_toolkits.axes_grid1 import make_axes_locatable
-
-        fig = ax.figure
-        top = ax
-        bottom = make_axes_locatable(ax).append_axes("bottom", size="33%", pad=0.15, sharex=ax)
+        fig, top, bottom = ax.figure, ax, _histogram_axes(ax)
         top.tick_params(labelbottom=False)
 
     edges, widths = c["edges"][:-1], np.diff(c["edges"])
     full = c["count"] > 0
     top.bar(edges[full], c["accuracy"][full], width=widths[full], align="edge",
-            color="tab:blue", edgecolor="black", linewidth=0.5, label="accuracy")
+            color=ACCURACY_COLOR, edgecolor="black", linewidth=0.5, label="accuracy")
     gap_low = np.minimum(c["accuracy"], c["confidence"])[full]
     gap_height = np.abs(c["accuracy"] - c["confidence"])[full]
+    # Opaque: an under-confident bin's gap lies inside its accuracy bar, and a translucent band
+    # would mix with the blue below into a colour the legend does not show.
     top.bar(edges[full], gap_height, bottom=gap_low, width=widths[full], align="edge",
-            color="tab:red", alpha=0.3, hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap")
+            color=GAP_COLOR, hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap")
+    # The accuracy bars' outlines again, above the gap bands, so each bin's accuracy stays marked.
+    top.bar(edges[full], c["accuracy"][full], width=widths[full], align="edge",
+            fill=False, edgecolor="black", linewidth=0.5)
     top.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
     top.set_title(f"{title or 'Reliability diagram'} (ECE = {ece:.4f})")
@@ -126,11 +132,29 @@ def reliability_diagram(
     total = c["count"].sum()
     mean_conf = np.nansum(c["confidence"] * c["count"]) / total
     mean_acc = np.nansum(c["accuracy"] * c["count"]) / total
-    bottom.axvline(mean_acc, color="tab:blue", linestyle="-", label=f"accuracy {mean_acc:.3f}")
+    bottom.axvline(mean_acc, color=ACCURACY_COLOR, linestyle="-", label=f"accuracy {mean_acc:.3f}")
     bottom.axvline(mean_conf, color="tab:red", linestyle="--", label=f"mean confidence {mean_conf:.3f}")
     bottom.set(xlim=(0, 1), xlabel="confidence", ylabel="count")
-    bottom.legend(loc="upper left", fontsize="small")
+    bottom.legend(loc="best", fontsize="small")
     return fig
+
+
+def _histogram_axes(ax: Axes) -> Axes:
+    """A count-histogram panel below ``ax``, taking the lower quarter of ``ax``'s place.
+
+    An axes from a grid (``fig.subplots``, ``add_subplot``) has its cell split in two with a sub-grid,
+    which the figure's layout engine (``layout="constrained"``) sees: both panels, their ticks and
+    labels stay inside the figure. An axes placed by hand (``fig.add_axes``) is split with
+    ``axes_grid1``'s divider instead.
+    """
+    spec = ax.get_subplotspec()
+    if spec is None:
+        from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+        return make_axes_locatable(ax).append_axes("bottom", size="33%", pad=0.15, sharex=ax)
+    cells = spec.subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
+    ax.set_subplotspec(cells[0])
+    return ax.figure.add_subplot(cells[1], sharex=ax)
 
 
 def reliability_overlay(

@@ -68,6 +68,9 @@ class Dataset:
         standardize: whether features should be standardised with training-split statistics.
         description: one line for the report (source, size).
         parent: for a binary task carved from a K-class dataset (``digits:3v8``), that dataset's name.
+        augment: train with random crop and horizontal flip
+            (:class:`labelsmooth.study.models.CropFlip`); for natural images such as CIFAR-10, where a
+            mirrored or shifted picture shows the same class (not for digits or text).
     """
 
     name: str
@@ -79,6 +82,7 @@ class Dataset:
     standardize: bool = False
     description: str = ""
     parent: str | None = None
+    augment: bool = False
 
     @property
     def binary(self) -> bool:
@@ -177,8 +181,11 @@ def _cifar10(data_dir: Path | None) -> Dataset:
     train = [folder / f for f in _CIFAR_TRAIN if (folder / f).exists()]
     x, y = zip(*(read_cifar10_binary(p) for p in train))
     x_test, y_test = read_cifar10_binary(folder / _CIFAR_TEST)
-    return Dataset("cifar10", np.concatenate(x), np.concatenate(y), 10, x_test=x_test, y_test=y_test,
-                   description=f"CIFAR-10 binary batches from {folder} ({len(train)} training batch(es))")
+    x, y = np.concatenate(x), np.concatenate(y)
+    return Dataset("cifar10", x, y, 10, x_test=x_test, y_test=y_test, augment=True,
+                   description=f"CIFAR-10 binary batches from {folder}: {len(y)} training images in "
+                               f"{len(train)} batch file(s) + {len(y_test)} test images, 32x32 RGB, 10 classes; "
+                               "CNN trained with random crop (4-pixel padding) and horizontal flip")
 
 
 #: Built-in dataset loaders, by name. ``cifar10`` needs ``--data-dir``.

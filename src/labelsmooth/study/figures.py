@@ -37,8 +37,20 @@ def _grid(n: int, width: float = 4.2, height: float = 3.4):
     return fig, axes
 
 
+#: Reliability panels per row: four 3.6-inch panels at the report's 90 dpi fill ~1300 px, so a
+#: 1400 px window shows them at full size instead of shrinking a long row until its text is unreadable.
+RELIABILITY_COLUMNS = 4
+
+
 def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, noise_rate: S.Noise):
     """Reliability diagrams of every variant on one dataset at one noise rate, seeds pooled.
+
+    Each panel pools the test sets of all seeds into one diagram. Its title gives two ECEs with the
+    same 15 equal-width bins: the ECE of the pooled predictions (what the panel draws) and the mean
+    of the per-seed ECEs (what the summary table reports). Pooling lets one seed's over-confident
+    bins offset another's under-confident ones: the bins are the same fixed intervals for every
+    seed, so by the triangle inequality the pooled ECE is at most the per-seed ECEs averaged with
+    weights proportional to test-set size (the plain mean when the sizes are equal).
 
     Args:
         records: run records.
@@ -47,19 +59,37 @@ def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, n
         noise_rate: noise setting ``(kind, level)`` of the runs shown.
 
     Returns:
-        A matplotlib ``Figure`` with one diagram (and its count histogram) per variant.
+        A matplotlib ``Figure`` with one diagram (and its count histogram) per variant, at most
+        :data:`RELIABILITY_COLUMNS` per row.
     """
+    from labelsmooth.calibration import expected_calibration_error
+    from labelsmooth.study.metrics import N_BINS
+
     vs = [v for v in S.variants(records, dataset) if S.cell(records, dataset, v, noise_rate)]
-    fig, axes = _grid(len(vs), 3.6, 5.2)
+    cols = max(1, min(len(vs), RELIABILITY_COLUMNS))
+    rows = -(-len(vs) // cols)
+    fig = _new_figure((3.6 * cols, 5.4 * rows))
+    axes = list(np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel()))
+    for ax in axes[len(vs):]:
+        ax.remove()  # an incomplete last row
+    n_seeds = 0
     for ax, v in zip(axes, vs):
         pairs = [load(r) for r in S.cell(records, dataset, v, noise_rate)]
+        n_seeds = max(n_seeds, len(pairs))
         probs = np.concatenate([p for p, _ in pairs])
         labels = np.concatenate([y for _, y in pairs])
-        reliability_diagram(probs, labels, ax=ax, title=S.label(v))
-        ax.title.set_fontsize("small")
+        reliability_diagram(probs, labels, n_bins=N_BINS, ax=ax)
+        pooled = expected_calibration_error(probs, labels, n_bins=N_BINS)
+        per_seed = S.estimate(expected_calibration_error(p, y, n_bins=N_BINS) for p, y in pairs)
+        if len(pairs) > 1:
+            ece_text = f"ECE of pooled seeds {pooled:.3f}\nmean of per-seed ECEs {per_seed.mean:.3f}"
+        else:
+            ece_text = f"ECE {pooled:.3f} (one seed)"
+        ax.set_title(f"{S.label(v)}\n{ece_text}", fontsize=11, linespacing=1.3)
         if ax is not axes[0] and ax.get_legend() is not None:
-            ax.get_legend().remove()  # one legend per row is enough
-    fig.suptitle(f"{dataset}: reliability, {S.noise_label(noise_rate)} labels (test sets of all seeds pooled)")
+            ax.get_legend().remove()  # one legend per figure is enough
+    pooled_text = f"test sets of {n_seeds} seeds pooled" if n_seeds > 1 else "one seed"
+    fig.suptitle(f"{dataset}: reliability, {S.noise_label(noise_rate)} labels ({pooled_text})", fontsize=13)
     return fig
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from labelsmooth.study import figures as F
 from labelsmooth.study import stats as S
-from labelsmooth.study.claims import CLAIMS, claim_paragraphs
+from labelsmooth.study.claims import CLAIMS, MIN_SEEDS, claim_paragraphs
 from labelsmooth.study.findings import findings_markdown
 
 __all__ = ["COLUMNS", "summary_rows", "write_report"]
@@ -38,6 +38,21 @@ COLUMNS: list[tuple[str, str]] = [
     ("es_test_accuracy", "test acc (early-stopped)"),
     ("es_ece", "ECE (early-stopped)"),
 ]
+
+#: The summary is printed as several narrower tables, so that each fits a 1400 px window: (title,
+#: record fields). Columns of COLUMNS that no group names go into one more table, "More columns".
+TABLE_GROUPS: list[tuple[str, list[str]]] = [
+    ("Test set (clean labels)", ["test_accuracy", "nll", "brier", "mean_confidence"]),
+    ("Calibration on the test set", ["ece", "ece_quantile", "classwise_ece"]),
+    ("Training set (fit to the training labels, and to the flipped ones)",
+     ["train_accuracy", "train_accuracy_clean", "memorized_fraction", "train_test_gap"]),
+    ("Early-stopped on validation (the checkpoint with the best validation accuracy)",
+     ["es_test_accuracy", "es_ece"]),
+]
+
+#: Below this many seeds per compared cell a report is marked preliminary: no verdicts (the claims'
+#: own threshold, :data:`labelsmooth.study.claims.MIN_SEEDS`).
+MIN_SEEDS_FOR_VERDICTS = MIN_SEEDS
 
 
 def summary_rows(records: Sequence[dict]) -> list[dict[str, str]]:
@@ -69,32 +84,81 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+_ROW_KEYS = ("dataset", "noise", "method", "seeds")
+
+
+def _table_groups(rows: list[dict[str, str]]) -> list[tuple[str, list[dict[str, str]]]]:
+    """Split the summary rows column-wise into :data:`TABLE_GROUPS` (each keeps the row labels)."""
+    header = dict(COLUMNS)
+    present = [h for h in rows[0] if h not in _ROW_KEYS] if rows else []
+    groups, used = [], set()
+    for title, keys in TABLE_GROUPS:
+        cols = [header[k] for k in keys if k in header and header[k] in present]
+        used.update(cols)
+        if cols:
+            groups.append((title, cols))
+    rest = [h for h in present if h not in used]
+    if rest:
+        groups.append(("More columns", rest))
+    return [(title, [{**{k: r[k] for k in _ROW_KEYS if k in r}, **{c: r[c] for c in cols}} for r in rows])
+            for title, cols in groups]
+
+
 def _markdown_table(rows: list[dict[str, str]]) -> str:
     if not rows:
         return "_no finished runs_\n"
-    headers = list(rows[0])
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(row[h] for h in headers) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    out = []
+    for title, part in _table_groups(rows):
+        headers = list(part[0])
+        lines = [f"**{title}**\n", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(row[h] for h in headers) + " |" for row in part]
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)
+
+
+def _html_cell(text: str) -> str:
+    # The interval's half-width in a lighter, smaller font: the mean is what the eye compares.
+    mean, sep, half = text.partition(" ± ")
+    if not sep:
+        return html.escape(text)
+    return f"{html.escape(mean)}<span class='pm'> ± {html.escape(half)}</span>"
 
 
 def _html_table(rows: list[dict[str, str]]) -> str:
     if not rows:
         return "<p><em>no finished runs</em></p>"
-    headers = list(rows[0])
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(row[h])}</td>" for h in headers) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    out = []
+    for title, part in _table_groups(rows):
+        headers = list(part[0])
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+        body = []
+        for i, row in enumerate(part):
+            # A new dataset starts with a heavier rule, so the eye finds the groups.
+            first = i == 0 or row.get("dataset") != part[i - 1].get("dataset")
+            cls = " class='group'" if first and i else ""
+            body.append(f"<tr{cls}>" + "".join(f"<td>{_html_cell(row[h])}</td>" for h in headers) + "</tr>")
+        out.append(f"<h3>{html.escape(title)}</h3><div class='table-wrap'><table><thead><tr>{head}</tr></thead>"
+                   f"<tbody>{''.join(body)}</tbody></table></div>")
+    return "".join(out)
 
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; line-height: 1.45; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
+*, *::before, *::after { box-sizing: border-box; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; padding: 0 24px;
+       color: #222; line-height: 1.45; }
+.table-wrap { max-width: 100%; overflow-x: auto; margin: 0.5em 0 1.5em; }
+table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }
-th { background: #f0f0f0; } td:nth-child(-n+4) { text-align: left; }
-img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+th { background: #f0f0f0; white-space: normal; vertical-align: bottom; }
+td:nth-child(-n+4), th:nth-child(-n+4) { text-align: left; }
+tr.group td { border-top: 2px solid #888; }
+.pm { color: #666; font-size: 0.9em; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; margin: 0.5em 0; }
+p, li { max-width: 68em; }  /* long lines are hard to follow back to their start */
 .claim { background: #f8f8fb; border-left: 4px solid #4a6fa5; padding: 0.6em 1em; margin: 1em 0; }
-code { background: #f3f3f3; padding: 0 0.2em; }
+.banner { background: #fff4d6; border: 2px solid #d9a400; padding: 0.7em 1em; margin: 1em 0; font-size: 1.05em; }
+code { background: #f3f3f3; padding: 0 0.2em; overflow-wrap: anywhere; }
+code.opt { white-space: nowrap; overflow-wrap: normal; }
 """
 
 
@@ -157,8 +221,8 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
             lambda: F.metric_vs_eps(records, "train_test_gap", "train acc - test acc", posthoc=False))
         if any(r.get("memorized_fraction") is not None for r in records):
             add("memorised_vs_eps", "Memorised flipped labels vs label smoothing",
-                "Of the flipped training labels, the share the final model predicts as the flipped label "
-                "(1.0 = every flip memorised).",
+                "Of the training labels that noise flipped, the share the final model predicts as the flipped "
+                "label (1.0 = every flipped label memorised).",
                 lambda: F.metric_vs_eps(records, "memorized_fraction", "memorised fraction", posthoc=False))
         if S.baseline_variant(records) is not None:
             add("effect_sizes", "Binary vs multiclass: effect of smoothing",
@@ -167,7 +231,11 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
         for ds in S.datasets(records):
             r0 = S.noise_settings(records, ds)[0]
             add(f"reliability_{_safe(ds)}", f"Reliability diagrams: {ds}",
-                "One panel per method; bars: accuracy per confidence bin; hatched: gap to the diagonal.",
+                "One panel per method, test sets of all seeds pooled; blue bars: accuracy per confidence bin; "
+                "pink hatched: the gap between a bin's accuracy and its mean confidence, which ECE averages. "
+                "Each panel gives two ECEs: of the pooled test sets, and the mean of the per-seed ECEs, which "
+                "is the ECE of the summary table. Pooling lets one seed's errors offset another's: with "
+                "test sets of equal size the pooled ECE is never above the mean.",
                 lambda ds=ds, r0=r0: F.reliability_grid(records, load, ds, r0))
             add(f"curves_{_safe(ds)}", f"Learning curves: {ds}",
                 "Mean over seeds, against the Adam step (the budget is the same on every dataset); validation "
@@ -180,11 +248,15 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
                     lambda ds=ds: F.projection_figure(records, load_projection, ds))
 
     # ---- Markdown
-    md = [f"# labelsmooth study\n", f"`{meta.get('command', '')}` — {meta.get('created', '')}\n"]
+    banner = _preliminary(meta, records)
+    md = ["# labelsmooth study\n", *([f"> **{banner[0]}** {banner[1]}\n"] if banner else []),
+          f"`{meta.get('command', '')}` — {meta.get('created', '')}\n"]
     md.append(_header_md(meta, records))
     md.append("## The claims\n")
     for key, claim in CLAIMS.items():
-        md.append(f"### {claim}\n\n{paragraphs[key]}\n")
+        text = paragraphs[key]
+        text = "\n\n".join(map(str, text)) if isinstance(text, (list, tuple)) else text
+        md.append(f"### {claim}\n\n{text}\n")
     md.append(f"### How much these numbers can say\n\n{paragraphs['statistics']}\n")
     md.append("## Summary (mean ± 95% t-interval over seeds)\n")
     md.append(_markdown_table(rows))
@@ -200,14 +272,16 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
     # ---- HTML
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>labelsmooth study</title><style>{_CSS}</style>"
          "</head><body>", "<h1>labelsmooth study</h1>",
+         *([f"<div class='banner' id='preliminary'><strong>{html.escape(banner[0])}</strong> "
+            f"{_nowrap_options(html.escape(banner[1]))}</div>"] if banner else []),
          f"<p><code>{html.escape(meta.get('command', ''))}</code> — {html.escape(meta.get('created', ''))}</p>",
          _header_html(meta, records), "<h2>The claims</h2>"]
     for key, claim in CLAIMS.items():
-        paras = "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs[key].split("\n\n"))
-        h.append(f"<div class='claim' id='claim-{key}'><h3>{html.escape(claim)}</h3>{paras}</div>")
-    h.append(f"<div class='claim' id='claim-statistics'><h3>How much these numbers can say</h3>"
-             f"<p>{html.escape(paragraphs['statistics'])}</p></div>")
-    h.append("<h2>Summary (mean ± 95% t-interval over seeds)</h2>")
+        h.append(f"<div class='claim' id='claim-{key}'><h3>{html.escape(claim)}</h3>"
+                 f"{_html_paragraphs(paragraphs[key])}</div>")
+    h.append("<div class='claim' id='claim-statistics'><h3>How much these numbers can say</h3>"
+             f"{_html_paragraphs(paragraphs['statistics'])}</div>")
+    h.append("<h2 id='summary'>Summary (mean ± 95% t-interval over seeds)</h2>")
     h.append(_html_table(rows))
     h.append("<h2>Figures</h2>")
     for stem, title, caption in figures:
@@ -219,6 +293,48 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
     html_path = out / "report.html"
     _atomic_text(html_path, "\n".join(h))
     return html_path, md_path
+
+
+def _preliminary(meta: dict, records: Sequence[dict]) -> tuple[str, str] | None:
+    """``(headline, explanation)`` for a report too small for verdicts, else ``None``.
+
+    A report is preliminary when it was made with ``--quick`` (a smoke test with a short budget) or
+    when some compared cell (dataset x method x noise rate) has fewer than
+    :data:`MIN_SEEDS_FOR_VERDICTS` seeds. ``meta`` is read defensively: ``quick`` may sit at its top
+    level or in ``config``, or only show in the command line; the seed count is taken from the
+    records themselves, so a partly finished run is judged by what it holds.
+    """
+    cfg = meta.get("config") or {}
+    command = str(meta.get("command") or "")
+    quick = bool(meta.get("quick") or (isinstance(cfg, dict) and cfg.get("quick"))
+                 or "--quick" in command.split())
+    seeds = [len(S.cell(records, ds, v, r)) for ds in S.datasets(records) for r in S.noise_settings(records, ds)
+             for v in S.variants(records, ds)]
+    fewest = min((n for n in seeds if n), default=0)
+    if not quick and fewest >= MIN_SEEDS_FOR_VERDICTS:
+        return None
+    why = []
+    if quick:
+        why.append("it was made with --quick (a smoke test: its short training budget cannot support "
+                   "conclusions)")
+    if fewest < MIN_SEEDS_FOR_VERDICTS:
+        why.append(f"some comparisons rest on {fewest} seed{'s' if fewest != 1 else ''} (at least "
+                   f"{MIN_SEEDS_FOR_VERDICTS} are needed for an interval worth reading)")
+    return ("Preliminary: no verdicts.",
+            "This report shows that the pipeline runs; its numbers are not evidence for or against the "
+            "claims, because " + ", and ".join(why) + ". Run the default grid (without --quick) for the study.")
+
+
+def _html_paragraphs(text) -> str:
+    # A claim's text may hold several paragraphs (one per dataset), separated by blank lines, or
+    # come as a list of them; each becomes its own <p> so the reader sees one block per dataset.
+    parts = list(text) if isinstance(text, (list, tuple)) else str(text).split("\n\n")
+    return "".join(f"<p>{html.escape(str(p).strip())}</p>" for p in parts if str(p).strip())
+
+
+def _nowrap_options(escaped: str) -> str:
+    # A browser may break a line after "--"; a command-line option must stay whole to be copied.
+    return escaped.replace("--quick", "<code class='opt'>--quick</code>")
 
 
 def _safe(name: str) -> str:

@@ -267,7 +267,7 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
          "test": to(splits.y_test)}
     target = y["noisy"].float() if binary else y["noisy"]  # BCE wants float 0/1 targets
 
-    model = build_model(splits.x_train.shape[1:], ds.num_classes, cfg.hidden).to(device)
+    model = build_model(splits.x_train.shape[1:], ds.num_classes, cfg.hidden, augment=ds.augment).to(device)
     loss_fn = METHODS[job.methods[0]].loss(job.eps, binary).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
