@@ -112,9 +112,10 @@ class _TritonCrossEntropy(torch.autograd.Function):
     again and writes the gradient already multiplied by grad_output and, for "mean", by 1/denominator,
     both read on the device inside the kernel. Any grad_output therefore costs nothing beyond the kernel
     (``loss.backward()``, ``(loss_sum / n_tokens).backward()`` with a device tensor ``n_tokens``, a
-    masked or weighted sum of ``reduction="none"`` rows) and nothing is synchronised with the host. No
-    N x C buffer lives between forward and backward, and backward can run twice (``retain_graph``)
-    unless ``inplace`` consumed the logits. docs/kernels.md compares the traffic with the fused design.
+    masked or weighted sum of ``reduction="none"`` rows) and nothing is synchronised with the host. The
+    only N x C tensor kept from forward to backward is the logits themselves (saved for backward; the
+    gradient-in-forward design keeps a gradient of the same size instead), and backward can run twice
+    (``retain_graph``) unless ``inplace`` consumed the logits. docs/kernels.md compares the traffic with the fused design.
     """
 
     @staticmethod

@@ -25,7 +25,8 @@ probability targets; times 1 - tanh^2 under the softcap), where g is the row's g
 ``grad_scale`` (1/denominator for "mean"), both read on the device: as exp(x_j - M) * a - v_j * g, one
 multiply-add per element. The one-hot -T is left out of the per-element work, and the target column is
 rewritten by one scalar store after a barrier. Loads and stores ask to go first from the caches
-(evict_first): nothing here is read again. Within one row the kernel reads x at an offset before it
+(evict_first): within a kernel no logit is read twice, and by the time backward re-reads a row the
+whole N x C array has passed through the cache since forward read it. Within one row the kernel reads x at an offset before it
 writes the gradient at that same offset, and the target logit is read before the row is written, so
 ``grad`` may be the logits themselves (``inplace``). Why two kernels rather than one that writes the
 gradient during forward: docs/kernels.md, "The Triton backend's design".
@@ -444,8 +445,11 @@ def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, g_ptr, g_stride,
             S = tl.load(st + 1)
             s_minus_1 = tl.load(st + 2)
             coef = tl.load(st + 3)
-            # Read before the row is written, which may be over the logits themselves (inplace).
+            # Read before the row is written, which may be over the logits themselves (inplace):
+            # every thread loads x_y, and the barrier keeps any warp from storing over column y
+            # before all of them have (bar.sync orders the CTA's global accesses too).
             x_y = tl.load(x_row + yc).to(tl.float32)
+            tl.debug_barrier()
             if SOFTCAP:
                 th_y = _tanh(x_y * inv_cap)
                 x_y = cap * th_y
