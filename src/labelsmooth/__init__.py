@@ -8,6 +8,7 @@ The public API is flat::
 
 from labelsmooth import calibration, noise
 from labelsmooth.functional import binary_cross_entropy_with_logits, cross_entropy
+from labelsmooth.linear import LinearCrossEntropyLoss, linear_cross_entropy
 from labelsmooth.modules import BCEWithLogitsLoss, CrossEntropyLoss
 from labelsmooth.targets import smooth_binary_labels, smooth_labels
 
@@ -28,8 +29,10 @@ __all__ = [
     "noise",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
+    "LinearCrossEntropyLoss",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "linear_cross_entropy",
     "smooth_binary_labels",
     "smooth_labels",
 ]

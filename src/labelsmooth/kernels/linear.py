@@ -1,0 +1,255 @@
+"""Fused linear layer + label-smoothed cross-entropy, over chunks of rows: the N x C logits never exist.
+
+For hidden states X (N, H), a classifier weight W (C, H) and bias b (C,), each chunk of R rows runs::
+
+    L   = X[chunk] @ W.T + b             (R, C), in one reused buffer
+    row losses, and G = d loss / d L     written over L by a cross-entropy kernel, times grad_scale
+    dX[chunk]  = G @ W                   (R, H)
+    dW        += G.T @ X[chunk]          (C, H), accumulated in float32 for half-precision weights
+    db        += sum_rows G              (C,), float32
+
+so the largest temporary is the R x C chunk of logits. The kernel is either of the cross-entropy
+kernels (``labelsmooth.kernels.chunked.fused_ce`` on CPU, ``labelsmooth.kernels.triton_ce`` on CUDA),
+called through their common contract (``labelsmooth.kernels``) with ``grad`` = the chunk's logits.
+
+"mean" and "sum": the gradients are computed during forward and kept until backward, which multiplies
+them by the scalar grad_output (nothing at all on CPU when it is 1). For "mean" the denominator over
+*all* rows is computed first, from the targets alone and on the device (no host synchronisation), and
+its reciprocal goes to the kernel as ``grad_scale``, so that no gradient needs a second pass.
+
+"none": grad_output is a vector, one value per row, unknown during forward, and dW = G.T diag(g) X
+cannot be rescaled once summed over rows. So forward computes only the losses (one matmul per chunk)
+and backward recomputes each chunk's logits and gradient (a second forward matmul), scaling the rows
+by grad_output before the two gradient matmuls: four matmuls in all instead of three, and nothing
+of size N x C or C x H is kept between forward and backward (torch's chunked path makes the same
+choice for "none").
+
+Chunk height (:func:`default_chunk_rows`): on CPU about 32 MiB of float32 logits and at least 128
+rows (smaller chunks make the matmuls slower: a 2048 x 1024 -> 32000 forward+backward took ~2.2 s in
+chunks of 256 or 512 rows and ~3.3 s in chunks of 64 on two cores); on an accelerator
+``DEVICE_CHUNK_BYTES`` of logits in the matmul's dtype, at most 1/``DEVICE_MEMORY_SHARE`` of the
+device's memory, in multiples of 128 rows (whole tensor-core tiles).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from labelsmooth.reference import compute_dtype
+
+# CPU: bytes of float32 logits per chunk, and the fewest rows a chunk may have (matmul efficiency).
+CHUNK_BYTES = 32 << 20
+MIN_CHUNK_ROWS = 128
+# Accelerators: bytes of logits per chunk, the largest share of device memory one chunk may take, and
+# the row granularity of a chunk.
+DEVICE_CHUNK_BYTES = 256 << 20
+DEVICE_MEMORY_SHARE = 64
+DEVICE_ROW_MULTIPLE = 128
+
+
+def default_chunk_rows(num_rows: int, num_classes: int, dtype: torch.dtype = torch.float32,
+                       device: torch.device | str | None = None) -> int:
+    """Rows per chunk for ``num_rows`` rows of ``num_classes`` logits of ``dtype`` on ``device``.
+
+    CPU: ``CHUNK_BYTES`` of float32 logits, rounded down to a multiple of 64 rows, at least
+    ``MIN_CHUNK_ROWS``. Other devices: ``DEVICE_CHUNK_BYTES`` of logits in ``dtype``, capped at
+    1/``DEVICE_MEMORY_SHARE`` of the device's memory where torch reports it, rounded down to a multiple
+    of ``DEVICE_ROW_MULTIPLE`` rows (at least 1). Never more than ``num_rows`` (nor less than 1).
+
+    >>> default_chunk_rows(2048, 32000)
+    256
+    >>> default_chunk_rows(2048, 128256)
+    128
+    >>> default_chunk_rows(8192, 128256, torch.bfloat16, "meta")
+    1024
+    """
+    dev = torch.device("cpu" if device is None else device)
+    classes = max(1, num_classes)
+    if dev.type == "cpu":
+        rows = CHUNK_BYTES // (4 * classes)
+        rows = max(MIN_CHUNK_ROWS, rows // 64 * 64)
+    else:
+        budget = DEVICE_CHUNK_BYTES
+        if dev.type == "cuda" and torch.cuda.is_available():
+            budget = min(budget, torch.cuda.get_device_properties(dev).total_memory // DEVICE_MEMORY_SHARE)
+        rows = budget // (torch.empty((), dtype=dtype).element_size() * classes)
+        if rows >= DEVICE_ROW_MULTIPLE:
+            rows = rows // DEVICE_ROW_MULTIPLE * DEVICE_ROW_MULTIPLE
+    return max(1, min(rows, num_rows))
+
+
+def _kernel(name: str) -> Callable[..., Tensor]:
+    if name == "triton":
+        from labelsmooth.kernels.triton_ce import fused_ce
+    else:
+        from labelsmooth.kernels.chunked import fused_ce
+    return fused_ce
+
+
+def _accumulate_mm(acc: Tensor, a: Tensor, b: Tensor, first: bool, slice_rows: int) -> None:
+    """``acc (+)= a @ b`` with ``acc`` possibly of a wider dtype than ``a`` and ``b``.
+
+    Same dtype: one (add)mm into ``acc``. Wider ``acc`` (float32 for bf16/fp16 operands): the product
+    is formed in the operands' dtype (the matmul itself accumulates in float32 over the chunk's rows and
+    rounds once) and added in float32, ``slice_rows`` rows of ``acc`` at a time so that the temporary
+    stays the size of a chunk of logits rather than of the whole weight.
+    """
+    if acc.dtype == a.dtype:
+        if first:
+            torch.mm(a, b, out=acc)
+        else:
+            acc.addmm_(a, b)
+        return
+    for start in range(0, acc.shape[0], slice_rows):
+        part = torch.mm(a[start:start + slice_rows], b)
+        if first:
+            acc[start:start + slice_rows].copy_(part)
+        else:
+            acc[start:start + slice_rows].add_(part)
+
+
+def chunk_loop(x: Tensor, w: Tensor, b: Tensor | None, target: Tensor, weight: Tensor | None,
+               ignore_index: int, eps: float, z_loss: float, softcap: float | None, kernel: str,
+               chunk_rows: int, *, grad_scale: Tensor | None = None, grad_output: Tensor | None = None,
+               want: tuple[bool, bool, bool] = (False, False, False),
+               need_loss: bool = True) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """Row losses and the gradients of ``sum_n g_n loss_n`` for ``x`` (M, H), ``w`` (C, H), ``b`` (C,).
+
+    ``x``, ``w`` and ``b`` are already in the matmul dtype. ``want`` = (input, weight, bias) says which
+    gradients to form; with none wanted the kernel writes no gradient. ``grad_scale`` (0-d tensor)
+    multiplies every row's gradient, ``grad_output`` ((M,) tensor) each row's, in the kernel where it
+    can (Triton) or with one pass over the chunk (chunked). Returns ``(loss_rows, dx, dw, db)``:
+    loss_rows (M,) in the compute dtype (None without ``need_loss``); dx (M, H) in ``x``'s dtype; dw
+    (C, H) and db (C,) in float32 for half-precision ``w`` (float64 for float64), else ``w``'s dtype.
+    """
+    num_rows, _ = x.shape
+    num_classes = w.shape[0]
+    cdt = compute_dtype(x.dtype)
+    dev = x.device
+    fused = _kernel(kernel)
+    want_x, want_w, want_b = want
+    any_grad = want_x or want_w or want_b
+    acc_dt = cdt if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
+    loss = torch.empty(num_rows, dtype=cdt, device=dev) if need_loss else None
+    dx = torch.empty_like(x) if want_x else None
+    dw = torch.empty((num_classes, w.shape[1]), dtype=acc_dt, device=dev) if want_w else None
+    db = torch.zeros(num_classes, dtype=acc_dt, device=dev) if want_b else None
+    if num_rows == 0:
+        if dw is not None:
+            dw.zero_()
+        return loss, dx, dw, db
+    rows = max(1, min(chunk_rows, num_rows))
+    buf = torch.empty((rows, num_classes), dtype=x.dtype, device=dev)
+    wt = w.t()
+    # dW is formed in slices of about a chunk's worth of elements when it needs a float32 temporary.
+    slice_rows = max(1, rows * num_classes // max(1, w.shape[1]))
+    for start in range(0, num_rows, rows):
+        end = min(num_rows, start + rows)
+        xc = x[start:end]
+        logits = buf[: end - start]
+        if b is None:
+            torch.mm(xc, wt, out=logits)
+        else:
+            torch.addmm(b, xc, wt, out=logits)
+        tc = target[start:end]
+        if grad_output is not None and any_grad:
+            go = grad_output[start:end]
+            if kernel == "triton":
+                from labelsmooth.kernels import triton_ce
+
+                rows_loss, stats = triton_ce.forward(logits, tc, weight, ignore_index, eps, z_loss, softcap,
+                                                     save_stats=True)
+                triton_ce.backward(logits, tc, weight, ignore_index, eps, softcap, stats, logits,
+                                   grad_output=go, grad_scale=grad_scale)
+            else:
+                rows_loss = fused(logits, tc, weight, ignore_index, eps, z_loss, softcap, logits,
+                                  grad_scale=grad_scale)
+                if not tc.is_floating_point():
+                    # Ignored rows keep their exact zero whatever grad_output holds there (inf, NaN).
+                    go = torch.where(tc != ignore_index, go, torch.zeros_like(go))
+                logits.mul_(go.to(logits.dtype).unsqueeze(1))
+        else:
+            rows_loss = fused(logits, tc, weight, ignore_index, eps, z_loss, softcap,
+                              logits if any_grad else None, grad_scale=grad_scale)
+        if loss is not None:
+            loss[start:end] = rows_loss
+        if not any_grad:
+            continue
+        if want_x:
+            torch.mm(logits, w, out=dx[start:end])
+        if want_w:
+            _accumulate_mm(dw, logits.t(), xc, start == 0, slice_rows)
+        if want_b:
+            db.add_(logits.sum(dim=0, dtype=db.dtype))
+    return loss, dx, dw, db
+
+
+class LinearCrossEntropyFunction(torch.autograd.Function):
+    """Autograd glue for :func:`chunk_loop`; see the module docstring for the design.
+
+    ``forward(x, w, b, target, weight, ignore_index, eps, z_loss, softcap, reduction, kernel,
+    chunk_rows, mm_dtype, denom, grad_enabled)``: ``x`` (M, H), ``w`` (C, H), ``b`` (C,) or None in their own dtypes
+    (cast to ``mm_dtype`` for the matmuls, as autocast would; the gradients come back in the originals'
+    dtypes); ``denom`` the 0-d "mean" denominator or None; ``grad_enabled`` the caller's grad mode. Returns the reduced loss, or the (M,) row
+    losses for "none", in the compute dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b, target, weight, ignore_index, eps, z_loss, softcap, reduction, kernel,
+                chunk_rows, mm_dtype, denom, grad_enabled):
+        # Forward runs under no_grad: whether gradients are wanted was read by the caller.
+        want = tuple(bool(n) for n in ctx.needs_input_grad[:3]) if grad_enabled else (False,) * 3
+        want = (want[0], want[1], want[2] and b is not None)
+        ctx.dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
+        ctx.options = (ignore_index, eps, z_loss, softcap, kernel, chunk_rows, mm_dtype)
+        ctx.reduction = reduction
+        ctx.grads = None
+        xm, wm = x.to(mm_dtype), w.to(mm_dtype)
+        bm = None if b is None else b.to(mm_dtype)
+        if reduction == "none":
+            rows, _, _, _ = chunk_loop(xm, wm, bm, target, weight, ignore_index, eps, z_loss, softcap,
+                                       kernel, chunk_rows)
+            if any(want):
+                # Recomputed in backward: keep the operands (as given: the casts are redone there).
+                ctx.save_for_backward(x, w, b, target, weight)
+                ctx.want = want
+            return rows
+        grad_scale = None if denom is None else denom.reciprocal()
+        rows, dx, dw, db = chunk_loop(xm, wm, bm, target, weight, ignore_index, eps, z_loss, softcap, kernel,
+                                      chunk_rows, grad_scale=grad_scale, want=want)
+        if any(want):
+            # Cast to the parameters' dtypes now, so that only their size is held until backward.
+            ctx.grads = [None if g is None else g.to(dt) for g, dt in zip((dx, dw, db), ctx.dtypes)]
+        total = rows.sum()
+        return total if denom is None else total / denom
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if torch.is_grad_enabled():
+            raise RuntimeError("linear_cross_entropy's fused gradient cannot be differentiated again "
+                               "(create_graph=True); use backend='reference'")
+        nones = (None,) * 12
+        if ctx.reduction == "none":
+            x, w, b, target, weight = ctx.saved_tensors
+            ignore_index, eps, z_loss, softcap, kernel, chunk_rows, mm_dtype = ctx.options
+            _, dx, dw, db = chunk_loop(x.to(mm_dtype), w.to(mm_dtype), None if b is None else b.to(mm_dtype),
+                                       target, weight, ignore_index, eps, z_loss, softcap, kernel, chunk_rows,
+                                       grad_output=grad_out.to(compute_dtype(mm_dtype)), want=ctx.want,
+                                       need_loss=False)
+            grads = [None if g is None else g.to(dt) for g, dt in zip((dx, dw, db), ctx.dtypes)]
+            return (*grads, *nones)
+        grads = ctx.grads
+        if grads is None:
+            raise RuntimeError("linear_cross_entropy's gradients were already handed to an earlier backward: "
+                               "backward through it twice (retain_graph=True) needs backend='reference' or "
+                               "reduction='none'")
+        # Released before returning, so that autograd can take the buffers as .grad without a copy.
+        ctx.grads = None
+        if grad_out.device.type != "cpu" or torch.compiler.is_compiling() or grad_out.item() != 1.0:
+            for g in grads:  # reading a CPU scalar costs no device synchronisation
+                if g is not None:
+                    g.mul_(grad_out.to(g.dtype))
+        return (*grads, *nones)

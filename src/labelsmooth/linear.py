@@ -1,0 +1,283 @@
+"""Linear layer + label-smoothed cross-entropy in one call, without the N x C logits.
+
+:func:`linear_cross_entropy` has ``torch.nn.functional.linear_cross_entropy``'s arguments and numbers
+(torch 2.13), plus labelsmooth's extras, and computes the loss over chunks of rows
+(``labelsmooth.kernels.linear``): a language model's head and loss in the memory of one chunk of logits.
+:class:`LinearCrossEntropyLoss` is the module form; it holds only the options, the classifier weight
+is passed in (typically the output embedding, ``model.lm_head.weight``).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from labelsmooth import _validate as V
+from labelsmooth import functional as LF
+from labelsmooth.kernels.linear import LinearCrossEntropyFunction, default_chunk_rows
+from labelsmooth.reference import compute_dtype
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _check_chunk_size(chunk_size: object) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+        raise TypeError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+    return int(chunk_size)
+
+
+def _check_ignore_index(ignore_index: object) -> int | None:
+    return None if ignore_index is None else V.check_index(ignore_index, "ignore_index")
+
+
+def _check_operands(input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None,
+                    weight: Tensor | None) -> None:
+    """Shapes, dtypes and devices of the tensors (not their values)."""
+    V.check_tensor(input, "input")
+    V.check_tensor(linear_weight, "linear_weight")
+    V.check_tensor(target, "target")
+    V.check_floating(input, "input")
+    V.check_floating(linear_weight, "linear_weight")
+    if input.dim() < 1:
+        raise ValueError("input must have at least one dimension (the features), got a 0-d tensor")
+    if linear_weight.dim() != 2:
+        raise ValueError(f"linear_weight must be 2-D (num_classes, in_features), got shape "
+                         f"{tuple(linear_weight.shape)}")
+    num_classes, in_features = linear_weight.shape
+    if num_classes == 0:
+        raise ValueError(f"linear_weight must have at least one class (row), got shape {tuple(linear_weight.shape)}")
+    if input.shape[-1] != in_features:
+        raise ValueError(f"input's last dimension ({input.shape[-1]}, shape {tuple(input.shape)}) must equal "
+                         f"linear_weight's in_features ({in_features}, shape {tuple(linear_weight.shape)})")
+    if linear_bias is not None:
+        V.check_tensor(linear_bias, "linear_bias")
+        V.check_floating(linear_bias, "linear_bias")
+        if tuple(linear_bias.shape) != (num_classes,):
+            raise ValueError(f"linear_bias must have shape ({num_classes},), got {tuple(linear_bias.shape)}")
+    V.check_weight(weight, num_classes)
+    for name, t in (("linear_weight", linear_weight), ("target", target), ("linear_bias", linear_bias),
+                    ("weight", weight)):
+        if t is not None and t.device != input.device:
+            raise ValueError(f"{name} is on {t.device} but input is on {input.device}")
+    if not torch.is_autocast_enabled(input.device.type):
+        for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
+            if t is not None and t.dtype != input.dtype:
+                raise TypeError(f"{name} has dtype {t.dtype} but input has {input.dtype}; outside autocast "
+                                "they must match (as for torch.nn.functional.linear)")
+
+
+def _resolve(backend: str, input: Tensor, target: Tensor, weight: Tensor | None, mm_dtype: torch.dtype,
+             functorch: bool) -> str:
+    if functorch:
+        if backend not in ("auto", "reference"):
+            raise ValueError(f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad); "
+                             "use backend='reference' or 'auto'")
+        return "reference"
+    if backend == "triton":
+        if not LF._triton_usable(input.device):
+            raise ValueError(f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
+                             f"installed; input is on {input.device}")
+        if mm_dtype == torch.float64:
+            raise TypeError("backend='triton' does not support float64; use backend='chunked'")
+    if backend != "auto":
+        return backend
+    if target.requires_grad or (weight is not None and weight.requires_grad):
+        return "reference"  # the only backend that differentiates through target and weight
+    if input.device.type == "cpu" or mm_dtype == torch.float64 or not LF._triton_usable(input.device):
+        return "chunked"  # with device-sized blocks off the CPU
+    return "triton"
+
+
+def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
+                         linear_bias: Tensor | None = None, weight: Tensor | None = None,
+                         reduction: str = "mean", ignore_index: int | None = None,
+                         label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
+                         chunk_size: int | None = None, backend: str = "auto") -> Tensor:
+    """``cross_entropy(linear(input, linear_weight, linear_bias), target)`` without the full logits.
+
+    Same arguments and numbers as ``torch.nn.functional.linear_cross_entropy`` (torch 2.13, without its
+    ``options``), plus labelsmooth's extras. The rows are processed in chunks: each chunk's logits are
+    formed by one matmul, turned into row losses and their gradient (written over the same buffer) by a
+    fused cross-entropy kernel, and folded at once into the gradients of ``input``, ``linear_weight``
+    and ``linear_bias`` (accumulated in float32 for bfloat16/float16 weights). The largest temporary is
+    one chunk of logits. The loss per row is :func:`labelsmooth.cross_entropy`'s: for class index y,
+    ``(1-eps) * w_y * (-log p_y) + (eps/C) * sum_c w_c * (-log p_c)``; ``"mean"`` divides by the sum of
+    ``w_y`` over rows whose target is not ``ignore_index`` (by the row count for probability targets).
+
+    Gradients: "mean" and "sum" compute them during forward and keep the three gradients (the size of
+    input, linear_weight and linear_bias) until backward, which multiplies them by grad_output;
+    backward through the same graph twice is an error. "none" keeps nothing beyond the operands and
+    recomputes each chunk's logits in backward (one more matmul), because a per-row grad_output cannot
+    be applied to a weight gradient already summed over rows. docs/linear.md has the details.
+
+    Args:
+        input: (H), (N, H) or (B, T, H) features (any number of leading batch dimensions; torch accepts
+            only (H) and (N, H)).
+        linear_weight: (C, H) classifier weight.
+        target: class indices of the batch shape (``()``, ``(N)``, ``(B, T)``), or floating class
+            probabilities of shape ``(*batch, C)``.
+        linear_bias: optional (C,) bias.
+        weight: optional (C,) class weights.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        ignore_index: rows whose class-index target equals it are ignored; None means -100 for class
+            indices, and it must be None for probability targets (as in torch).
+        label_smoothing: eps in [0, 1].
+        z_loss: adds ``z_loss * logsumexp(logits)**2`` to every non-ignored row.
+        softcap: if set, logits become ``softcap * tanh(logits / softcap)`` first.
+        chunk_size: rows per chunk; None picks
+            :func:`labelsmooth.kernels.linear.default_chunk_rows` (CPU: ~32 MiB of float32 logits and at
+            least 128 rows; accelerators: 256 MiB of logits, at most 1/64 of device memory, in
+            multiples of 128 rows).
+        backend: ``"auto"`` (chunked kernel on CPU, Triton on CUDA when installed, reference when
+            ``weight`` or ``target`` requires grad or inside ``torch.func`` transforms),
+            ``"chunked"``, ``"triton"`` (fused, per chunk), or ``"reference"`` / ``"torch"``: the
+            materialised ``F.linear`` followed by :func:`labelsmooth.cross_entropy` with that backend
+            (full logits; any order of differentiation with ``"reference"``).
+
+    Returns:
+        The loss: a scalar, or of the batch shape for ``reduction="none"``; in the matmul's dtype
+        (float32 under autocast, where torch computes cross-entropy in float32).
+
+    Example:
+        >>> import torch, labelsmooth as ls
+        >>> h = torch.randn(6, 8, requires_grad=True); w = torch.randn(11, 8, requires_grad=True)
+        >>> y = torch.tensor([1, 0, 10, 3, -100, 7])
+        >>> loss = ls.linear_cross_entropy(h, w, y, label_smoothing=0.1, chunk_size=4)
+        >>> want = torch.nn.functional.cross_entropy(h @ w.T, y, label_smoothing=0.1)
+        >>> torch.allclose(loss, want)
+        True
+        >>> loss.backward(); w.grad.shape
+        torch.Size([11, 8])
+
+    References:
+        Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016.
+    """
+    _check_operands(input, linear_weight, target, linear_bias, weight)
+    eps = V.check_label_smoothing(label_smoothing)
+    reduction = V.check_reduction(reduction)
+    z_loss = V.check_nonnegative_float(z_loss, "z_loss")
+    softcap = V.check_softcap(softcap)
+    ignore_index = _check_ignore_index(ignore_index)
+    chunk_size = _check_chunk_size(chunk_size)
+    LF.check_backend(backend)
+
+    num_classes, in_features = linear_weight.shape
+    batch_shape = tuple(input.shape[:-1])
+    probs = target.is_floating_point()
+    if probs:
+        if tuple(target.shape) != (*batch_shape, num_classes):
+            raise ValueError(f"a floating-point target holds class probabilities and must have shape "
+                             f"{(*batch_shape, num_classes)}, got {tuple(target.shape)}")
+        if ignore_index is not None:
+            raise ValueError(f"ignore_index must be None with class-probability targets, got {ignore_index}")
+        ignore_index = -100
+    else:
+        V.check_integer(target, "target")
+        if tuple(target.shape) != batch_shape:
+            raise ValueError(f"target of class indices must have shape {batch_shape} for input of shape "
+                             f"{tuple(input.shape)}, got {tuple(target.shape)}")
+        ignore_index = -100 if ignore_index is None else ignore_index
+
+    device_type = input.device.type
+    autocast = torch.is_autocast_enabled(device_type) and input.dtype != torch.float64
+    mm_dtype = torch.get_autocast_dtype(device_type) if autocast else input.dtype
+    out_dtype = torch.float32 if autocast and mm_dtype in _HALF else mm_dtype
+    functorch = LF._under_functorch(input, linear_weight, target)
+    name = _resolve(backend, input, target, weight, mm_dtype, functorch)
+
+    x2 = input.reshape(-1, in_features)
+    t2 = target.reshape(-1, num_classes) if probs else target.reshape(-1).long()
+    if name in ("reference", "torch"):
+        # The materialised path: the full logits, then the plain cross-entropy (autograd does the rest).
+        logits = F.linear(x2, linear_weight, linear_bias)
+        out = LF.cross_entropy(logits, t2, weight, ignore_index=ignore_index, reduction=reduction,
+                               label_smoothing=eps, backend=name, z_loss=z_loss, softcap=softcap)
+        return (out.reshape(batch_shape) if reduction == "none" else out).to(out_dtype)
+
+    for what, t in (("weight", weight), ("target", target)):
+        if t is not None and t.requires_grad:
+            raise ValueError(f"backend={name!r} does not compute a gradient for {what}, which requires grad; "
+                             "use backend='reference'" + (" (or detach the target)" if what == "target" else ""))
+    if not probs:
+        V.check_class_indices(t2, num_classes, ignore_index)
+    cdt = compute_dtype(mm_dtype)
+    w_cls = None if weight is None else weight.to(cdt).contiguous()
+    if probs and t2.stride(-1) != 1:
+        t2 = t2.contiguous()
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    denom = LF._mean_denominator(t2, w_cls, ignore_index, cdt) if reduction == "mean" else None
+    rows = chunk_size or default_chunk_rows(x2.shape[0], num_classes, mm_dtype, input.device)
+    # Autocast off inside: the kernels' float32 arithmetic must not be recast, and the matmuls run in
+    # mm_dtype explicitly.
+    with torch.autocast(device_type, enabled=False):
+        out = LinearCrossEntropyFunction.apply(x2, linear_weight, linear_bias, t2, w_cls, ignore_index, eps,
+                                               z_loss, softcap, reduction, name, rows, mm_dtype, denom,
+                                               torch.is_grad_enabled())
+    if reduction == "none":
+        out = out.reshape(batch_shape)
+    return out.to(out_dtype)
+
+
+class LinearCrossEntropyLoss(nn.Module):
+    """Module form of :func:`labelsmooth.linear_cross_entropy`: holds only the options.
+
+    Unlike ``torch.nn.LinearCrossEntropyLoss``, which owns its own ``nn.Linear``, the classifier weight
+    (and bias) are passed to :meth:`forward`, so the module can sit after an existing head (or a tied
+    output embedding) without new parameters. Class weights are a buffer (they follow ``.to()``).
+
+    Shape:
+        input (H), (N, H) or (B, T, H); linear_weight (C, H); target of the batch shape, or floating
+        probabilities of shape (*batch, C); the output is a scalar, or of the batch shape for "none".
+
+    Example:
+        >>> import torch, labelsmooth as ls
+        >>> head = torch.nn.Linear(16, 100)
+        >>> loss_fn = ls.LinearCrossEntropyLoss(label_smoothing=0.1)
+        >>> hidden = torch.randn(2, 5, 16, requires_grad=True)
+        >>> loss = loss_fn(hidden, head.weight, torch.randint(0, 100, (2, 5)), head.bias)
+        >>> loss.backward(); head.weight.grad.shape
+        torch.Size([100, 16])
+    """
+
+    def __init__(self, weight: Tensor | None = None, reduction: str = "mean", ignore_index: int | None = None,
+                 label_smoothing: float = 0.0, *, z_loss: float = 0.0, softcap: float | None = None,
+                 chunk_size: int | None = None, backend: str = "auto") -> None:
+        super().__init__()
+        if weight is not None:
+            V.check_tensor(weight, "weight")
+            V.check_floating(weight, "weight")
+            if weight.dim() != 1:
+                raise ValueError(f"weight must be a 1-D tensor of class weights, got shape {tuple(weight.shape)}")
+        self.register_buffer("weight", weight)
+        self.reduction = V.check_reduction(reduction)
+        self.ignore_index = _check_ignore_index(ignore_index)
+        self.label_smoothing = V.check_label_smoothing(label_smoothing)
+        self.z_loss = V.check_nonnegative_float(z_loss, "z_loss")
+        self.softcap = V.check_softcap(softcap)
+        self.chunk_size = _check_chunk_size(chunk_size)
+        self.backend = LF.check_backend(backend)
+
+    def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor,
+                linear_bias: Tensor | None = None) -> Tensor:
+        return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
+                                    reduction=self.reduction, ignore_index=self.ignore_index,
+                                    label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+                                    softcap=self.softcap, chunk_size=self.chunk_size, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        parts = [f"label_smoothing={self.label_smoothing}", f"reduction={self.reduction!r}",
+                 f"backend={self.backend!r}"]
+        for name in ("ignore_index", "softcap", "chunk_size"):
+            if getattr(self, name) is not None:
+                parts.append(f"{name}={getattr(self, name)}")
+        if self.z_loss:
+            parts.append(f"z_loss={self.z_loss}")
+        return ", ".join(parts)
