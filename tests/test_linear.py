@@ -351,3 +351,12 @@ triton = pytest.importorskip("triton") if os.environ.get("TRITON_INTERPRET") == 
 def test_triton_backend(reduction, probs, weighted):
     x, w, b, y, cw = make(probs=probs, weighted=weighted, dtype=torch.float32)
     check(x, w, b, y, cw, reduction, 0.1, 1e-3, chunk_size=5, backend="triton", tol=F32)
+
+
+@pytest.mark.parametrize("name", ["labelsmooth.linear", "labelsmooth.kernels.linear"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
