@@ -71,19 +71,27 @@ def step(fn, x, w, y) -> None:
     w.grad = None
 
 
-def time_once(fn, x, w, y, device: str) -> float:
+def time_once(fn, x, w, y, device: str) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one forward+backward.
+
+    The CPU time of the whole process (every thread) is reported beside the wall time because on a
+    shared machine the wall time mostly measures the other processes: CPU time counts only the work
+    (and spinning) this process does.
+    """
     if device == "cpu":
         bench.prime_memory(4 * x.shape[0] * w.shape[0] * 4)
     else:
         torch.cuda.synchronize()
+    cpu = time.process_time()
     start = time.perf_counter()
     fn(x, w, y).backward()
     if device == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     x.grad = None
     w.grad = None
-    return elapsed
+    return elapsed, cpu
 
 
 def memory_child(name: str, n: int, h: int, v: int, dtype: str) -> None:
@@ -139,11 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     cs = contenders(args.device)
     for name, fn in cs.items():  # warm-up outside the timed rounds
         time_once(fn, *inputs, args.device)
+    print("  warm-up done", file=sys.stderr)
     times: dict[str, list[float]] = {name: [] for name in cs}
+    cpu_times: dict[str, list[float]] = {name: [] for name in cs}
     names = list(cs)
     for r in range(args.repeats):
         for name in names if r % 2 == 0 else names[::-1]:
-            times[name].append(time_once(cs[name], *inputs, args.device))
+            wall, cpu = time_once(cs[name], *inputs, args.device)
+            times[name].append(wall)
+            cpu_times[name].append(cpu)
         print(f"  round {r + 1}/{args.repeats}", file=sys.stderr)
     mem = {name: None if args.no_memory else peak_memory(name, n, h, v, dtype, args.device, inputs)
            for name in names}
@@ -154,16 +166,18 @@ def main(argv: list[str] | None = None) -> int:
              f"forward+backward (input and weight gradients); {args.repeats} alternating rounds; medians. "
              f"Load average (1 min) before {load_before}, after {bench._load_average()}.",
              "",
-             "| implementation | median ms | min ms | max ms | time vs torch reference | extra peak MB | "
-             "memory vs torch reference |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| implementation | median ms | min ms | max ms | time vs torch reference | CPU s (median) | "
+             "CPU time vs torch reference | extra peak MB | memory vs torch reference |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base_c = statistics.median(cpu_times[names[0]])
     for name in names:
         med = statistics.median(times[name])
         m = mem[name]
         mtxt = "n/a" if m is None else f"{m / 2**20:.0f}"
         mratio = "n/a" if m is None or not base_m else f"{m / base_m:.2f}x"
         lines.append(f"| {name} | {med * 1e3:.0f} | {min(times[name]) * 1e3:.0f} | {max(times[name]) * 1e3:.0f} | "
-                     f"{med / base_t:.2f}x | {mtxt} | {mratio} |")
+                     f"{med / base_t:.2f}x | {statistics.median(cpu_times[name]):.2f} | "
+                     f"{statistics.median(cpu_times[name]) / base_c:.2f}x | {mtxt} | {mratio} |")
     text = "\n".join(lines)
     print(text)
     if args.markdown:

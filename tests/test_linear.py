@@ -221,6 +221,15 @@ def test_double_backward_is_an_error_and_reference_supports_it():
     g.sum().backward()  # a second derivative exists
 
 
+def test_torch_func_grad_uses_the_reference():
+    x, w, b, y, _ = make()
+    got = torch.func.grad(lambda v: ls.linear_cross_entropy(x, v, y, linear_bias=b, label_smoothing=0.1))(w)
+    want = torch.func.grad(lambda v: F.linear_cross_entropy(x, v, y, linear_bias=b, label_smoothing=0.1))(w)
+    torch.testing.assert_close(got, want, **F64)
+    with pytest.raises(ValueError, match="torch.func"):
+        torch.func.grad(lambda v: ls.linear_cross_entropy(x, v, y, backend="chunked"))(w)
+
+
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_materialised_backends(backend):
     x, w, b, y, cw = make(weighted=True)

@@ -75,7 +75,7 @@ def default_chunk_rows(num_rows: int, num_classes: int, dtype: torch.dtype = tor
         budget = DEVICE_CHUNK_BYTES
         if dev.type == "cuda" and torch.cuda.is_available():
             budget = min(budget, torch.cuda.get_device_properties(dev).total_memory // DEVICE_MEMORY_SHARE)
-        rows = budget // (torch.empty((), dtype=dtype).element_size() * classes)
+        rows = budget // ((torch.finfo(dtype).bits // 8) * classes)
         if rows >= DEVICE_ROW_MULTIPLE:
             rows = rows // DEVICE_ROW_MULTIPLE * DEVICE_ROW_MULTIPLE
     return max(1, min(rows, num_rows))
@@ -191,10 +191,11 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     """Autograd glue for :func:`chunk_loop`; see the module docstring for the design.
 
     ``forward(x, w, b, target, weight, ignore_index, eps, z_loss, softcap, reduction, kernel,
-    chunk_rows, mm_dtype, denom, grad_enabled)``: ``x`` (M, H), ``w`` (C, H), ``b`` (C,) or None in their own dtypes
-    (cast to ``mm_dtype`` for the matmuls, as autocast would; the gradients come back in the originals'
-    dtypes); ``denom`` the 0-d "mean" denominator or None; ``grad_enabled`` the caller's grad mode. Returns the reduced loss, or the (M,) row
-    losses for "none", in the compute dtype.
+    chunk_rows, mm_dtype, denom, grad_enabled)``: ``x`` (M, H), ``w`` (C, H), ``b`` (C,) or None in
+    their own dtypes (cast to ``mm_dtype`` for the matmuls, as autocast would; the gradients come back
+    in the originals' dtypes); ``denom`` the 0-d "mean" denominator or None; ``grad_enabled`` the
+    caller's grad mode. Returns the reduced loss, or the (M,) row losses for "none", in the compute
+    dtype.
     """
 
     @staticmethod
