@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default=None, help="float32 on cpu, bfloat16 on cuda by default")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--only", default=None,
+                   help="comma-separated substrings: run only the contenders whose names contain one "
+                        "(the first contender kept is the baseline of the ratios)")
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -145,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     load_before = bench._load_average()
     inputs = make_inputs(n, h, v, dtype, args.device)
     cs = contenders(args.device)
+    if args.only:
+        keys = [k.strip() for k in args.only.split(",") if k.strip()]
+        cs = {name: fn for name, fn in cs.items() if any(k in name for k in keys)}
+        if not cs:
+            p.error(f"--only {args.only!r} matches no contender")
     for name, fn in cs.items():  # warm-up outside the timed rounds
         time_once(fn, *inputs, args.device)
     print("  warm-up done", file=sys.stderr)
