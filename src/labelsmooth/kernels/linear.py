@@ -25,8 +25,9 @@ of size N x C or C x H is kept between forward and backward (torch's chunked pat
 choice for "none").
 
 Chunk height (:func:`default_chunk_rows`): on CPU about 32 MiB of float32 logits and at least 128
-rows (smaller chunks make the matmuls slower: a 2048 x 1024 -> 32000 forward+backward took ~2.2 s in
-chunks of 256 or 512 rows and ~3.3 s in chunks of 64 on two cores); on an accelerator
+rows (smaller chunks make the matmuls slower: the three matmuls of a 2048 x 1024 -> 32000
+forward+backward took ~2.2-2.5 s in chunks of 256 or 512 rows and ~3.2-3.5 s in chunks of 64 on two
+cores at load ~1; 512-row chunks would add 32 MB for no measurable gain); on an accelerator
 ``DEVICE_CHUNK_BYTES`` of logits in the matmul's dtype, at most 1/``DEVICE_MEMORY_SHARE`` of the
 device's memory, in multiples of 128 rows (whole tensor-core tiles).
 """
