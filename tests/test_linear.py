@@ -221,6 +221,20 @@ def test_double_backward_is_an_error_and_reference_supports_it():
     g.sum().backward()  # a second derivative exists
 
 
+def test_class_weight_requiring_grad_goes_to_the_reference():
+    x, w, b, y, cw = make(weighted=True)
+    # torch cannot differentiate through its class weights: the loss is written out here instead.
+    ours, theirs = cw.clone().requires_grad_(True), cw.clone().requires_grad_(True)
+    ls.linear_cross_entropy(x, w, y, linear_bias=b, weight=ours, label_smoothing=0.1).backward()
+    keep = y != -100
+    logp = torch.log_softmax(F.linear(x, w, b), dim=-1)[keep]
+    q = 0.9 * F.one_hot(y[keep], C).double() + 0.1 / C
+    (-(q * theirs * logp).sum() / theirs[y[keep]].sum()).backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, **F64)
+    with pytest.raises(ValueError, match="does not compute a gradient for weight"):
+        ls.linear_cross_entropy(x, w, y, weight=ours, backend="chunked")
+
+
 def test_torch_func_grad_uses_the_reference():
     x, w, b, y, _ = make()
     got = torch.func.grad(lambda v: ls.linear_cross_entropy(x, v, y, linear_bias=b, label_smoothing=0.1))(w)
