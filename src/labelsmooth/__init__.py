@@ -9,7 +9,8 @@ The public API is flat::
 from labelsmooth import calibration, noise
 from labelsmooth.functional import binary_cross_entropy_with_logits, cross_entropy
 from labelsmooth.modules import BCEWithLogitsLoss, CrossEntropyLoss
-from labelsmooth.targets import smooth_binary_labels, smooth_labels
+from labelsmooth.online import OnlineLabelSmoothing
+from labelsmooth.targets import class_prior, smooth_binary_labels, smooth_labels
 
 __version__ = "0.1.0"
 
@@ -28,7 +29,9 @@ __all__ = [
     "noise",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
+    "OnlineLabelSmoothing",
     "binary_cross_entropy_with_logits",
+    "class_prior",
     "cross_entropy",
     "smooth_binary_labels",
     "smooth_labels",

@@ -26,9 +26,62 @@ def check_unit_interval(value: object, name: str) -> float:
     return result
 
 
-def check_label_smoothing(label_smoothing: object, name: str = "label_smoothing") -> float:
-    """Return ``label_smoothing`` as a float, or raise if it is not a number in [0, 1]."""
-    return check_unit_interval(label_smoothing, name)
+def check_label_smoothing(label_smoothing: object, name: str = "label_smoothing", *,
+                          allow_negative: bool = False) -> float:
+    """Return ``label_smoothing`` as a float, or raise if it is not a number in [0, 1] (any finite
+    number <= 1 with ``allow_negative``)."""
+    if not allow_negative:
+        if isinstance(label_smoothing, numbers.Real) and not isinstance(label_smoothing, bool) \
+                and float(label_smoothing) < 0:
+            raise ValueError(f"{name} must be in [0, 1], got {float(label_smoothing)!r} (negative label "
+                             "smoothing needs allow_negative=True)")
+        return check_unit_interval(label_smoothing, name)
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(f"{name} must be a real number <= 1, got {label_smoothing!r} of type "
+                        f"{type(label_smoothing).__name__}")
+    result = float(label_smoothing)
+    if not math.isfinite(result) or result > 1.0:
+        raise ValueError(f"{name} must be a finite number <= 1, got {result!r}")
+    return result
+
+
+def check_prior(prior: object, num_classes: int | None, device: torch.device | None,
+                name: str = "smoothing_prior"):
+    """Return ``prior`` as a (C,) floating tensor on ``device``, or None; raise if it is not a
+    probability vector over the ``num_classes`` classes (None: any length, any device). Its values are checked on the host only for
+    CPU tensors (elsewhere with a device-side assertion: no synchronisation)."""
+    if prior is None:
+        return None
+    shape = "(C,)" if num_classes is None else f"({num_classes},)"
+    if not isinstance(prior, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape}, got {type(prior).__name__}")
+    if not prior.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (probabilities), got {prior.dtype}")
+    if num_classes is None:
+        if prior.dim() != 1 or prior.numel() == 0:
+            raise ValueError(f"{name} must be a non-empty 1-D tensor (one probability per class), "
+                             f"got shape {tuple(prior.shape)}")
+    elif prior.shape != (num_classes,):
+        raise ValueError(f"{name} must have shape ({num_classes},) (one probability per class), "
+                         f"got {tuple(prior.shape)}")
+    if device is not None and prior.device != device:
+        raise ValueError(f"{name} is on {prior.device} but input is on {device}")
+    if prior.requires_grad:
+        prior = prior.detach()
+    p64 = prior.to(torch.float64)
+    total = p64.sum()
+    # A float32 vector of 10^6 probabilities sums to 1 only within ~1e-4 after rounding.
+    tol = 1e-4 if prior.dtype != torch.float64 else 1e-9
+    if prior.device.type == "cpu":
+        if not torch.isfinite(p64).all() or (p64 < 0).any():
+            raise ValueError(f"{name} must hold finite non-negative probabilities, got min "
+                             f"{p64.min().item()!r}")
+        if abs(total.item() - 1.0) > tol:
+            raise ValueError(f"{name} must sum to 1, got {total.item()!r}")
+    else:
+        torch._assert_async(((p64 >= 0).all() & ((total - 1.0).abs() <= tol)),
+                            f"{name} must hold non-negative probabilities that sum to 1")
+    return prior
 
 
 def check_nonnegative_float(value: object, name: str) -> float:
