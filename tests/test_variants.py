@@ -3,6 +3,7 @@ smoothing; checked against float64 torch with the explicit soft target, or again
 
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -336,3 +337,34 @@ def test_ols_reductions_k_dim_and_errors():
         ols(torch.randn(2, 4), torch.tensor([0, 7]))
     with pytest.raises(ValueError, match="alpha must be in"):
         ls.OnlineLabelSmoothing(4, alpha=1.5)
+
+
+def _ols_rank(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(0)
+        batches = [(torch.randn(8, 4, generator=g) * 3, torch.randint(0, 4, (8,), generator=g)) for _ in range(world)]
+        ols = ls.OnlineLabelSmoothing(4)
+        ols(*batches[rank])  # each rank sees its own shard of the epoch
+        ols.next_epoch()
+        np.save(f"{out_dir}/rank{rank}.npy", ols.soft_labels.numpy(), allow_pickle=False)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ols_next_epoch_all_reduces_under_torch_distributed(tmp_path):
+    import torch.multiprocessing as mp
+
+    world = 2
+    mp.spawn(_ols_rank, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 4, generator=g) * 3, torch.randint(0, 4, (8,), generator=g)) for _ in range(world)]
+    single = ls.OnlineLabelSmoothing(4)
+    for b in batches:  # one process seeing the whole epoch
+        single(*b)
+    single.next_epoch()
+    for rank in range(world):
+        got = torch.from_numpy(np.load(tmp_path / f"rank{rank}.npy", allow_pickle=False))
+        torch.testing.assert_close(got, single.soft_labels)
