@@ -368,3 +368,21 @@ def test_ols_next_epoch_all_reduces_under_torch_distributed(tmp_path):
     for rank in range(world):
         got = torch.from_numpy(np.load(tmp_path / f"rank{rank}.npy", allow_pickle=False))
         torch.testing.assert_close(got, single.soft_labels)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("probs", [False, True])
+def test_chunked_kernel_with_prior_in_small_blocks_and_the_accelerator_path(masked, probs):
+    from labelsmooth import reference
+    from labelsmooth.kernels import chunked
+
+    x, t, w = make_case((13, 9), probs=probs, weighted=True, ignore_index=None if probs else -100, seed=12,
+                        dtype=torch.float32)
+    u = random_prior(9).float()
+    grad = torch.empty_like(x)
+    rows = chunked.fused_ce(x, t, w, -100, -0.3, 0.0, None, grad, prior=u, block_rows=4, workers=2, masked=masked)
+    xr = x.double().requires_grad_(True)
+    want = reference.ce_rows(xr, t.double() if probs else t, w.double(), -100, -0.3, 0.0, None, u.double())
+    (g_want,) = torch.autograd.grad(want.sum(), xr)
+    torch.testing.assert_close(rows.double(), want.detach(), rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(grad.double(), g_want, rtol=2e-5, atol=2e-6)
