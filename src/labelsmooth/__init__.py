@@ -7,6 +7,7 @@ The public API is flat::
 """
 
 from labelsmooth import calibration, noise
+from labelsmooth._validate import ArgumentError, ArgumentTypeError
 from labelsmooth.functional import binary_cross_entropy_with_logits, cross_entropy
 from labelsmooth.modules import BCEWithLogitsLoss, CrossEntropyLoss
 from labelsmooth.online import OnlineLabelSmoothing
@@ -25,6 +26,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "calibration",
     "noise",
     "BCEWithLogitsLoss",

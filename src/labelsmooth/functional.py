@@ -40,7 +40,7 @@ def _reference(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplac
 def _torch(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction):
     # torch's own kernel: the fastest for small problems; it knows no z_loss, softcap, prior or eps < 0.
     if z_loss or softcap is not None or prior is not None or eps < 0:
-        raise ValueError("backend='torch' supports none of z_loss, softcap, smoothing_prior and negative "
+        raise V.ArgumentError("backend='torch' supports none of z_loss, softcap, smoothing_prior and negative "
                          "label_smoothing; use 'auto' or 'chunked'")
     w = None if weight is None else weight.to(x2.dtype)
     return F.cross_entropy(x2, t2, w, ignore_index=ignore_index, reduction=reduction, label_smoothing=eps)
@@ -178,10 +178,10 @@ def _fused(apply: Callable[..., Tensor], name: str):
     shares."""
     def run(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction):
         if weight is not None and weight.requires_grad:
-            raise ValueError(f"backend={name!r} does not compute a gradient for weight, which requires grad; "
+            raise V.ArgumentError(f"backend={name!r} does not compute a gradient for weight, which requires grad; "
                              "use backend='reference'")
         if t2.requires_grad:
-            raise ValueError(f"backend={name!r} does not compute a gradient for target, which requires grad; "
+            raise V.ArgumentError(f"backend={name!r} does not compute a gradient for target, which requires grad; "
                              "use backend='reference' (or detach the target)")
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
@@ -229,7 +229,7 @@ def _triton_usable(device: torch.device) -> bool:
 def check_backend(backend: object) -> str:
     """Return ``backend`` if it is a known name; shared by the function and the module."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise V.ArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend  # type: ignore[return-value]
 
 
@@ -237,13 +237,13 @@ def _resolve_backend(backend: object, x: Tensor, target: Tensor, weight: Tensor 
                      functorch: bool = False, plain: bool = False) -> str:
     """The backend to run for a validated ``backend`` name (see :func:`check_backend`)."""
     if functorch and backend not in ("auto", "reference"):
-        raise ValueError(f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad); "
-                         "use backend='reference' or 'auto'")
+        raise V.ArgumentError(f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad, jvp) or "
+                              "on forward-mode dual tensors; use backend='reference' or 'auto'")
     if functorch:
         return "reference"
     if backend != "auto":
         if backend == "triton" and not _triton_usable(x.device):
-            raise ValueError(f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
+            raise V.ArgumentError(f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
                              f"installed; input is on {x.device}")
         return backend  # type: ignore[return-value]
     if target.requires_grad or (weight is not None and weight.requires_grad):
@@ -271,24 +271,24 @@ def _as_rows(input: Tensor, target: Tensor, ignore_index: int,
     result, and whether the target holds probabilities.
     """
     if input.dim() == 0:
-        raise ValueError("input must have at least one dimension (the classes), got a 0-d tensor")
+        raise V.ArgumentError("input must have at least one dimension (the classes), got a 0-d tensor")
     class_dim = 0 if input.dim() == 1 else 1
     num_classes = input.shape[class_dim]
     if num_classes == 0:
-        raise ValueError(f"input must have at least one class, got shape {tuple(input.shape)}")
+        raise V.ArgumentError(f"input must have at least one class, got shape {tuple(input.shape)}")
     batch_shape = tuple(s for i, s in enumerate(input.shape) if i != class_dim)
     if target.is_floating_point():
         if target.shape != input.shape:
-            raise ValueError(f"a floating-point target holds class probabilities and must have the input's "
+            raise V.ArgumentError(f"a floating-point target holds class probabilities and must have the input's "
                              f"shape {tuple(input.shape)}, got {tuple(target.shape)}")
         if ignore_index >= 0:
-            raise ValueError(f"ignore_index is not supported with class-probability targets, got "
+            raise V.ArgumentError(f"ignore_index is not supported with class-probability targets, got "
                              f"ignore_index={ignore_index}")
         probs = True
     else:
         V.check_integer(target, "target")
         if tuple(target.shape) != batch_shape:
-            raise ValueError(f"target of class indices must have shape {batch_shape} for input of shape "
+            raise V.ArgumentError(f"target of class indices must have shape {batch_shape} for input of shape "
                              f"{tuple(input.shape)}, got {tuple(target.shape)}")
         # int64 before any comparison: in uint8 the default ignore_index -100 would equal class 156.
         target = target.long()
@@ -391,8 +391,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     else:
         prior = None
     if weight is not None and weight.device != input.device:
-        raise ValueError(f"weight is on {weight.device} but input is on {input.device}")
-    functorch = _under_functorch(input, target)
+        raise V.ArgumentError(f"weight is on {weight.device} but input is on {input.device}")
+    functorch = _under_functorch(input, target, weight, prior)
     if torch.is_autocast_enabled(input.device.type) and input.dtype in (torch.float16, torch.bfloat16):
         input = input.float()  # torch's autocast policy runs cross-entropy in float32
     name = _resolve_backend(backend, input, target, weight, functorch,
@@ -410,13 +410,19 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     return out.to(input.dtype)
 
 
-def _under_functorch(*tensors: Tensor) -> bool:
-    """True inside torch.func transforms (vmap, grad, ...), where only the reference can run."""
+def _under_functorch(*tensors: Tensor | None) -> bool:
+    """True inside torch.func transforms (vmap, grad, jvp, ...) or for forward-mode dual tensors
+    (``torch.autograd.forward_ad``): only the reference, plain torch ops, can run there."""
+    from torch.autograd import forward_ad
+
+    present = [t for t in tensors if t is not None]
+    if any(forward_ad.unpack_dual(t).tangent is not None for t in present):
+        return True
     try:
         wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     except AttributeError:  # pragma: no cover - private API moved
         return False
-    return any(wrapped(t) for t in tensors)
+    return any(wrapped(t) for t in present)
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -460,14 +466,14 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tens
     eps = V.check_label_smoothing(label_smoothing, allow_negative=allow_negative)
     reduction = V.check_reduction(_legacy_reduction(size_average, reduce, reduction))
     if target.shape != input.shape:
-        raise ValueError(f"target must have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
+        raise V.ArgumentError(f"target must have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
     for name, value in (("weight", weight), ("pos_weight", pos_weight)):
         if value is not None:
             V.check_tensor(value, name)
             try:
                 torch.broadcast_shapes(value.shape, input.shape)
             except RuntimeError:
-                raise ValueError(f"{name} of shape {tuple(value.shape)} does not broadcast to the input's "
+                raise V.ArgumentError(f"{name} of shape {tuple(value.shape)} does not broadcast to the input's "
                                  f"shape {tuple(input.shape)}") from None
     target = smooth_binary_labels(target.to(input.dtype), eps, allow_negative=allow_negative)
     return F.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction,

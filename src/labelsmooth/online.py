@@ -91,15 +91,15 @@ class OnlineLabelSmoothing(nn.Module):
         V.check_floating(input, "input")
         V.check_integer(target, "target")
         if input.dim() < 2 or input.shape[1] != self.num_classes:
-            raise ValueError(f"input must have shape (N, {self.num_classes}) or (N, {self.num_classes}, d1, ...), "
+            raise V.ArgumentError(f"input must have shape (N, {self.num_classes}) or (N, {self.num_classes}, d1, ...), "
                              f"got {tuple(input.shape)}")
         batch_shape = (input.shape[0], *input.shape[2:])
         if tuple(target.shape) != batch_shape:
-            raise ValueError(f"target must have shape {batch_shape} for input of shape {tuple(input.shape)}, "
+            raise V.ArgumentError(f"target must have shape {batch_shape} for input of shape {tuple(input.shape)}, "
                              f"got {tuple(target.shape)}")
         V.check_class_indices(target, self.num_classes, self.ignore_index)
         if self.soft_labels.device != input.device:
-            raise ValueError(f"the module's soft labels are on {self.soft_labels.device} but input is on "
+            raise V.ArgumentError(f"the module's soft labels are on {self.soft_labels.device} but input is on "
                              f"{input.device}: move the module with .to(device)")
         x2 = input.movedim(1, -1).reshape(-1, self.num_classes)
         t = target.reshape(-1).long()

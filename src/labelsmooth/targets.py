@@ -62,7 +62,7 @@ def smooth_labels(target: torch.Tensor, num_classes: int, label_smoothing: float
     V.check_class_indices(target, num_classes, ignore_index=None)
     dtype = dtype or torch.get_default_dtype()
     if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating-point dtype (probabilities), got {dtype}")
+        raise V.ArgumentTypeError(f"dtype must be a floating-point dtype (probabilities), got {dtype}")
     u = V.check_prior(prior, num_classes, target.device, name="prior")
     if u is None:
         out = torch.full((*target.shape, num_classes), eps / num_classes, dtype=dtype, device=target.device)
@@ -111,7 +111,7 @@ def class_prior(labels: torch.Tensor, num_classes: int, *, ignore_index: int | N
     if ignore_index is not None:
         flat = flat[flat != ignore_index]
     if flat.numel() == 0:
-        raise ValueError("labels holds no label to count (empty, or every label is ignore_index)")
+        raise V.ArgumentError("labels holds no label to count (empty, or every label is ignore_index)")
     dtype = dtype or torch.get_default_dtype()
     counts = torch.bincount(flat, minlength=num_classes).to(torch.float64)
     return (counts / counts.sum()).to(dtype)
