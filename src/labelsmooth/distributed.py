@@ -146,6 +146,20 @@ def vocab_partition(local_size: int, group=None, device: torch.device | str | No
     return sizes
 
 
+_BOUNDS: dict[tuple[tuple[int, ...], torch.device], tuple[Tensor, Tensor]] = {}
+
+
+def _partition_tensors(sizes: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(slice sizes, slice ends) as int64 tensors on ``device``, made once: building them from a Python
+    list on every call would be a host-to-device copy, which waits for the device."""
+    key = (sizes, device)
+    found = _BOUNDS.get(key)
+    if found is None:
+        size_t = torch.tensor(sizes, dtype=torch.int64, device=device)
+        found = _BOUNDS[key] = (size_t, size_t.cumsum(0))
+    return found
+
+
 def _rows_per_chunk(num_classes: int, device: torch.device) -> int:
     from labelsmooth.kernels.chunked import default_block_rows
 
@@ -202,14 +216,13 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         s_m1 = contrib.sum(dim=0)
         log_s = torch.log1p(s_m1)
 
-        bounds = torch.tensor(sizes, device=x2.device).cumsum(0)
+        size_t, bounds = _partition_tensors(sizes, x2.device)
         owner = torch.bucketize(torch.where(keep, t2, torch.zeros_like(t2)), bounds, right=True)
         owner = owner.clamp_(max=world - 1)  # out-of-range targets were rejected or are asserted on
         d_y = d.gather(0, owner.unsqueeze(0)).squeeze(0)
         loss = log_s + part_r.sum(dim=0) - (1.0 - eps) * d_y
         if eps > 0:
-            size_t = torch.tensor(sizes, dtype=cdt, device=x2.device).unsqueeze(1)
-            loss = loss - (eps / num_classes) * (size_t * d).sum(dim=0)
+            loss = loss - (eps / num_classes) * (size_t.to(cdt).unsqueeze(1) * d).sum(dim=0)
         lse = big_m + log_s
         if z_loss:
             loss = loss + z_loss * lse * lse
