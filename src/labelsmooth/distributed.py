@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from labelsmooth import _validate as V
+from labelsmooth.kernels.chunked import _refine_confident_rows, default_block_rows
 from labelsmooth.reference import compute_dtype
 
 __all__ = ["global_num_targets", "vocab_parallel_cross_entropy", "vocab_partition", "vocab_slice"]
@@ -161,8 +162,6 @@ def _partition_tensors(sizes: tuple[int, ...], device: torch.device) -> tuple[Te
 
 
 def _rows_per_chunk(num_classes: int, device: torch.device) -> int:
-    from labelsmooth.kernels.chunked import default_block_rows
-
     return default_block_rows(num_classes, device)
 
 
@@ -180,27 +179,27 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         safe = torch.where(owned, local, torch.zeros_like(local))
 
         stats = torch.empty(3, rows, dtype=cdt, device=x2.device)
+        masked = x2.device.type != "cpu"
         step = _rows_per_chunk(cols, x2.device)
         for a in range(0, rows, step):
             b = min(rows, a + step)
             x = x2[a:b].to(cdt)
-            m = x.amax(dim=1)
+            m = torch.amax(x, dim=1, out=stats[0, a:b])
             # A slice whose logits are all -inf (padding of the vocabulary) has S_r = 0; shifting it by
             # 0 instead of m keeps its z at -inf rather than NaN.
-            shift = torch.where(m == float("-inf"), torch.zeros_like(m), m)
+            shift = torch.where(m == float("-inf"), 0.0, m)
             z = x - shift.unsqueeze(1)
-            top = z.argmax(dim=1, keepdim=True)
             z_y = z.gather(1, safe[a:b].unsqueeze(1)).squeeze(1)
-            part = -(1.0 - eps) * torch.where(owned[a:b], z_y, torch.zeros_like(z_y))
+            part = torch.where(owned[a:b], z_y, 0.0).mul_(-(1.0 - eps))
             if eps > 0:
-                part = part - (eps / num_classes) * z.sum(dim=1)
-            e = z.exp_()
-            # S_r - 1 without one max element (whose exp is exactly 1): a confident row's S - 1 is about
-            # its loss, and 1 + (S - 1) in float32 would round most of it away.
-            e.scatter_(1, top, 0.0)
-            stats[0, a:b] = m
-            stats[1, a:b] = e.sum(dim=1)
+                part.sub_(z.sum(dim=1), alpha=eps / num_classes)
             stats[2, a:b] = part
+            e = z.exp_()
+            rest = e.sum(dim=1, keepdim=True).sub_(1.0)
+            # A confident row's S_r - 1 is about its loss, mostly rounded away in 1 + (S_r - 1): those
+            # rows get it summed again without one max element (whose exp is exactly 1).
+            _refine_confident_rows(e, rest, masked)
+            stats[1, a:b] = rest.squeeze(1)
 
         world = len(sizes)
         every = torch.empty(world, 3, rows, dtype=cdt, device=x2.device)
@@ -244,25 +243,36 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         scale = g * (1.0 + 2.0 * z_loss * lse) / s if z_loss else g / s
         off = g * (eps / num_classes)
         grad = torch.empty_like(x2)
+        in_place = x2.dtype == cdt  # float32/float64 logits: compute straight into the gradient
+        masked = x2.device.type != "cpu"
         step = _rows_per_chunk(cols, x2.device)
         for a in range(0, rows, step):
             b = min(rows, a + step)
-            z = x2[a:b].to(cdt) - big_m[a:b].unsqueeze(1)
+            out = grad[a:b]
+            if in_place:
+                z = torch.sub(x2[a:b], big_m[a:b].unsqueeze(1), out=out)
+            else:
+                z = x2[a:b].to(cdt) - big_m[a:b].unsqueeze(1)
             idx = safe[a:b].unsqueeze(1)
             z_y = z.gather(1, idx).squeeze(1)
-            p = z.exp_()
-            gr = p.mul_(scale[a:b].unsqueeze(1)).sub_(off[a:b].unsqueeze(1))
+            gr = z.exp_().mul_(scale[a:b].unsqueeze(1)).sub_(off[a:b].unsqueeze(1))
             # Target column: p_y - 1 = (expm1(z_y) - (S - 1)) / S keeps a confident row's small gradient,
             # which p_y - 1 computed directly would round to 0 in float32.
-            p_y = torch.exp(z_y) / s[a:b]
-            g_y = (torch.expm1(z_y) - s_m1[a:b]) / s[a:b] + eps - eps / num_classes
+            s_b = s[a:b]
+            g_y = (torch.expm1(z_y) - s_m1[a:b]) / s_b + (eps - eps / num_classes)
             if z_loss:
-                g_y = g_y + 2.0 * z_loss * lse[a:b] * p_y
-            g_y = g[a:b] * g_y
-            gr.scatter_(1, idx, torch.where(owned[a:b], g_y, gr.gather(1, idx).squeeze(1)).unsqueeze(1))
-            # Ignored rows get exactly 0, even when their logits are NaN or infinite.
-            gr = torch.where(keep[a:b].unsqueeze(1), gr, torch.zeros_like(gr))
-            grad[a:b] = gr
+                g_y = g_y + (2.0 * z_loss) * lse[a:b] * torch.exp(z_y) / s_b
+            g_y = torch.where(owned[a:b], g[a:b] * g_y, gr.gather(1, idx).squeeze(1))
+            gr.scatter_(1, idx, g_y.unsqueeze(1))
+            # Ignored rows get exactly 0, even when their logits are NaN or infinite (0 * NaN is NaN).
+            if masked:
+                gr.masked_fill_(~keep[a:b].unsqueeze(1), 0.0)
+            else:
+                drop = (~keep[a:b]).nonzero().squeeze(1)  # on CPU reading it costs no synchronisation
+                if drop.numel():
+                    gr.index_fill_(0, drop, 0.0)
+            if not in_place:
+                out.copy_(gr)
         return grad, None, None, None, None, None, None, None, None
 
 
