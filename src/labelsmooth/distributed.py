@@ -161,15 +161,11 @@ def _partition_tensors(sizes: tuple[int, ...], device: torch.device) -> tuple[Te
     return found
 
 
-def _rows_per_chunk(num_classes: int, device: torch.device) -> int:
-    return default_block_rows(num_classes, device)
-
-
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     """Row losses (M,) of vocabulary-parallel logits (M, C_r); backward writes this rank's slice."""
 
     @staticmethod
-    def forward(ctx, x2, t2, start, sizes, rank, eps, z_loss, ignore_index, group):
+    def forward(ctx, x2, t2, start, sizes, eps, z_loss, ignore_index, group):
         rows, cols = x2.shape
         cdt = compute_dtype(x2.dtype)
         num_classes = sum(sizes)
@@ -180,7 +176,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
         stats = torch.empty(3, rows, dtype=cdt, device=x2.device)
         masked = x2.device.type != "cpu"
-        step = _rows_per_chunk(cols, x2.device)
+        step = default_block_rows(cols, x2.device)
         for a in range(0, rows, step):
             b = min(rows, a + step)
             x = x2[a:b].to(cdt)
@@ -245,7 +241,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         grad = torch.empty_like(x2)
         in_place = x2.dtype == cdt  # float32/float64 logits: compute straight into the gradient
         masked = x2.device.type != "cpu"
-        step = _rows_per_chunk(cols, x2.device)
+        step = default_block_rows(cols, x2.device)
         for a in range(0, rows, step):
             b = min(rows, a + step)
             out = grad[a:b]
@@ -273,7 +269,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                     gr.index_fill_(0, drop, 0.0)
             if not in_place:
                 out.copy_(gr)
-        return grad, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_smoothing: float = 0.0,
@@ -333,8 +329,7 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_
     group = _resolve_group(dist, group)
     cols = local_logits.shape[-1]
     sizes = vocab_partition(cols, group, device=local_logits.device)
-    rank = dist.get_rank(group)
-    start = sum(sizes[:rank])
+    start = sum(sizes[:dist.get_rank(group)])
     target = target.long()
     if not torch.compiler.is_compiling():
         V.check_class_indices(target, sum(sizes), ignore_index)
@@ -342,8 +337,7 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_
     x2 = local_logits.reshape(-1, cols)
     t2 = target.reshape(-1)
     with torch.autocast(local_logits.device.type, enabled=False):
-        rows, keep = _VocabParallelCrossEntropy.apply(x2, t2, start, sizes, rank, eps, z_loss,
-                                                      ignore_index, group)
+        rows, keep = _VocabParallelCrossEntropy.apply(x2, t2, start, sizes, eps, z_loss, ignore_index, group)
         if reduction == "none":
             out = rows.reshape(target.shape)
         elif reduction == "sum":
