@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from labelsmooth import _validate as V
+from labelsmooth.kernels._memory import empty_for_grad
 from labelsmooth.kernels.chunked import _refine_confident_rows, default_block_rows
 from labelsmooth.reference import compute_dtype
 
@@ -177,6 +178,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         stats = torch.empty(3, rows, dtype=cdt, device=x2.device)
         masked = x2.device.type != "cpu"
         step = default_block_rows(cols, x2.device)
+        # One scratch block reused by every chunk: a fresh block each time costs page faults on CPU.
+        scratch = torch.empty(min(step, rows), cols, dtype=cdt, device=x2.device)
         for a in range(0, rows, step):
             b = min(rows, a + step)
             x = x2[a:b].to(cdt)
@@ -184,7 +187,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             # A slice whose logits are all -inf (padding of the vocabulary) has S_r = 0; shifting it by
             # 0 instead of m keeps its z at -inf rather than NaN.
             shift = torch.where(m == float("-inf"), 0.0, m)
-            z = x - shift.unsqueeze(1)
+            z = torch.sub(x, shift.unsqueeze(1), out=scratch[: b - a])
             z_y = z.gather(1, safe[a:b].unsqueeze(1)).squeeze(1)
             part = torch.where(owned[a:b], z_y, 0.0).mul_(-(1.0 - eps))
             if eps > 0:
@@ -238,17 +241,18 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         s = s_m1 + 1.0
         scale = g * (1.0 + 2.0 * z_loss * lse) / s if z_loss else g / s
         off = g * (eps / num_classes)
-        grad = torch.empty_like(x2)
+        grad = empty_for_grad(x2)  # advised for huge pages: first-touch faults of a large buffer are slow
         in_place = x2.dtype == cdt  # float32/float64 logits: compute straight into the gradient
         masked = x2.device.type != "cpu"
         step = default_block_rows(cols, x2.device)
+        scratch = None if in_place else torch.empty(min(step, rows), cols, dtype=cdt, device=x2.device)
         for a in range(0, rows, step):
             b = min(rows, a + step)
             out = grad[a:b]
             if in_place:
                 z = torch.sub(x2[a:b], big_m[a:b].unsqueeze(1), out=out)
             else:
-                z = x2[a:b].to(cdt) - big_m[a:b].unsqueeze(1)
+                z = torch.sub(x2[a:b].to(cdt), big_m[a:b].unsqueeze(1), out=scratch[: b - a])
             idx = safe[a:b].unsqueeze(1)
             z_y = z.gather(1, idx).squeeze(1)
             gr = z.exp_().mul_(scale[a:b].unsqueeze(1)).sub_(off[a:b].unsqueeze(1))
