@@ -7,6 +7,7 @@ terminates the others, and the gloo timeout bounds any wait.
 """
 
 import doctest
+import importlib.util
 import os
 import socket
 import subprocess
@@ -67,12 +68,12 @@ def _my_slice(sizes, rank):
     return slice(start, start + sizes[rank])
 
 
-def _compare(full, target, sizes, rank, eps, reduction, z_loss, rtol, atol, group=None):
+def _compare(full, target, sizes, rank, eps, reduction, z_loss, rtol, atol, group=None, backend="auto"):
     """The vocab-parallel loss and this rank's gradient against the float64 reference."""
     sl = _my_slice(sizes, rank)
     local = full[..., sl].clone().requires_grad_()
     out = D.vocab_parallel_cross_entropy(local, target, label_smoothing=eps, reduction=reduction,
-                                         z_loss=z_loss, group=group)
+                                         z_loss=z_loss, group=group, backend=backend)
     ref_in = full.double().clone().requires_grad_()
     ref = _reference(ref_in, target, eps, reduction, z_loss)
     # grad_output != 1, the same on every rank (as it is when derived from the rank-identical loss).
@@ -232,6 +233,34 @@ def test_confident_and_special_rows():
 def _body_confident_and_special(rank, world, sizes):
     _body_confident_rows(rank, world, sizes)
     _body_special_rows(rank, world, sizes)
+
+
+def _body_triton(rank, world, sizes):
+    """The Triton kernels' local work (statistics pass, backward from the whole row's statistics, the
+    target in another slice) under the interpreter, float32 and bfloat16 against float64 torch."""
+    num_classes = sum(sizes)
+    gen = torch.Generator().manual_seed(21)
+    full = torch.randn(2, 5, num_classes, generator=gen) * 3
+    target = torch.randint(0, num_classes, (2, 5), generator=gen)
+    target[0, 0] = -100
+    for r in range(world):
+        target[1, r] = _my_slice(sizes, r).start
+    full[1, 4, 0] = full[1, 4, -1] = full[1, 4].max() + 1.0  # a max tied across ranks
+    full[0, 1, target[0, 1]] = 40.0  # a confident row
+    for eps in EPS:
+        for reduction in ("none", "mean"):
+            _compare(full, target, sizes, rank, eps, reduction, 0.0, rtol=2e-5, atol=1e-6, backend="triton")
+    _compare(full, target, sizes, rank, 0.1, "sum", 1e-3, rtol=2e-5, atol=1e-6, backend="triton")
+    # bfloat16: one ulp (2**-8 relative) rather than half, because the interpreter's float32 -> bfloat16
+    # store may round either way (test_triton_kernel's bf16 checks allow the same).
+    _compare(full.bfloat16(), target, sizes, rank, 0.1, "sum", 0.0, rtol=8e-3, atol=1e-4, backend="triton")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs triton and TRITON_INTERPRET=1")
+def test_triton_local_work_matches_single_process_torch():
+    sizes = (4, 7)
+    _spawn(len(sizes), _body_triton, sizes)
 
 
 def test_gradient_accumulation_recipe():

@@ -166,7 +166,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     """Row losses (M,) of vocabulary-parallel logits (M, C_r); backward writes this rank's slice."""
 
     @staticmethod
-    def forward(ctx, x2, t2, start, sizes, eps, z_loss, ignore_index, group):
+    def forward(ctx, x2, t2, start, sizes, eps, z_loss, ignore_index, group, use_triton):
         rows, cols = x2.shape
         cdt = compute_dtype(x2.dtype)
         num_classes = sum(sizes)
@@ -178,9 +178,19 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         stats = torch.empty(3, rows, dtype=cdt, device=x2.device)
         masked = x2.device.type != "cpu"
         step = default_block_rows(cols, x2.device)
+        if use_triton:
+            from labelsmooth.kernels import triton_ce
+
+            # The Triton kernels' pass over the slice: max, S - 1, sum (x - m) and x_y - m in one read.
+            st = triton_ce.slice_stats(x2, torch.where(owned, local, torch.full_like(local, -1)))
+            stats[0] = st[0]
+            stats[1] = st[1]
+            stats[2] = st[3].mul(-(1.0 - eps))
+            if eps > 0:
+                stats[2].sub_(st[2], alpha=eps / num_classes)
         # One scratch block reused by every chunk: a fresh block each time costs page faults on CPU.
-        scratch = torch.empty(min(step, rows), cols, dtype=cdt, device=x2.device)
-        for a in range(0, rows, step):
+        scratch = None if use_triton else torch.empty(min(step, rows), cols, dtype=cdt, device=x2.device)
+        for a in range(0, 0 if use_triton else rows, step):
             b = min(rows, a + step)
             x = x2[a:b].to(cdt)
             m = torch.amax(x, dim=1, out=stats[0, a:b])
@@ -227,7 +237,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         loss = torch.where(keep, loss, torch.zeros_like(loss))
 
         ctx.save_for_backward(x2, big_m, s_m1, lse, keep, owned, safe)
-        ctx.eps, ctx.z_loss, ctx.num_classes = eps, z_loss, num_classes
+        ctx.eps, ctx.z_loss, ctx.num_classes, ctx.use_triton = eps, z_loss, num_classes, use_triton
         ctx.mark_non_differentiable(keep)
         return loss, keep
 
@@ -235,6 +245,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_keep):
         x2, big_m, s_m1, lse, keep, owned, safe = ctx.saved_tensors
         eps, z_loss, num_classes = ctx.eps, ctx.z_loss, ctx.num_classes
+        if ctx.use_triton:
+            return (_triton_backward(x2, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_loss, num_classes),
+                    None, None, None, None, None, None, None, None)
         cdt = big_m.dtype
         rows, cols = x2.shape
         g = torch.where(keep, grad_loss.to(cdt), torch.zeros_like(big_m))
@@ -273,12 +286,33 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                     gr.index_fill_(0, drop, 0.0)
             if not in_place:
                 out.copy_(gr)
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None
+
+
+#: Local class index the Triton backward reads as "ignored row" (local indices are -1 or in [0, C)).
+_IGNORED = -2
+
+
+def _triton_backward(x2, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_loss, num_classes):
+    """This slice's gradient by the Triton backward kernel, from the whole row's statistics: one read of
+    the slice and one write, grad_output read on the device."""
+    from labelsmooth.kernels import triton_ce
+
+    # The kernel's row statistics (M, S, S - 1, d loss / d log S). Without weights the target and the
+    # smoothing terms' coefficients sum to (1 - eps) + eps = 1 for every row that is not ignored.
+    coef = 1.0 + 2.0 * z_loss * lse if z_loss else torch.ones_like(lse)
+    ref = torch.where(big_m == float("-inf"), torch.zeros_like(big_m), big_m)
+    stats = torch.stack([ref, s_m1 + 1.0, s_m1, coef], dim=1).float().contiguous()
+    local = torch.where(keep, torch.where(owned, safe, torch.full_like(safe, -1)), torch.full_like(safe, _IGNORED))
+    grad = torch.empty_like(x2)
+    triton_ce.backward(x2, local, None, _IGNORED, eps, None, stats, grad, grad_output=grad_loss.float(),
+                       smoothing_classes=num_classes, target_elsewhere=True)
+    return grad
 
 
 def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_smoothing: float = 0.0,
                                  ignore_index: int = -100, reduction: str = "mean", z_loss: float = 0.0,
-                                 group=None) -> Tensor:
+                                 group=None, backend: str = "auto") -> Tensor:
     """Label-smoothed cross-entropy of logits split over the vocabulary across the ranks of ``group``.
 
     Rank r of ``group`` holds the logits of a contiguous slice of the K classes, the slices in rank order
@@ -297,6 +331,10 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_
         reduction: ``"none"``, ``"mean"`` (over the rows not ignored) or ``"sum"``.
         z_loss: adds ``z_loss * logsumexp(x)**2`` (over all K classes) to every row not ignored.
         group: the tensor-parallel process group (None: the default group).
+        backend: the local work's kernels: ``"triton"`` (the Triton kernels' statistics pass and their
+            backward with the whole row's statistics; CUDA, or CPU tensors under TRITON_INTERPRET=1),
+            ``"chunked"`` (torch ops over cache-sized blocks of rows, any device), or ``"auto"``: triton
+            for float16/bfloat16/float32 logits on CUDA when Triton is installed, else chunked.
 
     Returns:
         The loss: a scalar, or of the target's shape for ``reduction="none"``; in the logits' dtype.
@@ -329,6 +367,17 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_
                          f"{tuple(local_logits.shape[:-1])}, got {tuple(target.shape)}")
     if target.device != local_logits.device:
         raise ValueError(f"target is on {target.device} but local_logits is on {local_logits.device}")
+    if backend not in ("auto", "chunked", "triton"):
+        raise V.ArgumentError(f"backend must be one of ('auto', 'chunked', 'triton'), got {backend!r}")
+    from labelsmooth.functional import _triton_usable
+
+    fits = local_logits.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    if backend == "triton" and not (fits and _triton_usable(local_logits.device)):
+        raise V.ArgumentError(f"backend='triton' needs float16/bfloat16/float32 logits on CUDA (or "
+                              f"TRITON_INTERPRET=1) and triton installed; got {local_logits.dtype} on "
+                              f"{local_logits.device}")
+    use_triton = backend == "triton" or (backend == "auto" and fits and local_logits.device.type == "cuda"
+                                         and _triton_usable(local_logits.device))
     dist = _dist()
     group = _resolve_group(dist, group)
     cols = local_logits.shape[-1]
@@ -341,7 +390,10 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_
     x2 = local_logits.reshape(-1, cols)
     t2 = target.reshape(-1)
     with torch.autocast(local_logits.device.type, enabled=False):
-        rows, keep = _VocabParallelCrossEntropy.apply(x2, t2, start, sizes, eps, z_loss, ignore_index, group)
+        if use_triton and x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        rows, keep = _VocabParallelCrossEntropy.apply(x2, t2, start, sizes, eps, z_loss, ignore_index, group,
+                                                      use_triton)
         if reduction == "none":
             out = rows.reshape(target.shape)
         elif reduction == "sum":

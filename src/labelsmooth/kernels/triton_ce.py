@@ -420,17 +420,21 @@ def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, loss_ptr
 
 @triton.jit
 def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, g_ptr, g_stride, stats_ptr,
-                   go_ptr, go_stride, scale_ptr, C, ignore_index, eps, cap,
+                   go_ptr, go_stride, scale_ptr, C, K, ignore_index, eps, cap,
                    HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
                    SOFTCAP: tl.constexpr, HAS_GO: tl.constexpr, HAS_SCALE: tl.constexpr,
-                   ITERS: tl.constexpr, LANES: tl.constexpr):
+                   TARGET_ELSEWHERE: tl.constexpr, ITERS: tl.constexpr, LANES: tl.constexpr):
     """Backward: one read and one write of the row, the gradient already multiplied by the row's
-    grad_output and by ``grad_scale`` (both read here, on the device: no host synchronisation)."""
+    grad_output and by ``grad_scale`` (both read here, on the device: no host synchronisation).
+
+    K is the class count eps is spread over (C, except for a vocabulary slice, where it is the global
+    count). With TARGET_ELSEWHERE a class index outside [0, C) means that the target lies in another
+    slice: the row is written without a target column."""
     BLOCK: tl.constexpr = ITERS * LANES
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
     g_row = g_ptr + row * g_stride
-    smooth = eps / C
+    smooth = eps / K
     if SOFTCAP:
         inv_cap = 1.0 / cap
     else:
@@ -495,7 +499,49 @@ def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, g_ptr, g
             g_y = g_y * scale
             # Whichever thread stored column y in the pass above must be done before this store.
             tl.debug_barrier()
-            tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
+            if TARGET_ELSEWHERE:
+                if (y >= 0) & (y < C):
+                    tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
+            else:
+                tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
+
+
+@triton.jit
+def _slice_stats_kernel(x_ptr, x_stride, tgt_ptr, out_ptr, rows, C, ITERS: tl.constexpr, LANES: tl.constexpr):
+    """One slice of a vocabulary split over devices: per row its max m, S - 1 relative to m (summed
+    without one max element, as in forward), sum_c (x_c - m) and x_y - m for a target inside the slice
+    (0 otherwise); stored as out[0..3, row]."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * x_stride
+    # eps = C makes _row_stats' uniform smoothing sum (eps / C) sum_c (x_c - m) the plain sum.
+    M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
+        x_row, tgt_ptr, x_ptr, x_ptr, C, C * 1.0, 1.0, 1.0, 1.0,
+        False, False, False, True, False, ITERS, LANES)
+    y = tl.load(tgt_ptr + row)
+    inside = (y >= 0) & (y < C)
+    yc = tl.minimum(tl.maximum(y, 0), C - 1).to(tl.int32)
+    z_y = tl.where(inside, tl.load(x_row + yc).to(tl.float32) - M_ref, 0.0)
+    tl.store(out_ptr + row, M)
+    tl.store(out_ptr + rows + row, s_minus_1)
+    tl.store(out_ptr + 2 * rows + row, G)
+    tl.store(out_ptr + 3 * rows + row, z_y)
+
+
+def slice_stats(logits: torch.Tensor, local_target: torch.Tensor, *, block_size: int | None = None,
+                iters: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """(4, M) float32 statistics of one vocabulary slice in one read of its (M, C) logits: row max m,
+    S - 1 = sum_c exp(x_c - m) - 1 (summed without one max element), sum_c (x_c - m), and x_y - m where
+    the class index ``local_target`` lies in [0, C) (else 0). No host-device synchronisation."""
+    target, _ = _check_operands(logits, local_target, None)
+    num_rows, num_classes = logits.shape
+    out = torch.empty((4, num_rows), dtype=torch.float32, device=logits.device)
+    if num_rows == 0:
+        return out
+    it, lanes, warps = _launch_config(num_classes, logits.element_size(), False, block_size, iters, num_warps)
+    _launch(_slice_stats_kernel, logits.device, num_rows,
+            (logits, logits.stride(0), target, out, num_rows, num_classes),
+            dict(ITERS=it, LANES=lanes, num_warps=warps))
+    return out
 
 
 def is_available() -> bool:
@@ -631,7 +677,8 @@ def forward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
 def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
              label_smoothing: float, softcap: float | None, stats: torch.Tensor, grad: torch.Tensor,
              *, grad_output: torch.Tensor | None = None, grad_scale: torch.Tensor | None = None,
-             prior: torch.Tensor | None = None, block_size: int | None = None, iters: int | None = None,
+             prior: torch.Tensor | None = None, smoothing_classes: int | None = None,
+             target_elsewhere: bool = False, block_size: int | None = None, iters: int | None = None,
              num_warps: int | None = None) -> torch.Tensor:
     """Write d loss_rows[n] / d logits[n, :] times ``grad_output[n]`` times ``grad_scale`` into ``grad``
     (which may be ``logits`` itself) in one read of the logits and one write, and return ``grad``.
@@ -641,6 +688,10 @@ def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     scalar included); ``grad_scale`` None or a one-element tensor. Both are read on the device, so the
     gradient is scaled with no extra pass over it and no host-device synchronisation. Ignored rows get
     exactly 0 whatever their logits and grad_output hold.
+
+    For one slice of a vocabulary split over devices (``labelsmooth.distributed``): ``stats`` holds the
+    whole row's statistics, ``smoothing_classes`` the global class count K (eps/K per class), and with
+    ``target_elsewhere`` a class index outside [0, C) marks a target held by another slice.
     """
     target, weight = _check_operands(logits, target, weight)
     num_rows, num_classes = logits.shape
@@ -672,12 +723,13 @@ def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     sw = _smoothing_weights_vector(prior, weight, num_classes)
     it, lanes, warps = _launch_config(num_classes, logits.element_size(),
                                       prob or weight is not None or sw is not None, block_size, iters, num_warps)
+    k = num_classes if smoothing_classes is None else int(smoothing_classes)
     args = (logits, logits.stride(0), target, target.stride(0), weight, sw, grad, grad.stride(0), stats,
-            grad_output, go_stride, grad_scale, num_classes, int(ignore_index), eps,
+            grad_output, go_stride, grad_scale, num_classes, k, int(ignore_index), eps,
             float(softcap) if softcap is not None else 1.0)
     meta = dict(HAS_WEIGHT=weight is not None, HAS_SW=sw is not None, PROB_TARGET=prob, HAS_V=prob or eps != 0.0,
                 SOFTCAP=softcap is not None, HAS_GO=grad_output is not None, HAS_SCALE=grad_scale is not None,
-                ITERS=it, LANES=lanes, num_warps=warps)
+                TARGET_ELSEWHERE=bool(target_elsewhere), ITERS=it, LANES=lanes, num_warps=warps)
     _launch(_ce_bwd_kernel, device, num_rows, args, meta)
     return grad
 
