@@ -93,10 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     from labelsmooth.study.data import BUILTIN
     from labelsmooth.study.methods import METHODS
 
+    from labelsmooth import __version__
+
     parser = argparse.ArgumentParser(
         prog="labelsmooth",
         description="Label smoothing for PyTorch: measure whether smoothing helps (study) and time the losses (bench).",
     )
+    parser.add_argument("--version", action="version", version=f"labelsmooth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{study,bench}")
     sub.required = True
 
@@ -206,6 +209,13 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "Stud
         if not torch.cuda.is_available():
             study.error("argument --device: cuda requested but torch.cuda.is_available() is False")
     out = args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    # The output folder (and every folder above it) must be a folder or not exist yet.
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            study.error(f"argument --out: {str(p)!r} is a file, not a folder" +
+                        ("" if p == out else f" (it is above {str(out)!r})"))
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        study.error(f"argument --out: folder {str(out)!r} is not writable")
     eps = pick("eps")
     methods = list(args.methods)
     if not any(METHODS[m].eps_values(eps) for m in methods):
@@ -328,7 +338,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(_attach_negative_lists(argv))
-    return _study(args, parser)
+    try:
+        return _study(args, parser)
+    except ModuleNotFoundError as err:
+        module = (err.name or "").split(".")[0]
+        extra = _EXTRA_OF.get(module)
+        if extra is None:
+            raise
+        print(f"labelsmooth study needs the optional dependency {module!r}: pip install 'labelsmooth[{extra}]'",
+              file=sys.stderr)
+        return 1
+
+
+#: Top-level modules of the optional extras, for a one-line message instead of a traceback.
+_EXTRA_OF = {"rich": "study", "matplotlib": "study", "sklearn": "study", "scipy": "study", "mnist1d": "study"}
 
 
 if __name__ == "__main__":  # pragma: no cover
