@@ -1,11 +1,13 @@
-"""Griffe extension: read our docstrings' two Sphinx-isms the way their authors meant them.
+"""Griffe extension: read our docstrings' three Sphinx-isms the way their authors meant them.
 
 The docstrings are Google style, but (1) they head their runnable examples ``Example:``, which Google
 style allows and griffe's Google parser does not know (it would render the ``>>>`` lines as prose), and
-(2) they cross-reference with Sphinx roles (``:func:`symmetric```), which Markdown shows verbatim. This
+(2) they cross-reference with Sphinx roles (``:func:`symmetric```), which Markdown shows verbatim, and
+(3) module constants are documented in ``#:`` comments, which griffe does not read. This
 extension runs once the package is loaded, before any docstring is parsed, and rewrites both: the
 heading becomes ``Examples:`` and each role becomes an optional cross-reference, a link when the target
-is documented somewhere on the site and plain code otherwise (so the strict build never fails on one).
+is documented somewhere on the site and plain code otherwise (so the strict build never fails on one);
+a constant without a docstring gets its ``#:`` comment as one.
 The source files are left as they are.
 """
 
@@ -45,7 +47,27 @@ def _target(root: griffe.Module, obj: griffe.Object, name: str) -> str | None:
     return next((c for c in candidates if _exists(root, c)), None)
 
 
+def _comment_docstring(obj: griffe.Object) -> griffe.Docstring | None:
+    # Module constants are documented Sphinx-style, in "#:" comment lines just above the assignment.
+    if not obj.is_attribute or obj.lineno is None:
+        return None
+    lines = obj.module.lines
+    i = obj.lineno - 2
+    comment: list[str] = []
+    while i >= 0 and lines[i].lstrip().startswith("#:"):
+        comment.insert(0, lines[i].lstrip()[2:].strip())
+        i -= 1
+    if not comment:
+        return None
+    like = obj.module.docstring
+    return griffe.Docstring(" ".join(comment), lineno=i + 2, parent=obj,
+                            parser=like.parser if like else None,
+                            parser_options=like.parser_options if like else None)
+
+
 def _rewrite(root: griffe.Module, obj: griffe.Object) -> None:
+    if obj.docstring is None:
+        obj.docstring = _comment_docstring(obj)
     doc = obj.docstring
     if doc is None:
         return
