@@ -56,7 +56,7 @@ def test_import_labelsmooth_never_imports_transformers():
             "h.label_smoothed_loss(0.1)\n"
             "assert 'transformers' not in sys.modules and 'accelerate' not in sys.modules, sorted(sys.modules)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
 
 
@@ -250,6 +250,11 @@ def transformers_offline():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a model or file fetched by mistake fails loudly
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
+    # Models this small only lose time to intra-op threads, several times over on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_trainer_loss_equals_its_own_label_smoother(transformers_offline, tmp_path):
@@ -301,9 +306,9 @@ def test_trainer_sequence_classification_equals_its_own_label_smoother(transform
                 torch.testing.assert_close(got.double(), want, **F32)
 
 
-@pytest.mark.parametrize("backend", ["auto", "chunked"])
-def test_trainer_accumulation_4x2_equals_1x8(transformers_offline, tmp_path, backend):
-    loss_fn = label_smoothed_loss(EPS, backend=backend)
+def test_trainer_accumulation_4x2_equals_1x8(transformers_offline, tmp_path):
+    # The fused kernel, in place on the model's logits ("auto" would pick torch's kernel at this size).
+    loss_fn = label_smoothed_loss(EPS, backend="chunked")
     runs = {}
     for batch, accumulate in ((8, 1), (2, 4)):
         trainer, keep, _ = trainer_for(tiny_llama(), tmp_path, loss_fn, batch=batch, accumulate=accumulate)

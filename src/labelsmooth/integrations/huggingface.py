@@ -67,7 +67,7 @@ class LabelSmoothedLoss:
                 f"ignore_index={self.ignore_index!r}{extras})")
 
     def __call__(self, outputs: Any, labels: Tensor | None,
-                 num_items_in_batch: Tensor | int | float | None = None) -> Tensor:
+                 num_items_in_batch: Tensor | float | None = None) -> Tensor:
         """The loss of one (micro-)batch.
 
         Args:
