@@ -7,7 +7,7 @@ import pytest
 
 MODULES = ["labelsmooth.targets", "labelsmooth.functional", "labelsmooth.modules",
            "labelsmooth.calibration", "labelsmooth.noise", "labelsmooth.plots", "labelsmooth.study.models",
-           "labelsmooth.online"]
+           "labelsmooth.online", "labelsmooth.integrations.huggingface"]
 
 
 @pytest.mark.parametrize("name", MODULES)
