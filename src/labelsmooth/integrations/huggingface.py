@@ -23,6 +23,8 @@ from torch import Tensor
 from labelsmooth import _validate as V
 from labelsmooth.functional import check_backend, cross_entropy
 
+#: The model heads the loss understands: next-token prediction (labels shifted by one inside the loss),
+#: one label per sequence, one label per token.
 TASKS = ("causal_lm", "sequence_classification", "token_classification")
 
 # cross_entropy's keyword-only extras; the positional ones are set by the loss itself or by name below.
