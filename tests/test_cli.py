@@ -171,7 +171,7 @@ def test_user_data_cifar_binary_and_npz_through_data_dir(tmp_path, capsys):
     (["--datasets", "imagenet"], "--datasets", "imagenet"),
     (["--methods", "ce,xyz"], "--methods", "xyz"),
     (["--eps", "1.0"], "--eps", "1.0"),
-    (["--eps", "-0.1"], "--eps", "-0.1"),
+    (["--eps", "-1.5"], "--eps", "-1.5"),
     (["--eps", "0,abc"], "--eps", "abc"),
     (["--noise", "1"], "--noise", "1"),
     (["--noise", "nan"], "--noise", "nan"),

@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["labelsmooth.targets", "labelsmooth.functional", "labelsmooth.modules",
-           "labelsmooth.calibration", "labelsmooth.noise", "labelsmooth.plots", "labelsmooth.study.models"]
+           "labelsmooth.calibration", "labelsmooth.noise", "labelsmooth.plots", "labelsmooth.study.models",
+           "labelsmooth.online", "labelsmooth.integrations.huggingface"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+import labelsmooth as ls
+
 pytest.importorskip("sklearn")
 
 from labelsmooth.study import claims as C  # noqa: E402
@@ -564,3 +566,54 @@ def test_findings_block_goes_between_the_markers(tmp_path, capsys):
     readme.write_text("no markers")
     assert Fi.main([str(tmp_path), "--into", str(readme)]) == 2
     assert "study-findings:start" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- negative and online smoothing
+
+
+def test_negative_smoothing_runs_on_noisy_labels_only_and_online_smoothing_everywhere():
+    cfg = StudyConfig(["digits"], ["ce", "ls", "nls", "ols"], [-0.5, -0.2, 0, 0.1], [0, 0.5], seeds=1,
+                      noise_kind="symmetric")
+    jobs = plan_jobs(cfg)
+    by = {(j.methods, j.eps, j.noise_level) for j in jobs}
+    assert (("nls",), -0.5, 0.5) in by and (("nls",), -0.2, 0.5) in by
+    assert not any(j.methods == ("nls",) and j.noise_level == 0 for j in jobs)
+    assert {(j.eps, j.noise_level) for j in jobs if j.methods == ("ols",)} == {(Me.OLS_EPS, 0.0), (Me.OLS_EPS, 0.5)}
+    assert not any(j.eps < 0 for j in jobs if "ls" in j.methods)  # uniform smoothing takes eps > 0 only
+
+
+def test_study_losses_for_negative_and_online_smoothing():
+    z = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    nls = Me.label_smoothing_loss(-0.3, binary=False)
+    want = (1.3 * torch.nn.functional.cross_entropy(z, y)
+                         - 0.3 * (-torch.log_softmax(z, 1)).mean(1).mean())
+    torch.testing.assert_close(nls(z, y), want)
+    # Online smoothing on a single-logit binary model is the two-class softmax of (0, z).
+    ols = Me.online_smoothing_loss(0.1, binary=True)
+    zb, yb = torch.tensor([2.0, -1.0, 0.3]), torch.tensor([1.0, 0.0, 0.0])
+    two = torch.stack([torch.zeros(3), zb], 1)
+    soft = ls.smooth_labels(torch.arange(2), 2, 0.1)
+    want = (0.5 * torch.nn.functional.cross_entropy(two, yb.long())
+            + 0.5 * torch.nn.functional.cross_entropy(two, soft[yb.long()]))
+    torch.testing.assert_close(ols(zb, yb), want)
+    before = ols.ols.soft_labels.clone()
+    ols.epoch_end(None)  # samples 0 and 1 were right: rows 0 and 1 become their softmax
+    assert not torch.equal(ols.ols.soft_labels, before)
+    torch.testing.assert_close(ols.ols.soft_labels[1], torch.softmax(two[0], 0))
+
+
+def test_a_tiny_study_with_negative_and_online_smoothing_reports_them(tmp_path):
+    from labelsmooth.cli import main
+
+    out = tmp_path / "run"
+    argv = ["study", "--datasets", "breast_cancer", "--methods", "ce,ls,nls,ols", "--eps", "-0.2,0,0.1",
+            "--noise", "0,0.5", "--seeds", "3", "--steps", "6", "--hidden", "8", "--workers", "1", "--out", str(out)]
+    assert main(argv) == 0
+    records = list(ResultsStore(out).records.values())
+    assert {(r["method"], r["label_smoothing"]) for r in records} >= {("nls", -0.2), ("ols", Me.OLS_EPS)}
+    text = C.claim_paragraphs(records)["noise"]
+    assert "Negative label smoothing (nls eps=-0.2 3x, chosen per seed on validation accuracy)" in text
+    assert "Online label smoothing (ols eps=0.1 3x" in text
+    findings = (out / "findings.md").read_text()
+    assert "Δ acc nls" in findings and "Δ acc ols" in findings

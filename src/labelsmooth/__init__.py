@@ -7,10 +7,12 @@ The public API is flat::
 """
 
 from labelsmooth import calibration, noise
+from labelsmooth._validate import ArgumentError, ArgumentTypeError
 from labelsmooth.functional import binary_cross_entropy_with_logits, cross_entropy
 from labelsmooth.linear import LinearCrossEntropyLoss, linear_cross_entropy
 from labelsmooth.modules import BCEWithLogitsLoss, CrossEntropyLoss
-from labelsmooth.targets import smooth_binary_labels, smooth_labels
+from labelsmooth.online import OnlineLabelSmoothing
+from labelsmooth.targets import class_prior, smooth_binary_labels, smooth_labels
 
 __version__ = "0.1.0"
 
@@ -25,12 +27,16 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "calibration",
     "noise",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "LinearCrossEntropyLoss",
+    "OnlineLabelSmoothing",
     "binary_cross_entropy_with_logits",
+    "class_prior",
     "cross_entropy",
     "linear_cross_entropy",
     "smooth_binary_labels",

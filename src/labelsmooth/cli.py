@@ -22,8 +22,8 @@ __all__ = ["build_parser", "main"]
 #: breakdown rate, so 0.5 is the same severity for 2 and for 10 classes.
 DEFAULTS = {
     "datasets": ["digits", "mnist1d", "breast_cancer", "digits:3v8", "mnist1d:3v8"],
-    "methods": ["ce", "ls", "focal", "ts", "ts-noisyval", "ls+ts"],
-    "eps": [0.0, 0.1, 0.3, 0.6],
+    "methods": ["ce", "ls", "nls", "focal", "ts", "ts-noisyval", "ls+ts"],
+    "eps": [-0.5, -0.2, 0.0, 0.1, 0.3, 0.6],
     "noise": [0.0, 0.5],
     "noise_kind": "symmetric,pairflip",
     "seeds": 10,
@@ -31,7 +31,7 @@ DEFAULTS = {
 }
 #: --quick is a smoke test (does it run end to end?), not a measurement: 2 seeds, a short budget, and
 #: a report that says so and makes no verdicts.
-QUICK = {"eps": [0.0, 0.1], "noise": [0.0, 0.5], "noise_kind": "symmetric", "seeds": 2, "steps": 100}
+QUICK = {"eps": [-0.2, 0.0, 0.1], "noise": [0.0, 0.5], "noise_kind": "symmetric", "seeds": 2, "steps": 100}
 
 
 def _kind_list(text: str) -> list[str]:
@@ -93,10 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     from labelsmooth.study.data import BUILTIN
     from labelsmooth.study.methods import METHODS
 
+    from labelsmooth import __version__
+
     parser = argparse.ArgumentParser(
         prog="labelsmooth",
         description="Label smoothing for PyTorch: measure whether smoothing helps (study) and time the losses (bench).",
     )
+    parser.add_argument("--version", action="version", version=f"labelsmooth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{study,bench}")
     sub.required = True
 
@@ -119,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"Default: {','.join(DEFAULTS['datasets'])}, plus what --data-dir holds")
     study.add_argument("--methods", type=_name_list, default=DEFAULTS["methods"], metavar="M,N",
                        help=f"methods ({method_help}). Default: {','.join(DEFAULTS['methods'])}")
-    study.add_argument("--eps", type=_float_list(0.0, 1.0, "label smoothing"), default=None, metavar="E,F",
-                       help=f"label-smoothing grid in [0, 1); ce uses 0, ls the non-zero values. "
+    study.add_argument("--eps", type=_float_list(-1.0, 1.0, "label smoothing"), default=None, metavar="E,F",
+                       help=f"label-smoothing grid in [-1, 1); ce uses 0, ls the positive values, nls (negative "
+                            f"smoothing) the negative ones. "
                             f"Default {','.join(map(str, DEFAULTS['eps']))} "
                             f"(quick: {','.join(map(str, QUICK['eps']))})")
     study.add_argument("--noise", type=_float_list(0.0, 1.0, "noise level"), default=None, metavar="L,M",
@@ -205,11 +209,18 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "Stud
         if not torch.cuda.is_available():
             study.error("argument --device: cuda requested but torch.cuda.is_available() is False")
     out = args.out or Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    # The output folder (and every folder above it) must be a folder or not exist yet.
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            study.error(f"argument --out: {str(p)!r} is a file, not a folder" +
+                        ("" if p == out else f" (it is above {str(out)!r})"))
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        study.error(f"argument --out: folder {str(out)!r} is not writable")
     eps = pick("eps")
     methods = list(args.methods)
     if not any(METHODS[m].eps_values(eps) for m in methods):
         study.error(f"arguments --methods/--eps: methods {','.join(methods)} run no value of --eps "
-                    f"{','.join(map(str, eps))} (ls needs a non-zero eps)")
+                    f"{','.join(map(str, eps))} (ls needs a positive eps, nls a negative one)")
     train = TrainConfig(steps=pick("steps"), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         hidden=hidden, max_train=args.max_train, device=args.device)
     command = _canonical_command(args, datasets, out)
@@ -296,6 +307,18 @@ def _bench(argv: list[str]) -> int:
     return int(bench.main(argv) or 0)
 
 
+def _attach_negative_lists(argv: list[str]) -> list[str]:
+    # argparse reads "--eps -0.5,-0.2,0" as an option followed by another option ("-0.5,..."): a list
+    # that starts with a negative number is glued to its option ("--eps=-0.5,-0.2,0").
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--eps", "--noise") and arg[:1] == "-" and arg[1:2].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``labelsmooth`` command.
 
@@ -314,8 +337,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Everything after "bench" belongs to labelsmooth.bench, including --help.
         return _bench(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
-    return _study(args, parser)
+    args = parser.parse_args(_attach_negative_lists(argv))
+    try:
+        return _study(args, parser)
+    except ModuleNotFoundError as err:
+        module = (err.name or "").split(".")[0]
+        extra = _EXTRA_OF.get(module)
+        if extra is None:
+            raise
+        print(f"labelsmooth study needs the optional dependency {module!r}: pip install 'labelsmooth[{extra}]'",
+              file=sys.stderr)
+        return 1
+
+
+#: Top-level modules of the optional extras, for a one-line message instead of a traceback.
+_EXTRA_OF = {"rich": "study", "matplotlib": "study", "sklearn": "study", "scipy": "study", "mnist1d": "study"}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,9 +27,9 @@ BACKENDS = ("auto", "reference", "chunked", "triton", "torch")
 SMALL_CPU_PROBLEM = 1 << 20
 
 
-def _reference(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction):
+def _reference(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction):
     # The reference has no buffers of its own to save, so ``inplace`` has nothing to do here.
-    rows = reference.ce_rows(x2, t2, weight, ignore_index, eps, z_loss, softcap)
+    rows = reference.ce_rows(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior)
     if reduction == "none":
         return rows
     if reduction == "sum":
@@ -37,10 +37,11 @@ def _reference(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, redu
     return rows.sum() / _mean_denominator(t2, weight, ignore_index, rows.dtype)
 
 
-def _torch(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction):
-    # torch's own kernel: the fastest for small problems; it knows neither z_loss nor softcap.
-    if z_loss or softcap is not None:
-        raise ValueError("backend='torch' supports neither z_loss nor softcap; use 'auto' or 'chunked'")
+def _torch(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction):
+    # torch's own kernel: the fastest for small problems; it knows no z_loss, softcap, prior or eps < 0.
+    if z_loss or softcap is not None or prior is not None or eps < 0:
+        raise V.ArgumentError("backend='torch' supports none of z_loss, softcap, smoothing_prior and negative "
+                         "label_smoothing; use 'auto' or 'chunked'")
     w = None if weight is None else weight.to(x2.dtype)
     return F.cross_entropy(x2, t2, w, ignore_index=ignore_index, reduction=reduction, label_smoothing=eps)
 
@@ -67,7 +68,8 @@ class _FusedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, kernel, reduction, want_grad):
+    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, kernel, reduction,
+                want_grad):
         grad = grad_scale = None
         cdt = reference.compute_dtype(x2.dtype)
         denom = _mean_denominator(t2, weight, ignore_index, cdt) if reduction == "mean" else None
@@ -77,7 +79,8 @@ class _FusedCrossEntropy(torch.autograd.Function):
                 # With every row ignored this is 1/0, but the kernels set ignored rows to 0 outright,
                 # so the gradient is 0 there (as torch's) and NaN only where torch's is (zero weights).
                 grad_scale = 1.0 / denom
-        rows = kernel(x2, t2, weight, ignore_index, eps, z_loss, softcap, grad, grad_scale=grad_scale)
+        rows = kernel(x2, t2, weight, ignore_index, eps, z_loss, softcap, grad, grad_scale=grad_scale,
+                      prior=prior)
         ctx.grad = grad
         ctx.reduction = reduction
         # Ignored rows get no gradient whatever flows back (an inf or NaN grad_output included).
@@ -102,7 +105,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
         elif (grad_out.device.type != "cpu" or torch.compiler.is_compiling()
               or grad_out.item() != 1.0):  # reading a CPU scalar costs no device synchronisation
             grad.mul_(grad_out)
-        return grad, None, None, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None, None, None
 
 
 class _TritonCrossEntropy(torch.autograd.Function):
@@ -119,16 +122,16 @@ class _TritonCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction, want_grad):
+    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction, want_grad):
         from labelsmooth.kernels import triton_ce
 
         save = want_grad and ctx.needs_input_grad[0]
         rows, stats = triton_ce.forward(x2, t2, weight, ignore_index, eps, z_loss, softcap, save_stats=save,
-                                        check_targets=x2.device.type != "cpu")
+                                        check_targets=x2.device.type != "cpu", prior=prior)
         denom = _mean_denominator(t2, weight, ignore_index, rows.dtype) if reduction == "mean" else None
         if save:
             # Saved through autograd, so that changing the logits before backward is an error.
-            ctx.save_for_backward(x2, t2, weight, stats)
+            ctx.save_for_backward(x2, t2, weight, stats, prior)
             # "mean" with every row ignored gives 1/0 here, but ignored rows get 0 outright, so the
             # gradient is 0 there (as torch's) and NaN only where torch's is (zero weights).
             ctx.scale = None if denom is None else denom.reciprocal()
@@ -147,17 +150,17 @@ class _TritonCrossEntropy(torch.autograd.Function):
             raise RuntimeError("the fused cross-entropy gradient was written over the logits (inplace=True) "
                                "by an earlier backward: backward through it twice (retain_graph=True) needs "
                                "inplace=False")
-        x2, t2, weight, stats = ctx.saved_tensors
+        x2, t2, weight, stats, prior = ctx.saved_tensors
         ignore_index, eps, softcap, inplace = ctx.options
         grad = x2 if inplace else torch.empty_like(x2)
         triton_ce.backward(x2, t2, weight, ignore_index, eps, softcap, stats, grad, grad_output=grad_out,
-                           grad_scale=ctx.scale)
+                           grad_scale=ctx.scale, prior=prior)
         if inplace:
             ctx.consumed = True
             # The kernel wrote through a pointer: tell autograd, so that any other operation that saved
             # these logits for its own backward raises instead of reading the gradient as logits.
             torch.autograd.graph.increment_version(x2)
-        return grad, None, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None, None
 
 
 def _no_double_backward() -> None:
@@ -170,14 +173,15 @@ def _no_double_backward() -> None:
 
 
 def _fused(apply: Callable[..., Tensor], name: str):
-    """A backend running ``apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction,
-    want_grad)`` (one of the autograd Functions here) after the checks every fused backend shares."""
-    def run(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction):
+    """A backend running ``apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace,
+    reduction, want_grad)`` (one of the autograd Functions here) after the checks every fused backend
+    shares."""
+    def run(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction):
         if weight is not None and weight.requires_grad:
-            raise ValueError(f"backend={name!r} does not compute a gradient for weight, which requires grad; "
+            raise V.ArgumentError(f"backend={name!r} does not compute a gradient for weight, which requires grad; "
                              "use backend='reference'")
         if t2.requires_grad:
-            raise ValueError(f"backend={name!r} does not compute a gradient for target, which requires grad; "
+            raise V.ArgumentError(f"backend={name!r} does not compute a gradient for target, which requires grad; "
                              "use backend='reference' (or detach the target)")
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
@@ -185,15 +189,15 @@ def _fused(apply: Callable[..., Tensor], name: str):
             inplace = False  # rows share memory (an expanded tensor): the gradient needs its own buffer
         # Under no_grad nothing will call backward: compute no gradient (and consume no logits).
         want_grad = torch.is_grad_enabled() and x2.requires_grad
-        return apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction, want_grad)
+        return apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction, want_grad)
     return run
 
 
-def _apply_chunked(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction, want_grad):
+def _apply_chunked(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction, want_grad):
     from labelsmooth.kernels.chunked import fused_ce
 
-    return _FusedCrossEntropy.apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, fused_ce,
-                                    reduction, want_grad)
+    return _FusedCrossEntropy.apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace,
+                                    fused_ce, reduction, want_grad)
 
 
 def _apply_triton(*args):
@@ -225,7 +229,7 @@ def _triton_usable(device: torch.device) -> bool:
 def check_backend(backend: object) -> str:
     """Return ``backend`` if it is a known name; shared by the function and the module."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise V.ArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend  # type: ignore[return-value]
 
 
@@ -233,13 +237,13 @@ def _resolve_backend(backend: object, x: Tensor, target: Tensor, weight: Tensor 
                      functorch: bool = False, plain: bool = False) -> str:
     """The backend to run for a validated ``backend`` name (see :func:`check_backend`)."""
     if functorch and backend not in ("auto", "reference"):
-        raise ValueError(f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad); "
-                         "use backend='reference' or 'auto'")
+        raise V.ArgumentError(f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad, jvp) or "
+                              "on forward-mode dual tensors; use backend='reference' or 'auto'")
     if functorch:
         return "reference"
     if backend != "auto":
         if backend == "triton" and not _triton_usable(x.device):
-            raise ValueError(f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
+            raise V.ArgumentError(f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
                              f"installed; input is on {x.device}")
         return backend  # type: ignore[return-value]
     if target.requires_grad or (weight is not None and weight.requires_grad):
@@ -267,24 +271,24 @@ def _as_rows(input: Tensor, target: Tensor, ignore_index: int,
     result, and whether the target holds probabilities.
     """
     if input.dim() == 0:
-        raise ValueError("input must have at least one dimension (the classes), got a 0-d tensor")
+        raise V.ArgumentError("input must have at least one dimension (the classes), got a 0-d tensor")
     class_dim = 0 if input.dim() == 1 else 1
     num_classes = input.shape[class_dim]
     if num_classes == 0:
-        raise ValueError(f"input must have at least one class, got shape {tuple(input.shape)}")
+        raise V.ArgumentError(f"input must have at least one class, got shape {tuple(input.shape)}")
     batch_shape = tuple(s for i, s in enumerate(input.shape) if i != class_dim)
     if target.is_floating_point():
         if target.shape != input.shape:
-            raise ValueError(f"a floating-point target holds class probabilities and must have the input's "
+            raise V.ArgumentError(f"a floating-point target holds class probabilities and must have the input's "
                              f"shape {tuple(input.shape)}, got {tuple(target.shape)}")
         if ignore_index >= 0:
-            raise ValueError(f"ignore_index is not supported with class-probability targets, got "
+            raise V.ArgumentError(f"ignore_index is not supported with class-probability targets, got "
                              f"ignore_index={ignore_index}")
         probs = True
     else:
         V.check_integer(target, "target")
         if tuple(target.shape) != batch_shape:
-            raise ValueError(f"target of class indices must have shape {batch_shape} for input of shape "
+            raise V.ArgumentError(f"target of class indices must have shape {batch_shape} for input of shape "
                              f"{tuple(input.shape)}, got {tuple(target.shape)}")
         # int64 before any comparison: in uint8 the default ignore_index -100 would equal class 156.
         target = target.long()
@@ -303,7 +307,8 @@ def _as_rows(input: Tensor, target: Tensor, ignore_index: int,
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
                   ignore_index: int = -100, reduce=None, reduction: str = "mean",
                   label_smoothing: float = 0.0, *, backend: str = "auto", z_loss: float = 0.0,
-                  softcap: float | None = None, inplace: bool = False) -> Tensor:
+                  softcap: float | None = None, inplace: bool = False, smoothing_prior: Tensor | None = None,
+                  allow_negative: bool = False) -> Tensor:
     """Label-smoothed cross-entropy with exactly ``torch.nn.functional.cross_entropy``'s semantics.
 
     The positional arguments are ``F.cross_entropy``'s, so this is a drop-in replacement; the extras are
@@ -316,6 +321,17 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     Note: eps is spread as eps/C over *all* classes (the true class keeps 1-eps+eps/C). A fairseq-style
     eps' spread as eps'/(C-1) over the other classes is ``label_smoothing = eps' * C / (C-1)`` here.
 
+    Two variants generalise it. **Prior smoothing** (``smoothing_prior=u``, a probability vector over
+    the classes, e.g. the label unigram from :func:`labelsmooth.class_prior`) spreads eps as eps * u_c
+    instead of eps/C: the smoothing term becomes ``eps * sum_c u_c * w_c * (-log p_c)`` and
+    ``t' = (1-eps) * t + eps * u``. **Negative smoothing** (``label_smoothing < 0`` with
+    ``allow_negative=True``) keeps the same formula, ``(1-eps) * NLL + eps * mean_c(-log p_c)`` for
+    uniform u: it rewards pushing the other classes' probabilities down. That loss is unbounded below
+    (the eps * (-log p_c) terms go to -inf as p_c -> 0), yet it trains: its gradient ``p - q`` stays
+    bounded (L1 norm at most ``2 + 2|eps|`` per row), so each step moves the logits by a bounded amount and the loss
+    falls only about linearly in the logit margin, as a margin-maximising loss does; use it with a fixed
+    step budget or early stopping, as its authors did.
+
     Args:
         input: logits of shape (C), (N, C) or (N, C, d1, ..., dk).
         target: class indices of shape (), (N) or (N, d1, ..., dk) (any integer dtype), or class
@@ -325,7 +341,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
         ignore_index: target value whose rows are ignored (class-index targets only).
         reduce: deprecated, as in torch.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
-        label_smoothing: eps in [0, 1].
+        label_smoothing: eps in [0, 1]; any eps <= 1 with ``allow_negative=True``.
         backend: ``"chunked"`` (fused forward+backward over cache-sized blocks of rows, any device),
             ``"torch"`` (torch's own ``F.cross_entropy``, without z_loss/softcap),
             ``"triton"`` (fused GPU kernel, CUDA tensors), ``"reference"`` (plain torch, written from the
@@ -339,6 +355,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
         inplace: allow a fused backend to write the gradient into ``input``'s storage (chunked: during
             forward; triton: during backward), so that it needs no N x C buffer of its own. The caller must
             not use the logits after the loss.
+        smoothing_prior: optional (C,) probability vector u to smooth towards instead of the uniform 1/C
+            (non-negative, sums to 1; on the input's device).
+        allow_negative: accept ``label_smoothing < 0`` (negative label smoothing).
 
     Returns:
         The loss: a scalar, or of the target's batch shape for ``reduction="none"``; in input's dtype.
@@ -352,11 +371,14 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
 
     References:
         Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016.
+        Pereyra et al., "Regularizing Neural Networks by Penalizing Confident Output Distributions", 2017.
+        Wei et al., "To Smooth or Not? When Label Smoothing Meets Noisy Labels", ICML 2022.
     """
     V.check_tensor(input, "input")
     V.check_tensor(target, "target")
     V.check_floating(input, "input")
-    eps = V.check_label_smoothing(label_smoothing)
+    allow_negative = V.check_bool(allow_negative, "allow_negative")
+    eps = V.check_label_smoothing(label_smoothing, allow_negative=allow_negative)
     reduction = V.check_reduction(_legacy_reduction(size_average, reduce, reduction))
     z_loss = V.check_nonnegative_float(z_loss, "z_loss")
     softcap = V.check_softcap(softcap)
@@ -365,13 +387,16 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     check_backend(backend)
     if input.dim() > 0:
         V.check_weight(weight, input.shape[0 if input.dim() == 1 else 1])
+        prior = V.check_prior(smoothing_prior, input.shape[0 if input.dim() == 1 else 1], input.device)
+    else:
+        prior = None
     if weight is not None and weight.device != input.device:
-        raise ValueError(f"weight is on {weight.device} but input is on {input.device}")
-    functorch = _under_functorch(input, target)
+        raise V.ArgumentError(f"weight is on {weight.device} but input is on {input.device}")
+    functorch = _under_functorch(input, target, weight, prior)
     if torch.is_autocast_enabled(input.device.type) and input.dtype in (torch.float16, torch.bfloat16):
         input = input.float()  # torch's autocast policy runs cross-entropy in float32
     name = _resolve_backend(backend, input, target, weight, functorch,
-                            plain=z_loss == 0 and softcap is None)
+                            plain=z_loss == 0 and softcap is None and prior is None and eps >= 0)
     # Off the CPU the Triton forward checks class indices itself, in the same kernel.
     kernel_checks = name == "triton" and input.device.type != "cpu"
     x2, t2, batch_shape, probs = _as_rows(input, target, ignore_index,
@@ -379,25 +404,31 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
 
     # Inside autocast, matmuls and reductions of the kernels would silently run in half precision.
     with torch.autocast(input.device.type, enabled=False):
-        out = _BACKENDS[name](x2, t2, weight, ignore_index, eps, z_loss, softcap, inplace, reduction)
+        out = _BACKENDS[name](x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction)
     if reduction == "none":
         out = out.reshape(batch_shape)
     return out.to(input.dtype)
 
 
-def _under_functorch(*tensors: Tensor) -> bool:
-    """True inside torch.func transforms (vmap, grad, ...), where only the reference can run."""
+def _under_functorch(*tensors: Tensor | None) -> bool:
+    """True inside torch.func transforms (vmap, grad, jvp, ...) or for forward-mode dual tensors
+    (``torch.autograd.forward_ad``): only the reference, plain torch ops, can run there."""
+    from torch.autograd import forward_ad
+
+    present = [t for t in tensors if t is not None]
+    if any(forward_ad.unpack_dual(t).tangent is not None for t in present):
+        return True
     try:
         wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     except AttributeError:  # pragma: no cover - private API moved
         return False
-    return any(wrapped(t) for t in tensors)
+    return any(wrapped(t) for t in present)
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,
                                      size_average=None, reduce=None, reduction: str = "mean",
                                      pos_weight: Tensor | None = None,
-                                     label_smoothing: float = 0.0) -> Tensor:
+                                     label_smoothing: float = 0.0, *, allow_negative: bool = False) -> Tensor:
     """Binary cross-entropy with logits on label-smoothed targets ``y * (1 - eps) + eps / 2``.
 
     Same arguments and numbers as ``torch.nn.functional.binary_cross_entropy_with_logits`` (weight and
@@ -411,7 +442,10 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tens
         reduce: deprecated, as in torch.
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
         pos_weight: optional weight of positive examples, broadcast along the last dimension.
-        label_smoothing: eps in [0, 1].
+        label_smoothing: eps in [0, 1]; any eps <= 1 with ``allow_negative=True`` (negative smoothing:
+            targets move away from 1/2, to ``1 - eps/2 > 1`` and ``eps/2 < 0``, and the loss is unbounded
+            below, as in :func:`cross_entropy`).
+        allow_negative: accept ``label_smoothing < 0``.
 
     Returns:
         The loss: a scalar, or of the input's shape for ``reduction="none"``.
@@ -428,18 +462,19 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tens
     V.check_tensor(input, "input")
     V.check_tensor(target, "target")
     V.check_floating(input, "input")
-    eps = V.check_label_smoothing(label_smoothing)
+    allow_negative = V.check_bool(allow_negative, "allow_negative")
+    eps = V.check_label_smoothing(label_smoothing, allow_negative=allow_negative)
     reduction = V.check_reduction(_legacy_reduction(size_average, reduce, reduction))
     if target.shape != input.shape:
-        raise ValueError(f"target must have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
+        raise V.ArgumentError(f"target must have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
     for name, value in (("weight", weight), ("pos_weight", pos_weight)):
         if value is not None:
             V.check_tensor(value, name)
             try:
                 torch.broadcast_shapes(value.shape, input.shape)
             except RuntimeError:
-                raise ValueError(f"{name} of shape {tuple(value.shape)} does not broadcast to the input's "
+                raise V.ArgumentError(f"{name} of shape {tuple(value.shape)} does not broadcast to the input's "
                                  f"shape {tuple(input.shape)}") from None
-    target = smooth_binary_labels(target.to(input.dtype), eps)
+    target = smooth_binary_labels(target.to(input.dtype), eps, allow_negative=allow_negative)
     return F.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction,
                                               pos_weight=pos_weight)

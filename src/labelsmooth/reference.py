@@ -20,10 +20,17 @@ smoothing, C classes, S = sum_j exp(x_j - m), lse = m + log S:
 
       sum_c w_c * t'_c * (m - x_c + log S) + z * lse**2
 
+With a smoothing prior u (a probability vector over the C classes) eps / C becomes eps * u_c in both:
+the smoothing term is eps * sum_c u_c w_c (m - x_c + log S) and t' = (1 - eps) * t + eps * u. Negative
+eps (negative label smoothing) uses the same formulas.
+
 References:
     Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016 (label smoothing).
     Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", 2022 (z-loss).
     Gemma Team, "Gemma 2: Improving Open Language Models at a Practical Size", 2024 (logit soft-capping).
+    Pereyra et al., "Regularizing Neural Networks by Penalizing Confident Output Distributions", 2017
+    (smoothing towards the label unigram).
+    Wei et al., "To Smooth or Not? When Label Smoothing Meets Noisy Labels", ICML 2022 (negative eps).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def ce_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
             ignore_index: int = -100, label_smoothing: float = 0.0, z_loss: float = 0.0,
-            softcap: float | None = None) -> torch.Tensor:
+            softcap: float | None = None, prior: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row label-smoothed cross-entropy of 2-D logits, differentiable by autograd.
 
     Args:
@@ -46,9 +53,10 @@ def ce_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
         target: (M,) integer class indices, or (M, C) floating class probabilities.
         weight: optional (C,) class weights.
         ignore_index: class index whose rows contribute 0 (index targets only).
-        label_smoothing: eps in [0, 1].
+        label_smoothing: eps (<= 1; negative for negative label smoothing).
         z_loss: coefficient of the z-loss term ``lse**2`` added to every non-ignored row.
         softcap: if set, logits become ``softcap * tanh(logits / softcap)`` first.
+        prior: optional (C,) smoothing distribution u; None is uniform (1/C).
 
     Returns:
         (M,) tensor of row losses in float32 (float64 for float64 logits); ignored rows are 0.
@@ -73,10 +81,12 @@ def ce_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     nlp = log_s - z  # -log p, computed relative to the max
     w = None if weight is None else weight.to(device=x.device, dtype=cdt)
     eps = float(label_smoothing)
+    # The smoothing distribution times eps: eps / C per class, or eps * u_c.
+    eu = eps / num_classes if prior is None else eps * prior.to(device=x.device, dtype=cdt)
     if target.is_floating_point():
         t = target.to(cdt)
-        if eps > 0:
-            t = t * (1.0 - eps) + eps / num_classes
+        if eps != 0:
+            t = t * (1.0 - eps) + eu
         tw = t if w is None else t * w
         loss = (nlp * tw).sum(dim=-1)
         keep = None
@@ -88,9 +98,8 @@ def ce_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
         if w is not None:
             nll = nll * w[safe]
         loss = (1.0 - eps) * nll
-        if eps > 0:
-            smooth = (nlp if w is None else nlp * w).sum(dim=-1)
-            loss = loss + (eps / num_classes) * smooth
+        if eps != 0:
+            loss = loss + (nlp * eu if w is None else nlp * (w * eu)).sum(dim=-1)
     if z_loss:
         lse = (m + log_s).squeeze(-1)
         loss = loss + z_loss * lse * lse

@@ -114,7 +114,7 @@ def _refine_confident_rows(expz: Tensor, s_rest: Tensor, masked: bool) -> None:
 @torch.no_grad()
 def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
              label_smoothing: float, z_loss: float, softcap: float | None, grad: Tensor | None,
-             *, grad_scale: Tensor | None = None, block_rows: int | None = None,
+             *, grad_scale: Tensor | None = None, prior: Tensor | None = None, block_rows: int | None = None,
              workers: int | None = None, masked: bool | None = None) -> Tensor:
     """Row losses of (M, C) logits; writes d loss_row / d logits into ``grad`` when it is given.
 
@@ -133,7 +133,14 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     smooth = eps / num_classes
     probs = target.is_floating_point()
     w = None if weight is None else weight.to(device=device, dtype=cdt)
-    total_w = float(num_classes) if w is None else w.sum()
+    # The smoothing term's per-class weights sw, so that it reads (eps / C) * sum_c sw_c (-log p_c):
+    # the class weights, times C * u_c for a prior u (uniform: C * u_c = 1).
+    sw = w
+    if prior is not None:
+        sw = prior.to(device=device, dtype=cdt) * num_classes
+        if w is not None:
+            sw = sw * w
+    total_sw = float(num_classes) if sw is None else sw.sum()
     rows = block_rows or default_block_rows(num_classes, device)
     blocks = -(-num_rows // rows)
     if workers is None:
@@ -149,7 +156,7 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
         return torch.empty((num_rows, 1), dtype=cdt, device=device)
 
     sum_exp, s_rest = col(), col()
-    sum_wz = col() if eps > 0 else None
+    sum_wz = col() if eps != 0 else None
     row_max = col() if z_loss else None
     if probs:
         t_sum, t_dot_z = col(), col()
@@ -161,20 +168,20 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
         z_y, rest = col(), col()
         dsoft_y = col() if softcap is not None and grad is not None else None
         hard = 1.0 - eps if w_y is None else (1.0 - eps) * w_y
-        coeff0 = hard + smooth * total_w  # A, the row's total target weight
+        coeff0 = hard + smooth * total_sw  # A, the row's total target weight
         if grad is not None:
             coeff_gs = coeff0 if gs is None else coeff0 * gs
             if not isinstance(coeff_gs, Tensor):
                 coeff_gs = torch.full((num_rows, 1), coeff_gs, dtype=cdt, device=device)
             elif coeff_gs.dim() == 0:
                 coeff_gs = coeff_gs.expand(num_rows, 1)
-    if grad is not None and eps > 0:
-        # (eps/C) w, times grad_scale: what every column loses. Scalar operands keep the pass a plain
+    if grad is not None and eps != 0:
+        # (eps/C) sw, times grad_scale: what every column loses. Scalar operands keep the pass a plain
         # vectorised loop (a broadcast tensor operand is several times slower on CPU).
-        if w is None and gs is None:
+        if sw is None and gs is None:
             smooth_g = smooth
         else:
-            smooth_g = smooth * (w if w is not None else 1.0) * (gs if gs is not None else 1.0)
+            smooth_g = smooth * (sw if sw is not None else 1.0) * (gs if gs is not None else 1.0)
 
     def block(i: int) -> None:
         start = i * rows
@@ -214,10 +221,10 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
                 th = tanh_b.gather(1, sb)
                 dsoft_y[start:end] = 1.0 - th * th
         if sum_wz is not None:
-            if w is None:
+            if sw is None:
                 torch.sum(buf, dim=1, keepdim=True, out=sum_wz[start:end])
             else:
-                torch.matmul(buf, w.unsqueeze(1), out=sum_wz[start:end])
+                torch.matmul(buf, sw.unsqueeze(1), out=sum_wz[start:end])
 
         if cdt == torch.float32:
             # exp2 is about twice as fast as exp on CPU; z is exact (x - m, Sterbenz), and scaling it by
@@ -247,7 +254,7 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
         if grad is None:
             return
         if probs:
-            coeff = (1.0 - eps) * t_sum[start:end] + smooth * total_w
+            coeff = (1.0 - eps) * t_sum[start:end] + smooth * total_sw
             if gs is not None:
                 coeff = coeff * gs
         else:
@@ -258,7 +265,7 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
             zl = (2.0 * z_loss) * (m + log_s)
             coeff = coeff + (zl if gs is None else zl * gs)
         buf.mul_(coeff / s_b)
-        if eps > 0:
+        if eps != 0:
             buf.sub_(smooth_g)
         if probs:
             buf.sub_(tw if gs is None else tw * gs, alpha=1.0 - eps)
@@ -284,8 +291,8 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
         row_loss = (1.0 - eps) * (t_sum * log_s - t_dot_z)
     else:
         row_loss = hard * (log_s - z_y)
-    if eps > 0:
-        row_loss = row_loss + smooth * (total_w * log_s - sum_wz)
+    if eps != 0:
+        row_loss = row_loss + smooth * (total_sw * log_s - sum_wz)
     if z_loss:
         lse = row_max + log_s
         row_loss = row_loss + z_loss * lse * lse
@@ -302,8 +309,8 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
         if z_loss:
             coeff = coeff + 2.0 * z_loss * lse
         grad_y = (hard * (torch.expm1(z_y) - s_rest) + (coeff - hard) * torch.exp(z_y)) / sum_exp
-        if eps > 0:
-            grad_y = grad_y - smooth * (1.0 if w_y is None else w_y)
+        if eps != 0:
+            grad_y = grad_y - smooth * (1.0 if sw is None else sw[safe])
         if gs is not None:
             grad_y = grad_y * gs
         if dsoft_y is not None:

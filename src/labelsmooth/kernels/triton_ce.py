@@ -140,27 +140,43 @@ def _log1p(x):
 
 
 @triton.jit
-def _smoothing_weights(cols, mask, t_row, w_ptr, eps, smooth,
-                       HAS_WEIGHT: tl.constexpr, PROB_TARGET: tl.constexpr, MASKED: tl.constexpr):
+def _smoothing_weights(cols, mask, t_row, w_ptr, sw_ptr, eps, smooth,
+                       HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, MASKED: tl.constexpr):
     """v_c of the columns ``cols``, 0 off the row: w_c t'_c for probability targets, (eps/C) w_c for
-    weighted index targets (uniform unweighted smoothing never builds a tile of v)."""
+    weighted index targets (uniform unweighted smoothing never builds a tile of v). With HAS_SW the
+    smoothing part reads sw_c = C u_c w_c (a prior u) instead: (1 - eps) w_c t_c + (eps/C) sw_c."""
     if PROB_TARGET:
         if MASKED:
             t = tl.load(t_row + cols, mask=mask, other=0.0)
         else:
             t = tl.load(t_row + cols)
-        v = (1.0 - eps) * t.to(tl.float32) + smooth
+        if HAS_SW:
+            v = (1.0 - eps) * t.to(tl.float32)
+        else:
+            v = (1.0 - eps) * t.to(tl.float32) + smooth
         if HAS_WEIGHT:
             if MASKED:
                 w = tl.load(w_ptr + cols, mask=mask, other=0.0)
             else:
                 w = tl.load(w_ptr + cols)
             v = v * w.to(tl.float32)
+        if HAS_SW:
+            if MASKED:
+                sw = tl.load(sw_ptr + cols, mask=mask, other=0.0)
+            else:
+                sw = tl.load(sw_ptr + cols)
+            v = v + smooth * sw.to(tl.float32)
     else:
-        if MASKED:
-            w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+        if HAS_SW:
+            if MASKED:
+                w = tl.load(sw_ptr + cols, mask=mask, other=0.0)
+            else:
+                w = tl.load(sw_ptr + cols)
         else:
-            w = tl.load(w_ptr + cols)
+            if MASKED:
+                w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+            else:
+                w = tl.load(w_ptr + cols)
         v = smooth * w.to(tl.float32)
     if MASKED:
         v = tl.where(mask, v, 0.0)
@@ -168,9 +184,9 @@ def _smoothing_weights(cols, mask, t_row, w_ptr, eps, smooth,
 
 
 @triton.jit
-def _stats_block(x_row, t_row, w_ptr, cols, C, eps, smooth, cap, inv_cap,
+def _stats_block(x_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, inv_cap,
                  m_l, s_l, r_l, v_l, g_l, n_seen,
-                 HAS_WEIGHT: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
+                 HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
                  SOFTCAP: tl.constexpr, MASKED: tl.constexpr):
     """Pass 1 on one [ITERS, LANES] tile of columns: the lane states updated by its logits.
 
@@ -203,8 +219,8 @@ def _stats_block(x_row, t_row, w_ptr, cols, C, eps, smooth, cap, inv_cap,
         shift = tl.where(m_l == NEG_INF, 0.0, m_l - m_ref)
         if MASKED:
             d = tl.where(mask, d, 0.0)
-        if PROB_TARGET or HAS_WEIGHT:
-            v = _smoothing_weights(cols, mask, t_row, w_ptr, eps, smooth, HAS_WEIGHT, PROB_TARGET, MASKED)
+        if PROB_TARGET or HAS_WEIGHT or HAS_SW:
+            v = _smoothing_weights(cols, mask, t_row, w_ptr, sw_ptr, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED)
             g_l = g_l + v_l * shift + tl.sum(v * d, axis=0)
             v_l = v_l + tl.sum(v, axis=0)
         else:
@@ -217,8 +233,8 @@ def _stats_block(x_row, t_row, w_ptr, cols, C, eps, smooth, cap, inv_cap,
 
 
 @triton.jit
-def _row_stats(x_row, t_row, w_ptr, C, eps, smooth, cap, inv_cap,
-               HAS_WEIGHT: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
+def _row_stats(x_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap,
+               HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
                SOFTCAP: tl.constexpr, ITERS: tl.constexpr, LANES: tl.constexpr):
     """Pass 1: returns (M, M_ref, S, S - 1, log S, V, G) of one row; M_ref is M, or 0 if M = -inf."""
     NEG_INF: tl.constexpr = float("-inf")
@@ -235,13 +251,13 @@ def _row_stats(x_row, t_row, w_ptr, C, eps, smooth, cap, inv_cap,
     n_full = (C // BLOCK) * BLOCK
     for start in range(0, n_full, BLOCK):
         m_l, s_l, r_l, v_l, g_l = _stats_block(
-            x_row, t_row, w_ptr, start + tile, C, eps, smooth, cap, inv_cap, m_l, s_l, r_l, v_l, g_l,
-            n_seen, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, False)
+            x_row, t_row, w_ptr, sw_ptr, start + tile, C, eps, smooth, cap, inv_cap, m_l, s_l, r_l, v_l, g_l,
+            n_seen, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False)
         n_seen += ITERS
     if n_full < C:
         m_l, s_l, r_l, v_l, g_l = _stats_block(
-            x_row, t_row, w_ptr, n_full + tile, C, eps, smooth, cap, inv_cap, m_l, s_l, r_l, v_l, g_l,
-            n_seen, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, True)
+            x_row, t_row, w_ptr, sw_ptr, n_full + tile, C, eps, smooth, cap, inv_cap, m_l, s_l, r_l, v_l, g_l,
+            n_seen, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True)
 
     # Fold the lanes into the row.
     M = tl.max(m_l, axis=0)
@@ -255,7 +271,7 @@ def _row_stats(x_row, t_row, w_ptr, C, eps, smooth, cap, inv_cap,
     # An all -inf row has no max to be relative to: NaN, as in the reference.
     log_s = tl.where(M == NEG_INF, float("nan"), _log1p(s_minus_1))
     lane_shift = tl.where(m_l == NEG_INF, 0.0, m_l - M_ref)
-    if PROB_TARGET or HAS_WEIGHT:
+    if PROB_TARGET or HAS_WEIGHT or HAS_SW:
         V = tl.sum(v_l, axis=0)
         G = tl.sum(g_l + v_l * lane_shift, axis=0)
     else:
@@ -269,8 +285,8 @@ def _row_stats(x_row, t_row, w_ptr, C, eps, smooth, cap, inv_cap,
 
 
 @triton.jit
-def _grad_block(x_row, g_row, t_row, w_ptr, cols, C, eps, smooth, cap, inv_cap, M_ref, a, scale,
-                HAS_WEIGHT: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
+def _grad_block(x_row, g_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, inv_cap, M_ref, a, scale,
+                HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
                 SOFTCAP: tl.constexpr, MASKED: tl.constexpr):
     """Pass 2 on one block: grad = (p * coef - v) * scale = exp(x - M) * a - v * scale, with
     a = coef * scale / S."""
@@ -285,8 +301,8 @@ def _grad_block(x_row, g_row, t_row, w_ptr, cols, C, eps, smooth, cap, inv_cap, 
         x = cap * th
     g = _exp(x - M_ref) * a
     if HAS_V:
-        if PROB_TARGET or HAS_WEIGHT:
-            v = _smoothing_weights(cols, mask, t_row, w_ptr, eps, smooth, HAS_WEIGHT, PROB_TARGET, MASKED)
+        if PROB_TARGET or HAS_WEIGHT or HAS_SW:
+            v = _smoothing_weights(cols, mask, t_row, w_ptr, sw_ptr, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED)
             g -= v * scale
         else:
             g -= smooth * scale
@@ -300,18 +316,18 @@ def _grad_block(x_row, g_row, t_row, w_ptr, cols, C, eps, smooth, cap, inv_cap, 
 
 
 @triton.jit
-def _write_grad(x_row, g_row, t_row, w_ptr, C, eps, smooth, cap, inv_cap, M_ref, a, scale,
-                HAS_WEIGHT: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
+def _write_grad(x_row, g_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap, M_ref, a, scale,
+                HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
                 SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
     """Pass 2 over the row: full blocks without masks, then the masked tail."""
     offs = tl.arange(0, BLOCK)
     n_full = (C // BLOCK) * BLOCK
     for start in range(0, n_full, BLOCK):
-        _grad_block(x_row, g_row, t_row, w_ptr, start + offs, C, eps, smooth, cap, inv_cap, M_ref, a,
-                    scale, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, False)
+        _grad_block(x_row, g_row, t_row, w_ptr, sw_ptr, start + offs, C, eps, smooth, cap, inv_cap, M_ref, a,
+                    scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False)
     if n_full < C:
-        _grad_block(x_row, g_row, t_row, w_ptr, n_full + offs, C, eps, smooth, cap, inv_cap, M_ref, a,
-                    scale, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, True)
+        _grad_block(x_row, g_row, t_row, w_ptr, sw_ptr, n_full + offs, C, eps, smooth, cap, inv_cap, M_ref, a,
+                    scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True)
 
 
 @triton.jit
@@ -332,9 +348,9 @@ def _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef):
 
 
 @triton.jit
-def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, loss_ptr, stats_ptr, bad_ptr,
+def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, loss_ptr, stats_ptr, bad_ptr,
                    C, ignore_index, eps, z_coef, cap,
-                   HAS_WEIGHT: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
+                   HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
                    HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr, SAVE_STATS: tl.constexpr,
                    CHECK_TARGETS: tl.constexpr, ITERS: tl.constexpr, LANES: tl.constexpr):
     """Forward: one read of the row; stores its loss and, with SAVE_STATS, the four numbers the
@@ -351,8 +367,8 @@ def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, loss_ptr, stats_
     if PROB_TARGET:
         t_row = tgt_ptr + row * tgt_stride
         M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
-            x_row, t_row, w_ptr, C, eps, smooth, cap, inv_cap,
-            HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES)
+            x_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES)
         lse = M + log_s
         # sum_c v_c (M - x_c + log S) = V log S - G, both terms >= 0.
         loss = V * log_s - G
@@ -385,8 +401,8 @@ def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, loss_ptr, stats_
                 w_y = 1.0
             T = (1.0 - eps) * w_y
             M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
-                x_row, tgt_ptr, w_ptr, C, eps, smooth, cap, inv_cap,
-                HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES)
+                x_row, tgt_ptr, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap,
+                HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES)
             lse = M + log_s
             # (M - x_y) >= 0 is exactly 0 when y is the argmax; no lse - x_y cancellation.
             loss = T * ((M - x_y) + log_s)
@@ -403,18 +419,22 @@ def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, loss_ptr, stats_
 
 
 @triton.jit
-def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, g_ptr, g_stride, stats_ptr,
-                   go_ptr, go_stride, scale_ptr, C, ignore_index, eps, cap,
-                   HAS_WEIGHT: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
+def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, g_ptr, g_stride, stats_ptr,
+                   go_ptr, go_stride, scale_ptr, C, K, ignore_index, eps, cap,
+                   HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
                    SOFTCAP: tl.constexpr, HAS_GO: tl.constexpr, HAS_SCALE: tl.constexpr,
-                   ITERS: tl.constexpr, LANES: tl.constexpr):
+                   TARGET_ELSEWHERE: tl.constexpr, ITERS: tl.constexpr, LANES: tl.constexpr):
     """Backward: one read and one write of the row, the gradient already multiplied by the row's
-    grad_output and by ``grad_scale`` (both read here, on the device: no host synchronisation)."""
+    grad_output and by ``grad_scale`` (both read here, on the device: no host synchronisation).
+
+    K is the class count eps is spread over (C, except for a vocabulary slice, where it is the global
+    count). With TARGET_ELSEWHERE a class index outside [0, C) means that the target lies in another
+    slice: the row is written without a target column."""
     BLOCK: tl.constexpr = ITERS * LANES
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
     g_row = g_ptr + row * g_stride
-    smooth = eps / C
+    smooth = eps / K
     if SOFTCAP:
         inv_cap = 1.0 / cap
     else:
@@ -432,8 +452,8 @@ def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, g_ptr, g_stride,
         M_ref = tl.load(st)
         S = tl.load(st + 1)
         coef = tl.load(st + 3)
-        _write_grad(x_row, g_row, t_row, w_ptr, C, eps, smooth, cap, inv_cap, M_ref,
-                    coef * scale / S, scale, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, BLOCK)
+        _write_grad(x_row, g_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap, M_ref,
+                    coef * scale / S, scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, BLOCK)
     else:
         y = tl.load(tgt_ptr + row * tgt_stride)
         if y == ignore_index:
@@ -462,21 +482,66 @@ def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, g_ptr, g_stride,
             # Every column first gets p * coef - v, right everywhere but at the target, which is
             # overwritten below: keeping the one-hot -T out of the per-element work saves a compare
             # and a select per element.
-            _write_grad(x_row, g_row, tgt_ptr, w_ptr, C, eps, smooth, cap, inv_cap, M_ref,
-                        coef * inv_s * scale, scale, HAS_WEIGHT, PROB_TARGET, HAS_V, SOFTCAP, BLOCK)
+            _write_grad(x_row, g_row, tgt_ptr, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap, M_ref,
+                        coef * inv_s * scale, scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, BLOCK)
             # p_y - 1 = (e_y - S) / S = ((e_y - 1) - (S - 1)) / S: for a confident row e_y = 1
             # exactly and this is -(S - 1) / S to full fp32 relative accuracy, where p_y - 1
             # would keep only the rounding error of p_y.
             e_y = _exp(x_y - M_ref)
             g_y = e_y * inv_s * (coef - T) + T * (((e_y - 1.0) - s_minus_1) * inv_s)
             if HAS_V:
-                g_y -= smooth * w_y
+                if HAS_SW:
+                    g_y -= smooth * tl.load(sw_ptr + yc).to(tl.float32)
+                else:
+                    g_y -= smooth * w_y
             if SOFTCAP:
                 g_y = g_y * (1.0 - th_y * th_y)
             g_y = g_y * scale
             # Whichever thread stored column y in the pass above must be done before this store.
             tl.debug_barrier()
-            tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
+            if TARGET_ELSEWHERE:
+                if (y >= 0) & (y < C):
+                    tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
+            else:
+                tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
+
+
+@triton.jit
+def _slice_stats_kernel(x_ptr, x_stride, tgt_ptr, out_ptr, rows, C, ITERS: tl.constexpr, LANES: tl.constexpr):
+    """One slice of a vocabulary split over devices: per row its max m, S - 1 relative to m (summed
+    without one max element, as in forward), sum_c (x_c - m) and x_y - m for a target inside the slice
+    (0 otherwise); stored as out[0..3, row]."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * x_stride
+    # eps = C makes _row_stats' uniform smoothing sum (eps / C) sum_c (x_c - m) the plain sum.
+    M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
+        x_row, tgt_ptr, x_ptr, x_ptr, C, C * 1.0, 1.0, 1.0, 1.0,
+        False, False, False, True, False, ITERS, LANES)
+    y = tl.load(tgt_ptr + row)
+    inside = (y >= 0) & (y < C)
+    yc = tl.minimum(tl.maximum(y, 0), C - 1).to(tl.int32)
+    z_y = tl.where(inside, tl.load(x_row + yc).to(tl.float32) - M_ref, 0.0)
+    tl.store(out_ptr + row, M)
+    tl.store(out_ptr + rows + row, s_minus_1)
+    tl.store(out_ptr + 2 * rows + row, G)
+    tl.store(out_ptr + 3 * rows + row, z_y)
+
+
+def slice_stats(logits: torch.Tensor, local_target: torch.Tensor, *, block_size: int | None = None,
+                iters: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """(4, M) float32 statistics of one vocabulary slice in one read of its (M, C) logits: row max m,
+    S - 1 = sum_c exp(x_c - m) - 1 (summed without one max element), sum_c (x_c - m), and x_y - m where
+    the class index ``local_target`` lies in [0, C) (else 0). No host-device synchronisation."""
+    target, _ = _check_operands(logits, local_target, None)
+    num_rows, num_classes = logits.shape
+    out = torch.empty((4, num_rows), dtype=torch.float32, device=logits.device)
+    if num_rows == 0:
+        return out
+    it, lanes, warps = _launch_config(num_classes, logits.element_size(), False, block_size, iters, num_warps)
+    _launch(_slice_stats_kernel, logits.device, num_rows,
+            (logits, logits.stride(0), target, out, num_rows, num_classes),
+            dict(ITERS=it, LANES=lanes, num_warps=warps))
+    return out
 
 
 def is_available() -> bool:
@@ -544,6 +609,20 @@ def _check_operands(logits: torch.Tensor, target: torch.Tensor, weight: torch.Te
     return target, weight
 
 
+def _smoothing_weights_vector(prior: torch.Tensor | None, weight: torch.Tensor | None,
+                              num_classes: int) -> torch.Tensor | None:
+    """sw = C u w, the smoothing term's per-class weights for a prior u (None without one: the kernels
+    then use the class weights, or the uniform shortcut)."""
+    if prior is None:
+        return None
+    if prior.shape != (num_classes,):
+        raise ValueError(f"prior must have shape ({num_classes},), got {tuple(prior.shape)}")
+    sw = prior.to(torch.float32) * num_classes
+    if weight is not None:
+        sw = sw * weight.to(device=sw.device, dtype=torch.float32)
+    return sw.contiguous()
+
+
 def _launch(kernel, device: torch.device, num_rows: int, args: tuple, meta: dict) -> None:
     if device.type == "cuda":
         with torch.cuda.device(device):  # launch on the tensors' device, not the current one
@@ -554,13 +633,15 @@ def _launch(kernel, device: torch.device, num_rows: int, args: tuple, meta: dict
 
 def forward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
             label_smoothing: float, z_loss: float, softcap: float | None, *, save_stats: bool = False,
-            check_targets: bool = False, block_size: int | None = None, iters: int | None = None,
+            check_targets: bool = False, prior: torch.Tensor | None = None,
+            block_size: int | None = None, iters: int | None = None,
             num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Row losses of (M, C) logits in one read of them; with ``save_stats`` also the (M, 4) float32
     row statistics that :func:`backward` needs. Returns ``(loss_rows, stats or None)``.
 
     ``check_targets`` queues a device-side assertion that every class index other than
     ``ignore_index`` lies in [0, C) (on a CPU tensor it fails at once, with a RuntimeError).
+    ``prior``: the (C,) smoothing distribution u (None: uniform).
 
     Keyword-only knobs (tests, tuning): ``block_size`` columns per iteration (a power of two), split
     into ``iters`` tile rows, and ``num_warps``. No host-device synchronisation happens here.
@@ -575,13 +656,15 @@ def forward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     prob = target.is_floating_point()
     eps = float(label_smoothing)
     z = float(z_loss)
-    it, lanes, warps = _launch_config(num_classes, logits.element_size(), prob or weight is not None,
-                                      block_size, iters, num_warps)
+    sw = _smoothing_weights_vector(prior, weight, num_classes)
+    it, lanes, warps = _launch_config(num_classes, logits.element_size(),
+                                      prob or weight is not None or sw is not None, block_size, iters, num_warps)
     check = check_targets and not prob
     bad = torch.zeros((), dtype=torch.int32, device=device) if check else None
-    args = (logits, logits.stride(0), target, target.stride(0), weight, loss, stats, bad,
+    args = (logits, logits.stride(0), target, target.stride(0), weight, sw, loss, stats, bad,
             num_classes, int(ignore_index), eps, z, float(softcap) if softcap is not None else 1.0)
-    meta = dict(HAS_WEIGHT=weight is not None, PROB_TARGET=prob, HAS_V=prob or eps > 0.0, HAS_Z=z != 0.0,
+    meta = dict(HAS_WEIGHT=weight is not None, HAS_SW=sw is not None, PROB_TARGET=prob, HAS_V=prob or eps != 0.0,
+                HAS_Z=z != 0.0,
                 SOFTCAP=softcap is not None, SAVE_STATS=save_stats, CHECK_TARGETS=check, ITERS=it,
                 LANES=lanes, num_warps=warps)
     _launch(_ce_fwd_kernel, device, num_rows, args, meta)
@@ -594,7 +677,8 @@ def forward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
 def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
              label_smoothing: float, softcap: float | None, stats: torch.Tensor, grad: torch.Tensor,
              *, grad_output: torch.Tensor | None = None, grad_scale: torch.Tensor | None = None,
-             block_size: int | None = None, iters: int | None = None,
+             prior: torch.Tensor | None = None, smoothing_classes: int | None = None,
+             target_elsewhere: bool = False, block_size: int | None = None, iters: int | None = None,
              num_warps: int | None = None) -> torch.Tensor:
     """Write d loss_rows[n] / d logits[n, :] times ``grad_output[n]`` times ``grad_scale`` into ``grad``
     (which may be ``logits`` itself) in one read of the logits and one write, and return ``grad``.
@@ -604,6 +688,10 @@ def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     scalar included); ``grad_scale`` None or a one-element tensor. Both are read on the device, so the
     gradient is scaled with no extra pass over it and no host-device synchronisation. Ignored rows get
     exactly 0 whatever their logits and grad_output hold.
+
+    For one slice of a vocabulary split over devices (``labelsmooth.distributed``): ``stats`` holds the
+    whole row's statistics, ``smoothing_classes`` the global class count K (eps/K per class), and with
+    ``target_elsewhere`` a class index outside [0, C) marks a target held by another slice.
     """
     target, weight = _check_operands(logits, target, weight)
     num_rows, num_classes = logits.shape
@@ -632,22 +720,24 @@ def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
         return grad
     prob = target.is_floating_point()
     eps = float(label_smoothing)
-    it, lanes, warps = _launch_config(num_classes, logits.element_size(), prob or weight is not None,
-                                      block_size, iters, num_warps)
-    args = (logits, logits.stride(0), target, target.stride(0), weight, grad, grad.stride(0), stats,
-            grad_output, go_stride, grad_scale, num_classes, int(ignore_index), eps,
+    sw = _smoothing_weights_vector(prior, weight, num_classes)
+    it, lanes, warps = _launch_config(num_classes, logits.element_size(),
+                                      prob or weight is not None or sw is not None, block_size, iters, num_warps)
+    k = num_classes if smoothing_classes is None else int(smoothing_classes)
+    args = (logits, logits.stride(0), target, target.stride(0), weight, sw, grad, grad.stride(0), stats,
+            grad_output, go_stride, grad_scale, num_classes, k, int(ignore_index), eps,
             float(softcap) if softcap is not None else 1.0)
-    meta = dict(HAS_WEIGHT=weight is not None, PROB_TARGET=prob, HAS_V=prob or eps > 0.0,
+    meta = dict(HAS_WEIGHT=weight is not None, HAS_SW=sw is not None, PROB_TARGET=prob, HAS_V=prob or eps != 0.0,
                 SOFTCAP=softcap is not None, HAS_GO=grad_output is not None, HAS_SCALE=grad_scale is not None,
-                ITERS=it, LANES=lanes, num_warps=warps)
+                TARGET_ELSEWHERE=bool(target_elsewhere), ITERS=it, LANES=lanes, num_warps=warps)
     _launch(_ce_bwd_kernel, device, num_rows, args, meta)
     return grad
 
 
 def fused_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
              label_smoothing: float, z_loss: float, softcap: float | None, grad: torch.Tensor | None,
-             *, grad_scale: torch.Tensor | None = None, block_size: int | None = None,
-             iters: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+             *, grad_scale: torch.Tensor | None = None, prior: torch.Tensor | None = None,
+             block_size: int | None = None, iters: int | None = None, num_warps: int | None = None) -> torch.Tensor:
     """The kernels' common contract (``labelsmooth.kernels``): row losses, and the gradient times
     ``grad_scale`` written into ``grad`` when it is given; :func:`forward` then :func:`backward`.
 
@@ -655,8 +745,8 @@ def fused_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     """
     cfg = dict(block_size=block_size, iters=iters, num_warps=num_warps)
     loss, stats = forward(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap,
-                          save_stats=grad is not None, **cfg)
+                          save_stats=grad is not None, prior=prior, **cfg)
     if grad is not None:
         backward(logits, target, weight, ignore_index, label_smoothing, softcap, stats, grad,
-                 grad_scale=grad_scale, **cfg)
+                 grad_scale=grad_scale, prior=prior, **cfg)
     return loss

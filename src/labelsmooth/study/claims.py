@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from labelsmooth.study import stats as S
+from labelsmooth.study.methods import METHODS
 from labelsmooth.study.stats import CLEAN, Estimate, Noise, Variant
 
 __all__ = ["CLAIMS", "HEADLINE_EPS", "MIN_SEEDS", "TOLERANCE", "binary_comparison", "claim_paragraphs",
@@ -249,6 +250,7 @@ def _noise(w: _Writer) -> list[str]:
                                    False)
             text += (f" With early stopping on both, the difference was {_ci(d2)} "
                      f"({_say(v2, 'smoothing helped', 'smoothing hurt')}).")
+            text += _schemes_vs_ce(w, ds, base, noise)
             mem0 = w.mean(ds, base, noise, "memorized_fraction")
             cor0 = w.mean(ds, base, noise, "flipped_corrected_fraction")
             if mem0 is not None:
@@ -263,6 +265,21 @@ def _noise(w: _Writer) -> list[str]:
                     text += " With under half of the flips memorised by ce, this budget left little to prevent."
             out.append(text + w.basis(ds, base, noise, "eps and the early-stopping step were chosen on validation"))
     return out or ["Not measured: no run with noisy training labels."]
+
+
+def _schemes_vs_ce(w: _Writer, ds: str, base: Variant, noise: Noise) -> str:
+    """One sentence per other smoothing scheme (negative, online smoothing) against ce at the last step,
+    its eps chosen per seed on validation accuracy like uniform smoothing's."""
+    text = ""
+    for method in dict.fromkeys(v[0] for v in S.scheme_variants(w.records, ds)):
+        cands = [v for v in S.scheme_variants(w.records, ds) if v[0] == method]
+        if not any(S.cell(w.records, ds, v, noise) for v in cands):
+            continue
+        d, picked, v = w.selected("noise", ds, cands, base, noise, "val_accuracy", True, "test_accuracy", False)
+        name = METHODS[method].label.split(" (")[0].capitalize()
+        text += (f" {name} ({_picked(picked)}, chosen per seed on validation accuracy) changed the last-step "
+                 f"test accuracy by {_ci(d)} against ce: {_say(v, 'it helped', 'it hurt', 'no clear difference')}.")
+    return text
 
 
 def _k(w: _Writer, ds: str) -> int:

@@ -288,7 +288,15 @@ def read_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
     path = Path(path)
     where = f"npz file {str(path)!r}"
     if not path.is_file():
-        raise DatasetError(f"{where} does not exist")
+        raise DatasetError(f"{where} does not exist" if not path.exists() else f"{where} is not a file")
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as err:
+        raise DatasetError(f"{where} cannot be read: {err.strerror or err}") from err
+    if magic[:2] != b"PK":  # an .npz is a zip archive of .npy files (np.savez); anything else would reach pickle
+        raise DatasetError(f"{where} is not an .npz archive (a zip of .npy arrays written by numpy.savez); "
+                           f"it starts with {magic!r}")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -104,7 +104,8 @@ def accuracy_vs_noise(records: Sequence[dict], checkpoint: str = ""):
         settings = S.noise_settings(records, ds)
         kinds = sorted({k for k, lvl in settings if lvl > 0})
         # Post-hoc variants (temperature scaling) keep their model's predictions: same accuracy, not drawn.
-        for i, v in enumerate([S.baseline_variant(records)] + S.smoothing_variants(records, ds)):
+        drawn = [S.baseline_variant(records)] + S.smoothing_variants(records, ds) + S.scheme_variants(records, ds)
+        for i, v in enumerate(drawn):
             color = f"C{i % 10}"  # one colour per variant, one line style per noise kind
             for kind in kinds:
                 pts = [n for n in settings if n[1] == 0 or n[0] == kind]

@@ -72,8 +72,10 @@ def findings_markdown(records: Sequence[dict], meta: dict) -> str:
                      f"{_m(records, ds, head, S.CLEAN, 'ece')} | {_cell(d)} | {C._say(v, 'better', 'worse')} | "
                      f"{_m(records, ds, ('ts', 0.0), S.CLEAN, 'ece')} | "
                      f"{_m(records, ds, refs[0], S.CLEAN, 'ece') if refs else '–'} |")
-    lines += ["", "| dataset | noise | flipped | acc ce (last) | acc ce (early-stopped) | Δ acc, eps chosen on val | "
-              "verdict | ce memorised |", "|---|---|---|---|---|---|---|---|"]
+    schemes = list(dict.fromkeys(v[0] for v in S.scheme_variants(records)))
+    lines += ["", "| dataset | noise | flipped | acc ce (last) | acc ce (early-stopped) | Δ acc ls, eps chosen on val | "
+              "verdict | " + "".join(f"Δ acc {m} | " for m in schemes) + "ce memorised |",
+              "|---|---|---|---|---|---|---|" + "---|" * len(schemes) + "---|"]
     for ds in dsets:
         smooth = S.smoothing_variants(records, ds)
         for n in [n for n in S.noise_settings(records, ds) if n[1] > 0]:
@@ -82,9 +84,15 @@ def findings_markdown(records: Sequence[dict], meta: dict) -> str:
             d, _, v = w.selected("noise", ds, smooth, base, n, "val_accuracy", True, "test_accuracy", False)
             rate = S.metric(records, ds, base, n, "noise_rate")
             mem = S.metric(records, ds, base, n, "memorized_fraction")
+            others = ""
+            for m in schemes:  # negative / online smoothing, eps chosen on validation the same way
+                cands = [x for x in S.scheme_variants(records, ds) if x[0] == m and S.cell(records, ds, x, n)]
+                dm = w.selected("noise", ds, cands, base, n, "val_accuracy", True, "test_accuracy", False)[0] \
+                    if cands else None
+                others += f"{_cell(dm)} | "
             lines.append(f"| {ds} | {S.noise_label(n)} | {'–' if rate is None else f'{rate.mean:.0%}'} | "
                          f"{_m(records, ds, base, n, 'test_accuracy')} | {_m(records, ds, base, n, 'es_test_accuracy')} "
-                         f"| {_cell(d)} | {C._say(v, 'helped', 'hurt')} | "
+                         f"| {_cell(d)} | {C._say(v, 'helped', 'hurt')} | {others}"
                          f"{'–' if mem is None else f'{mem.mean:.0%}'} |")
     parents = {r["dataset"]: r.get("parent_dataset") for r in records}
     pairs = [(d, parents[d]) for d in dsets if parents.get(d) and parents[d] in dsets]

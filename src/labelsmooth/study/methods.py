@@ -8,12 +8,11 @@ model trained for ``ce``, and only adds its post-hoc step.
 Adding a method (negative or online label smoothing, ...) is one new entry in :data:`METHODS`; the
 CLI's ``--methods`` choices, the runner, the tables, the figures and the claim paragraphs pick it up.
 
-Roles: ``baseline`` (ce, what every other method is compared with), ``smoothing`` (the label-smoothing
-variants the four claims are about), ``posthoc`` (a step on a trained model's logits), and
-``reference`` (another training loss set beside smoothing as a calibration baseline: focal loss).
-
-Negative label smoothing is not in the registry: the library has no negative-eps loss yet, and the
-study does not imitate one.
+Roles: ``baseline`` (ce, what every other method is compared with), ``smoothing`` (the uniform
+label smoothing the four claims are about), ``variant`` (other smoothing schemes from the literature:
+negative and online label smoothing, each compared with ce beside uniform smoothing), ``posthoc`` (a
+step on a trained model's logits), and ``reference`` (another training loss set beside smoothing as a
+calibration baseline: focal loss).
 
 A loss factory returns an ``nn.Module`` called as ``loss(logits, target)`` with the *noisy* training
 labels (float 0/1 targets for the binary single-logit model, class indices otherwise). It may define
@@ -34,8 +33,8 @@ from torch import Tensor, nn
 import labelsmooth as ls
 from labelsmooth.calibration import fit_temperature
 
-__all__ = ["FOCAL_GAMMA", "METHODS", "FocalLoss", "Method", "Posthoc", "focal_loss", "label_smoothing_loss",
-           "temperature_scaling"]
+__all__ = ["FOCAL_GAMMA", "METHODS", "OLS_ALPHA", "OLS_EPS", "FocalLoss", "Method", "OnlineSmoothingLoss", "Posthoc",
+           "focal_loss", "label_smoothing_loss", "online_smoothing_loss", "temperature_scaling"]
 
 #: ``posthoc(val_logits, val_labels) -> (transform, extra record fields)``: fitted on the validation
 #: split, ``transform(logits)`` is then applied to any logits of the same model (test, checkpoints).
@@ -43,6 +42,11 @@ Posthoc = Callable[[Tensor, Tensor], "tuple[Callable[[Tensor], Tensor], dict]"]
 
 #: Focal loss exponent: Mukhoti et al. (2020) report gamma = 3 as their best fixed value.
 FOCAL_GAMMA = 3.0
+
+#: Online label smoothing: the weight of the hard label (Zhang et al. 2021 use 0.5) and the uniform
+#: smoothing its soft labels start from.
+OLS_ALPHA = 0.5
+OLS_EPS = 0.1
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Method:
         posthoc_labels: validation labels the post-hoc step is fitted on: ``"clean"``, or ``"noisy"``
             (corrupted like the training labels, as a practitioner's held-out labels would be).
         noisy_runs: False for methods only run on clean labels (the focal-loss calibration baseline).
+        clean_runs: False for methods only run on noisy labels (negative smoothing, a noisy-label method).
     """
 
     name: str
@@ -73,19 +78,61 @@ class Method:
     role: str = "smoothing"
     posthoc_labels: str = "clean"
     noisy_runs: bool = True
+    clean_runs: bool = True
 
 
 def label_smoothing_loss(eps: float, binary: bool) -> nn.Module:
     """The library's own losses: ``CrossEntropyLoss`` (K classes) or ``BCEWithLogitsLoss`` (one logit).
 
     Args:
-        eps: label smoothing in [0, 1).
+        eps: label smoothing in (-1, 1); negative values are negative label smoothing (Wei et al. 2022).
         binary: True for the single-logit binary model (targets ``y(1 - eps) + eps/2``).
 
     Returns:
         The loss module.
     """
-    return ls.BCEWithLogitsLoss(label_smoothing=eps) if binary else ls.CrossEntropyLoss(label_smoothing=eps)
+    neg = eps < 0
+    if binary:
+        return ls.BCEWithLogitsLoss(label_smoothing=eps, allow_negative=neg)
+    return ls.CrossEntropyLoss(label_smoothing=eps, allow_negative=neg)
+
+
+class OnlineSmoothingLoss(nn.Module):
+    """:class:`labelsmooth.OnlineLabelSmoothing` for the study's models: its class count is read from
+    the first batch, and a single-logit binary model's logit z is the two-class logits (0, z), whose
+    softmax is (1 - sigmoid(z), sigmoid(z)). ``epoch_end`` moves the soft labels to the next epoch.
+
+    Example:
+        >>> import torch
+        >>> loss_fn = OnlineSmoothingLoss(alpha=0.5, eps=0.1)
+        >>> loss = loss_fn(torch.tensor([2.0, -1.0]), torch.tensor([1.0, 0.0]))   # binary: float targets
+        >>> loss_fn.ols.soft_labels.shape
+        torch.Size([2, 2])
+    """
+
+    def __init__(self, alpha: float = OLS_ALPHA, eps: float = OLS_EPS) -> None:
+        super().__init__()
+        self.alpha, self.eps = float(alpha), float(eps)
+        self.ols: ls.OnlineLabelSmoothing | None = None
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if logits.dim() == 1:
+            logits = torch.stack([torch.zeros_like(logits), logits], dim=1)
+            target = target.round().long()
+        if self.ols is None:
+            self.ols = ls.OnlineLabelSmoothing(logits.shape[1], alpha=self.alpha,
+                                               label_smoothing=self.eps).to(logits.device)
+        self.ols.train(self.training)
+        return self.ols(logits, target)
+
+    def epoch_end(self, model: nn.Module) -> None:
+        if self.ols is not None:
+            self.ols.next_epoch()
+
+
+def online_smoothing_loss(eps: float, binary: bool) -> nn.Module:
+    """The online-label-smoothing factory of the registry (``eps``: the initial uniform smoothing)."""
+    return OnlineSmoothingLoss(OLS_ALPHA, eps)
 
 
 class FocalLoss(nn.Module):
@@ -154,8 +201,16 @@ def _zero(grid: Sequence[float]) -> list[float]:
     return [0.0]
 
 
-def _nonzero(grid: Sequence[float]) -> list[float]:
-    return [float(e) for e in grid if e != 0]
+def _positive(grid: Sequence[float]) -> list[float]:
+    return [float(e) for e in grid if e > 0]
+
+
+def _negative(grid: Sequence[float]) -> list[float]:
+    return [float(e) for e in grid if e < 0]
+
+
+def _ols_eps(grid: Sequence[float]) -> list[float]:
+    return [OLS_EPS]
 
 
 #: The registry: ``--methods`` accepts exactly these names, in this order in every table.
@@ -163,14 +218,19 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("ce", "cross-entropy (eps = 0)", _zero, label_smoothing_loss, "ls", baseline=True, role="baseline"),
-        Method("ls", "uniform label smoothing", _nonzero, label_smoothing_loss, "ls"),
+        Method("ls", "uniform label smoothing (the positive values of --eps)", _positive, label_smoothing_loss,
+               "ls"),
+        Method("nls", "negative label smoothing (Wei et al. 2022; the negative values of --eps); noisy labels only",
+               _negative, label_smoothing_loss, "ls", role="variant", clean_runs=False),
+        Method("ols", f"online label smoothing (Zhang et al. 2021; alpha {OLS_ALPHA:g}, soft labels start at "
+                      f"eps {OLS_EPS:g})", _ols_eps, online_smoothing_loss, "ols", role="variant"),
         Method("focal", f"focal loss (gamma {FOCAL_GAMMA:g}), a calibration baseline; clean labels only", _zero,
                focal_loss, "focal", role="reference", noisy_runs=False),
         Method("ts", "cross-entropy + temperature scaling (T fitted on clean validation labels)", _zero,
                label_smoothing_loss, "ls", posthoc=temperature_scaling, role="posthoc"),
         Method("ts-noisyval", "cross-entropy + temperature scaling fitted on NOISY validation labels", _zero,
                label_smoothing_loss, "ls", posthoc=temperature_scaling, role="posthoc", posthoc_labels="noisy"),
-        Method("ls+ts", "label smoothing, then temperature scaling (clean validation labels)", _nonzero,
+        Method("ls+ts", "label smoothing, then temperature scaling (clean validation labels)", _positive,
                label_smoothing_loss, "ls", posthoc=temperature_scaling, role="posthoc"),
     )
 }

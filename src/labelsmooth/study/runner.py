@@ -123,7 +123,8 @@ def plan_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[J
     """The trainings of a grid: one per dataset x noise setting x seed x distinct (loss, eps).
 
     Methods that share ``(loss_id, eps)`` share one job (``ce``, ``ts``, ``ts-noisyval``). Methods with
-    ``noisy_runs=False`` (focal loss) are trained on clean labels only.
+    ``noisy_runs=False`` (focal loss) are trained on clean labels only, those with ``clean_runs=False``
+    (negative smoothing) on noisy labels only.
 
     Args:
         cfg: the study configuration.
@@ -144,7 +145,7 @@ def plan_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[J
                 shared: dict[tuple[str, float], list[str]] = {}
                 for name in cfg.methods:
                     method = METHODS[name]
-                    if level > 0 and not method.noisy_runs:
+                    if (level > 0 and not method.noisy_runs) or (level == 0 and not method.clean_runs):
                         continue
                     for eps in method.eps_values(cfg.eps):
                         shared.setdefault((method.loss_id, float(eps)), []).append(name)

@@ -37,6 +37,7 @@ __all__ = [
     "paired_values",
     "posthoc_variants",
     "reference_variants",
+    "scheme_variants",
     "selected_difference",
     "selected_values",
     "smoothing_variants",
@@ -178,6 +179,11 @@ def _role(records: Sequence[dict], dataset: str | None, role: str) -> list[Varia
 def smoothing_variants(records: Sequence[dict], dataset: str | None = None) -> list[Variant]:
     """The label-smoothing variants (role ``smoothing``): what the four claims are about."""
     return _role(records, dataset, "smoothing")
+
+
+def scheme_variants(records: Sequence[dict], dataset: str | None = None) -> list[Variant]:
+    """Other smoothing schemes (role ``variant``: negative and online label smoothing)."""
+    return _role(records, dataset, "variant")
 
 
 def reference_variants(records: Sequence[dict], dataset: str | None = None) -> list[Variant]:

@@ -1,0 +1,199 @@
+"""Label-smoothed losses for Hugging Face ``transformers.Trainer``.
+
+``Trainer(..., compute_loss_func=label_smoothed_loss(0.1, task="causal_lm"))`` replaces the Trainer's
+``label_smoothing_factor``: the loss runs on labelsmooth's fused backends (no log-softmax over the
+vocabulary is materialised, and by default the gradient is written into the logits' own storage), and
+it is normalised by the ``num_items_in_batch`` the Trainer passes, so that gradient accumulation over
+micro-batches gives the gradient of the full batch.
+
+This module does not import ``transformers``: the Trainer only ever hands the loss a model output
+(a mapping with ``"logits"``, or a tuple whose first element is the logits) and a labels tensor.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from labelsmooth import _validate as V
+from labelsmooth.functional import check_backend, cross_entropy
+
+#: The model heads the loss understands: next-token prediction (labels shifted by one inside the loss),
+#: one label per sequence, one label per token.
+TASKS = ("causal_lm", "sequence_classification", "token_classification")
+
+# cross_entropy's keyword-only extras; the positional ones are set by the loss itself or by name below.
+_EXTRAS = frozenset(name for name, p in inspect.signature(cross_entropy).parameters.items()
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY) | {"weight"}
+# The loss chooses the reduction itself (sum over tokens / num_items_in_batch, or the mean).
+_OWNED = frozenset({"reduction", "size_average", "reduce"})
+
+__all__ = ["TASKS", "LabelSmoothedLoss", "label_smoothed_loss"]
+
+
+class LabelSmoothedLoss:
+    """A ``compute_loss_func`` for ``transformers.Trainer``; build it with :func:`label_smoothed_loss`.
+
+    Called as the Trainer calls it, ``loss_fn(outputs, labels, num_items_in_batch=None)``. The
+    attributes ``label_smoothing``, ``task``, ``ignore_index`` and ``kwargs`` (the extra
+    :func:`labelsmooth.cross_entropy` arguments) are read-only by convention.
+    """
+
+    def __init__(self, label_smoothing: float = 0.1, task: str = "causal_lm", *, ignore_index: int = -100,
+                 inplace: bool = True, **cross_entropy_kwargs: Any) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        owned = sorted(_OWNED.intersection(cross_entropy_kwargs))
+        if owned:
+            raise ValueError(f"{owned[0]} cannot be set: the loss sums over the labelled tokens and divides by "
+                             "the Trainer's num_items_in_batch (or takes the mean when it is not given)")
+        unknown = sorted(set(cross_entropy_kwargs) - _EXTRAS)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}; labelsmooth.cross_entropy accepts "
+                            f"{sorted(_EXTRAS)}")
+        allow_negative = V.check_bool(cross_entropy_kwargs.get("allow_negative", False), "allow_negative")
+        self.label_smoothing = V.check_label_smoothing(label_smoothing, allow_negative=allow_negative)
+        self.task = task
+        self.ignore_index = V.check_index(ignore_index, "ignore_index")
+        self.kwargs: dict[str, Any] = {"inplace": V.check_bool(inplace, "inplace"), **cross_entropy_kwargs}
+        check_backend(self.kwargs.get("backend", "auto"))
+
+    def __repr__(self) -> str:
+        extras = "".join(f", {k}={v!r}" for k, v in self.kwargs.items())
+        return (f"LabelSmoothedLoss(label_smoothing={self.label_smoothing!r}, task={self.task!r}, "
+                f"ignore_index={self.ignore_index!r}{extras})")
+
+    def __call__(self, outputs: Any, labels: Tensor | None,
+                 num_items_in_batch: Tensor | float | None = None) -> Tensor:
+        """The loss of one (micro-)batch.
+
+        Args:
+            outputs: the model's output: a mapping with ``"logits"`` (a ``ModelOutput``), a tuple or list
+                whose first element is the logits, or the logits tensor itself. Logits are (B, T, V) for
+                ``causal_lm``, (B, C) for ``sequence_classification`` and (B, T, C) for
+                ``token_classification``.
+            labels: integer class indices of the logits' shape without its last dimension; positions equal
+                to ``ignore_index`` (-100) are padding. For ``causal_lm`` they are the unshifted input ids:
+                the logits at position t are scored against the label at t + 1.
+            num_items_in_batch: the number of labelled items in the whole accumulated batch (over all
+                micro-batches and devices), as the Trainer passes it. When given, the loss is the sum over
+                this micro-batch's items divided by it; when None, the mean over its labelled items.
+
+        Returns:
+            The scalar loss, in the logits' dtype.
+        """
+        logits = _logits_of(outputs)
+        if labels is None:
+            raise ValueError("labels is None: the batch has no 'labels' (the Trainer passes labels=None when "
+                             "the dataset yields none); a label-smoothed loss needs them")
+        V.check_tensor(labels, "labels")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype} (regression and "
+                            "multi-label classification are not label-smoothed cross-entropy problems)")
+        want_dim = 2 if self.task == "sequence_classification" else 3
+        if logits.dim() != want_dim or tuple(labels.shape) != tuple(logits.shape[:-1]):
+            shapes = "(B, C) and (B,)" if want_dim == 2 else "(B, T, C) and (B, T)"
+            raise ValueError(f"task={self.task!r} needs logits and labels of shapes {shapes}; got logits "
+                             f"{tuple(logits.shape)} and labels {tuple(labels.shape)}")
+        # Under model parallelism the logits may sit on another device than the batch.
+        labels = labels.to(logits.device)
+        if self.task == "causal_lm":
+            # Shift the labels, not the logits: logits[:, :-1] would force a copy of all B*T*V logits
+            # (and an in-place gradient would land in that copy); the last position gets ignore_index.
+            pad = torch.full_like(labels[..., :1], self.ignore_index)
+            labels = torch.cat([labels[..., 1:], pad], dim=-1)
+        rows = logits.reshape(-1, logits.shape[-1])
+        targets = labels.reshape(-1)
+        if num_items_in_batch is None:
+            return cross_entropy(rows, targets, ignore_index=self.ignore_index, reduction="mean",
+                                 label_smoothing=self.label_smoothing, **self.kwargs)
+        if isinstance(num_items_in_batch, Tensor):
+            # A tensor on the device stays there: dividing by it needs no host synchronisation.
+            count: Tensor | float = num_items_in_batch.to(rows.device)
+        elif isinstance(num_items_in_batch, numbers.Real) and not isinstance(num_items_in_batch, bool):
+            count = float(num_items_in_batch)
+        else:
+            raise TypeError(f"num_items_in_batch must be None, a number or a tensor, got "
+                            f"{type(num_items_in_batch).__name__}")
+        total = cross_entropy(rows, targets, ignore_index=self.ignore_index, reduction="sum",
+                              label_smoothing=self.label_smoothing, **self.kwargs)
+        return total / count
+
+
+def _logits_of(outputs: Any) -> Tensor:
+    """The logits in a model output, found as ``transformers``' own ``LabelSmoother`` finds them."""
+    if isinstance(outputs, Tensor):
+        logits = outputs
+    elif isinstance(outputs, Mapping):
+        if "logits" not in outputs:
+            raise ValueError(f"outputs has no 'logits' (keys: {sorted(outputs)})")
+        logits = outputs["logits"]
+    elif isinstance(outputs, (tuple, list)) and outputs:
+        logits = outputs[0]
+    else:
+        raise TypeError(f"outputs must be a model output with 'logits', a tuple whose first element is the "
+                        f"logits, or a tensor; got {type(outputs).__name__}")
+    return V.check_tensor(logits, "logits")
+
+
+def label_smoothed_loss(label_smoothing: float = 0.1, task: str = "causal_lm", *, ignore_index: int = -100,
+                        inplace: bool = True, **cross_entropy_kwargs: Any) -> LabelSmoothedLoss:
+    """A label-smoothed ``compute_loss_func`` for ``transformers.Trainer``.
+
+    Pass the result as ``Trainer(..., compute_loss_func=label_smoothed_loss(0.1))`` and leave the
+    Trainer's ``label_smoothing_factor`` at 0. Each micro-batch's loss is
+    ``sum_i l_i / num_items_in_batch``, where ``l_i`` is :func:`labelsmooth.cross_entropy`'s row loss
+    ``(1-eps) * (-log p_y) + (eps/C) * sum_c (-log p_c)`` over the labelled items i, and
+    ``num_items_in_batch`` is the Trainer's count of labelled items in the whole accumulated batch:
+    the micro-batch losses then add up to the full batch's mean, so accumulating 4 micro-batches of
+    2 sequences gives the same gradient as one batch of 8, however unevenly they are padded. Called
+    without ``num_items_in_batch``, it is the mean over the micro-batch's labelled items.
+
+    Tasks: ``"causal_lm"`` (logits (B, T, V); the label at t+1 is the target of position t, as in
+    ``*ForCausalLM`` models), ``"sequence_classification"`` (logits (B, C), labels (B,)) and
+    ``"token_classification"`` (logits (B, T, C), labels (B, T), no shift). Labels equal to
+    ``ignore_index`` are padding.
+
+    ``inplace=True`` (the default) lets a fused backend write the gradient into the logits' storage
+    while computing the loss, saving a B x T x V buffer. That is safe in ``Trainer``: a training step
+    discards the model output after the loss, and evaluation runs under ``torch.no_grad()``, where no
+    gradient is computed and the logits handed to ``compute_metrics`` are left intact. Pass
+    ``inplace=False`` if your own code reads ``outputs.logits`` after a loss that requires grad. If
+    something in the model saved the logits for its own backward (a logit soft-cap computed after
+    the head, for instance), autograd raises an error at backward instead of using overwritten values.
+
+    Args:
+        label_smoothing: eps in [0, 1] (any eps <= 1 with ``allow_negative=True``).
+        task: ``"causal_lm"``, ``"sequence_classification"`` or ``"token_classification"``.
+        ignore_index: the label value of padding.
+        inplace: allow the fused backends to reuse the logits' storage for the gradient.
+        **cross_entropy_kwargs: passed to :func:`labelsmooth.cross_entropy`: ``weight``, ``backend``,
+            ``z_loss``, ``softcap``, ``smoothing_prior``, ``allow_negative``. With ``weight``, the sum
+            of weighted row losses is divided by the item count, not by the sum of weights.
+
+    Returns:
+        A callable ``loss_fn(outputs, labels, num_items_in_batch=None) -> Tensor``.
+
+    Raises:
+        ValueError: an unknown ``task``, an eps out of range, or ``reduction`` (the loss sets it).
+        TypeError: an argument :func:`labelsmooth.cross_entropy` does not take.
+
+    Example:
+        >>> import torch
+        >>> from labelsmooth.integrations.huggingface import label_smoothed_loss
+        >>> loss_fn = label_smoothed_loss(0.1, task="causal_lm")
+        >>> logits = torch.randn(2, 5, 11)                          # (batch, time, vocabulary)
+        >>> labels = torch.tensor([[3, 1, 4, 1, 5], [9, 2, 6, -100, -100]])
+        >>> n = 4 + 2                                               # labelled targets after the shift
+        >>> mean = torch.nn.functional.cross_entropy(
+        ...     logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), label_smoothing=0.1)
+        >>> torch.allclose(loss_fn({"logits": logits}, labels, num_items_in_batch=n), mean)
+        True
+    """
+    return LabelSmoothedLoss(label_smoothing, task, ignore_index=ignore_index, inplace=inplace,
+                             **cross_entropy_kwargs)

@@ -1,0 +1,86 @@
+"""Where code written for torch would notice a difference: forward-mode AD, and the exception types
+torch raises for bad arguments (RuntimeError) next to ours (ValueError / TypeError)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import forward_ad
+
+import labelsmooth as ls
+from labelsmooth import functional as LF
+
+
+@pytest.fixture
+def fused_auto(monkeypatch):
+    # Make "auto" pick the fused chunked backend even for a small CPU problem, as it does above 2**20.
+    monkeypatch.setattr(LF, "SMALL_CPU_PROBLEM", 0)
+
+
+@pytest.mark.parametrize("probs", [False, True])
+def test_forward_ad_dual_tensors_match_torch(fused_auto, probs):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    v = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    t = torch.softmax(torch.randn(6, 5, generator=g, dtype=torch.float64), 1) if probs else torch.tensor([0, 1, 4, 2, 3, 1])
+    w = torch.rand(5, generator=g, dtype=torch.float64) + 0.5
+    with forward_ad.dual_level():
+        ours = forward_ad.unpack_dual(ls.cross_entropy(forward_ad.make_dual(x, v), t, w, label_smoothing=0.2))
+        theirs = forward_ad.unpack_dual(F.cross_entropy(forward_ad.make_dual(x, v), t, w, label_smoothing=0.2))
+    torch.testing.assert_close(ours.primal, theirs.primal)
+    torch.testing.assert_close(ours.tangent, theirs.tangent)
+
+
+def test_torch_func_jvp_matches_torch(fused_auto):
+    g = torch.Generator().manual_seed(1)
+    x, v = torch.randn(2, 4, 3, generator=g, dtype=torch.float64), torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([[0, 3, -100], [1, 2, 2]])
+    out, tangent = torch.func.jvp(lambda z: ls.cross_entropy(z, t, label_smoothing=0.1), (x,), (v,))
+    want, want_t = torch.func.jvp(lambda z: F.cross_entropy(z, t, label_smoothing=0.1), (x,), (v,))
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(tangent, want_t)
+
+
+def test_binary_forward_ad_matches_torch():
+    x, v, y = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64), torch.ones(5)
+    with forward_ad.dual_level():
+        ours = forward_ad.unpack_dual(ls.binary_cross_entropy_with_logits(forward_ad.make_dual(x, v), y,
+                                                                          label_smoothing=0.1)).tangent
+        yt = y.double() * 0.9 + 0.05
+        theirs = forward_ad.unpack_dual(F.binary_cross_entropy_with_logits(forward_ad.make_dual(x, v), yt)).tangent
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_a_fused_backend_named_explicitly_refuses_dual_tensors_clearly():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with forward_ad.dual_level():
+        with pytest.raises(ValueError, match="forward-mode dual tensors; use backend='reference'"):
+            ls.cross_entropy(forward_ad.make_dual(x, torch.ones_like(x)), torch.tensor([0, 1, 2]), backend="chunked")
+
+
+BAD_CALLS = {
+    # torch raises RuntimeError for each of these; so must we (and ValueError / TypeError as before)
+    "label_smoothing 1.2": lambda ce: ce(torch.randn(3, 4), torch.tensor([0, 1, 2]), label_smoothing=1.2),
+    "weight of the wrong length": lambda ce: ce(torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.ones(3)),
+    "ignore_index with probabilities": lambda ce: ce(torch.randn(3, 4), torch.rand(3, 4), ignore_index=1),
+    "wrong spatial target size": lambda ce: ce(torch.randn(2, 4, 5), torch.zeros(2, 6, dtype=torch.long)),
+    "wrong target dtype": lambda ce: ce(torch.randn(3, 4), torch.tensor([0.5, 1.0, 2.0])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CALLS))
+def test_errors_torch_raises_as_runtime_error_are_runtime_errors_here_too(name):
+    call = BAD_CALLS[name]
+    with pytest.raises(RuntimeError) as theirs:
+        call(F.cross_entropy)
+    with pytest.raises(RuntimeError) as ours:
+        call(ls.cross_entropy)
+    assert isinstance(ours.value, (ValueError, TypeError)), type(ours.value)
+    assert isinstance(ours.value, (ls.ArgumentError, ls.ArgumentTypeError))
+    assert str(ours.value) and str(theirs.value)
+
+
+def test_argument_errors_are_value_and_runtime_errors():
+    assert issubclass(ls.ArgumentError, ValueError) and issubclass(ls.ArgumentError, RuntimeError)
+    assert issubclass(ls.ArgumentTypeError, TypeError) and issubclass(ls.ArgumentTypeError, RuntimeError)
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\], got 1.2"):
+        ls.CrossEntropyLoss(label_smoothing=1.2)
