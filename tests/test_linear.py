@@ -383,3 +383,38 @@ def test_docstring_examples(name):
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def written_out_loss(x, w, y, b, cw, eps, u, reduction):
+    """Class-index loss from its formula: q = (1-eps) onehot(y) + eps u, row = -sum_c w_c q_c log p_c."""
+    keep = y != -100
+    logp = torch.log_softmax(F.linear(x, w, b), dim=-1)
+    q = (1 - eps) * F.one_hot(y.clamp(min=0), w.shape[0]).to(logp.dtype) + eps * u.to(logp.dtype)
+    cwt = torch.ones(w.shape[0], dtype=logp.dtype) if cw is None else cw
+    rows = torch.where(keep, -(q * cwt * logp).sum(-1), torch.zeros((), dtype=logp.dtype))
+    if reduction == "none":
+        return rows
+    return rows.sum() if reduction == "sum" else rows.sum() / torch.where(keep, cwt[y.clamp(min=0)], 0).sum()
+
+
+@pytest.mark.parametrize("eps,prior", [(0.2, True), (-0.3, False), (-0.1, True)])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("backend", ["chunked", "triton"])
+def test_prior_and_negative_smoothing(eps, prior, reduction, backend):
+    if backend == "triton" and triton is None:
+        pytest.skip("needs triton under TRITON_INTERPRET=1")
+    dtype, tol = (torch.float64, F64) if backend == "chunked" else (torch.float32, F32)
+    x, w, b, y, cw = make(weighted=True, dtype=dtype)
+    u = torch.rand(C, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    u = (u / u.sum()) if prior else torch.full((C,), 1.0 / C, dtype=torch.float64)
+    got = losses_and_grads(lambda a, c, d: ls.linear_cross_entropy(
+        a, c, y, linear_bias=d, weight=cw, reduction=reduction, label_smoothing=eps, chunk_size=5,
+        smoothing_prior=u.to(dtype) if prior else None, allow_negative=eps < 0, backend=backend),
+        x, w, b, reduction)
+    want = losses_and_grads(lambda a, c, d: written_out_loss(a, c, y, d, cw.double(), eps, u, reduction),
+                            x.double(), w.double(), b.double(), reduction)
+    torch.testing.assert_close(got[0], want[0], **tol)
+    for g, h in zip(got[1], want[1]):
+        torch.testing.assert_close(g, h, **tol)
+    with pytest.raises(ValueError, match="allow_negative"):
+        ls.linear_cross_entropy(x, w, y, label_smoothing=-0.1)

@@ -99,7 +99,8 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
                          linear_bias: Tensor | None = None, weight: Tensor | None = None,
                          reduction: str = "mean", ignore_index: int | None = None,
                          label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
-                         chunk_size: int | None = None, backend: str = "auto") -> Tensor:
+                         chunk_size: int | None = None, backend: str = "auto",
+                         smoothing_prior: Tensor | None = None, allow_negative: bool = False) -> Tensor:
     """``cross_entropy(linear(input, linear_weight, linear_bias), target)`` without the full logits.
 
     Same arguments and numbers as ``torch.nn.functional.linear_cross_entropy`` (torch 2.13, without its
@@ -135,6 +136,10 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
             :func:`labelsmooth.kernels.linear.default_chunk_rows` (CPU: ~32 MiB of float32 logits and at
             least 128 rows; accelerators: 256 MiB of logits, at most 1/64 of device memory, in
             multiples of 128 rows).
+        smoothing_prior: optional (C,) probability vector to smooth towards instead of the uniform
+            1/C (prior smoothing, as in :func:`labelsmooth.cross_entropy`).
+        allow_negative: accept ``label_smoothing < 0`` (negative smoothing, as in
+            :func:`labelsmooth.cross_entropy`).
         backend: ``"auto"`` (chunked kernel on CPU, Triton on CUDA when installed, reference when
             ``weight`` or ``target`` requires grad or inside ``torch.func`` transforms),
             ``"chunked"``, ``"triton"`` (fused, per chunk), or ``"reference"`` / ``"torch"``: the
@@ -160,7 +165,8 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
         Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016.
     """
     _check_operands(input, linear_weight, target, linear_bias, weight)
-    eps = V.check_label_smoothing(label_smoothing)
+    allow_negative = V.check_bool(allow_negative, "allow_negative")
+    eps = V.check_label_smoothing(label_smoothing, allow_negative=allow_negative)
     reduction = V.check_reduction(reduction)
     z_loss = V.check_nonnegative_float(z_loss, "z_loss")
     softcap = V.check_softcap(softcap)
@@ -169,6 +175,7 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     LF.check_backend(backend)
 
     num_classes, in_features = linear_weight.shape
+    prior = V.check_prior(smoothing_prior, num_classes, input.device)
     batch_shape = tuple(input.shape[:-1])
     probs = target.is_floating_point()
     if probs:
@@ -189,7 +196,7 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     autocast = torch.is_autocast_enabled(device_type) and input.dtype != torch.float64
     mm_dtype = torch.get_autocast_dtype(device_type) if autocast else input.dtype
     out_dtype = torch.float32 if autocast and mm_dtype in _HALF else mm_dtype
-    functorch = LF._under_functorch(input, linear_weight, target)
+    functorch = LF._under_functorch(input, linear_weight, target, prior)
     name = _resolve(backend, input, target, weight, mm_dtype, functorch)
 
     x2 = input.reshape(-1, in_features)
@@ -198,7 +205,8 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
         # The materialised path: the full logits, then the plain cross-entropy (autograd does the rest).
         logits = F.linear(x2, linear_weight, linear_bias)
         out = LF.cross_entropy(logits, t2, weight, ignore_index=ignore_index, reduction=reduction,
-                               label_smoothing=eps, backend=name, z_loss=z_loss, softcap=softcap)
+                               label_smoothing=eps, backend=name, z_loss=z_loss, softcap=softcap,
+                               smoothing_prior=prior, allow_negative=allow_negative)
         return (out.reshape(batch_shape) if reduction == "none" else out).to(out_dtype)
 
     for what, t in (("weight", weight), ("target", target)):
@@ -220,7 +228,7 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     with torch.autocast(device_type, enabled=False):
         out = LinearCrossEntropyFunction.apply(x2, linear_weight, linear_bias, t2, w_cls, ignore_index, eps,
                                                z_loss, softcap, reduction, name, rows, mm_dtype, denom,
-                                               torch.is_grad_enabled())
+                                               torch.is_grad_enabled(), prior)
     if reduction == "none":
         out = out.reshape(batch_shape)
     return out.to(out_dtype)
@@ -249,8 +257,13 @@ class LinearCrossEntropyLoss(nn.Module):
 
     def __init__(self, weight: Tensor | None = None, reduction: str = "mean", ignore_index: int | None = None,
                  label_smoothing: float = 0.0, *, z_loss: float = 0.0, softcap: float | None = None,
-                 chunk_size: int | None = None, backend: str = "auto") -> None:
+                 chunk_size: int | None = None, backend: str = "auto",
+                 smoothing_prior: Tensor | None = None, allow_negative: bool = False) -> None:
         super().__init__()
+        self.allow_negative = V.check_bool(allow_negative, "allow_negative")
+        if smoothing_prior is not None:
+            smoothing_prior = V.check_prior(smoothing_prior, None, None)
+        self.register_buffer("smoothing_prior", smoothing_prior)
         if weight is not None:
             V.check_tensor(weight, "weight")
             V.check_floating(weight, "weight")
@@ -259,7 +272,7 @@ class LinearCrossEntropyLoss(nn.Module):
         self.register_buffer("weight", weight)
         self.reduction = V.check_reduction(reduction)
         self.ignore_index = _check_ignore_index(ignore_index)
-        self.label_smoothing = V.check_label_smoothing(label_smoothing)
+        self.label_smoothing = V.check_label_smoothing(label_smoothing, allow_negative=self.allow_negative)
         self.z_loss = V.check_nonnegative_float(z_loss, "z_loss")
         self.softcap = V.check_softcap(softcap)
         self.chunk_size = _check_chunk_size(chunk_size)
@@ -270,7 +283,8 @@ class LinearCrossEntropyLoss(nn.Module):
         return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
                                     reduction=self.reduction, ignore_index=self.ignore_index,
                                     label_smoothing=self.label_smoothing, z_loss=self.z_loss,
-                                    softcap=self.softcap, chunk_size=self.chunk_size, backend=self.backend)
+                                    softcap=self.softcap, chunk_size=self.chunk_size, backend=self.backend,
+                                    smoothing_prior=self.smoothing_prior, allow_negative=self.allow_negative)
 
     def extra_repr(self) -> str:
         parts = [f"label_smoothing={self.label_smoothing}", f"reduction={self.reduction!r}",

@@ -116,13 +116,14 @@ def chunk_loop(x: Tensor, w: Tensor, b: Tensor | None, target: Tensor, weight: T
                ignore_index: int, eps: float, z_loss: float, softcap: float | None, kernel: str,
                chunk_rows: int, *, grad_scale: Tensor | None = None, grad_output: Tensor | None = None,
                want: tuple[bool, bool, bool] = (False, False, False),
-               need_loss: bool = True) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+               need_loss: bool = True, prior: Tensor | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Row losses and the gradients of ``sum_n g_n loss_n`` for ``x`` (M, H), ``w`` (C, H), ``b`` (C,).
 
     ``x``, ``w`` and ``b`` are already in the matmul dtype. ``want`` = (input, weight, bias) says which
     gradients to form; with none wanted the kernel writes no gradient. ``grad_scale`` (0-d tensor)
     multiplies every row's gradient, ``grad_output`` ((M,) tensor) each row's, in the kernel where it
-    can (Triton) or with one pass over the chunk (chunked). Returns ``(loss_rows, dx, dw, db)``:
+    can (Triton) or with one pass over the chunk (chunked). ``prior``: the smoothing prior of the
+    kernels' contract (None: uniform). Returns ``(loss_rows, dx, dw, db)``:
     loss_rows (M,) in the compute dtype (None without ``need_loss``); dx (M, H) in ``x``'s dtype; dw
     (C, H) and db (C,) in float32 for half-precision ``w`` (float64 for float64), else ``w``'s dtype.
     """
@@ -162,19 +163,19 @@ def chunk_loop(x: Tensor, w: Tensor, b: Tensor | None, target: Tensor, weight: T
                 from labelsmooth.kernels import triton_ce
 
                 rows_loss, stats = triton_ce.forward(logits, tc, weight, ignore_index, eps, z_loss, softcap,
-                                                     save_stats=True)
+                                                     save_stats=True, prior=prior)
                 triton_ce.backward(logits, tc, weight, ignore_index, eps, softcap, stats, logits,
-                                   grad_output=go, grad_scale=grad_scale)
+                                   grad_output=go, grad_scale=grad_scale, prior=prior)
             else:
                 rows_loss = fused(logits, tc, weight, ignore_index, eps, z_loss, softcap, logits,
-                                  grad_scale=grad_scale)
+                                  grad_scale=grad_scale, prior=prior)
                 if not tc.is_floating_point():
                     # Ignored rows keep their exact zero whatever grad_output holds there (inf, NaN).
                     go = torch.where(tc != ignore_index, go, torch.zeros_like(go))
                 logits.mul_(go.to(logits.dtype).unsqueeze(1))
         else:
             rows_loss = fused(logits, tc, weight, ignore_index, eps, z_loss, softcap,
-                              logits if any_grad else None, grad_scale=grad_scale)
+                              logits if any_grad else None, grad_scale=grad_scale, prior=prior)
         if loss is not None:
             loss[start:end] = rows_loss
         if not any_grad:
@@ -192,16 +193,16 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     """Autograd glue for :func:`chunk_loop`; see the module docstring for the design.
 
     ``forward(x, w, b, target, weight, ignore_index, eps, z_loss, softcap, reduction, kernel,
-    chunk_rows, mm_dtype, denom, grad_enabled)``: ``x`` (M, H), ``w`` (C, H), ``b`` (C,) or None in
+    chunk_rows, mm_dtype, denom, grad_enabled, prior)``: ``x`` (M, H), ``w`` (C, H), ``b`` (C,) or None in
     their own dtypes (cast to ``mm_dtype`` for the matmuls, as autocast would; the gradients come back
     in the originals' dtypes); ``denom`` the 0-d "mean" denominator or None; ``grad_enabled`` the
-    caller's grad mode. Returns the reduced loss, or the (M,) row losses for "none", in the compute
+    caller's grad mode; ``prior`` the smoothing prior or None. Returns the reduced loss, or the (M,) row losses for "none", in the compute
     dtype.
     """
 
     @staticmethod
     def forward(ctx, x, w, b, target, weight, ignore_index, eps, z_loss, softcap, reduction, kernel,
-                chunk_rows, mm_dtype, denom, grad_enabled):
+                chunk_rows, mm_dtype, denom, grad_enabled, prior):
         # Forward runs under no_grad: whether gradients are wanted was read by the caller.
         want = tuple(bool(n) for n in ctx.needs_input_grad[:3]) if grad_enabled else (False,) * 3
         want = (want[0], want[1], want[2] and b is not None)
@@ -213,15 +214,15 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         bm = None if b is None else b.to(mm_dtype)
         if reduction == "none":
             rows, _, _, _ = chunk_loop(xm, wm, bm, target, weight, ignore_index, eps, z_loss, softcap,
-                                       kernel, chunk_rows)
+                                       kernel, chunk_rows, prior=prior)
             if any(want):
                 # Recomputed in backward: keep the operands (as given: the casts are redone there).
-                ctx.save_for_backward(x, w, b, target, weight)
+                ctx.save_for_backward(x, w, b, target, weight, prior)
                 ctx.want = want
             return rows
         grad_scale = None if denom is None else denom.reciprocal()
         rows, dx, dw, db = chunk_loop(xm, wm, bm, target, weight, ignore_index, eps, z_loss, softcap, kernel,
-                                      chunk_rows, grad_scale=grad_scale, want=want)
+                                      chunk_rows, grad_scale=grad_scale, want=want, prior=prior)
         if any(want):
             # Cast to the parameters' dtypes now, so that only their size is held until backward.
             ctx.grads = [None if g is None else g.to(dt) for g, dt in zip((dx, dw, db), ctx.dtypes)]
@@ -233,14 +234,14 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError("linear_cross_entropy's fused gradient cannot be differentiated again "
                                "(create_graph=True); use backend='reference'")
-        nones = (None,) * 12
+        nones = (None,) * 13
         if ctx.reduction == "none":
-            x, w, b, target, weight = ctx.saved_tensors
+            x, w, b, target, weight, prior = ctx.saved_tensors
             ignore_index, eps, z_loss, softcap, kernel, chunk_rows, mm_dtype = ctx.options
             _, dx, dw, db = chunk_loop(x.to(mm_dtype), w.to(mm_dtype), None if b is None else b.to(mm_dtype),
                                        target, weight, ignore_index, eps, z_loss, softcap, kernel, chunk_rows,
                                        grad_output=grad_out.to(compute_dtype(mm_dtype)), want=ctx.want,
-                                       need_loss=False)
+                                       need_loss=False, prior=prior)
             grads = [None if g is None else g.to(dt) for g, dt in zip((dx, dw, db), ctx.dtypes)]
             return (*grads, *nones)
         grads = ctx.grads
