@@ -27,9 +27,9 @@ def _check_chunk_size(chunk_size: object) -> int | None:
     if chunk_size is None:
         return None
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
-        raise TypeError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+        raise V.ArgumentTypeError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+        raise V.ArgumentError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
     return int(chunk_size)
 
 
@@ -46,46 +46,47 @@ def _check_operands(input: Tensor, linear_weight: Tensor, target: Tensor, linear
     V.check_floating(input, "input")
     V.check_floating(linear_weight, "linear_weight")
     if input.dim() < 1:
-        raise ValueError("input must have at least one dimension (the features), got a 0-d tensor")
+        raise V.ArgumentError("input must have at least one dimension (the features), got a 0-d tensor")
     if linear_weight.dim() != 2:
-        raise ValueError(f"linear_weight must be 2-D (num_classes, in_features), got shape "
-                         f"{tuple(linear_weight.shape)}")
+        raise V.ArgumentError(f"linear_weight must be 2-D (num_classes, in_features), got shape "
+                              f"{tuple(linear_weight.shape)}")
     num_classes, in_features = linear_weight.shape
     if num_classes == 0:
-        raise ValueError(f"linear_weight must have at least one class (row), got shape {tuple(linear_weight.shape)}")
+        raise V.ArgumentError(f"linear_weight must have at least one class (row), got shape "
+                              f"{tuple(linear_weight.shape)}")
     if input.shape[-1] != in_features:
-        raise ValueError(f"input's last dimension ({input.shape[-1]}, shape {tuple(input.shape)}) must equal "
-                         f"linear_weight's in_features ({in_features}, shape {tuple(linear_weight.shape)})")
+        raise V.ArgumentError(f"input's last dimension ({input.shape[-1]}, shape {tuple(input.shape)}) must equal "
+                              f"linear_weight's in_features ({in_features}, shape {tuple(linear_weight.shape)})")
     if linear_bias is not None:
         V.check_tensor(linear_bias, "linear_bias")
         V.check_floating(linear_bias, "linear_bias")
         if tuple(linear_bias.shape) != (num_classes,):
-            raise ValueError(f"linear_bias must have shape ({num_classes},), got {tuple(linear_bias.shape)}")
+            raise V.ArgumentError(f"linear_bias must have shape ({num_classes},), got {tuple(linear_bias.shape)}")
     V.check_weight(weight, num_classes)
     for name, t in (("linear_weight", linear_weight), ("target", target), ("linear_bias", linear_bias),
                     ("weight", weight)):
         if t is not None and t.device != input.device:
-            raise ValueError(f"{name} is on {t.device} but input is on {input.device}")
+            raise V.ArgumentError(f"{name} is on {t.device} but input is on {input.device}")
     if not torch.is_autocast_enabled(input.device.type):
         for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
             if t is not None and t.dtype != input.dtype:
-                raise TypeError(f"{name} has dtype {t.dtype} but input has {input.dtype}; outside autocast "
-                                "they must match (as for torch.nn.functional.linear)")
+                raise V.ArgumentTypeError(f"{name} has dtype {t.dtype} but input has {input.dtype}; outside autocast "
+                                          "they must match (as for torch.nn.functional.linear)")
 
 
 def _resolve(backend: str, input: Tensor, target: Tensor, weight: Tensor | None, mm_dtype: torch.dtype,
              functorch: bool) -> str:
     if functorch:
         if backend not in ("auto", "reference"):
-            raise ValueError(f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad); "
-                             "use backend='reference' or 'auto'")
+            raise V.ArgumentError(f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad); "
+                                  "use backend='reference' or 'auto'")
         return "reference"
     if backend == "triton":
         if not LF._triton_usable(input.device):
-            raise ValueError(f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
-                             f"installed; input is on {input.device}")
+            raise V.ArgumentError(f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
+                                  f"installed; input is on {input.device}")
         if mm_dtype == torch.float64:
-            raise TypeError("backend='triton' does not support float64; use backend='chunked'")
+            raise V.ArgumentTypeError("backend='triton' does not support float64; use backend='chunked'")
     if backend != "auto":
         return backend
     if target.requires_grad or (weight is not None and weight.requires_grad):
@@ -180,16 +181,16 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     probs = target.is_floating_point()
     if probs:
         if tuple(target.shape) != (*batch_shape, num_classes):
-            raise ValueError(f"a floating-point target holds class probabilities and must have shape "
-                             f"{(*batch_shape, num_classes)}, got {tuple(target.shape)}")
+            raise V.ArgumentError(f"a floating-point target holds class probabilities and must have shape "
+                                  f"{(*batch_shape, num_classes)}, got {tuple(target.shape)}")
         if ignore_index is not None:
-            raise ValueError(f"ignore_index must be None with class-probability targets, got {ignore_index}")
+            raise V.ArgumentError(f"ignore_index must be None with class-probability targets, got {ignore_index}")
         ignore_index = -100
     else:
         V.check_integer(target, "target")
         if tuple(target.shape) != batch_shape:
-            raise ValueError(f"target of class indices must have shape {batch_shape} for input of shape "
-                             f"{tuple(input.shape)}, got {tuple(target.shape)}")
+            raise V.ArgumentError(f"target of class indices must have shape {batch_shape} for input of shape "
+                                  f"{tuple(input.shape)}, got {tuple(target.shape)}")
         ignore_index = -100 if ignore_index is None else ignore_index
 
     device_type = input.device.type
@@ -211,8 +212,8 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
 
     for what, t in (("weight", weight), ("target", target)):
         if t is not None and t.requires_grad:
-            raise ValueError(f"backend={name!r} does not compute a gradient for {what}, which requires grad; "
-                             "use backend='reference'" + (" (or detach the target)" if what == "target" else ""))
+            raise V.ArgumentError(f"backend={name!r} does not compute a gradient for {what}, which requires grad; "
+                                  "use backend='reference'" + (" (or detach the target)" if what == "target" else ""))
     if not probs:
         V.check_class_indices(t2, num_classes, ignore_index)
     cdt = compute_dtype(mm_dtype)
@@ -268,7 +269,7 @@ class LinearCrossEntropyLoss(nn.Module):
             V.check_tensor(weight, "weight")
             V.check_floating(weight, "weight")
             if weight.dim() != 1:
-                raise ValueError(f"weight must be a 1-D tensor of class weights, got shape {tuple(weight.shape)}")
+                raise V.ArgumentError(f"weight must be a 1-D tensor of class weights, got shape {tuple(weight.shape)}")
         self.register_buffer("weight", weight)
         self.reduction = V.check_reduction(reduction)
         self.ignore_index = _check_ignore_index(ignore_index)
