@@ -34,7 +34,7 @@ device's memory, in multiples of 128 rows (whole tensor-core tiles).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
