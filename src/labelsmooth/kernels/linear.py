@@ -193,11 +193,11 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     """Autograd glue for :func:`chunk_loop`; see the module docstring for the design.
 
     ``forward(x, w, b, target, weight, ignore_index, eps, z_loss, softcap, reduction, kernel,
-    chunk_rows, mm_dtype, denom, grad_enabled, prior)``: ``x`` (M, H), ``w`` (C, H), ``b`` (C,) or None in
-    their own dtypes (cast to ``mm_dtype`` for the matmuls, as autocast would; the gradients come back
-    in the originals' dtypes); ``denom`` the 0-d "mean" denominator or None; ``grad_enabled`` the
-    caller's grad mode; ``prior`` the smoothing prior or None. Returns the reduced loss, or the (M,) row losses for "none", in the compute
-    dtype.
+    chunk_rows, mm_dtype, denom, grad_enabled, prior)``: ``x`` (M, H), ``w`` (C, H), ``b`` (C,) or
+    None in their own dtypes (cast to ``mm_dtype`` for the matmuls, as autocast would; the gradients
+    come back in the originals' dtypes); ``denom`` the 0-d "mean" denominator or None;
+    ``grad_enabled`` the caller's grad mode; ``prior`` the smoothing prior or None. Returns the
+    reduced loss, or the (M,) row losses for "none", in the compute dtype.
     """
 
     @staticmethod
