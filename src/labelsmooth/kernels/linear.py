@@ -116,7 +116,8 @@ def chunk_loop(x: Tensor, w: Tensor, b: Tensor | None, target: Tensor, weight: T
                ignore_index: int, eps: float, z_loss: float, softcap: float | None, kernel: str,
                chunk_rows: int, *, grad_scale: Tensor | None = None, grad_output: Tensor | None = None,
                want: tuple[bool, bool, bool] = (False, False, False),
-               need_loss: bool = True, prior: Tensor | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+               need_loss: bool = True, prior: Tensor | None = None,
+               ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Row losses and the gradients of ``sum_n g_n loss_n`` for ``x`` (M, H), ``w`` (C, H), ``b`` (C,).
 
     ``x``, ``w`` and ``b`` are already in the matmul dtype. ``want`` = (input, weight, bias) says which
