@@ -23,3 +23,7 @@ python -m pytest -q -p no:cacheprovider -x tests/test_triton_kernel.py tests/tes
 python benchmarks/bench_triton.py --markdown "$out/triton.md" 2>&1 | tee "$out/triton.txt"
 # 3. The shared table on CUDA (several shapes), with peak memory.
 python benchmarks/bench_cross_entropy.py --device cuda --markdown "$out/cuda.md" 2>&1 | tee "$out/cuda.txt"
+# 4. Fused linear + cross-entropy: its Triton tests on the device, then the table against torch and Liger
+# (8192 x 4096 -> 128256 bf16).
+python -m pytest -q -p no:cacheprovider -x tests/test_linear.py -k "triton" 2>&1 | tail -5 | tee "$out/tests-linear.txt"
+python benchmarks/bench_linear.py --device cuda --markdown "$out/linear.md" 2>&1 | tee "$out/linear.txt"

@@ -13,6 +13,7 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import importlib.util  # noqa: E402
 import itertools  # noqa: E402
 
 import pytest  # noqa: E402
@@ -57,7 +58,7 @@ def torch_loss(x, w, y, b=None, cw=None, reduction="mean", eps=0.0, z_loss=0.0, 
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
     rows = F.cross_entropy(logits, y2, cw, reduction="none", label_smoothing=eps)
-    keep = torch.ones(x2.shape[0], dtype=torch.bool) if probs else y2 != -100
+    keep = torch.ones(x2.shape[0], dtype=torch.bool, device=x.device) if probs else y2 != -100
     lse = torch.logsumexp(logits, dim=-1)
     rows = rows + torch.where(keep, z_loss * lse * lse, torch.zeros_like(lse))
     if reduction == "none":
@@ -77,7 +78,7 @@ def losses_and_grads(fn, x, w, b, reduction, seed=1):
     loss = fn(*xs)
     if reduction == "none":
         go = torch.randn(loss.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        (loss * go.to(loss.dtype)).sum().backward()
+        (loss * go.to(device=loss.device, dtype=loss.dtype)).sum().backward()
     else:
         (loss * 2.5).backward()
     return loss.detach().double(), [t.grad.double() for t in leaves]
@@ -364,15 +365,21 @@ def test_default_chunk_rows_rule():
     assert default_chunk_rows(0, 10) == 1
 
 
-triton = pytest.importorskip("triton") if os.environ.get("TRITON_INTERPRET") == "1" else None
+# The Triton backend runs on CPU tensors under TRITON_INTERPRET=1 (as in CI), on the GPU otherwise.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+if importlib.util.find_spec("triton") is None:
+    TRITON_DEVICE = None
+else:
+    TRITON_DEVICE = "cpu" if INTERPRETED else ("cuda" if torch.cuda.is_available() else None)
 
 
-@pytest.mark.skipif(triton is None, reason="needs triton under TRITON_INTERPRET=1")
+@pytest.mark.skipif(TRITON_DEVICE is None, reason="needs triton, under TRITON_INTERPRET=1 or with a GPU")
 @pytest.mark.parametrize("reduction,probs,weighted", [
     ("mean", False, False), ("sum", False, True), ("none", False, False), ("mean", True, False),
     ("none", True, True)])
 def test_triton_backend(reduction, probs, weighted):
-    x, w, b, y, cw = make(probs=probs, weighted=weighted, dtype=torch.float32)
+    x, w, b, y, cw = (None if t is None else t.to(TRITON_DEVICE)
+                      for t in make(probs=probs, weighted=weighted, dtype=torch.float32))
     check(x, w, b, y, cw, reduction, 0.1, 1e-3, chunk_size=5, backend="triton", tol=F32)
 
 
@@ -390,7 +397,7 @@ def written_out_loss(x, w, y, b, cw, eps, u, reduction):
     keep = y != -100
     logp = torch.log_softmax(F.linear(x, w, b), dim=-1)
     q = (1 - eps) * F.one_hot(y.clamp(min=0), w.shape[0]).to(logp.dtype) + eps * u.to(logp.dtype)
-    cwt = torch.ones(w.shape[0], dtype=logp.dtype) if cw is None else cw
+    cwt = torch.ones(w.shape[0], dtype=logp.dtype, device=logp.device) if cw is None else cw
     rows = torch.where(keep, -(q * cwt * logp).sum(-1), torch.zeros((), dtype=logp.dtype))
     if reduction == "none":
         return rows
@@ -401,12 +408,13 @@ def written_out_loss(x, w, y, b, cw, eps, u, reduction):
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("backend", ["chunked", "triton"])
 def test_prior_and_negative_smoothing(eps, prior, reduction, backend):
-    if backend == "triton" and triton is None:
-        pytest.skip("needs triton under TRITON_INTERPRET=1")
+    if backend == "triton" and TRITON_DEVICE is None:
+        pytest.skip("needs triton, under TRITON_INTERPRET=1 or with a GPU")
     dtype, tol = (torch.float64, F64) if backend == "chunked" else (torch.float32, F32)
-    x, w, b, y, cw = make(weighted=True, dtype=dtype)
-    u = torch.rand(C, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    u = (u / u.sum()) if prior else torch.full((C,), 1.0 / C, dtype=torch.float64)
+    dev = "cpu" if backend == "chunked" else TRITON_DEVICE
+    x, w, b, y, cw = (t.to(dev) for t in make(weighted=True, dtype=dtype))
+    u = torch.rand(C, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dev)
+    u = (u / u.sum()) if prior else torch.full((C,), 1.0 / C, dtype=torch.float64, device=dev)
     got = losses_and_grads(lambda a, c, d: ls.linear_cross_entropy(
         a, c, y, linear_bias=d, weight=cw, reduction=reduction, label_smoothing=eps, chunk_size=5,
         smoothing_prior=u.to(dtype) if prior else None, allow_negative=eps < 0, backend=backend),
