@@ -45,6 +45,8 @@ def test_wheel_and_sdist_build_and_install_in_a_fresh_venv(tmp_path):
     assert labelsmooth.__version__ in wheel.name and labelsmooth.__version__ in sdist.name
     names = zipfile.ZipFile(wheel).namelist()
     assert "labelsmooth/__init__.py" in names and "labelsmooth/kernels/triton_ce.py" in names
+    # PEP 561 marker: without it in the wheel, type checkers ignore our annotations.
+    assert "labelsmooth/py.typed" in names
     assert not any(n.startswith(("tests/", "src/")) for n in names)
     with tarfile.open(sdist) as tar:
         members = tar.getnames()
