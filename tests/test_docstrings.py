@@ -5,9 +5,16 @@ import importlib
 
 import pytest
 
-MODULES = ["labelsmooth.targets", "labelsmooth.functional", "labelsmooth.modules",
-           "labelsmooth.calibration", "labelsmooth.noise", "labelsmooth.plots", "labelsmooth.study.models",
-           "labelsmooth.online"]
+MODULES = [
+    "labelsmooth.targets",
+    "labelsmooth.functional",
+    "labelsmooth.modules",
+    "labelsmooth.calibration",
+    "labelsmooth.noise",
+    "labelsmooth.plots",
+    "labelsmooth.study.models",
+    "labelsmooth.online",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -140,7 +140,7 @@ def _most_common_colour(fig, ax, x, y, half=4) -> np.ndarray:
     img = _pixels(fig)
     px, py = ax.transData.transform((x, y))
     row, col = int(round(img.shape[0] - py)), int(round(px))
-    patch = img[row - half:row + half + 1, col - half:col + half + 1].reshape(-1, 3)
+    patch = img[row - half : row + half + 1, col - half : col + half + 1].reshape(-1, 3)
     colours, counts = np.unique(patch, axis=0, return_counts=True)
     return colours[counts.argmax()].astype(float) / 255
 
@@ -156,8 +156,9 @@ def test_gap_band_shows_the_legend_colour_for_under_and_over_confidence(confiden
     labels[: int(round(n * (1 - accuracy)))] = 1
     fig = reliability_diagram(probs, labels, n_bins=10)
     top = fig.axes[0]
-    handle = next(h for h, t in zip(top.get_legend().legend_handles, top.get_legend().get_texts())
-                  if t.get_text() == "gap")
+    handle = next(
+        h for h, t in zip(top.get_legend().legend_handles, top.get_legend().get_texts()) if t.get_text() == "gap"
+    )
     legend_rgb = np.array(handle.get_facecolor()[:3])
     assert handle.get_facecolor()[3] == 1.0  # opaque: nothing beneath can tint it
     # Middle of the band between accuracy and confidence, in the middle of the bin's width.

@@ -24,10 +24,10 @@ def all_windows(img: np.ndarray, pad: int) -> list[np.ndarray]:
     """Every crop (and its mirror) CropFlip may return for one (C, H, W) image, cut with numpy slicing."""
     c, h, w = img.shape
     padded = np.zeros((c, h + 2 * pad, w + 2 * pad), img.dtype)
-    padded[:, pad:pad + h, pad:pad + w] = img
+    padded[:, pad : pad + h, pad : pad + w] = img
     out = []
     for top, left in product(range(2 * pad + 1), repeat=2):
-        window = padded[:, top:top + h, left:left + w]
+        window = padded[:, top : top + h, left : left + w]
         out += [window, window[:, :, ::-1]]
     return out
 
@@ -132,9 +132,31 @@ def test_study_runs_end_to_end_on_cifar10_binary_files_with_augmentation(tmp_pat
 
     monkeypatch.setattr(models.CropFlip, "forward", counting)
     out = tmp_path / "run"
-    argv = ["study", "--data-dir", str(tmp_path), "--datasets", "cifar10", "--methods", "ce,ls,ts",
-            "--eps", "0,0.1", "--noise", "0", "--seeds", "1", "--epochs", "4", "--batch-size", "32",
-            "--lr", "0.01", "--workers", "1", "--out", str(out)]
+    argv = [
+        "study",
+        "--data-dir",
+        str(tmp_path),
+        "--datasets",
+        "cifar10",
+        "--methods",
+        "ce,ls,ts",
+        "--eps",
+        "0,0.1",
+        "--noise",
+        "0",
+        "--seeds",
+        "1",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.01",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
 
     runs = json.loads((out / "results.json").read_text())["runs"]

@@ -216,8 +216,9 @@ def test_grad_scale(kind):
     if kind == "index":
         assert (f64(grad[2]) == 0).all()
     # Forward only: grad_scale has nothing to scale and is ignored.
-    assert torch.equal(triton_ce.fused_ce(logits, target, weight, -100, 0.1, 1e-2, 5.0, None,
-                                          grad_scale=scale, **SMALL), loss)
+    assert torch.equal(
+        triton_ce.fused_ce(logits, target, weight, -100, 0.1, 1e-2, 5.0, None, grad_scale=scale, **SMALL), loss
+    )
 
 
 def test_large_logits_confident_rows_fp32():
@@ -306,8 +307,9 @@ def test_float64_and_bad_shapes_raise():
 
 def test_no_rows():
     target = torch.zeros(0, dtype=torch.long, device=DEVICE)
-    loss = triton_ce.fused_ce(torch.randn(0, 7, device=DEVICE), target, None, -100, 0.1, 0.0, None,
-                              torch.empty(0, 7, device=DEVICE))
+    loss = triton_ce.fused_ce(
+        torch.randn(0, 7, device=DEVICE), target, None, -100, 0.1, 0.0, None, torch.empty(0, 7, device=DEVICE)
+    )
     assert loss.shape == (0,) and loss.dtype == torch.float32
 
 

@@ -109,9 +109,7 @@ def _check_scores_labels(scores: object, labels: object, name: str, what: str) -
     if not p.is_floating_point():
         raise TypeError(f"{name} must be a floating-point array{what}, got dtype {p.dtype}")
     if p.dim() not in (1, 2):
-        raise ValueError(
-            f"{name} must be 1-D (N,) for binary or 2-D (N, K) for multiclass, got shape {tuple(p.shape)}"
-        )
+        raise ValueError(f"{name} must be 1-D (N,) for binary or 2-D (N, K) for multiclass, got shape {tuple(p.shape)}")
     if p.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(p.shape)}); at least one sample is needed")
     if p.dim() == 2 and p.shape[1] < 2:
@@ -454,9 +452,7 @@ def brier_score(probs: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> floa
     return float((p - onehot).square().sum(dim=1).mean())
 
 
-def negative_log_likelihood(
-    probs: Tensor | np.ndarray, labels: Tensor | np.ndarray, eps: float = 1e-12
-) -> float:
+def negative_log_likelihood(probs: Tensor | np.ndarray, labels: Tensor | np.ndarray, eps: float = 1e-12) -> float:
     r"""Mean negative log-likelihood of the true label, :math:`-\frac{1}{N}\sum_i \log \max(p_{i,y_i}, \epsilon)`.
 
     The probability of the true class is clamped from below at ``eps`` so that a confident mistake

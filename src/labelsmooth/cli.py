@@ -64,8 +64,9 @@ def _float_list(low: float, high: float, what: str) -> Callable[[str], list[floa
             try:
                 v = float(item)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"{item!r} is not a number (expected a comma-separated list of "
-                                                 f"{what} in [{low:g}, {high:g}))") from None
+                raise argparse.ArgumentTypeError(
+                    f"{item!r} is not a number (expected a comma-separated list of {what} in [{low:g}, {high:g}))"
+                ) from None
             if math.isnan(v) or not low <= v < high:
                 raise argparse.ArgumentTypeError(f"{what} {item} is outside [{low:g}, {high:g})")
             values.append(v)
@@ -116,57 +117,123 @@ def build_parser() -> argparse.ArgumentParser:
             "summary.md and findings.md."
         ),
     )
-    study.add_argument("--datasets", type=_name_list, default=None, metavar="A,B",
-                       help=f"datasets: {', '.join(BUILTIN)} (cifar10 needs --data-dir), BASE:AvB (a binary task carved "
-                            "from digits or mnist1d, e.g. digits:3v8), or npz:PATH. "
-                            f"Default: {','.join(DEFAULTS['datasets'])}, plus what --data-dir holds")
-    study.add_argument("--methods", type=_name_list, default=DEFAULTS["methods"], metavar="M,N",
-                       help=f"methods ({method_help}). Default: {','.join(DEFAULTS['methods'])}")
-    study.add_argument("--eps", type=_float_list(-1.0, 1.0, "label smoothing"), default=None, metavar="E,F",
-                       help=f"label-smoothing grid in [-1, 1); ce uses 0, ls the positive values, nls (negative "
-                            f"smoothing) the negative ones. "
-                            f"Default {','.join(map(str, DEFAULTS['eps']))} "
-                            f"(quick: {','.join(map(str, QUICK['eps']))})")
-    study.add_argument("--noise", type=_float_list(0.0, 1.0, "noise level"), default=None, metavar="L,M",
-                       help=f"training-label noise levels as fractions of the breakdown rate (1 - 1/K for symmetric "
-                            f"noise, 1/2 for pair-flip), in [0, 1): 0.5 flips 45%% of 10-class labels and 25%% of "
-                            f"binary ones. Default {','.join(map(str, DEFAULTS['noise']))}")
-    study.add_argument("--noise-kind", type=_kind_list, default=None, metavar="K,L",
-                       help="symmetric: to a uniformly drawn other class; pairflip: c -> c+1 mod K (the same as "
-                            f"symmetric for 2 classes). Default {DEFAULTS['noise_kind']} (quick: {QUICK['noise_kind']})")
-    study.add_argument("--seeds", type=_int_at_least(1), default=None, metavar="N",
-                       help=f"number of seeds (split, noise, init, batch order). Default {DEFAULTS['seeds']} "
-                            f"(quick: {QUICK['seeds']})")
-    study.add_argument("--steps", type=_int_at_least(1), default=None, metavar="N",
-                       help=f"training budget in Adam steps, the same on every dataset. Default {DEFAULTS['steps']} "
-                            f"(quick: {QUICK['steps']})")
-    study.add_argument("--epochs", type=_int_at_least(1), default=None, metavar="N",
-                       help="a budget of N epochs on every dataset instead of --steps (e.g. for CIFAR-10)")
-    study.add_argument("--batch-size", type=_int_at_least(1), default=128, metavar="N",
-                       help="minibatch size (default 128)")
+    study.add_argument(
+        "--datasets",
+        type=_name_list,
+        default=None,
+        metavar="A,B",
+        help=f"datasets: {', '.join(BUILTIN)} (cifar10 needs --data-dir), BASE:AvB (a binary task carved "
+        "from digits or mnist1d, e.g. digits:3v8), or npz:PATH. "
+        f"Default: {','.join(DEFAULTS['datasets'])}, plus what --data-dir holds",
+    )
+    study.add_argument(
+        "--methods",
+        type=_name_list,
+        default=DEFAULTS["methods"],
+        metavar="M,N",
+        help=f"methods ({method_help}). Default: {','.join(DEFAULTS['methods'])}",
+    )
+    study.add_argument(
+        "--eps",
+        type=_float_list(-1.0, 1.0, "label smoothing"),
+        default=None,
+        metavar="E,F",
+        help=f"label-smoothing grid in [-1, 1); ce uses 0, ls the positive values, nls (negative "
+        f"smoothing) the negative ones. "
+        f"Default {','.join(map(str, DEFAULTS['eps']))} "
+        f"(quick: {','.join(map(str, QUICK['eps']))})",
+    )
+    study.add_argument(
+        "--noise",
+        type=_float_list(0.0, 1.0, "noise level"),
+        default=None,
+        metavar="L,M",
+        help=f"training-label noise levels as fractions of the breakdown rate (1 - 1/K for symmetric "
+        f"noise, 1/2 for pair-flip), in [0, 1): 0.5 flips 45%% of 10-class labels and 25%% of "
+        f"binary ones. Default {','.join(map(str, DEFAULTS['noise']))}",
+    )
+    study.add_argument(
+        "--noise-kind",
+        type=_kind_list,
+        default=None,
+        metavar="K,L",
+        help="symmetric: to a uniformly drawn other class; pairflip: c -> c+1 mod K (the same as "
+        f"symmetric for 2 classes). Default {DEFAULTS['noise_kind']} (quick: {QUICK['noise_kind']})",
+    )
+    study.add_argument(
+        "--seeds",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help=f"number of seeds (split, noise, init, batch order). Default {DEFAULTS['seeds']} "
+        f"(quick: {QUICK['seeds']})",
+    )
+    study.add_argument(
+        "--steps",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help=f"training budget in Adam steps, the same on every dataset. Default {DEFAULTS['steps']} "
+        f"(quick: {QUICK['steps']})",
+    )
+    study.add_argument(
+        "--epochs",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="a budget of N epochs on every dataset instead of --steps (e.g. for CIFAR-10)",
+    )
+    study.add_argument(
+        "--batch-size", type=_int_at_least(1), default=128, metavar="N", help="minibatch size (default 128)"
+    )
     study.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 0.003)")
-    study.add_argument("--hidden", type=str, default="256,256", metavar="W,W",
-                       help="MLP hidden widths (default 256,256)")
-    study.add_argument("--max-train", type=_int_at_least(10), default=None, metavar="N",
-                       help="cap on training samples per dataset (stratified subsample), e.g. for CIFAR-10 on a CPU")
-    study.add_argument("--out", type=Path, default=None, metavar="DIR",
-                       help="output folder (default runs/<timestamp>); re-running into it skips finished runs")
-    study.add_argument("--quick", action="store_true",
-                       help="a smoke test (< 1 minute on 2 cores): does the study run end to end? 2 seeds, "
-                            f"{QUICK['steps']} steps, eps {','.join(map(str, QUICK['eps']))}: too little to support any "
-                            "verdict, and the report says so. Explicit options override it")
-    study.add_argument("--workers", type=_int_at_least(1), default=os.cpu_count() or 1, metavar="N",
-                       help="parallel worker processes, 1 = train in this process (default: the number of CPUs, "
-                            f"{os.cpu_count() or 1} here)")
+    study.add_argument(
+        "--hidden", type=str, default="256,256", metavar="W,W", help="MLP hidden widths (default 256,256)"
+    )
+    study.add_argument(
+        "--max-train",
+        type=_int_at_least(10),
+        default=None,
+        metavar="N",
+        help="cap on training samples per dataset (stratified subsample), e.g. for CIFAR-10 on a CPU",
+    )
+    study.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default runs/<timestamp>); re-running into it skips finished runs",
+    )
+    study.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test (< 1 minute on 2 cores): does the study run end to end? 2 seeds, "
+        f"{QUICK['steps']} steps, eps {','.join(map(str, QUICK['eps']))}: too little to support any "
+        "verdict, and the report says so. Explicit options override it",
+    )
+    study.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="parallel worker processes, 1 = train in this process (default: the number of CPUs, "
+        f"{os.cpu_count() or 1} here)",
+    )
     study.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train (default cpu)")
-    study.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
-                       help="folder with the CIFAR-10 binary batches (data_batch_1.bin ... test_batch.bin, or a "
-                            "cifar-10-batches-bin folder) and/or .npz files (arrays x, y; optional x_test, y_test)")
+    study.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder with the CIFAR-10 binary batches (data_batch_1.bin ... test_batch.bin, or a "
+        "cifar-10-batches-bin folder) and/or .npz files (arrays x, y; optional x_test, y_test)",
+    )
     study.add_argument("--no-report", action="store_true", help="train and write results.json only")
 
     parser.study_parser = study  # type: ignore[attr-defined]
-    bench = sub.add_parser("bench", help="time the losses on this machine (arguments go to labelsmooth.bench)",
-                           add_help=False)
+    bench = sub.add_parser(
+        "bench", help="time the losses on this machine (arguments go to labelsmooth.bench)", add_help=False
+    )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
 
@@ -187,8 +254,11 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "Stud
     data_dir = args.data_dir
     if data_dir is not None and not data_dir.is_dir():
         study.error(f"argument --data-dir: {str(data_dir)!r} is not a folder")
-    names = args.datasets if args.datasets is not None else (
-        DEFAULTS["datasets"] + (discover(data_dir) if data_dir is not None else []))
+    names = (
+        args.datasets
+        if args.datasets is not None
+        else (DEFAULTS["datasets"] + (discover(data_dir) if data_dir is not None else []))
+    )
     datasets = []
     for name in names:
         try:
@@ -212,23 +282,43 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "Stud
     # The output folder (and every folder above it) must be a folder or not exist yet.
     for p in (out, *out.parents):
         if p.exists() and not p.is_dir():
-            study.error(f"argument --out: {str(p)!r} is a file, not a folder" +
-                        ("" if p == out else f" (it is above {str(out)!r})"))
+            study.error(
+                f"argument --out: {str(p)!r} is a file, not a folder"
+                + ("" if p == out else f" (it is above {str(out)!r})")
+            )
     if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
         study.error(f"argument --out: folder {str(out)!r} is not writable")
     eps = pick("eps")
     methods = list(args.methods)
     if not any(METHODS[m].eps_values(eps) for m in methods):
-        study.error(f"arguments --methods/--eps: methods {','.join(methods)} run no value of --eps "
-                    f"{','.join(map(str, eps))} (ls needs a positive eps, nls a negative one)")
-    train = TrainConfig(steps=pick("steps"), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        hidden=hidden, max_train=args.max_train, device=args.device)
+        study.error(
+            f"arguments --methods/--eps: methods {','.join(methods)} run no value of --eps "
+            f"{','.join(map(str, eps))} (ls needs a positive eps, nls a negative one)"
+        )
+    train = TrainConfig(
+        steps=pick("steps"),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        hidden=hidden,
+        max_train=args.max_train,
+        device=args.device,
+    )
     command = _canonical_command(args, datasets, out)
-    return StudyConfig(datasets=datasets, methods=methods, eps=eps, noise=pick("noise"),
-                       noise_kind=",".join(pick("noise_kind")) if isinstance(pick("noise_kind"), list)
-                       else pick("noise_kind"),
-                       seeds=pick("seeds"), train=train, out=out, workers=args.workers,
-                       data_dir=data_dir, command=command, quick=bool(args.quick))
+    return StudyConfig(
+        datasets=datasets,
+        methods=methods,
+        eps=eps,
+        noise=pick("noise"),
+        noise_kind=",".join(pick("noise_kind")) if isinstance(pick("noise_kind"), list) else pick("noise_kind"),
+        seeds=pick("seeds"),
+        train=train,
+        out=out,
+        workers=args.workers,
+        data_dir=data_dir,
+        command=command,
+        quick=bool(args.quick),
+    )
 
 
 def _canonical_command(args: argparse.Namespace, datasets: list[str], out: Path) -> str:
@@ -237,9 +327,13 @@ def _canonical_command(args: argparse.Namespace, datasets: list[str], out: Path)
     for opt, value in (("--eps", args.eps), ("--noise", args.noise)):
         if value is not None:
             parts += [opt, ",".join(f"{v:g}" for v in value)]
-    for opt, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--epochs", args.epochs),
-                       ("--max-train", args.max_train),
-                       ("--data-dir", args.data_dir)):
+    for opt, value in (
+        ("--seeds", args.seeds),
+        ("--steps", args.steps),
+        ("--epochs", args.epochs),
+        ("--max-train", args.max_train),
+        ("--data-dir", args.data_dir),
+    ):
         if value is not None:
             parts += [opt, str(value)]
     if args.quick:
@@ -268,12 +362,15 @@ def _study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # Not a terminal (a log file, CI): rich would wrap the table at 80 columns; give it room instead.
     console = Console() if sys.stdout.isatty() else Console(width=160)
     budget = f"{cfg.train.epochs} epochs" if cfg.train.epochs else f"{cfg.train.steps} steps"
-    console.print(f"labelsmooth study → {cfg.out}  (datasets {', '.join(cfg.datasets)}; "
-                  f"methods {', '.join(cfg.methods)}; eps {cfg.eps}; noise levels {cfg.noise} {cfg.noise_kind}; "
-                  f"{cfg.seeds} seed(s); {budget} per training; {cfg.workers} worker(s))")
+    console.print(
+        f"labelsmooth study → {cfg.out}  (datasets {', '.join(cfg.datasets)}; "
+        f"methods {', '.join(cfg.methods)}; eps {cfg.eps}; noise levels {cfg.noise} {cfg.noise_kind}; "
+        f"{cfg.seeds} seed(s); {budget} per training; {cfg.workers} worker(s))"
+    )
     if cfg.quick:
-        console.print("[yellow]--quick is a smoke test: its budget and seeds support no verdict; the report says "
-                      "so.[/yellow]")
+        console.print(
+            "[yellow]--quick is a smoke test: its budget and seeds support no verdict; the report says so.[/yellow]"
+        )
     try:
         outcome = run_study(cfg, console=console, report=not args.no_report)
     except StudyInterrupted as stop:
@@ -291,8 +388,10 @@ def _study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for row in rows:
             table.add_row(*(row[c] for c in cols))
         console.print(table)
-    console.print(f"{outcome.trained} run(s) trained, {outcome.skipped} skipped (already finished), "
-                  f"{len(outcome.failures)} failed, in {outcome.seconds:.1f} s.")
+    console.print(
+        f"{outcome.trained} run(s) trained, {outcome.skipped} skipped (already finished), "
+        f"{len(outcome.failures)} failed, in {outcome.seconds:.1f} s."
+    )
     console.print(f"results: {cfg.out / 'results.json'}")
     if outcome.report is not None:
         console.print(f"report:  {outcome.report}\nsummary: {outcome.summary}")
@@ -345,8 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = _EXTRA_OF.get(module)
         if extra is None:
             raise
-        print(f"labelsmooth study needs the optional dependency {module!r}: pip install 'labelsmooth[{extra}]'",
-              file=sys.stderr)
+        print(
+            f"labelsmooth study needs the optional dependency {module!r}: pip install 'labelsmooth[{extra}]'",
+            file=sys.stderr,
+        )
         return 1
 
 

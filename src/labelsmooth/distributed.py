@@ -246,8 +246,17 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         x2, big_m, s_m1, lse, keep, owned, safe = ctx.saved_tensors
         eps, z_loss, num_classes = ctx.eps, ctx.z_loss, ctx.num_classes
         if ctx.use_triton:
-            return (_triton_backward(x2, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_loss, num_classes),
-                    None, None, None, None, None, None, None, None)
+            return (
+                _triton_backward(x2, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_loss, num_classes),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
         cdt = big_m.dtype
         rows, cols = x2.shape
         g = torch.where(keep, grad_loss.to(cdt), torch.zeros_like(big_m))
@@ -305,14 +314,33 @@ def _triton_backward(x2, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_
     stats = torch.stack([ref, s_m1 + 1.0, s_m1, coef], dim=1).float().contiguous()
     local = torch.where(keep, torch.where(owned, safe, torch.full_like(safe, -1)), torch.full_like(safe, _IGNORED))
     grad = torch.empty_like(x2)
-    triton_ce.backward(x2, local, None, _IGNORED, eps, None, stats, grad, grad_output=grad_loss.float(),
-                       smoothing_classes=num_classes, target_elsewhere=True)
+    triton_ce.backward(
+        x2,
+        local,
+        None,
+        _IGNORED,
+        eps,
+        None,
+        stats,
+        grad,
+        grad_output=grad_loss.float(),
+        smoothing_classes=num_classes,
+        target_elsewhere=True,
+    )
     return grad
 
 
-def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_smoothing: float = 0.0,
-                                 ignore_index: int = -100, reduction: str = "mean", z_loss: float = 0.0,
-                                 group=None, backend: str = "auto") -> Tensor:
+def vocab_parallel_cross_entropy(
+    local_logits: Tensor,
+    target: Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    group=None,
+    backend: str = "auto",
+) -> Tensor:
     """Label-smoothed cross-entropy of logits split over the vocabulary across the ranks of ``group``.
 
     Rank r of ``group`` holds the logits of a contiguous slice of the K classes, the slices in rank order
@@ -363,8 +391,10 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_
     if local_logits.dim() < 1:
         raise ValueError("local_logits must have a class dimension (the last), got a 0-d tensor")
     if tuple(target.shape) != tuple(local_logits.shape[:-1]):
-        raise ValueError(f"target must have local_logits' shape without the class dimension, "
-                         f"{tuple(local_logits.shape[:-1])}, got {tuple(target.shape)}")
+        raise ValueError(
+            f"target must have local_logits' shape without the class dimension, "
+            f"{tuple(local_logits.shape[:-1])}, got {tuple(target.shape)}"
+        )
     if target.device != local_logits.device:
         raise ValueError(f"target is on {target.device} but local_logits is on {local_logits.device}")
     if backend not in ("auto", "chunked", "triton"):
@@ -373,16 +403,19 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_
 
     fits = local_logits.dtype in (torch.float16, torch.bfloat16, torch.float32)
     if backend == "triton" and not (fits and _triton_usable(local_logits.device)):
-        raise V.ArgumentError(f"backend='triton' needs float16/bfloat16/float32 logits on CUDA (or "
-                              f"TRITON_INTERPRET=1) and triton installed; got {local_logits.dtype} on "
-                              f"{local_logits.device}")
-    use_triton = backend == "triton" or (backend == "auto" and fits and local_logits.device.type == "cuda"
-                                         and _triton_usable(local_logits.device))
+        raise V.ArgumentError(
+            f"backend='triton' needs float16/bfloat16/float32 logits on CUDA (or "
+            f"TRITON_INTERPRET=1) and triton installed; got {local_logits.dtype} on "
+            f"{local_logits.device}"
+        )
+    use_triton = backend == "triton" or (
+        backend == "auto" and fits and local_logits.device.type == "cuda" and _triton_usable(local_logits.device)
+    )
     dist = _dist()
     group = _resolve_group(dist, group)
     cols = local_logits.shape[-1]
     sizes = vocab_partition(cols, group, device=local_logits.device)
-    start = sum(sizes[:dist.get_rank(group)])
+    start = sum(sizes[: dist.get_rank(group)])
     target = target.long()
     if not torch.compiler.is_compiling():
         V.check_class_indices(target, sum(sizes), ignore_index)
@@ -392,8 +425,9 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_
     with torch.autocast(local_logits.device.type, enabled=False):
         if use_triton and x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        rows, keep = _VocabParallelCrossEntropy.apply(x2, t2, start, sizes, eps, z_loss, ignore_index, group,
-                                                      use_triton)
+        rows, keep = _VocabParallelCrossEntropy.apply(
+            x2, t2, start, sizes, eps, z_loss, ignore_index, group, use_triton
+        )
         if reduction == "none":
             out = rows.reshape(target.shape)
         elif reduction == "sum":

@@ -112,17 +112,36 @@ def reliability_diagram(
 
     edges, widths = c["edges"][:-1], np.diff(c["edges"])
     full = c["count"] > 0
-    top.bar(edges[full], c["accuracy"][full], width=widths[full], align="edge",
-            color=ACCURACY_COLOR, edgecolor="black", linewidth=0.5, label="accuracy")
+    top.bar(
+        edges[full],
+        c["accuracy"][full],
+        width=widths[full],
+        align="edge",
+        color=ACCURACY_COLOR,
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy",
+    )
     gap_low = np.minimum(c["accuracy"], c["confidence"])[full]
     gap_height = np.abs(c["accuracy"] - c["confidence"])[full]
     # Opaque: an under-confident bin's gap lies inside its accuracy bar, and a translucent band
     # would mix with the blue below into a colour the legend does not show.
-    top.bar(edges[full], gap_height, bottom=gap_low, width=widths[full], align="edge",
-            color=GAP_COLOR, hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap")
+    top.bar(
+        edges[full],
+        gap_height,
+        bottom=gap_low,
+        width=widths[full],
+        align="edge",
+        color=GAP_COLOR,
+        hatch="//",
+        edgecolor="tab:red",
+        linewidth=0.5,
+        label="gap",
+    )
     # The accuracy bars' outlines again, above the gap bands, so each bin's accuracy stays marked.
-    top.bar(edges[full], c["accuracy"][full], width=widths[full], align="edge",
-            fill=False, edgecolor="black", linewidth=0.5)
+    top.bar(
+        edges[full], c["accuracy"][full], width=widths[full], align="edge", fill=False, edgecolor="black", linewidth=0.5
+    )
     top.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
     top.set_title(f"{title or 'Reliability diagram'} (ECE = {ece:.4f})")

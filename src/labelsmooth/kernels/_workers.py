@@ -59,8 +59,9 @@ def _ensure(n: int) -> queue.SimpleQueue:
             caller_threads = torch.get_num_threads()
             ready = threading.Barrier(n - _size + 1)
             for _ in range(n - _size):
-                threading.Thread(target=_worker, args=(_tasks, ready), daemon=True,
-                                 name="labelsmooth-block-worker").start()
+                threading.Thread(
+                    target=_worker, args=(_tasks, ready), daemon=True, name="labelsmooth-block-worker"
+                ).start()
             ready.wait()
             torch.set_num_threads(caller_threads)  # see the module docstring
             _size = n

@@ -86,7 +86,7 @@ def default_workers(num_rows: int, num_classes: int, block_rows: int, device: to
 
 # Rows whose S - 1 is below this are confident enough for float32's S - 1 to lose accuracy
 # (relative error up to 6e-8 / (S - 1)); they get S - 1 summed again without the max element.
-_CONFIDENT = 2.0 ** -4
+_CONFIDENT = 2.0**-4
 
 
 def _refine_confident_rows(expz: Tensor, s_rest: Tensor, masked: bool) -> None:
@@ -112,10 +112,22 @@ def _refine_confident_rows(expz: Tensor, s_rest: Tensor, masked: bool) -> None:
 
 
 @torch.no_grad()
-def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
-             label_smoothing: float, z_loss: float, softcap: float | None, grad: Tensor | None,
-             *, grad_scale: Tensor | None = None, prior: Tensor | None = None, block_rows: int | None = None,
-             workers: int | None = None, masked: bool | None = None) -> Tensor:
+def fused_ce(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    grad: Tensor | None,
+    *,
+    grad_scale: Tensor | None = None,
+    prior: Tensor | None = None,
+    block_rows: int | None = None,
+    workers: int | None = None,
+    masked: bool | None = None,
+) -> Tensor:
     """Row losses of (M, C) logits; writes d loss_row / d logits into ``grad`` when it is given.
 
     See ``labelsmooth.kernels`` for the contract. Overrides (tests, benchmarks): ``block_rows`` the

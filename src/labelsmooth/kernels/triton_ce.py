@@ -140,8 +140,19 @@ def _log1p(x):
 
 
 @triton.jit
-def _smoothing_weights(cols, mask, t_row, w_ptr, sw_ptr, eps, smooth,
-                       HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, MASKED: tl.constexpr):
+def _smoothing_weights(
+    cols,
+    mask,
+    t_row,
+    w_ptr,
+    sw_ptr,
+    eps,
+    smooth,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    MASKED: tl.constexpr,
+):
     """v_c of the columns ``cols``, 0 off the row: w_c t'_c for probability targets, (eps/C) w_c for
     weighted index targets (uniform unweighted smoothing never builds a tile of v). With HAS_SW the
     smoothing part reads sw_c = C u_c w_c (a prior u) instead: (1 - eps) w_c t_c + (eps/C) sw_c."""
@@ -184,10 +195,30 @@ def _smoothing_weights(cols, mask, t_row, w_ptr, sw_ptr, eps, smooth,
 
 
 @triton.jit
-def _stats_block(x_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, inv_cap,
-                 m_l, s_l, r_l, v_l, g_l, n_seen,
-                 HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
-                 SOFTCAP: tl.constexpr, MASKED: tl.constexpr):
+def _stats_block(
+    x_row,
+    t_row,
+    w_ptr,
+    sw_ptr,
+    cols,
+    C,
+    eps,
+    smooth,
+    cap,
+    inv_cap,
+    m_l,
+    s_l,
+    r_l,
+    v_l,
+    g_l,
+    n_seen,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    HAS_V: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    MASKED: tl.constexpr,
+):
     """Pass 1 on one [ITERS, LANES] tile of columns: the lane states updated by its logits.
 
     Only the row's last block is MASKED; the full blocks before it skip every mask select.
@@ -220,7 +251,9 @@ def _stats_block(x_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, inv_cap
         if MASKED:
             d = tl.where(mask, d, 0.0)
         if PROB_TARGET or HAS_WEIGHT or HAS_SW:
-            v = _smoothing_weights(cols, mask, t_row, w_ptr, sw_ptr, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED)
+            v = _smoothing_weights(
+                cols, mask, t_row, w_ptr, sw_ptr, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED
+            )
             g_l = g_l + v_l * shift + tl.sum(v * d, axis=0)
             v_l = v_l + tl.sum(v, axis=0)
         else:
@@ -233,9 +266,24 @@ def _stats_block(x_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, inv_cap
 
 
 @triton.jit
-def _row_stats(x_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap,
-               HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
-               SOFTCAP: tl.constexpr, ITERS: tl.constexpr, LANES: tl.constexpr):
+def _row_stats(
+    x_row,
+    t_row,
+    w_ptr,
+    sw_ptr,
+    C,
+    eps,
+    smooth,
+    cap,
+    inv_cap,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    HAS_V: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    ITERS: tl.constexpr,
+    LANES: tl.constexpr,
+):
     """Pass 1: returns (M, M_ref, S, S - 1, log S, V, G) of one row; M_ref is M, or 0 if M = -inf."""
     NEG_INF: tl.constexpr = float("-inf")
     BLOCK: tl.constexpr = ITERS * LANES
@@ -251,13 +299,55 @@ def _row_stats(x_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap,
     n_full = (C // BLOCK) * BLOCK
     for start in range(0, n_full, BLOCK):
         m_l, s_l, r_l, v_l, g_l = _stats_block(
-            x_row, t_row, w_ptr, sw_ptr, start + tile, C, eps, smooth, cap, inv_cap, m_l, s_l, r_l, v_l, g_l,
-            n_seen, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False)
+            x_row,
+            t_row,
+            w_ptr,
+            sw_ptr,
+            start + tile,
+            C,
+            eps,
+            smooth,
+            cap,
+            inv_cap,
+            m_l,
+            s_l,
+            r_l,
+            v_l,
+            g_l,
+            n_seen,
+            HAS_WEIGHT,
+            HAS_SW,
+            PROB_TARGET,
+            HAS_V,
+            SOFTCAP,
+            False,
+        )
         n_seen += ITERS
     if n_full < C:
         m_l, s_l, r_l, v_l, g_l = _stats_block(
-            x_row, t_row, w_ptr, sw_ptr, n_full + tile, C, eps, smooth, cap, inv_cap, m_l, s_l, r_l, v_l, g_l,
-            n_seen, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True)
+            x_row,
+            t_row,
+            w_ptr,
+            sw_ptr,
+            n_full + tile,
+            C,
+            eps,
+            smooth,
+            cap,
+            inv_cap,
+            m_l,
+            s_l,
+            r_l,
+            v_l,
+            g_l,
+            n_seen,
+            HAS_WEIGHT,
+            HAS_SW,
+            PROB_TARGET,
+            HAS_V,
+            SOFTCAP,
+            True,
+        )
 
     # Fold the lanes into the row.
     M = tl.max(m_l, axis=0)
@@ -285,9 +375,28 @@ def _row_stats(x_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap,
 
 
 @triton.jit
-def _grad_block(x_row, g_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, inv_cap, M_ref, a, scale,
-                HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
-                SOFTCAP: tl.constexpr, MASKED: tl.constexpr):
+def _grad_block(
+    x_row,
+    g_row,
+    t_row,
+    w_ptr,
+    sw_ptr,
+    cols,
+    C,
+    eps,
+    smooth,
+    cap,
+    inv_cap,
+    M_ref,
+    a,
+    scale,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    HAS_V: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    MASKED: tl.constexpr,
+):
     """Pass 2 on one block: grad = (p * coef - v) * scale = exp(x - M) * a - v * scale, with
     a = coef * scale / S."""
     if MASKED:
@@ -302,7 +411,9 @@ def _grad_block(x_row, g_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, i
     g = _exp(x - M_ref) * a
     if HAS_V:
         if PROB_TARGET or HAS_WEIGHT or HAS_SW:
-            v = _smoothing_weights(cols, mask, t_row, w_ptr, sw_ptr, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED)
+            v = _smoothing_weights(
+                cols, mask, t_row, w_ptr, sw_ptr, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED
+            )
             g -= v * scale
         else:
             g -= smooth * scale
@@ -316,18 +427,76 @@ def _grad_block(x_row, g_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, i
 
 
 @triton.jit
-def _write_grad(x_row, g_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap, M_ref, a, scale,
-                HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
-                SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
+def _write_grad(
+    x_row,
+    g_row,
+    t_row,
+    w_ptr,
+    sw_ptr,
+    C,
+    eps,
+    smooth,
+    cap,
+    inv_cap,
+    M_ref,
+    a,
+    scale,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    HAS_V: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Pass 2 over the row: full blocks without masks, then the masked tail."""
     offs = tl.arange(0, BLOCK)
     n_full = (C // BLOCK) * BLOCK
     for start in range(0, n_full, BLOCK):
-        _grad_block(x_row, g_row, t_row, w_ptr, sw_ptr, start + offs, C, eps, smooth, cap, inv_cap, M_ref, a,
-                    scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False)
+        _grad_block(
+            x_row,
+            g_row,
+            t_row,
+            w_ptr,
+            sw_ptr,
+            start + offs,
+            C,
+            eps,
+            smooth,
+            cap,
+            inv_cap,
+            M_ref,
+            a,
+            scale,
+            HAS_WEIGHT,
+            HAS_SW,
+            PROB_TARGET,
+            HAS_V,
+            SOFTCAP,
+            False,
+        )
     if n_full < C:
-        _grad_block(x_row, g_row, t_row, w_ptr, sw_ptr, n_full + offs, C, eps, smooth, cap, inv_cap, M_ref, a,
-                    scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True)
+        _grad_block(
+            x_row,
+            g_row,
+            t_row,
+            w_ptr,
+            sw_ptr,
+            n_full + offs,
+            C,
+            eps,
+            smooth,
+            cap,
+            inv_cap,
+            M_ref,
+            a,
+            scale,
+            HAS_WEIGHT,
+            HAS_SW,
+            PROB_TARGET,
+            HAS_V,
+            SOFTCAP,
+            True,
+        )
 
 
 @triton.jit
@@ -348,11 +517,32 @@ def _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef):
 
 
 @triton.jit
-def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, loss_ptr, stats_ptr, bad_ptr,
-                   C, ignore_index, eps, z_coef, cap,
-                   HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
-                   HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr, SAVE_STATS: tl.constexpr,
-                   CHECK_TARGETS: tl.constexpr, ITERS: tl.constexpr, LANES: tl.constexpr):
+def _ce_fwd_kernel(
+    x_ptr,
+    x_stride,
+    tgt_ptr,
+    tgt_stride,
+    w_ptr,
+    sw_ptr,
+    loss_ptr,
+    stats_ptr,
+    bad_ptr,
+    C,
+    ignore_index,
+    eps,
+    z_coef,
+    cap,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    HAS_V: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    SAVE_STATS: tl.constexpr,
+    CHECK_TARGETS: tl.constexpr,
+    ITERS: tl.constexpr,
+    LANES: tl.constexpr,
+):
     """Forward: one read of the row; stores its loss and, with SAVE_STATS, the four numbers the
     gradient needs (M_ref, S, S - 1, coef = d loss / d log S), 16 bytes per row."""
     # int64 before any multiplication by a stride: row * stride exceeds 2**31 on large problems.
@@ -367,8 +557,23 @@ def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, loss_ptr
     if PROB_TARGET:
         t_row = tgt_ptr + row * tgt_stride
         M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
-            x_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap,
-            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES)
+            x_row,
+            t_row,
+            w_ptr,
+            sw_ptr,
+            C,
+            eps,
+            smooth,
+            cap,
+            inv_cap,
+            HAS_WEIGHT,
+            HAS_SW,
+            PROB_TARGET,
+            HAS_V,
+            SOFTCAP,
+            ITERS,
+            LANES,
+        )
         lse = M + log_s
         # sum_c v_c (M - x_c + log S) = V log S - G, both terms >= 0.
         loss = V * log_s - G
@@ -401,8 +606,23 @@ def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, loss_ptr
                 w_y = 1.0
             T = (1.0 - eps) * w_y
             M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
-                x_row, tgt_ptr, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap,
-                HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES)
+                x_row,
+                tgt_ptr,
+                w_ptr,
+                sw_ptr,
+                C,
+                eps,
+                smooth,
+                cap,
+                inv_cap,
+                HAS_WEIGHT,
+                HAS_SW,
+                PROB_TARGET,
+                HAS_V,
+                SOFTCAP,
+                ITERS,
+                LANES,
+            )
             lse = M + log_s
             # (M - x_y) >= 0 is exactly 0 when y is the argmax; no lse - x_y cancellation.
             loss = T * ((M - x_y) + log_s)
@@ -419,11 +639,35 @@ def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, loss_ptr
 
 
 @triton.jit
-def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, g_ptr, g_stride, stats_ptr,
-                   go_ptr, go_stride, scale_ptr, C, K, ignore_index, eps, cap,
-                   HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
-                   SOFTCAP: tl.constexpr, HAS_GO: tl.constexpr, HAS_SCALE: tl.constexpr,
-                   TARGET_ELSEWHERE: tl.constexpr, ITERS: tl.constexpr, LANES: tl.constexpr):
+def _ce_bwd_kernel(
+    x_ptr,
+    x_stride,
+    tgt_ptr,
+    tgt_stride,
+    w_ptr,
+    sw_ptr,
+    g_ptr,
+    g_stride,
+    stats_ptr,
+    go_ptr,
+    go_stride,
+    scale_ptr,
+    C,
+    K,
+    ignore_index,
+    eps,
+    cap,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    HAS_V: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    HAS_GO: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    TARGET_ELSEWHERE: tl.constexpr,
+    ITERS: tl.constexpr,
+    LANES: tl.constexpr,
+):
     """Backward: one read and one write of the row, the gradient already multiplied by the row's
     grad_output and by ``grad_scale`` (both read here, on the device: no host synchronisation).
 
@@ -452,8 +696,27 @@ def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, g_ptr, g
         M_ref = tl.load(st)
         S = tl.load(st + 1)
         coef = tl.load(st + 3)
-        _write_grad(x_row, g_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap, M_ref,
-                    coef * scale / S, scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, BLOCK)
+        _write_grad(
+            x_row,
+            g_row,
+            t_row,
+            w_ptr,
+            sw_ptr,
+            C,
+            eps,
+            smooth,
+            cap,
+            inv_cap,
+            M_ref,
+            coef * scale / S,
+            scale,
+            HAS_WEIGHT,
+            HAS_SW,
+            PROB_TARGET,
+            HAS_V,
+            SOFTCAP,
+            BLOCK,
+        )
     else:
         y = tl.load(tgt_ptr + row * tgt_stride)
         if y == ignore_index:
@@ -482,8 +745,27 @@ def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, g_ptr, g
             # Every column first gets p * coef - v, right everywhere but at the target, which is
             # overwritten below: keeping the one-hot -T out of the per-element work saves a compare
             # and a select per element.
-            _write_grad(x_row, g_row, tgt_ptr, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap, M_ref,
-                        coef * inv_s * scale, scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, BLOCK)
+            _write_grad(
+                x_row,
+                g_row,
+                tgt_ptr,
+                w_ptr,
+                sw_ptr,
+                C,
+                eps,
+                smooth,
+                cap,
+                inv_cap,
+                M_ref,
+                coef * inv_s * scale,
+                scale,
+                HAS_WEIGHT,
+                HAS_SW,
+                PROB_TARGET,
+                HAS_V,
+                SOFTCAP,
+                BLOCK,
+            )
             # p_y - 1 = (e_y - S) / S = ((e_y - 1) - (S - 1)) / S: for a confident row e_y = 1
             # exactly and this is -(S - 1) / S to full fp32 relative accuracy, where p_y - 1
             # would keep only the rounding error of p_y.
@@ -515,8 +797,8 @@ def _slice_stats_kernel(x_ptr, x_stride, tgt_ptr, out_ptr, rows, C, ITERS: tl.co
     x_row = x_ptr + row * x_stride
     # eps = C makes _row_stats' uniform smoothing sum (eps / C) sum_c (x_c - m) the plain sum.
     M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
-        x_row, tgt_ptr, x_ptr, x_ptr, C, C * 1.0, 1.0, 1.0, 1.0,
-        False, False, False, True, False, ITERS, LANES)
+        x_row, tgt_ptr, x_ptr, x_ptr, C, C * 1.0, 1.0, 1.0, 1.0, False, False, False, True, False, ITERS, LANES
+    )
     y = tl.load(tgt_ptr + row)
     inside = (y >= 0) & (y < C)
     yc = tl.minimum(tl.maximum(y, 0), C - 1).to(tl.int32)
@@ -527,8 +809,14 @@ def _slice_stats_kernel(x_ptr, x_stride, tgt_ptr, out_ptr, rows, C, ITERS: tl.co
     tl.store(out_ptr + 3 * rows + row, z_y)
 
 
-def slice_stats(logits: torch.Tensor, local_target: torch.Tensor, *, block_size: int | None = None,
-                iters: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+def slice_stats(
+    logits: torch.Tensor,
+    local_target: torch.Tensor,
+    *,
+    block_size: int | None = None,
+    iters: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
     """(4, M) float32 statistics of one vocabulary slice in one read of its (M, C) logits: row max m,
     S - 1 = sum_c exp(x_c - m) - 1 (summed without one max element), sum_c (x_c - m), and x_y - m where
     the class index ``local_target`` lies in [0, C) (else 0). No host-device synchronisation."""
@@ -538,9 +826,13 @@ def slice_stats(logits: torch.Tensor, local_target: torch.Tensor, *, block_size:
     if num_rows == 0:
         return out
     it, lanes, warps = _launch_config(num_classes, logits.element_size(), False, block_size, iters, num_warps)
-    _launch(_slice_stats_kernel, logits.device, num_rows,
-            (logits, logits.stride(0), target, out, num_rows, num_classes),
-            dict(ITERS=it, LANES=lanes, num_warps=warps))
+    _launch(
+        _slice_stats_kernel,
+        logits.device,
+        num_rows,
+        (logits, logits.stride(0), target, out, num_rows, num_classes),
+        dict(ITERS=it, LANES=lanes, num_warps=warps),
+    )
     return out
 
 
@@ -563,8 +855,14 @@ def _max_warps(element_size: int) -> int:
     return _MAX_WARPS_HALF if element_size <= 2 else _MAX_WARPS
 
 
-def _launch_config(num_classes: int, element_size: int, extra_operands: bool,
-                   block_size: int | None, iters: int | None, num_warps: int | None) -> tuple[int, int, int]:
+def _launch_config(
+    num_classes: int,
+    element_size: int,
+    extra_operands: bool,
+    block_size: int | None,
+    iters: int | None,
+    num_warps: int | None,
+) -> tuple[int, int, int]:
     """(ITERS, LANES, num_warps) for a row of ``num_classes`` logits of ``element_size`` bytes."""
     vec = max(1, 16 // element_size)  # logits per 16-byte vector load
     max_warps = _max_warps(element_size)
@@ -585,8 +883,9 @@ def _launch_config(num_classes: int, element_size: int, extra_operands: bool,
 def _check_operands(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None):
     """Validate the 2-D problem; returns (target, weight) made ready for the kernels."""
     if logits.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"the Triton cross-entropy kernel supports float16, bfloat16 and float32 logits, "
-                        f"got {logits.dtype}")
+        raise TypeError(
+            f"the Triton cross-entropy kernel supports float16, bfloat16 and float32 logits, got {logits.dtype}"
+        )
     if logits.dim() != 2:
         raise ValueError(f"logits must be 2-D (M, C), got shape {tuple(logits.shape)}")
     num_rows, num_classes = logits.shape
@@ -596,8 +895,9 @@ def _check_operands(logits: torch.Tensor, target: torch.Tensor, weight: torch.Te
         raise ValueError("logits rows must be contiguous (stride(1) == 1)")
     if target.is_floating_point():
         if target.shape != logits.shape:
-            raise ValueError(f"probability target must have the logits' shape {tuple(logits.shape)}, "
-                             f"got {tuple(target.shape)}")
+            raise ValueError(
+                f"probability target must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)}"
+            )
         if num_classes > 1 and target.stride(1) != 1:
             target = target.contiguous()  # the kernels read target rows as contiguous vectors
     elif target.shape != (num_rows,):
@@ -609,8 +909,9 @@ def _check_operands(logits: torch.Tensor, target: torch.Tensor, weight: torch.Te
     return target, weight
 
 
-def _smoothing_weights_vector(prior: torch.Tensor | None, weight: torch.Tensor | None,
-                              num_classes: int) -> torch.Tensor | None:
+def _smoothing_weights_vector(
+    prior: torch.Tensor | None, weight: torch.Tensor | None, num_classes: int
+) -> torch.Tensor | None:
     """sw = C u w, the smoothing term's per-class weights for a prior u (None without one: the kernels
     then use the class weights, or the uniform shortcut)."""
     if prior is None:
@@ -631,11 +932,22 @@ def _launch(kernel, device: torch.device, num_rows: int, args: tuple, meta: dict
         kernel[(num_rows,)](*args, **meta)
 
 
-def forward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
-            label_smoothing: float, z_loss: float, softcap: float | None, *, save_stats: bool = False,
-            check_targets: bool = False, prior: torch.Tensor | None = None,
-            block_size: int | None = None, iters: int | None = None,
-            num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    *,
+    save_stats: bool = False,
+    check_targets: bool = False,
+    prior: torch.Tensor | None = None,
+    block_size: int | None = None,
+    iters: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Row losses of (M, C) logits in one read of them; with ``save_stats`` also the (M, 4) float32
     row statistics that :func:`backward` needs. Returns ``(loss_rows, stats or None)``.
 
@@ -657,29 +969,68 @@ def forward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     eps = float(label_smoothing)
     z = float(z_loss)
     sw = _smoothing_weights_vector(prior, weight, num_classes)
-    it, lanes, warps = _launch_config(num_classes, logits.element_size(),
-                                      prob or weight is not None or sw is not None, block_size, iters, num_warps)
+    it, lanes, warps = _launch_config(
+        num_classes, logits.element_size(), prob or weight is not None or sw is not None, block_size, iters, num_warps
+    )
     check = check_targets and not prob
     bad = torch.zeros((), dtype=torch.int32, device=device) if check else None
-    args = (logits, logits.stride(0), target, target.stride(0), weight, sw, loss, stats, bad,
-            num_classes, int(ignore_index), eps, z, float(softcap) if softcap is not None else 1.0)
-    meta = dict(HAS_WEIGHT=weight is not None, HAS_SW=sw is not None, PROB_TARGET=prob, HAS_V=prob or eps != 0.0,
-                HAS_Z=z != 0.0,
-                SOFTCAP=softcap is not None, SAVE_STATS=save_stats, CHECK_TARGETS=check, ITERS=it,
-                LANES=lanes, num_warps=warps)
+    args = (
+        logits,
+        logits.stride(0),
+        target,
+        target.stride(0),
+        weight,
+        sw,
+        loss,
+        stats,
+        bad,
+        num_classes,
+        int(ignore_index),
+        eps,
+        z,
+        float(softcap) if softcap is not None else 1.0,
+    )
+    meta = dict(
+        HAS_WEIGHT=weight is not None,
+        HAS_SW=sw is not None,
+        PROB_TARGET=prob,
+        HAS_V=prob or eps != 0.0,
+        HAS_Z=z != 0.0,
+        SOFTCAP=softcap is not None,
+        SAVE_STATS=save_stats,
+        CHECK_TARGETS=check,
+        ITERS=it,
+        LANES=lanes,
+        num_warps=warps,
+    )
     _launch(_ce_fwd_kernel, device, num_rows, args, meta)
     if check:
-        torch._assert_async(bad == 0, f"target contains a class index outside [0, {num_classes - 1}] "
-                                      f"(and not ignore_index={ignore_index})")
+        torch._assert_async(
+            bad == 0,
+            f"target contains a class index outside [0, {num_classes - 1}] (and not ignore_index={ignore_index})",
+        )
     return loss, stats
 
 
-def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
-             label_smoothing: float, softcap: float | None, stats: torch.Tensor, grad: torch.Tensor,
-             *, grad_output: torch.Tensor | None = None, grad_scale: torch.Tensor | None = None,
-             prior: torch.Tensor | None = None, smoothing_classes: int | None = None,
-             target_elsewhere: bool = False, block_size: int | None = None, iters: int | None = None,
-             num_warps: int | None = None) -> torch.Tensor:
+def backward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    softcap: float | None,
+    stats: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    grad_output: torch.Tensor | None = None,
+    grad_scale: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
+    smoothing_classes: int | None = None,
+    target_elsewhere: bool = False,
+    block_size: int | None = None,
+    iters: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
     """Write d loss_rows[n] / d logits[n, :] times ``grad_output[n]`` times ``grad_scale`` into ``grad``
     (which may be ``logits`` itself) in one read of the logits and one write, and return ``grad``.
 
@@ -712,8 +1063,9 @@ def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
         if grad_output.numel() == 1:
             grad_output = grad_output.reshape(())
         elif grad_output.shape != (num_rows,):
-            raise ValueError(f"grad_output must have one element or shape ({num_rows},), "
-                             f"got {tuple(grad_output.shape)}")
+            raise ValueError(
+                f"grad_output must have one element or shape ({num_rows},), got {tuple(grad_output.shape)}"
+            )
         else:
             go_stride = grad_output.stride(0)
     if num_rows == 0:
@@ -721,32 +1073,92 @@ def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     prob = target.is_floating_point()
     eps = float(label_smoothing)
     sw = _smoothing_weights_vector(prior, weight, num_classes)
-    it, lanes, warps = _launch_config(num_classes, logits.element_size(),
-                                      prob or weight is not None or sw is not None, block_size, iters, num_warps)
+    it, lanes, warps = _launch_config(
+        num_classes, logits.element_size(), prob or weight is not None or sw is not None, block_size, iters, num_warps
+    )
     k = num_classes if smoothing_classes is None else int(smoothing_classes)
-    args = (logits, logits.stride(0), target, target.stride(0), weight, sw, grad, grad.stride(0), stats,
-            grad_output, go_stride, grad_scale, num_classes, k, int(ignore_index), eps,
-            float(softcap) if softcap is not None else 1.0)
-    meta = dict(HAS_WEIGHT=weight is not None, HAS_SW=sw is not None, PROB_TARGET=prob, HAS_V=prob or eps != 0.0,
-                SOFTCAP=softcap is not None, HAS_GO=grad_output is not None, HAS_SCALE=grad_scale is not None,
-                TARGET_ELSEWHERE=bool(target_elsewhere), ITERS=it, LANES=lanes, num_warps=warps)
+    args = (
+        logits,
+        logits.stride(0),
+        target,
+        target.stride(0),
+        weight,
+        sw,
+        grad,
+        grad.stride(0),
+        stats,
+        grad_output,
+        go_stride,
+        grad_scale,
+        num_classes,
+        k,
+        int(ignore_index),
+        eps,
+        float(softcap) if softcap is not None else 1.0,
+    )
+    meta = dict(
+        HAS_WEIGHT=weight is not None,
+        HAS_SW=sw is not None,
+        PROB_TARGET=prob,
+        HAS_V=prob or eps != 0.0,
+        SOFTCAP=softcap is not None,
+        HAS_GO=grad_output is not None,
+        HAS_SCALE=grad_scale is not None,
+        TARGET_ELSEWHERE=bool(target_elsewhere),
+        ITERS=it,
+        LANES=lanes,
+        num_warps=warps,
+    )
     _launch(_ce_bwd_kernel, device, num_rows, args, meta)
     return grad
 
 
-def fused_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
-             label_smoothing: float, z_loss: float, softcap: float | None, grad: torch.Tensor | None,
-             *, grad_scale: torch.Tensor | None = None, prior: torch.Tensor | None = None,
-             block_size: int | None = None, iters: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+def fused_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    grad: torch.Tensor | None,
+    *,
+    grad_scale: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
+    block_size: int | None = None,
+    iters: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
     """The kernels' common contract (``labelsmooth.kernels``): row losses, and the gradient times
     ``grad_scale`` written into ``grad`` when it is given; :func:`forward` then :func:`backward`.
 
     No host-device synchronisation happens here.
     """
     cfg = dict(block_size=block_size, iters=iters, num_warps=num_warps)
-    loss, stats = forward(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap,
-                          save_stats=grad is not None, prior=prior, **cfg)
+    loss, stats = forward(
+        logits,
+        target,
+        weight,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap,
+        save_stats=grad is not None,
+        prior=prior,
+        **cfg,
+    )
     if grad is not None:
-        backward(logits, target, weight, ignore_index, label_smoothing, softcap, stats, grad,
-                 grad_scale=grad_scale, prior=prior, **cfg)
+        backward(
+            logits,
+            target,
+            weight,
+            ignore_index,
+            label_smoothing,
+            softcap,
+            stats,
+            grad,
+            grad_scale=grad_scale,
+            prior=prior,
+            **cfg,
+        )
     return loss

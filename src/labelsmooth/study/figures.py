@@ -70,7 +70,7 @@ def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, n
     rows = -(-len(vs) // cols)
     fig = _new_figure((3.6 * cols, 5.4 * rows))
     axes = list(np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel()))
-    for ax in axes[len(vs):]:
+    for ax in axes[len(vs) :]:
         ax.remove()  # an incomplete last row
     n_seeds = 0
     for ax, v in zip(axes, vs):
@@ -113,9 +113,16 @@ def accuracy_vs_noise(records: Sequence[dict], checkpoint: str = ""):
                 es = [(x, e) for x, e in es if e is not None]
                 if not es:
                     continue
-                ax.errorbar([x for x, _ in es], [e.mean for _, e in es], yerr=[_err(e) for _, e in es], marker="o",
-                            capsize=3, color=color, linestyle="-" if kind == kinds[0] else "--",
-                            label=f"{S.label(v)}, {kind}")
+                ax.errorbar(
+                    [x for x, _ in es],
+                    [e.mean for _, e in es],
+                    yerr=[_err(e) for _, e in es],
+                    marker="o",
+                    capsize=3,
+                    color=color,
+                    linestyle="-" if kind == kinds[0] else "--",
+                    label=f"{S.label(v)}, {kind}",
+                )
         ax.set(title=ds, xlabel="noise level (fraction of the breakdown rate)", ylabel="test accuracy")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="xx-small")
@@ -139,14 +146,28 @@ def metric_vs_eps(records: Sequence[dict], name: str, ylabel: str, posthoc: bool
             es = [(x, e) for x, e in es if e is not None]
             if not es:
                 continue
-            line = ax.errorbar([x for x, _ in es], [e.mean for _, e in es], yerr=[_err(e) for _, e in es],
-                               marker="o", capsize=3, label=S.noise_label(n))
+            line = ax.errorbar(
+                [x for x, _ in es],
+                [e.mean for _, e in es],
+                yerr=[_err(e) for _, e in es],
+                marker="o",
+                capsize=3,
+                label=S.noise_label(n),
+            )
             for pv in [p for p in S.posthoc_variants(records, ds) if p == ("ts", 0.0)] if posthoc else []:
                 e = S.metric(records, ds, pv, n, name)
                 if e is not None:
-                    ax.errorbar([0], [e.mean], yerr=[_err(e)], marker="*", markersize=12, capsize=3,
-                                color=line.lines[0].get_color(), linestyle="none",
-                                label=f"{S.label(pv)}, {S.noise_label(n)}")
+                    ax.errorbar(
+                        [0],
+                        [e.mean],
+                        yerr=[_err(e)],
+                        marker="*",
+                        markersize=12,
+                        capsize=3,
+                        color=line.lines[0].get_color(),
+                        linestyle="none",
+                        label=f"{S.label(pv)}, {S.noise_label(n)}",
+                    )
         ax.set(title=ds, xlabel="label smoothing eps (0 = ce)", ylabel=ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="x-small")
@@ -177,8 +198,17 @@ def effect_size_figure(records: Sequence[dict]):
                 xs.append(i + (j - (len(dsets) - 1) / 2) * width)
                 ys.append(e.mean)
                 err.append(_err(e))
-            ax.bar(xs, ys, width=width, yerr=err, capsize=2, hatch="//" if binary[ds] else None,
-                   edgecolor="black", linewidth=0.5, label=f"{ds} ({'binary' if binary[ds] else 'multiclass'})")
+            ax.bar(
+                xs,
+                ys,
+                width=width,
+                yerr=err,
+                capsize=2,
+                hatch="//" if binary[ds] else None,
+                edgecolor="black",
+                linewidth=0.5,
+                label=f"{ds} ({'binary' if binary[ds] else 'multiclass'})",
+            )
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(eps_vs)), [f"eps={v[1]:g}" for v in eps_vs])
         ax.set(title=title)

@@ -33,8 +33,20 @@ from torch import Tensor, nn
 import labelsmooth as ls
 from labelsmooth.calibration import fit_temperature
 
-__all__ = ["FOCAL_GAMMA", "METHODS", "OLS_ALPHA", "OLS_EPS", "FocalLoss", "Method", "OnlineSmoothingLoss", "Posthoc",
-           "focal_loss", "label_smoothing_loss", "online_smoothing_loss", "temperature_scaling"]
+__all__ = [
+    "FOCAL_GAMMA",
+    "METHODS",
+    "OLS_ALPHA",
+    "OLS_EPS",
+    "FocalLoss",
+    "Method",
+    "OnlineSmoothingLoss",
+    "Posthoc",
+    "focal_loss",
+    "label_smoothing_loss",
+    "online_smoothing_loss",
+    "temperature_scaling",
+]
 
 #: ``posthoc(val_logits, val_labels) -> (transform, extra record fields)``: fitted on the validation
 #: split, ``transform(logits)`` is then applied to any logits of the same model (test, checkpoints).
@@ -120,8 +132,9 @@ class OnlineSmoothingLoss(nn.Module):
             logits = torch.stack([torch.zeros_like(logits), logits], dim=1)
             target = target.round().long()
         if self.ols is None:
-            self.ols = ls.OnlineLabelSmoothing(logits.shape[1], alpha=self.alpha,
-                                               label_smoothing=self.eps).to(logits.device)
+            self.ols = ls.OnlineLabelSmoothing(logits.shape[1], alpha=self.alpha, label_smoothing=self.eps).to(
+                logits.device
+            )
         self.ols.train(self.training)
         return self.ols(logits, target)
 
@@ -218,20 +231,61 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("ce", "cross-entropy (eps = 0)", _zero, label_smoothing_loss, "ls", baseline=True, role="baseline"),
-        Method("ls", "uniform label smoothing (the positive values of --eps)", _positive, label_smoothing_loss,
-               "ls"),
-        Method("nls", "negative label smoothing (Wei et al. 2022; the negative values of --eps); noisy labels only",
-               _negative, label_smoothing_loss, "ls", role="variant", clean_runs=False),
-        Method("ols", f"online label smoothing (Zhang et al. 2021; alpha {OLS_ALPHA:g}, soft labels start at "
-                      f"eps {OLS_EPS:g})", _ols_eps, online_smoothing_loss, "ols", role="variant"),
-        Method("focal", f"focal loss (gamma {FOCAL_GAMMA:g}), a calibration baseline; clean labels only", _zero,
-               focal_loss, "focal", role="reference", noisy_runs=False),
-        Method("ts", "cross-entropy + temperature scaling (T fitted on clean validation labels)", _zero,
-               label_smoothing_loss, "ls", posthoc=temperature_scaling, role="posthoc"),
-        Method("ts-noisyval", "cross-entropy + temperature scaling fitted on NOISY validation labels", _zero,
-               label_smoothing_loss, "ls", posthoc=temperature_scaling, role="posthoc", posthoc_labels="noisy"),
-        Method("ls+ts", "label smoothing, then temperature scaling (clean validation labels)", _positive,
-               label_smoothing_loss, "ls", posthoc=temperature_scaling, role="posthoc"),
+        Method("ls", "uniform label smoothing (the positive values of --eps)", _positive, label_smoothing_loss, "ls"),
+        Method(
+            "nls",
+            "negative label smoothing (Wei et al. 2022; the negative values of --eps); noisy labels only",
+            _negative,
+            label_smoothing_loss,
+            "ls",
+            role="variant",
+            clean_runs=False,
+        ),
+        Method(
+            "ols",
+            f"online label smoothing (Zhang et al. 2021; alpha {OLS_ALPHA:g}, soft labels start at eps {OLS_EPS:g})",
+            _ols_eps,
+            online_smoothing_loss,
+            "ols",
+            role="variant",
+        ),
+        Method(
+            "focal",
+            f"focal loss (gamma {FOCAL_GAMMA:g}), a calibration baseline; clean labels only",
+            _zero,
+            focal_loss,
+            "focal",
+            role="reference",
+            noisy_runs=False,
+        ),
+        Method(
+            "ts",
+            "cross-entropy + temperature scaling (T fitted on clean validation labels)",
+            _zero,
+            label_smoothing_loss,
+            "ls",
+            posthoc=temperature_scaling,
+            role="posthoc",
+        ),
+        Method(
+            "ts-noisyval",
+            "cross-entropy + temperature scaling fitted on NOISY validation labels",
+            _zero,
+            label_smoothing_loss,
+            "ls",
+            posthoc=temperature_scaling,
+            role="posthoc",
+            posthoc_labels="noisy",
+        ),
+        Method(
+            "ls+ts",
+            "label smoothing, then temperature scaling (clean validation labels)",
+            _positive,
+            label_smoothing_loss,
+            "ls",
+            posthoc=temperature_scaling,
+            role="posthoc",
+        ),
     )
 }
 

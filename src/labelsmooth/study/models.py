@@ -135,8 +135,9 @@ def cnn(in_channels: int, out_features: int, widths: Sequence[int] = (32, 64, 12
     return nn.Sequential(*layers)
 
 
-def build_model(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 256), *,
-                augment: bool = False) -> nn.Module:
+def build_model(
+    input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 256), *, augment: bool = False
+) -> nn.Module:
     """The model for one dataset: CNN for ``(C, H, W)`` inputs, MLP otherwise.
 
     Args:

@@ -206,8 +206,9 @@ class ResultsStore:
                 # Cannot happen through this module's atomic writes; a hand-edited file is kept aside.
                 backup = self.path.with_name(f"{RESULTS}.unreadable-{int(time.time())}")
                 os.replace(self.path, backup)
-                print(f"warning: {self.path} was not a readable results file ({err}); moved to {backup}",
-                      file=sys.stderr)
+                print(
+                    f"warning: {self.path} was not a readable results file ({err}); moved to {backup}", file=sys.stderr
+                )
                 runs = []
             self.records = {r["key"]: r for r in runs if isinstance(r, dict) and "key" in r}
             if isinstance(data, dict) and isinstance(data.get("study"), dict):
@@ -236,8 +237,11 @@ class ResultsStore:
 
     def _write(self) -> None:
         payload = {
-            "study": {"format": 2, "updated": _dt.datetime.now().isoformat(timespec="seconds"),
-                      "meta": _clean_json(self.meta)},
+            "study": {
+                "format": 2,
+                "updated": _dt.datetime.now().isoformat(timespec="seconds"),
+                "meta": _clean_json(self.meta),
+            },
             "runs": [_clean_json(r) for r in self.records.values()],
         }
         text = json.dumps(payload, indent=1, allow_nan=False).encode("utf-8")
@@ -315,8 +319,9 @@ def run_study(cfg: StudyConfig, console=None, report: bool = True) -> StudyOutco
     for job in jobs:
         missing = tuple(m for m in job.methods if not store.done(job.key(m)))
         if missing:
-            pending.append(Job(job.dataset, job.loss_id, job.eps, job.noise_kind, job.noise_level, job.seed,
-                               missing, job.config))
+            pending.append(
+                Job(job.dataset, job.loss_id, job.eps, job.noise_kind, job.noise_level, job.seed, missing, job.config)
+            )
     n_todo = sum(len(j.methods) for j in pending)
     skipped = len(planned_keys) - n_todo
     if skipped and n_todo:
@@ -345,14 +350,21 @@ def run_study(cfg: StudyConfig, console=None, report: bool = True) -> StudyOutco
             f"Interrupted. {done} of {len(planned_keys)} runs are saved in {store.path}. Resume with the same "
             f"command (finished runs are skipped, the report is written at the end): {cfg.command}"
         ) from None
-    return StudyOutcome(records, len(planned_keys), trained, skipped, failures, html_path, md_path,
-                        time.perf_counter() - start)
+    return StudyOutcome(
+        records, len(planned_keys), trained, skipped, failures, html_path, md_path, time.perf_counter() - start
+    )
 
 
 def _train(cfg: StudyConfig, store: ResultsStore, pending: list[Job], failures: list, console) -> int:
     """Train the pending jobs with a progress bar; save each as it finishes; return the records written."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     datasets = {}
     for name in dict.fromkeys(j.dataset for j in pending):
@@ -366,8 +378,14 @@ def _train(cfg: StudyConfig, store: ResultsStore, pending: list[Job], failures: 
     # results.json is rewritten whole, so on a long grid it is rewritten at most every few seconds
     # (and always at the end, also after Ctrl-C): a killed process loses only those seconds.
     last_write = [time.monotonic()]
-    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("runs", total=sum(len(j.methods) for j in pending))
 
@@ -417,8 +435,7 @@ def _run_pool(pending: list[Job], datasets: dict[str, Dataset], workers: int, fi
     # spawn, not fork: forking a process that has started OpenMP threads (torch) can deadlock the
     # child, and CUDA cannot be used in a forked child at all.
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(datasets, 1))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(datasets, 1))
     futures: dict[Future, Job] = {}
     try:
         futures = {pool.submit(_work, job): job for job in pending}
@@ -453,8 +470,11 @@ def _versions() -> dict[str, str]:
 
 def _meta(cfg: StudyConfig, records: list[dict], planned_keys: list[str]) -> dict:
     t = cfg.train
-    budget = ({"steps": t.steps} if not cfg.epochs and t.epochs is None else
-              {"epochs": {d: cfg.epochs.get(d, t.epochs) for d in cfg.datasets}})
+    budget = (
+        {"steps": t.steps}
+        if not cfg.epochs and t.epochs is None
+        else {"epochs": {d: cfg.epochs.get(d, t.epochs) for d in cfg.datasets}}
+    )
     return {
         "command": cfg.command,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -462,11 +482,19 @@ def _meta(cfg: StudyConfig, records: list[dict], planned_keys: list[str]) -> dic
         # Read by the report's banner: a smoke test or fewer than 3 seeds makes no verdicts.
         "quick": bool(cfg.quick),
         "n_seeds": int(cfg.seeds),
-        "config": {**budget, "batch_size": t.batch_size,
-                   "lr": t.lr, "hidden": list(t.hidden), "optimizer": "adam",
-                   "checkpoints": "last step, and best validation accuracy (early stopping)",
-                   "seeds": cfg.seeds, "noise_kind": cfg.noise_kind,
-                   "noise_levels (fraction of breakdown rate)": cfg.noise, "eps": cfg.eps, "methods": cfg.methods},
+        "config": {
+            **budget,
+            "batch_size": t.batch_size,
+            "lr": t.lr,
+            "hidden": list(t.hidden),
+            "optimizer": "adam",
+            "checkpoints": "last step, and best validation accuracy (early stopping)",
+            "seeds": cfg.seeds,
+            "noise_kind": cfg.noise_kind,
+            "noise_levels (fraction of breakdown rate)": cfg.noise,
+            "eps": cfg.eps,
+            "methods": cfg.methods,
+        },
         "datasets": {r["dataset"]: r.get("dataset_description", "") for r in records},
         "missing": len(planned_keys) - len(records),
     }

@@ -203,8 +203,14 @@ def label(v: Variant) -> str:
 
 def cell(records: Sequence[dict], dataset: str, variant: Variant, noise: Noise) -> list[dict]:
     """All seeds of one variant on one dataset at one noise setting, sorted by seed."""
-    out = [r for r in records if r["dataset"] == dataset and r["method"] == variant[0]
-           and r["label_smoothing"] == variant[1] and _noise(r) == tuple(noise)]
+    out = [
+        r
+        for r in records
+        if r["dataset"] == dataset
+        and r["method"] == variant[0]
+        and r["label_smoothing"] == variant[1]
+        and _noise(r) == tuple(noise)
+    ]
     return sorted(out, key=lambda r: r["seed"])
 
 
@@ -227,17 +233,24 @@ def welch_difference(a: Estimate | None, sd_a: float, b: Estimate | None, sd_b: 
     """
     if a is None or b is None or a.n < 2 or b.n < 2:
         return None
-    va, vb = sd_a ** 2 / a.n, sd_b ** 2 / b.n
+    va, vb = sd_a**2 / a.n, sd_b**2 / b.n
     se = math.sqrt(va + vb)
     if se == 0:
         return Estimate(a.mean - b.mean, 0.0, a.n + b.n)
-    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
     return Estimate(a.mean - b.mean, t_quantile(df) * se, a.n + b.n)
 
 
-def selected_values(records: Sequence[dict], dataset: str, candidates: Sequence[Variant], reference: Variant,
-                    noise: Noise, select_on: str, higher_is_better: bool, name: str
-                    ) -> tuple[list[float], dict[Variant, int]]:
+def selected_values(
+    records: Sequence[dict],
+    dataset: str,
+    candidates: Sequence[Variant],
+    reference: Variant,
+    noise: Noise,
+    select_on: str,
+    higher_is_better: bool,
+    name: str,
+) -> tuple[list[float], dict[Variant, int]]:
     """Per seed, pick the candidate with the best *validation* metric and pair its metric with the reference.
 
     The selection reads only ``select_on`` (a ``val_*`` field): the test split plays no part in it.
@@ -273,25 +286,42 @@ def selected_values(records: Sequence[dict], dataset: str, candidates: Sequence[
     return diffs, picked
 
 
-def selected_difference(records: Sequence[dict], dataset: str, candidates: Sequence[Variant], reference: Variant,
-                        noise: Noise, select_on: str, higher_is_better: bool, name: str
-                        ) -> tuple[Estimate | None, dict[Variant, int]]:
+def selected_difference(
+    records: Sequence[dict],
+    dataset: str,
+    candidates: Sequence[Variant],
+    reference: Variant,
+    noise: Noise,
+    select_on: str,
+    higher_is_better: bool,
+    name: str,
+) -> tuple[Estimate | None, dict[Variant, int]]:
     """:func:`selected_values` summarised: ``(Estimate over seeds, {variant: times selected})``."""
-    diffs, picked = selected_values(records, dataset, candidates, reference, noise, select_on, higher_is_better,
-                                    name)
+    diffs, picked = selected_values(records, dataset, candidates, reference, noise, select_on, higher_is_better, name)
     return estimate(diffs), picked
 
 
-def paired_values(records: Sequence[dict], dataset: str, variant: Variant, reference: Variant, noise: Noise,
-                  name: str) -> list[float]:
+def paired_values(
+    records: Sequence[dict], dataset: str, variant: Variant, reference: Variant, noise: Noise, name: str
+) -> list[float]:
     """The per-seed differences ``variant - reference`` behind :func:`paired_difference`."""
     ref = {r["seed"]: r.get(name) for r in cell(records, dataset, reference, noise)}
-    return [r[name] - ref[r["seed"]] for r in cell(records, dataset, variant, noise)
-            if r.get(name) is not None and ref.get(r["seed"]) is not None]
+    return [
+        r[name] - ref[r["seed"]]
+        for r in cell(records, dataset, variant, noise)
+        if r.get(name) is not None and ref.get(r["seed"]) is not None
+    ]
 
 
-def paired_difference(records: Sequence[dict], dataset: str, variant: Variant, reference: Variant,
-                      noise: Noise, name: str, relative: bool = False) -> Estimate | None:
+def paired_difference(
+    records: Sequence[dict],
+    dataset: str,
+    variant: Variant,
+    reference: Variant,
+    noise: Noise,
+    name: str,
+    relative: bool = False,
+) -> Estimate | None:
     """Mean over shared seeds of ``variant - reference`` for one metric, with its t-interval.
 
     Args:

@@ -33,8 +33,17 @@ from labelsmooth.study.data import Dataset, split_dataset
 from labelsmooth.study.methods import METHODS
 from labelsmooth.study.models import build_model
 
-__all__ = ["NOISE_KINDS", "PROJECTION_CLASSES", "Job", "JobResult", "TrainConfig", "breakdown_rate", "noise_rate",
-           "penultimate_projection", "run_job"]
+__all__ = [
+    "NOISE_KINDS",
+    "PROJECTION_CLASSES",
+    "Job",
+    "JobResult",
+    "TrainConfig",
+    "breakdown_rate",
+    "noise_rate",
+    "penultimate_projection",
+    "run_job",
+]
 
 #: ``--noise-kind`` choices and the labelsmooth.noise function each uses.
 NOISE_KINDS = {"symmetric": noise.symmetric, "pairflip": noise.pairflip}
@@ -149,8 +158,10 @@ class Job:
 
     def key(self, method: str) -> str:
         """Unique id of the record ``method`` makes from this job (used to skip finished runs)."""
-        return (f"{self.dataset}|{method}|eps={self.eps:g}|noise={self.noise_kind}:{self.noise_level:g}"
-                f"|seed={self.seed}|cfg={self.config.fingerprint()}")
+        return (
+            f"{self.dataset}|{method}|eps={self.eps:g}|noise={self.noise_kind}:{self.noise_level:g}"
+            f"|seed={self.seed}|cfg={self.config.fingerprint()}"
+        )
 
     def keys(self) -> list[str]:
         """Keys of all records of this job, in ``methods`` order."""
@@ -172,13 +183,14 @@ def _curve_steps(total: int, points: int) -> set[int]:
 
 @torch.no_grad()
 def _logits(model: torch.nn.Module, x: torch.Tensor, binary: bool, batch: int = 4096) -> torch.Tensor:
-    out = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+    out = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
     return out.squeeze(-1) if binary else out
 
 
 @torch.no_grad()
-def penultimate_projection(model: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor,
-                           classes: tuple[int, int, int] = PROJECTION_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+def penultimate_projection(
+    model: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, classes: tuple[int, int, int] = PROJECTION_CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
     """Müller et al.'s (2019) picture: penultimate activations projected onto the plane of three templates.
 
     The templates are the rows of the last linear layer for ``classes``; the plane through them is
@@ -205,18 +217,29 @@ def penultimate_projection(model: torch.nn.Sequential, x: torch.Tensor, y: torch
     return (h @ basis).cpu().numpy(), y[keep].cpu().numpy()
 
 
-def _checkpoint_fields(prefix: str, logits: dict[str, torch.Tensor], y: dict[str, torch.Tensor],
-                       flipped: np.ndarray, noisy: np.ndarray, clean: np.ndarray) -> dict:
+def _checkpoint_fields(
+    prefix: str,
+    logits: dict[str, torch.Tensor],
+    y: dict[str, torch.Tensor],
+    flipped: np.ndarray,
+    noisy: np.ndarray,
+    clean: np.ndarray,
+) -> dict:
     """Test, validation and training fields of one checkpoint (prefix ``""`` or ``"es_"``)."""
     test = M.evaluate(logits["test"], y["test"])
     pred = M.predictions(logits["train"]).cpu().numpy()
     n_flipped = int(flipped.sum())
     clean_acc = M.accuracy(logits["train"], y["clean"])
     out = {
-        "test_accuracy": test["accuracy"], "nll": test["nll"], "ece": test["ece"],
-        "ece_quantile": test["ece_quantile"], "classwise_ece": test["classwise_ece"], "brier": test["brier"],
+        "test_accuracy": test["accuracy"],
+        "nll": test["nll"],
+        "ece": test["ece"],
+        "ece_quantile": test["ece_quantile"],
+        "classwise_ece": test["classwise_ece"],
+        "brier": test["brier"],
         "mean_confidence": test["mean_confidence"],
-        "val_accuracy": M.accuracy(logits["val"], y["val"]), "val_nll": M.nll(logits["val"], y["val"]),
+        "val_accuracy": M.accuracy(logits["val"], y["val"]),
+        "val_nll": M.nll(logits["val"], y["val"]),
         "val_ece": M.evaluate(logits["val"], y["val"])["ece"],
         "train_accuracy": M.accuracy(logits["train"], y["noisy"]),
         "train_accuracy_clean": clean_acc,
@@ -245,8 +268,9 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
     start = time.perf_counter()
     cfg = job.config
     device = torch.device(cfg.device)
-    splits = split_dataset(ds, job.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                           max_train=cfg.max_train)
+    splits = split_dataset(
+        ds, job.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, max_train=cfg.max_train
+    )
     clean = splits.y_train
     rate = noise_rate(job.noise_kind, job.noise_level, ds.num_classes) if job.noise_level > 0 else 0.0
     if rate > 0:
@@ -263,8 +287,13 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
     binary = ds.binary
     to = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     x = {"train": to(splits.x_train), "val": to(splits.x_val), "test": to(splits.x_test)}
-    y = {"noisy": to(noisy), "clean": to(clean), "val": to(splits.y_val), "val_noisy": to(val_noisy),
-         "test": to(splits.y_test)}
+    y = {
+        "noisy": to(noisy),
+        "clean": to(clean),
+        "val": to(splits.y_val),
+        "val_noisy": to(val_noisy),
+        "test": to(splits.y_test),
+    }
     target = y["noisy"].float() if binary else y["noisy"]  # BCE wants float 0/1 targets
 
     model = build_model(splits.x_train.shape[1:], ds.num_classes, cfg.hidden, augment=ds.augment).to(device)
@@ -296,11 +325,15 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
                 train_logits = _logits(model, x["train"], binary)
                 val_logits = _logits(model, x["val"], binary)
                 val_acc = M.accuracy(val_logits, y["val"])
-                for k, v in (("step", step), ("epoch", round(step / per_epoch, 3)),
-                             ("train_loss", float(running) / since),
-                             ("train_accuracy", M.accuracy(train_logits, y["noisy"])),
-                             ("train_accuracy_clean", M.accuracy(train_logits, y["clean"])),
-                             ("val_accuracy", val_acc), ("val_nll", M.nll(val_logits, y["val"]))):
+                for k, v in (
+                    ("step", step),
+                    ("epoch", round(step / per_epoch, 3)),
+                    ("train_loss", float(running) / since),
+                    ("train_accuracy", M.accuracy(train_logits, y["noisy"])),
+                    ("train_accuracy_clean", M.accuracy(train_logits, y["clean"])),
+                    ("val_accuracy", val_acc),
+                    ("val_nll", M.nll(val_logits, y["val"])),
+                ):
                     curves[k].append(v)
                 running, since = torch.zeros((), device=device), 0
                 if val_acc > best_val:  # early stopping on (clean) validation accuracy; first maximum
@@ -319,8 +352,13 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
     early = {k: _logits(model, x[k], binary) for k in ("train", "val", "test")}
     model.load_state_dict(last_state)
     projection = None
-    if job.noise_level == 0 and job.seed == 0 and not binary and ds.num_classes >= 3 and isinstance(
-            model, torch.nn.Sequential):
+    if (
+        job.noise_level == 0
+        and job.seed == 0
+        and not binary
+        and ds.num_classes >= 3
+        and isinstance(model, torch.nn.Sequential)
+    ):
         projection = penultimate_projection(model, x["val"], y["val"])
 
     n_flipped = int(flipped.sum())
@@ -349,11 +387,20 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
         "curves": curves,
         "splits": splits.info,
         "train_seconds": time.perf_counter() - start,
-        "config": {**asdict(cfg), "dataset": job.dataset, "loss": job.loss_id, "label_smoothing": job.eps,
-                   "noise_kind": job.noise_kind, "noise_level": job.noise_level, "noise_rate": rate,
-                   "seed": job.seed, "model": "cnn" if ds.is_image else "mlp", "optimizer": "adam",
-                   "early_stopping": "best validation accuracy (clean labels)",
-                   "fingerprint": cfg.fingerprint()},
+        "config": {
+            **asdict(cfg),
+            "dataset": job.dataset,
+            "loss": job.loss_id,
+            "label_smoothing": job.eps,
+            "noise_kind": job.noise_kind,
+            "noise_level": job.noise_level,
+            "noise_rate": rate,
+            "seed": job.seed,
+            "model": "cnn" if ds.is_image else "mlp",
+            "optimizer": "adam",
+            "early_stopping": "best validation accuracy (clean labels)",
+            "fingerprint": cfg.fingerprint(),
+        },
     }
 
     labels = {"test": y["test"], "val": y["val"], "clean": y["clean"], "noisy": y["noisy"]}
@@ -369,8 +416,10 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
                 record.update({prefix + k: v for k, v in extra.items()})
             record.update(_checkpoint_fields(prefix, logits, labels, flipped, noisy, clean))
             if prefix == "":
-                arrays[record["key"]] = {"probs": M.probabilities(logits["test"]).cpu().numpy(),
-                                         "labels": splits.y_test}
+                arrays[record["key"]] = {
+                    "probs": M.probabilities(logits["test"]).cpu().numpy(),
+                    "labels": splits.y_test,
+                }
         if projection is not None and method.posthoc is None:
             arrays[record["key"]].update(proj=projection[0], proj_labels=projection[1])
             record["has_projection"] = True
