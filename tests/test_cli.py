@@ -19,8 +19,8 @@ pytest.importorskip("sklearn")
 pytest.importorskip("rich")
 pytest.importorskip("matplotlib")
 
-from labelsmooth.cli import main  # noqa: E402
-from labelsmooth.study.claims import CLAIMS  # noqa: E402
+from labelsmooth.cli import main
+from labelsmooth.study.claims import CLAIMS
 
 TINY = ["--steps", "4", "--hidden", "16", "--workers", "1"]
 FIELDS = (

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import labelsmooth as ls
-from labelsmooth import functional as LF
 from cases import grid, make_case
+from labelsmooth import functional as LF
 
 BACKENDS = ["reference", "chunked", "torch"]
 GRID = list(grid())
@@ -58,7 +58,10 @@ def test_gradcheck(backend, probs, eps):
     x.requires_grad_(True)
     for reduction in ("none", "mean", "sum"):
         assert torch.autograd.gradcheck(
-            lambda inp: ls.cross_entropy(inp, t, w, reduction=reduction, label_smoothing=eps, backend=backend), (x,)
+            lambda inp, reduction=reduction: ls.cross_entropy(
+                inp, t, w, reduction=reduction, label_smoothing=eps, backend=backend
+            ),
+            (x,),
         )
 
 
@@ -82,7 +85,7 @@ def test_legacy_positional_arguments_match_torch():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_low_precision_against_float64(dtype):
-    x64, t, w = make_case((16, 257), probs=False, weighted=False, ignore_index=-100)
+    x64, t, _w = make_case((16, 257), probs=False, weighted=False, ignore_index=-100)
     x = x64.to(dtype)
     got = ls.cross_entropy(x, t, reduction="none", label_smoothing=0.1)
     want = F.cross_entropy(x.double(), t, reduction="none", label_smoothing=0.1)
@@ -310,7 +313,7 @@ def test_bad_options(kw, exc):
 
 
 def test_not_a_tensor():
-    with pytest.raises(TypeError, match="input must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"input must be a torch\.Tensor"):
         ls.cross_entropy([[1.0, 2.0]], T)
 
 

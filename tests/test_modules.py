@@ -3,7 +3,6 @@ import pickle
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import labelsmooth as ls
 from cases import make_case

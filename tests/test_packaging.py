@@ -115,5 +115,5 @@ def test_bad_paths_say_what_is_wrong_with_which_file(tmp_path):
         read_npz(strings)
     folder = tmp_path / "dir.npz"
     folder.mkdir()
-    with pytest.raises(DatasetError, match="dir.npz' is not a file"):
+    with pytest.raises(DatasetError, match=r"dir\.npz' is not a file"):
         read_npz(folder)

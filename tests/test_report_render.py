@@ -24,12 +24,12 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-from labelsmooth.cli import main  # noqa: E402
-from labelsmooth.study import figures as F  # noqa: E402
-from labelsmooth.study import report as R  # noqa: E402
-from labelsmooth.study import stats as S  # noqa: E402
-from labelsmooth.study.report import COLUMNS, write_report  # noqa: E402
-from labelsmooth.study.runner import ResultsStore  # noqa: E402
+from labelsmooth.cli import main
+from labelsmooth.study import figures as F
+from labelsmooth.study import report as R
+from labelsmooth.study import stats as S
+from labelsmooth.study.report import COLUMNS, write_report
+from labelsmooth.study.runner import ResultsStore
 
 WIDTH = 1400  # the browser window the report must fit
 
@@ -76,7 +76,7 @@ def rerender(study, tmp_path, records=None, **meta):
 
 
 def test_full_report_has_no_banner_and_split_tables_hold_every_column(study):
-    out, records, _ = study
+    out, _records, _ = study
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "id='preliminary'" not in page and "Preliminary" not in (out / "summary.md").read_text()
     tables = re.findall(r"<table>.*?</table>", page, flags=re.S)
@@ -174,7 +174,7 @@ def test_reliability_titles_give_pooled_and_mean_of_seed_eces(study, dataset):
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     variants = S.variants(records, dataset)
     assert len(titles) == len(variants)
-    for title, v in zip(titles, variants):
+    for title, v in zip(titles, variants, strict=True):
         cell = S.cell(records, dataset, v, clean)
         pairs = [load(r) for r in cell]
         pooled = ece_numpy(np.concatenate([p for p, _ in pairs]), np.concatenate([y for _, y in pairs]))

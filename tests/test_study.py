@@ -13,11 +13,11 @@ import labelsmooth as ls
 
 pytest.importorskip("sklearn")
 
-from labelsmooth.study import claims as C  # noqa: E402
-from labelsmooth.study import methods as Me  # noqa: E402
-from labelsmooth.study import stats as S  # noqa: E402
-from labelsmooth.study import metrics as M  # noqa: E402
-from labelsmooth.study.data import (  # noqa: E402
+from labelsmooth.study import claims as C
+from labelsmooth.study import methods as Me
+from labelsmooth.study import metrics as M
+from labelsmooth.study import stats as S
+from labelsmooth.study.data import (
     Dataset,
     DatasetError,
     discover,
@@ -27,9 +27,8 @@ from labelsmooth.study.data import (  # noqa: E402
     split_dataset,
     validate_name,
 )
-from labelsmooth.study.runner import ResultsStore, StudyConfig, plan_jobs  # noqa: E402
-from labelsmooth.study.train import Job, TrainConfig, penultimate_projection, run_job  # noqa: E402
-
+from labelsmooth.study.runner import ResultsStore, StudyConfig, plan_jobs
+from labelsmooth.study.train import Job, TrainConfig, penultimate_projection, run_job
 
 # ----------------------------------------------------------------------------- readers
 
@@ -124,7 +123,7 @@ def test_npz_reader_errors(tmp_path, arrays, match):
 
 
 def test_unknown_dataset_names_the_choices():
-    with pytest.raises(DatasetError, match="unknown dataset 'imagenet'.*digits"):
+    with pytest.raises(DatasetError, match=r"unknown dataset 'imagenet'.*digits"):
         validate_name("imagenet")
 
 
@@ -150,7 +149,7 @@ def test_carved_binary_task_shares_the_parents_data():
     np.testing.assert_array_equal(ds.y, (full.y[keep] == 8).astype(np.int64))
     assert ds.binary and ds.parent == "digits"
     for bad in ("digits:3v3", "breast_cancer:0v1", "digits:3x8", "digits:3v12"):
-        with pytest.raises(DatasetError, match="digits:3v8|classes 0-9"):
+        with pytest.raises(DatasetError, match=r"digits:3v8|classes 0-9"):
             validate_name(bad)
 
 
@@ -305,7 +304,7 @@ def test_selections_never_read_the_test_split():
     cfg = TrainConfig(steps=30, hidden=(16,), batch_size=32, curve_points=6)
     job = Job("toy", "ls", 0.0, "symmetric", 0.5, 3, ("ce", "ts"), cfg)
     a, b = run_job(job, good).records, run_job(job, bad).records
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         for key in (
             "es_step",
             "curves",
@@ -384,7 +383,7 @@ def test_results_store_round_trip_is_atomic_json(tmp_path):
     (r,) = data["runs"]
     again = ResultsStore(tmp_path)
     assert again.done(r["key"])
-    probs, labels = again.load_probs(r)
+    _probs, labels = again.load_probs(r)
     np.testing.assert_array_equal(labels, res.arrays[r["key"]]["labels"])
     assert again.load_projection(r) is not None
     with np.load(tmp_path / r["probs_file"], allow_pickle=False) as f:

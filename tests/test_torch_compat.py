@@ -60,9 +60,8 @@ def test_binary_forward_ad_matches_torch():
 
 def test_a_fused_backend_named_explicitly_refuses_dual_tensors_clearly():
     x = torch.randn(3, 4, dtype=torch.float64)
-    with forward_ad.dual_level():
-        with pytest.raises(ValueError, match="forward-mode dual tensors; use backend='reference'"):
-            ls.cross_entropy(forward_ad.make_dual(x, torch.ones_like(x)), torch.tensor([0, 1, 2]), backend="chunked")
+    with forward_ad.dual_level(), pytest.raises(ValueError, match="forward-mode dual tensors; use backend='reference'"):
+        ls.cross_entropy(forward_ad.make_dual(x, torch.ones_like(x)), torch.tensor([0, 1, 2]), backend="chunked")
 
 
 BAD_CALLS = {

@@ -62,10 +62,13 @@ def check_label_smoothing(
     return result
 
 
-def check_prior(prior: object, num_classes: int | None, device: torch.device | None, name: str = "smoothing_prior"):
+def check_prior(
+    prior: object, num_classes: int | None, device: torch.device | None, name: str = "smoothing_prior"
+) -> torch.Tensor | None:
     """Return ``prior`` as a (C,) floating tensor on ``device``, or None; raise if it is not a
-    probability vector over the ``num_classes`` classes (None: any length, any device). Its values are checked on the host only for
-    CPU tensors (elsewhere with a device-side assertion: no synchronisation)."""
+    probability vector over the ``num_classes`` classes (None: any length, any device). Its values are
+    checked on the host only for CPU tensors (elsewhere with a device-side assertion: no
+    synchronisation)."""
     if prior is None:
         return None
     shape = "(C,)" if num_classes is None else f"({num_classes},)"
@@ -141,7 +144,7 @@ def check_index(value: object, name: str) -> int:
 def check_reduction(reduction: object) -> str:
     if reduction not in REDUCTIONS:
         raise ArgumentError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction  # type: ignore[return-value]
+    return reduction
 
 
 def check_num_classes(num_classes: object, minimum: int = 1, reason: str = "") -> int:

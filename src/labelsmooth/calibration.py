@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,7 +60,8 @@ class ReliabilityCurve(NamedTuple):
 
     confidence: Tensor
     accuracy: Tensor
-    count: Tensor
+    # Shadows tuple.count (a method), which mypy flags; the field name is public API and stays.
+    count: Tensor  # type: ignore[assignment]
     edges: Tensor
 
 
@@ -93,7 +95,7 @@ def _check_int(value: object, name: str, minimum: int) -> int:
 def _check_choice(value: object, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _float_dtype(t: Tensor) -> torch.dtype:

@@ -12,8 +12,8 @@ import math
 import os
 import shlex
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 __all__ = ["build_parser", "main"]
 
@@ -91,10 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The ``argparse.ArgumentParser``.
     """
+    from labelsmooth import __version__
     from labelsmooth.study.data import BUILTIN
     from labelsmooth.study.methods import METHODS
-
-    from labelsmooth import __version__
 
     parser = argparse.ArgumentParser(
         prog="labelsmooth",
@@ -238,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "StudyConfig":  # noqa: F821
+def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> StudyConfig:  # noqa: F821
     from labelsmooth.study.data import DatasetError, discover, validate_name
     from labelsmooth.study.methods import METHODS
     from labelsmooth.study.runner import StudyConfig

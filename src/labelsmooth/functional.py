@@ -8,7 +8,8 @@ flattened), picks a backend from the tensor's device at call time, and applies t
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,18 @@ BACKENDS = ("auto", "reference", "chunked", "triton", "torch")
 SMALL_CPU_PROBLEM = 1 << 20
 
 
-def _reference(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction):
+def _reference(
+    x2: Tensor,
+    t2: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    eps: float,
+    z_loss: float,
+    softcap: float | None,
+    prior: Tensor | None,
+    inplace: bool,
+    reduction: str,
+) -> Tensor:
     # The reference has no buffers of its own to save, so ``inplace`` has nothing to do here.
     rows = reference.ce_rows(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior)
     if reduction == "none":
@@ -37,7 +49,18 @@ def _reference(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplac
     return rows.sum() / _mean_denominator(t2, weight, ignore_index, rows.dtype)
 
 
-def _torch(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction):
+def _torch(
+    x2: Tensor,
+    t2: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    eps: float,
+    z_loss: float,
+    softcap: float | None,
+    prior: Tensor | None,
+    inplace: bool,
+    reduction: str,
+) -> Tensor:
     # torch's own kernel: the fastest for small problems; it knows no z_loss, softcap, prior or eps < 0.
     if z_loss or softcap is not None or prior is not None or eps < 0:
         raise V.ArgumentError(
@@ -70,7 +93,21 @@ class _FusedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, kernel, reduction, want_grad):
+    def forward(
+        ctx: Any,
+        x2: Tensor,
+        t2: Tensor,
+        weight: Tensor | None,
+        ignore_index: int,
+        eps: float,
+        z_loss: float,
+        softcap: float | None,
+        prior: Tensor | None,
+        inplace: bool,
+        kernel: Callable[..., Tensor],
+        reduction: str,
+        want_grad: bool,
+    ) -> Tensor:
         grad = grad_scale = None
         cdt = reference.compute_dtype(x2.dtype)
         denom = _mean_denominator(t2, weight, ignore_index, cdt) if reduction == "mean" else None
@@ -90,7 +127,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
         return rows.sum() if denom is None else rows.sum() / denom
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         _no_double_backward()
         grad = ctx.grad
         if grad is None:
@@ -121,11 +158,25 @@ class _TritonCrossEntropy(torch.autograd.Function):
     masked or weighted sum of ``reduction="none"`` rows) and nothing is synchronised with the host. The
     only N x C tensor kept from forward to backward is the logits themselves (saved for backward; the
     gradient-in-forward design keeps a gradient of the same size instead), and backward can run twice
-    (``retain_graph``) unless ``inplace`` consumed the logits. docs/kernels.md compares the traffic with the fused design.
+    (``retain_graph``) unless ``inplace`` consumed the logits. docs/kernels.md compares the traffic
+    with the fused design.
     """
 
     @staticmethod
-    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction, want_grad):
+    def forward(
+        ctx: Any,
+        x2: Tensor,
+        t2: Tensor,
+        weight: Tensor | None,
+        ignore_index: int,
+        eps: float,
+        z_loss: float,
+        softcap: float | None,
+        prior: Tensor | None,
+        inplace: bool,
+        reduction: str,
+        want_grad: bool,
+    ) -> Tensor:
         from labelsmooth.kernels import triton_ce
 
         save = want_grad and ctx.needs_input_grad[0]
@@ -155,7 +206,7 @@ class _TritonCrossEntropy(torch.autograd.Function):
         return rows.sum() if denom is None else rows.sum() / denom
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         from labelsmooth.kernels import triton_ce
 
         _no_double_backward()
@@ -200,12 +251,23 @@ def _no_double_backward() -> None:
         )
 
 
-def _fused(apply: Callable[..., Tensor], name: str):
+def _fused(apply: Callable[..., Tensor], name: str) -> Callable[..., Tensor]:
     """A backend running ``apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace,
     reduction, want_grad)`` (one of the autograd Functions here) after the checks every fused backend
     shares."""
 
-    def run(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction):
+    def run(
+        x2: Tensor,
+        t2: Tensor,
+        weight: Tensor | None,
+        ignore_index: int,
+        eps: float,
+        z_loss: float,
+        softcap: float | None,
+        prior: Tensor | None,
+        inplace: bool,
+        reduction: str,
+    ) -> Tensor:
         if weight is not None and weight.requires_grad:
             raise V.ArgumentError(
                 f"backend={name!r} does not compute a gradient for weight, which requires grad; use backend='reference'"
@@ -226,20 +288,35 @@ def _fused(apply: Callable[..., Tensor], name: str):
     return run
 
 
-def _apply_chunked(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction, want_grad):
+def _apply_chunked(
+    x2: Tensor,
+    t2: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    eps: float,
+    z_loss: float,
+    softcap: float | None,
+    prior: Tensor | None,
+    inplace: bool,
+    reduction: str,
+    want_grad: bool,
+) -> Tensor:
     from labelsmooth.kernels.chunked import fused_ce
 
-    return _FusedCrossEntropy.apply(
+    # torch leaves Function.apply unannotated; forward above fixes what it returns.
+    out: Tensor = _FusedCrossEntropy.apply(  # type: ignore[no-untyped-call]
         x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, fused_ce, reduction, want_grad
     )
+    return out
 
 
-def _apply_triton(*args):
+def _apply_triton(*args: object) -> Tensor:
     try:
         import labelsmooth.kernels.triton_ce  # noqa: F401
     except ImportError as exc:  # triton is an optional dependency
         raise ImportError("backend='triton' needs the optional dependency triton: pip install triton") from exc
-    return _TritonCrossEntropy.apply(*args)
+    out: Tensor = _TritonCrossEntropy.apply(*args)  # type: ignore[no-untyped-call]  # apply is unannotated
+    return out
 
 
 _BACKENDS: dict[str, Callable[..., Tensor]] = {
@@ -264,7 +341,7 @@ def check_backend(backend: object) -> str:
     """Return ``backend`` if it is a known name; shared by the function and the module."""
     if backend not in BACKENDS:
         raise V.ArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend  # type: ignore[return-value]
+    return backend
 
 
 def _resolve_backend(
@@ -296,7 +373,7 @@ def _resolve_backend(
     return "torch" if plain else "chunked"
 
 
-def _legacy_reduction(size_average, reduce, reduction: str) -> str:
+def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
     if size_average is not None or reduce is not None:
         return torch.nn._reduction.legacy_get_string(size_average, reduce, emit_warning=True)
     return reduction
@@ -353,9 +430,9 @@ def cross_entropy(
     input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
-    size_average=None,
+    size_average: bool | None = None,
     ignore_index: int = -100,
-    reduce=None,
+    reduce: bool | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     *,
@@ -457,7 +534,9 @@ def cross_entropy(
     )
     # Off the CPU the Triton forward checks class indices itself, in the same kernel.
     kernel_checks = name == "triton" and input.device.type != "cpu"
-    x2, t2, batch_shape, probs = _as_rows(input, target, ignore_index, check_values=not functorch and not kernel_checks)
+    x2, t2, batch_shape, _probs = _as_rows(
+        input, target, ignore_index, check_values=not functorch and not kernel_checks
+    )
 
     # Inside autocast, matmuls and reductions of the kernels would silently run in half precision.
     with torch.autocast(input.device.type, enabled=False):
@@ -473,7 +552,8 @@ def _under_functorch(*tensors: Tensor | None) -> bool:
     from torch.autograd import forward_ad
 
     present = [t for t in tensors if t is not None]
-    if any(forward_ad.unpack_dual(t).tangent is not None for t in present):
+    # unpack_dual is unannotated in torch.
+    if any(forward_ad.unpack_dual(t).tangent is not None for t in present):  # type: ignore[no-untyped-call]
         return True
     try:
         wrapped = torch._C._functorch.is_functorch_wrapped_tensor
@@ -486,8 +566,8 @@ def binary_cross_entropy_with_logits(
     input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
-    size_average=None,
-    reduce=None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
     reduction: str = "mean",
     pos_weight: Tensor | None = None,
     label_smoothing: float = 0.0,
@@ -536,7 +616,7 @@ def binary_cross_entropy_with_logits(
         if value is not None:
             V.check_tensor(value, name)
             try:
-                torch.broadcast_shapes(value.shape, input.shape)
+                torch.broadcast_shapes(value.shape, input.shape)  # type: ignore[no-untyped-call]  # unannotated in torch
             except RuntimeError:
                 raise V.ArgumentError(
                     f"{name} of shape {tuple(value.shape)} does not broadcast to the input's shape {tuple(input.shape)}"

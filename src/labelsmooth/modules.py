@@ -31,9 +31,9 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
     def __init__(
         self,
         weight: Tensor | None = None,
-        size_average=None,
+        size_average: bool | None = None,
         ignore_index: int = -100,
-        reduce=None,
+        reduce: bool | None = None,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         *,
@@ -108,8 +108,8 @@ class BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
     def __init__(
         self,
         weight: Tensor | None = None,
-        size_average=None,
-        reduce=None,
+        size_average: bool | None = None,
+        reduce: bool | None = None,
         reduction: str = "mean",
         pos_weight: Tensor | None = None,
         label_smoothing: float = 0.0,

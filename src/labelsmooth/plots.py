@@ -9,7 +9,8 @@ untouched. Every number drawn comes from :func:`labelsmooth.calibration.reliabil
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import Tensor
@@ -31,7 +32,7 @@ GAP_COLOR = "#f4b4b4"
 
 def _matplotlib() -> Any:
     try:
-        import matplotlib.figure  # noqa: F401
+        import matplotlib.figure
         from matplotlib.backends import backend_agg
     except ImportError as err:
         raise ImportError(
@@ -69,9 +70,10 @@ def reliability_diagram(
 
     The top panel draws one bar per non-empty bin at the bin's accuracy, the diagonal of perfect
     calibration, and a hatched pink band between each bin's accuracy and its mean confidence (the
-    gap that ECE averages), drawn over the bar where the bin is under-confident. The bottom panel shows how many samples fall in each bin, with the
-    overall accuracy and mean confidence marked. The title ends in the ECE (same ``n_bins``,
-    ``binning`` and ``binary_mode``), formatted ``"ECE = 0.0123"``.
+    gap that ECE averages), drawn over the bar where the bin is under-confident. The bottom panel
+    shows how many samples fall in each bin, with the overall accuracy and mean confidence marked. The
+    title ends in the ECE (same ``n_bins``, ``binning`` and ``binary_mode``), formatted
+    ``"ECE = 0.0123"``.
 
     Args:
         probs: ``(N, K)`` class probabilities, or ``(N,)`` P(y=1).

@@ -20,7 +20,7 @@ import itertools
 import os
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -90,7 +90,7 @@ def run_blocks(fn: Callable[[int], None], count: int, workers: int) -> None:
                     if i >= count:
                         break
                     fn(i)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+        except BaseException as exc:  # any failure, KeyboardInterrupt included, is handed to the caller below
             errors.append(exc)
         finally:
             done.release()

@@ -26,8 +26,9 @@ probability targets; times 1 - tanh^2 under the softcap), where g is the row's g
 multiply-add per element. The one-hot -T is left out of the per-element work, and the target column is
 rewritten by one scalar store after a barrier. Loads and stores ask to go first from the caches
 (evict_first): within a kernel no logit is read twice, and by the time backward re-reads a row the
-whole N x C array has passed through the cache since forward read it. Within one row the kernel reads x at an offset before it
-writes the gradient at that same offset, and the target logit is read before the row is written, so
+whole N x C array has passed through the cache since forward read it. Within one row the kernel
+reads x at an offset before it writes the gradient at that same offset, and the target logit is read
+before the row is written, so
 ``grad`` may be the logits themselves (``inplace``). Why two kernels rather than one that writes the
 gradient during forward: docs/kernels.md, "The Triton backend's design".
 
@@ -67,7 +68,8 @@ Ignored rows (index target == ignore_index) store loss 0 and a zero gradient wit
 logits. Targets are clamped before any gather, so an out-of-range target never reads out of bounds;
 with ``check_targets`` the forward kernel flags it in a device scalar that ``torch._assert_async``
 checks (one small op instead of the five a separate range check takes), and ``tl.device_assert``
-reports it when Triton runs with debug checks (TRITON_DEBUG=1); neither synchronises the host. Offsets of rows are int64, so M * C beyond 2**31 elements is fine.
+reports it when Triton runs with debug checks (TRITON_DEBUG=1); neither synchronises the host.
+Offsets of rows are int64, so M * C beyond 2**31 elements is fine.
 
 Float64 logits are not supported (TypeError): the fp32 accumulation here would lose their precision.
 """
@@ -591,7 +593,9 @@ def _ce_fwd_kernel(
             tl.store(loss_ptr + row, 0.0)
         else:
             tl.device_assert((y >= 0) & (y < C), "labelsmooth: target class index out of range")
-            if CHECK_TARGETS:
+            # Kept nested: CHECK_TARGETS is a constexpr that Triton resolves at compile time, while the
+            # range test is a runtime tensor; `and` between the two is not what the Triton DSL expects.
+            if CHECK_TARGETS:  # noqa: SIM102
                 # Every offending row writes the same 1: racing stores need no atomics.
                 if (y < 0) | (y >= C):
                     tl.store(bad_ptr, 1)
@@ -796,7 +800,7 @@ def _slice_stats_kernel(x_ptr, x_stride, tgt_ptr, out_ptr, rows, C, ITERS: tl.co
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
     # eps = C makes _row_stats' uniform smoothing sum (eps / C) sum_c (x_c - m) the plain sum.
-    M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
+    M, M_ref, _S, s_minus_1, _log_s, _V, G = _row_stats(
         x_row, tgt_ptr, x_ptr, x_ptr, C, C * 1.0, 1.0, 1.0, 1.0, False, False, False, True, False, ITERS, LANES
     )
     y = tl.load(tgt_ptr + row)

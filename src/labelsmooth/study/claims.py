@@ -19,8 +19,8 @@ Claims (keys of :data:`CLAIMS`): ``noise``, ``overfitting``, ``calibration``, ``
 from __future__ import annotations
 
 import statistics as _st
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from labelsmooth.study import stats as S
 from labelsmooth.study.methods import METHODS
@@ -402,10 +402,11 @@ def _calibration(w: _Writer) -> list[str]:
         if ece0 is None:
             continue
         smooth = S.smoothing_variants(w.records, ds)
+        confidence = _confidence(w.mean(ds, base, noise, "mean_confidence"), w.mean(ds, base, noise, "test_accuracy"))
         text = (
             f"{ds}, {S.noise_label(noise)} labels: ce had test ECE {ece0:.3f} (equal-mass bins "
             f"{_f(w.mean(ds, base, noise, 'ece_quantile'))}) and NLL {_f(w.mean(ds, base, noise, 'nll'))}, "
-            f"and was {_confidence(w.mean(ds, base, noise, 'mean_confidence'), w.mean(ds, base, noise, 'test_accuracy'))}."
+            f"and was {confidence}."
         )
         head = _headline(smooth)
         if head is not None:

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -197,7 +197,7 @@ def _cifar10(data_dir: Path | None) -> Dataset:
             f"in --data-dir {str(data_dir)!r} or its cifar-10-batches-bin folder"
         )
     train = [folder / f for f in _CIFAR_TRAIN if (folder / f).exists()]
-    x, y = zip(*(read_cifar10_binary(p) for p in train))
+    x, y = zip(*(read_cifar10_binary(p) for p in train), strict=True)
     x_test, y_test = read_cifar10_binary(folder / _CIFAR_TEST)
     x, y = np.concatenate(x), np.concatenate(y)
     return Dataset(
@@ -566,5 +566,5 @@ def split_dataset(
         y_val.astype(np.int64),
         as32(x_test),
         y_test.astype(np.int64),
-        info={"n_train": int(len(y_train)), "n_val": int(len(y_val)), "n_test": int(len(y_test))},
+        info={"n_train": len(y_train), "n_val": len(y_val), "n_test": len(y_test)},
     )

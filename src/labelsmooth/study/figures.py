@@ -6,7 +6,7 @@ plots means over seeds with 95% t-interval error bars from :mod:`labelsmooth.stu
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, n
     for ax in axes[len(vs) :]:
         ax.remove()  # an incomplete last row
     n_seeds = 0
-    for ax, v in zip(axes, vs):
+    for ax, v in zip(axes, vs, strict=False):  # the grid may hold more panels than variants
         pairs = [load(r) for r in S.cell(records, dataset, v, noise_rate)]
         n_seeds = max(n_seeds, len(pairs))
         probs = np.concatenate([p for p, _ in pairs])
@@ -100,11 +100,11 @@ def accuracy_vs_noise(records: Sequence[dict], checkpoint: str = ""):
     if not dsets:
         return None  # no noisy runs: nothing to draw
     fig, axes = _grid(len(dsets))
-    for ax, ds in zip(axes, dsets):
+    for ax, ds in zip(axes, dsets, strict=True):
         settings = S.noise_settings(records, ds)
         kinds = sorted({k for k, lvl in settings if lvl > 0})
         # Post-hoc variants (temperature scaling) keep their model's predictions: same accuracy, not drawn.
-        drawn = [S.baseline_variant(records)] + S.smoothing_variants(records, ds) + S.scheme_variants(records, ds)
+        drawn = [S.baseline_variant(records), *S.smoothing_variants(records, ds), *S.scheme_variants(records, ds)]
         for i, v in enumerate(drawn):
             color = f"C{i % 10}"  # one colour per variant, one line style per noise kind
             for kind in kinds:
@@ -139,7 +139,7 @@ def metric_vs_eps(records: Sequence[dict], name: str, ylabel: str, posthoc: bool
     dsets = S.datasets(records)
     fig, axes = _grid(len(dsets))
     base = S.baseline_variant(records)
-    for ax, ds in zip(axes, dsets):
+    for ax, ds in zip(axes, dsets, strict=True):
         line_vs = ([base] if base else []) + S.smoothing_variants(records, ds)
         for n in S.noise_settings(records, ds):
             es = [(v[1], S.metric(records, ds, v, n, name)) for v in line_vs]
@@ -188,7 +188,7 @@ def effect_size_figure(records: Sequence[dict]):
     width = 0.8 / max(len(dsets), 1)
     panels = [("ece", "Δ ECE (eps - ce)"), ("test_accuracy", "Δ test accuracy"), ("nll", "Δ NLL (eps - ce)")]
     effects = {v: effect_sizes(records, v, noise) for v in eps_vs}
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (key, title) in zip(axes, panels, strict=True):
         for j, ds in enumerate(dsets):
             xs, ys, err = [], [], []
             for i, v in enumerate(eps_vs):
@@ -233,10 +233,12 @@ def learning_curves(records: Sequence[dict], dataset: str):
             if not cs:
                 continue
             steps = cs[0]["step"]
-            for ax, key in zip(axes, ("train_loss", "val_accuracy", "val_nll")):
+            for ax, key in zip(axes, ("train_loss", "val_accuracy", "val_nll"), strict=True):
                 ys = np.mean([c[key] for c in cs if len(c[key]) == len(steps)], axis=0)
                 ax.plot(steps, ys, linestyle="-" if v == base else "--", label=f"{S.label(v)}, {S.noise_label(n)}")
-    for ax, title in zip(axes, ("training loss (the loss trained on)", "validation accuracy", "validation NLL")):
+    for ax, title in zip(
+        axes, ("training loss (the loss trained on)", "validation accuracy", "validation NLL"), strict=True
+    ):
         ax.set(title=f"{dataset}: {title}", xlabel="step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="x-small")
@@ -256,11 +258,11 @@ def projection_figure(records: Sequence[dict], load: Callable[[dict], object], d
     head = min(smooth, key=lambda v: (abs(v[1] - HEADLINE_EPS), v[1])) if smooth else None
     shown = [v for v in (base, head) if v is not None]
     picked = [next((r for r in rs if (r["method"], r["label_smoothing"]) == v), None) for v in shown]
-    pairs = [(v, r) for v, r in zip(shown, picked) if r is not None]
+    pairs = [(v, r) for v, r in zip(shown, picked, strict=True) if r is not None]
     if not pairs:
         return None
     fig, axes = _grid(len(pairs), 4.2, 4.0)
-    for ax, (v, r) in zip(axes, pairs):
+    for ax, (v, r) in zip(axes, pairs, strict=True):
         got = load(r)
         if got is None:
             continue

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from labelsmooth.study import claims as C
 from labelsmooth.study import stats as S
@@ -60,7 +60,7 @@ def findings_markdown(records: Sequence[dict], meta: dict) -> str:
     if smoke:
         lines += ["**Smoke test (--quick): these numbers support no verdict.**", ""]
     if base is None:
-        return "\n".join(lines + ["No baseline (ce) runs.", ""])
+        return "\n".join([*lines, "No baseline (ce) runs.", ""])
     dsets = S.datasets(records)
     w = C._Writer(records, smoke)
     lines += [

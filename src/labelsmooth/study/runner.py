@@ -3,13 +3,15 @@ write every finished run to ``results.json`` atomically, then write the report.
 
 Crash safety: a run's test probabilities (``probs/<id>.npz``) are written as soon as it finishes, and
 ``results.json`` at most every :data:`_WRITE_EVERY_S` seconds and at the end (also after Ctrl-C),
-each through a temporary file and ``os.replace``, which is atomic on POSIX and Windows. A killed process therefore leaves either the previous or the
-new ``results.json``, never a torn one, and re-running the same command into the same folder
-skips every finished run (same key: dataset, method, eps, noise, seed and training fingerprint).
+each through a temporary file and ``os.replace``, which is atomic on POSIX and Windows. A killed
+process therefore leaves either the previous or the new ``results.json``, never a torn one, and
+re-running the same command into the same folder skips every finished run (same key: dataset,
+method, eps, noise, seed and training fingerprint).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -19,10 +21,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -314,7 +316,8 @@ def run_study(cfg: StudyConfig, console=None, report: bool = True) -> StudyOutco
     start = time.perf_counter()
     store = ResultsStore(cfg.out)
     jobs = plan_jobs(cfg, _binary_names(cfg))
-    planned_keys = [k for job in jobs for k in job.keys()]
+    # Job is not a mapping: Job.keys() lists the result keys of its methods, and a Job is not iterable.
+    planned_keys = [k for job in jobs for k in job.keys()]  # noqa: SIM118
     pending: list[Job] = []
     for job in jobs:
         missing = tuple(m for m in job.methods if not store.done(job.key(m)))
@@ -461,10 +464,8 @@ def _versions() -> dict[str, str]:
 
     out = {}
     for name in ("labelsmooth", "torch", "numpy", "scikit-learn", "mnist1d"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 

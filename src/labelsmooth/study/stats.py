@@ -11,8 +11,8 @@ batch order), which removes the seed-to-seed spread that both share.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -178,7 +178,7 @@ class JobResult:
 
 def _curve_steps(total: int, points: int) -> set[int]:
     # Evenly spaced steps, always including the first evaluation point and the last step.
-    return {int(round(e)) for e in np.linspace(total / min(points, total), total, min(points, total))}
+    return {round(float(e)) for e in np.linspace(total / min(points, total), total, min(points, total))}
 
 
 @torch.no_grad()
@@ -363,7 +363,7 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
 
     n_flipped = int(flipped.sum())
     accs = curves["train_accuracy"]
-    fifth = max(0, int(round(0.8 * len(accs))) - 1)
+    fifth = max(0, round(0.8 * len(accs)) - 1)
     shared = {
         "dataset": job.dataset,
         "parent_dataset": ds.parent,
