@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -66,20 +67,20 @@ def contenders(device: str, include_compile: bool = True) -> list[Contender]:
             out.append(Contender("liger", LigerCrossEntropyLoss(label_smoothing=eps)))
     fused = ["chunked"] + (["triton"] if device == "cuda" else [])
     for backend in fused:
-        out.append(
-            Contender(f"ls {backend}", lambda x, t, b=backend: ls.cross_entropy(x, t, label_smoothing=eps, backend=b))
-        )
+        out.append(Contender(f"ls {backend}", partial(ls.cross_entropy, label_smoothing=eps, backend=backend)))
         out.append(
             Contender(
                 f"ls {backend} inplace",
-                lambda x, t, b=backend: ls.cross_entropy(x, t, label_smoothing=eps, backend=b, inplace=True),
+                partial(ls.cross_entropy, label_smoothing=eps, backend=backend, inplace=True),
                 inplace=True,
             )
         )
     return out
 
 
-def make_inputs(rows: int, classes: int, dtype: torch.dtype, device: str, seed: int = 0):
+def make_inputs(
+    rows: int, classes: int, dtype: torch.dtype, device: str, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator(device="cpu").manual_seed(seed)
     x = (torch.randn(rows, classes, generator=g) * 2.0).to(device=device, dtype=dtype)
     t = torch.randint(0, classes, (rows,), generator=g).to(device)
@@ -120,7 +121,7 @@ def time_once(c: Contender, x: torch.Tensor, t: torch.Tensor, device: str) -> fl
         prime_memory(PRIME_FACTOR * x.numel() * x.element_size())
     _sync(device)
     start = time.perf_counter()
-    c.fn(leaf, t).backward()
+    c.fn(leaf, t).backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
     _sync(device)
     elapsed = time.perf_counter() - start
     del leaf
@@ -169,13 +170,13 @@ def _memory_child(name: str, rows: int, classes: int, dtype: str) -> None:
     c = by_name[name]
     # One small warm-up first: lazy initialisation (autograd engine, compilation) is not the loss's memory.
     small, st = make_inputs(8, classes, getattr(torch, dtype), "cpu")
-    c.fn(small.requires_grad_(True), st).backward()
+    c.fn(small.requires_grad_(True), st).backward()  # type: ignore[no-untyped-call]
     del small, st
     leaf = x.requires_grad_(True)
     del x
     _reset_peak_rss()
     base = _rss_bytes()
-    c.fn(leaf, t).backward()
+    c.fn(leaf, t).backward()  # type: ignore[no-untyped-call]
     extra = _peak_rss_bytes() - base
     print(json.dumps({"extra_bytes": extra}))
 
@@ -200,7 +201,7 @@ def peak_memory_cuda(c: Contender, x: torch.Tensor, t: torch.Tensor) -> float:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    c.fn(leaf, t).backward()
+    c.fn(leaf, t).backward()  # type: ignore[no-untyped-call]
     torch.cuda.synchronize()
     return float(torch.cuda.max_memory_allocated() - base)
 
@@ -249,7 +250,7 @@ def run_shape(
     repeats: int,
     include_compile: bool,
     measure_memory: bool,
-    log=print,
+    log: Callable[[str], object] = print,
     busy: bool = False,
 ) -> tuple[list[Row], float | None]:
     """Time every contender on one shape; ``busy``: with one core kept busy (see :func:`busy_core`)."""
@@ -349,6 +350,7 @@ def format_table(rows: list[Row], copy_gbps: dict[str, float | None]) -> str:
             f"{r.maximum * 1e3:.1f} | {r.ratio:.2f}x | {mem} |"
         )
         if gpu:
+            assert r.gbps is not None  # every row of a GPU run has a bandwidth
             cg = copy_gbps.get(f"{r.shape} {r.dtype}")
             line += f" {r.gbps:.0f} | {100 * r.gbps / cg:.0f}% |" if cg else f" {r.gbps:.0f} | n/a |"
         lines.append(line)

@@ -10,7 +10,8 @@ untouched. Every number drawn comes from :func:`labelsmooth.calibration.reliabil
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 from torch import Tensor
@@ -19,7 +20,7 @@ from labelsmooth.calibration import expected_calibration_error, reliability_curv
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure, SubFigure
 
 __all__ = ["reliability_diagram", "reliability_overlay"]
 
@@ -30,7 +31,7 @@ ACCURACY_COLOR = "tab:blue"
 GAP_COLOR = "#f4b4b4"
 
 
-def _matplotlib() -> Any:
+def _matplotlib() -> tuple[ModuleType, ModuleType]:
     try:
         import matplotlib.figure
         from matplotlib.backends import backend_agg
@@ -46,16 +47,42 @@ def _matplotlib() -> Any:
 
 def _new_figure(figsize: tuple[float, float]) -> Figure:
     matplotlib, backend_agg = _matplotlib()
-    fig = matplotlib.figure.Figure(figsize=figsize, layout="constrained")
+    fig: Figure = matplotlib.figure.Figure(figsize=figsize, layout="constrained")
     backend_agg.FigureCanvasAgg(fig)  # a private Agg canvas: savefig works, no GUI, no pyplot
     return fig
 
 
-def _curve_numpy(probs: ArrayLike, labels: ArrayLike, n_bins: int, binning: str, binary_mode: str) -> dict:
+def _curve_numpy(
+    probs: ArrayLike, labels: ArrayLike, n_bins: int, binning: str, binary_mode: str
+) -> dict[str, np.ndarray]:
     curve = reliability_curve(probs, labels, n_bins=n_bins, binning=binning, binary_mode=binary_mode)
     return {k: v.detach().cpu().numpy() for k, v in curve._asdict().items()}
 
 
+# Without ``ax`` the result is a new Figure; with one it is ``ax.figure``, which matplotlib types as
+# Figure | SubFigure (an axes inside a subfigure).
+@overload
+def reliability_diagram(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    n_bins: int = ...,
+    title: str | None = ...,
+    ax: None = ...,
+    *,
+    binning: str = ...,
+    binary_mode: str = ...,
+) -> Figure: ...
+@overload
+def reliability_diagram(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    n_bins: int = ...,
+    title: str | None = ...,
+    ax: Axes | None = ...,
+    *,
+    binning: str = ...,
+    binary_mode: str = ...,
+) -> Figure | SubFigure: ...
 def reliability_diagram(
     probs: ArrayLike,
     labels: ArrayLike,
@@ -65,7 +92,7 @@ def reliability_diagram(
     *,
     binning: str = "uniform",
     binary_mode: str = "top_label",
-) -> Figure:
+) -> Figure | SubFigure:
     """Reliability diagram: accuracy per confidence bin against the diagonal, with a histogram below.
 
     The top panel draws one bar per non-empty bin at the bin's accuracy, the diagonal of perfect
@@ -104,6 +131,7 @@ def reliability_diagram(
     """
     c = _curve_numpy(probs, labels, n_bins, binning, binary_mode)
     ece = expected_calibration_error(probs, labels, n_bins=n_bins, binning=binning, binary_mode=binary_mode)
+    fig: Figure | SubFigure
     if ax is None:
         fig = _new_figure((5.0, 6.0))
         top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
@@ -172,7 +200,8 @@ def _histogram_axes(ax: Axes) -> Axes:
     if spec is None:
         from mpl_toolkits.axes_grid1 import make_axes_locatable
 
-        return make_axes_locatable(ax).append_axes("bottom", size="33%", pad=0.15, sharex=ax)
+        below: Axes = make_axes_locatable(ax).append_axes("bottom", size="33%", pad=0.15, sharex=ax)
+        return below
     cells = spec.subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
     ax.set_subplotspec(cells[0])
     return ax.figure.add_subplot(cells[1], sharex=ax)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 _lock = threading.Lock()
-_tasks: queue.SimpleQueue | None = None
+_tasks: queue.SimpleQueue[Callable[[], None]] | None = None
 _size = 0
 
 
@@ -39,7 +39,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _worker(tasks: queue.SimpleQueue, ready: threading.Barrier) -> None:
+def _worker(tasks: queue.SimpleQueue[Callable[[], None]], ready: threading.Barrier) -> None:
     # Torch sets a thread's count lazily, from the process default, on its first parallel op: do that
     # first (get_num_threads triggers it), or it would later undo the 1 set here.
     torch.get_num_threads()
@@ -49,7 +49,7 @@ def _worker(tasks: queue.SimpleQueue, ready: threading.Barrier) -> None:
         tasks.get()()
 
 
-def _ensure(n: int) -> queue.SimpleQueue:
+def _ensure(n: int) -> queue.SimpleQueue[Callable[[], None]]:
     """Start workers until there are at least ``n``; return the task queue they serve."""
     global _tasks, _size
     with _lock:

@@ -76,6 +76,9 @@ Float64 logits are not supported (TypeError): the fp32 accumulation here would l
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -97,8 +100,12 @@ _DEFAULT_ITERS = 8
 _DEFAULT_ITERS_EXTRA_OPERANDS = 4
 
 
+# Type checking: triton ships no annotations, so @triton.jit is an untyped decorator, and the jit
+# functions' parameters are device pointers, scalars and tl.constexpr meta-parameters whose bodies are
+# Triton DSL rather than Python a checker can follow. Those functions carry a targeted ignore each;
+# the Python wrappers below them are fully annotated.
 @triton.jit
-def _exp(x):
+def _exp(x):  # type: ignore[no-untyped-def]
     """exp as exp2 of x log2(e): on NVIDIA GPUs tl.exp2 is a single ex2.approx.ftz, where tl.exp adds
     fix-ups for subnormal results (three more instructions per element), which would only change
     terms below 1e-38 of the row max's."""
@@ -106,7 +113,7 @@ def _exp(x):
 
 
 @triton.jit
-def _tanh(u):
+def _tanh(u):  # type: ignore[no-untyped-def]
     """tanh in fp32 to a few ulps, from exp only (so it also runs under the interpreter)."""
     a = tl.abs(u)
     # Away from 0, (1 - e) / (1 + e) with e = exp(-2|u|) <= exp(-0.8) = 0.45: 1 - e >= 0.55, so no
@@ -126,7 +133,7 @@ def _tanh(u):
 
 
 @triton.jit
-def _log1p(x):
+def _log1p(x):  # type: ignore[no-untyped-def]
     """log(1 + x) in fp32 for x >= 0 (or NaN/+inf), accurate relative to the result for small x."""
     # log1p(x) = 2 atanh(s), s = x / (2 + x) <= 0.2 for x < 0.5: the odd series to s^11 leaves a
     # relative error below 1e-9. Above, 1 + x rounds by at most 6e-8 relative and log(1 + x) > 0.4,
@@ -141,8 +148,8 @@ def _log1p(x):
     return tl.where(x < 0.5, series, tl.log(1.0 + x))
 
 
-@triton.jit
-def _smoothing_weights(
+@triton.jit  # type: ignore[untyped-decorator]
+def _smoothing_weights(  # type: ignore[no-untyped-def]
     cols,
     mask,
     t_row,
@@ -196,8 +203,8 @@ def _smoothing_weights(
     return v
 
 
-@triton.jit
-def _stats_block(
+@triton.jit  # type: ignore[untyped-decorator]
+def _stats_block(  # type: ignore[no-untyped-def]
     x_row,
     t_row,
     w_ptr,
@@ -267,8 +274,8 @@ def _stats_block(
     return m_new, s_l, r_l, v_l, g_l
 
 
-@triton.jit
-def _row_stats(
+@triton.jit  # type: ignore[untyped-decorator]
+def _row_stats(  # type: ignore[no-untyped-def]
     x_row,
     t_row,
     w_ptr,
@@ -376,8 +383,8 @@ def _row_stats(
     return M, M_ref, S, s_minus_1, log_s, V, G
 
 
-@triton.jit
-def _grad_block(
+@triton.jit  # type: ignore[untyped-decorator]
+def _grad_block(  # type: ignore[no-untyped-def]
     x_row,
     g_row,
     t_row,
@@ -428,8 +435,8 @@ def _grad_block(
         tl.store(g_row + cols, g, eviction_policy="evict_first")
 
 
-@triton.jit
-def _write_grad(
+@triton.jit  # type: ignore[untyped-decorator]
+def _write_grad(  # type: ignore[no-untyped-def]
     x_row,
     g_row,
     t_row,
@@ -501,8 +508,8 @@ def _write_grad(
         )
 
 
-@triton.jit
-def _zero_grad(g_row, C, BLOCK: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _zero_grad(g_row, C, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
     offs = tl.arange(0, BLOCK)
     for start in range(0, C, BLOCK):
         cols = start + offs
@@ -510,7 +517,7 @@ def _zero_grad(g_row, C, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef):
+def _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef):  # type: ignore[no-untyped-def]
     st = stats_ptr + row * 4
     tl.store(st, M_ref)
     tl.store(st + 1, S)
@@ -518,8 +525,8 @@ def _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef):
     tl.store(st + 3, coef)
 
 
-@triton.jit
-def _ce_fwd_kernel(
+@triton.jit  # type: ignore[untyped-decorator]
+def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
     x_ptr,
     x_stride,
     tgt_ptr,
@@ -642,8 +649,8 @@ def _ce_fwd_kernel(
                 _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef)
 
 
-@triton.jit
-def _ce_bwd_kernel(
+@triton.jit  # type: ignore[untyped-decorator]
+def _ce_bwd_kernel(  # type: ignore[no-untyped-def]
     x_ptr,
     x_stride,
     tgt_ptr,
@@ -792,8 +799,8 @@ def _ce_bwd_kernel(
                 tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
 
 
-@triton.jit
-def _slice_stats_kernel(x_ptr, x_stride, tgt_ptr, out_ptr, rows, C, ITERS: tl.constexpr, LANES: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _slice_stats_kernel(x_ptr, x_stride, tgt_ptr, out_ptr, rows, C, ITERS: tl.constexpr, LANES: tl.constexpr):  # type: ignore[no-untyped-def]
     """One slice of a vocabulary split over devices: per row its max m, S - 1 relative to m (summed
     without one max element, as in forward), sum_c (x_c - m) and x_y - m for a target inside the slice
     (0 otherwise); stored as out[0..3, row]."""
@@ -884,7 +891,9 @@ def _launch_config(
     return it, lanes, num_warps
 
 
-def _check_operands(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None):
+def _check_operands(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Validate the 2-D problem; returns (target, weight) made ready for the kernels."""
     if logits.dtype not in _SUPPORTED_DTYPES:
         raise TypeError(
@@ -928,7 +937,10 @@ def _smoothing_weights_vector(
     return sw.contiguous()
 
 
-def _launch(kernel, device: torch.device, num_rows: int, args: tuple, meta: dict) -> None:
+# kernel: a triton JITFunction (Any: triton is untyped), launched with one program per row.
+def _launch(
+    kernel: Any, device: torch.device, num_rows: int, args: tuple[object, ...], meta: Mapping[str, object]
+) -> None:
     if device.type == "cuda":
         with torch.cuda.device(device):  # launch on the tensors' device, not the current one
             kernel[(num_rows,)](*args, **meta)
@@ -1009,6 +1021,7 @@ def forward(
     )
     _launch(_ce_fwd_kernel, device, num_rows, args, meta)
     if check:
+        assert bad is not None  # allocated above whenever check is set
         torch._assert_async(
             bad == 0,
             f"target contains a class index outside [0, {num_classes - 1}] (and not ignore_index={ignore_index})",
@@ -1138,7 +1151,6 @@ def fused_ce(
 
     No host-device synchronisation happens here.
     """
-    cfg = dict(block_size=block_size, iters=iters, num_warps=num_warps)
     loss, stats = forward(
         logits,
         target,
@@ -1149,9 +1161,12 @@ def fused_ce(
         softcap,
         save_stats=grad is not None,
         prior=prior,
-        **cfg,
+        block_size=block_size,
+        iters=iters,
+        num_warps=num_warps,
     )
     if grad is not None:
+        assert stats is not None  # forward saves them whenever a gradient is asked for
         backward(
             logits,
             target,
@@ -1163,6 +1178,8 @@ def fused_ce(
             grad,
             grad_scale=grad_scale,
             prior=prior,
-            **cfg,
+            block_size=block_size,
+            iters=iters,
+            num_warps=num_warps,
         )
     return loss
