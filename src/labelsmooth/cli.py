@@ -14,13 +14,28 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    from labelsmooth.study.runner import StudyConfig
 
 __all__ = ["build_parser", "main"]
+
 
 #: Defaults of the full grid; ``--quick`` replaces the ones in QUICK. The budget is a number of Adam
 #: steps, the same on every dataset (docs/study.md: "Budget"). Noise levels are fractions of the
 #: breakdown rate, so 0.5 is the same severity for 2 and for 10 classes.
-DEFAULTS = {
+class _Preset(TypedDict, total=False):
+    datasets: list[str]
+    methods: list[str]
+    eps: list[float]
+    noise: list[float]
+    noise_kind: str
+    seeds: int
+    steps: int
+
+
+DEFAULTS: _Preset = {
     "datasets": ["digits", "mnist1d", "breast_cancer", "digits:3v8", "mnist1d:3v8"],
     "methods": ["ce", "ls", "nls", "focal", "ts", "ts-noisyval", "ls+ts"],
     "eps": [-0.5, -0.2, 0.0, 0.1, 0.3, 0.6],
@@ -31,7 +46,7 @@ DEFAULTS = {
 }
 #: --quick is a smoke test (does it run end to end?), not a measurement: 2 seeds, a short budget, and
 #: a report that says so and makes no verdicts.
-QUICK = {"eps": [-0.2, 0.0, 0.1], "noise": [0.0, 0.5], "noise_kind": "symmetric", "seeds": 2, "steps": 100}
+QUICK: _Preset = {"eps": [-0.2, 0.0, 0.1], "noise": [0.0, 0.5], "noise_kind": "symmetric", "seeds": 2, "steps": 100}
 
 
 def _kind_list(text: str) -> list[str]:
@@ -85,7 +100,13 @@ def _name_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    # Keeps the study subcommand's parser, so that errors found after parsing are reported with its
+    # usage line.
+    study_parser: argparse.ArgumentParser
+
+
+def build_parser() -> _Parser:
     """The argument parser of the ``labelsmooth`` command (``study`` and ``bench`` subcommands).
 
     Returns:
@@ -95,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     from labelsmooth.study.data import BUILTIN
     from labelsmooth.study.methods import METHODS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="labelsmooth",
         description="Label smoothing for PyTorch: measure whether smoothing helps (study) and time the losses (bench).",
     )
@@ -229,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("--no-report", action="store_true", help="train and write results.json only")
 
-    parser.study_parser = study  # type: ignore[attr-defined]
+    parser.study_parser = study
     bench = sub.add_parser(
         "bench", help="time the losses on this machine (arguments go to labelsmooth.bench)", add_help=False
     )
@@ -237,15 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> StudyConfig:  # noqa: F821
+def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
     from labelsmooth.study.data import DatasetError, discover, validate_name
     from labelsmooth.study.methods import METHODS
     from labelsmooth.study.runner import StudyConfig
     from labelsmooth.study.train import TrainConfig
 
     study = parser.study_parser  # errors are reported with the subcommand's usage line
-    preset = {**DEFAULTS, **(QUICK if args.quick else {})}
-    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else preset[name]  # noqa: E731
+    preset: _Preset = {**DEFAULTS, **QUICK} if args.quick else DEFAULTS
 
     for m in args.methods:
         if m not in METHODS:
@@ -287,7 +307,12 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Study
             )
     if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
         study.error(f"argument --out: folder {str(out)!r} is not writable")
-    eps = pick("eps")
+    # An option given on the command line wins over the preset (--quick's, else the full grid's).
+    eps: list[float] = args.eps if args.eps is not None else preset["eps"]
+    noise: list[float] = args.noise if args.noise is not None else preset["noise"]
+    kinds: list[str] | str = args.noise_kind if args.noise_kind is not None else preset["noise_kind"]
+    seeds: int = args.seeds if args.seeds is not None else preset["seeds"]
+    steps: int = args.steps if args.steps is not None else preset["steps"]
     methods = list(args.methods)
     if not any(METHODS[m].eps_values(eps) for m in methods):
         study.error(
@@ -295,7 +320,7 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Study
             f"{','.join(map(str, eps))} (ls needs a positive eps, nls a negative one)"
         )
     train = TrainConfig(
-        steps=pick("steps"),
+        steps=steps,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -308,9 +333,9 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Study
         datasets=datasets,
         methods=methods,
         eps=eps,
-        noise=pick("noise"),
-        noise_kind=",".join(pick("noise_kind")) if isinstance(pick("noise_kind"), list) else pick("noise_kind"),
-        seeds=pick("seeds"),
+        noise=noise,
+        noise_kind=",".join(kinds) if isinstance(kinds, list) else kinds,
+        seeds=seeds,
         train=train,
         out=out,
         workers=args.workers,
@@ -349,7 +374,7 @@ def _canonical_command(args: argparse.Namespace, datasets: list[str], out: Path)
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _study(args: argparse.Namespace, parser: _Parser) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -394,8 +419,8 @@ def _study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     console.print(f"results: {cfg.out / 'results.json'}")
     if outcome.report is not None:
         console.print(f"report:  {outcome.report}\nsummary: {outcome.summary}")
-    for what, err in outcome.failures:
-        console.print(f"[red]failed:[/red] {what}: {err}")
+    for what, error in outcome.failures:
+        console.print(f"[red]failed:[/red] {what}: {error}")
     return 1 if outcome.failures else 0
 
 
