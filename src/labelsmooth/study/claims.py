@@ -170,7 +170,7 @@ def _picked(picked: dict[Variant, int]) -> str:
 class _Writer:
     """Holds the records, the smoke flag and the ledger of every verdict made (for the statistics note)."""
 
-    records: list[dict]
+    records: list[S.Record]
     smoke: bool = False
     ledger: list[tuple[str, str, str]] = field(default_factory=list)  # (claim, metric, verdict)
     spreads: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # metric -> (sd, n)
@@ -332,7 +332,7 @@ def _k(w: _Writer, ds: str) -> int:
 # ----------------------------------------------------------------------------- claim 2: overfitting
 
 
-def _val_nll_rise(r: dict) -> float | None:
+def _val_nll_rise(r: S.Record) -> float | None:
     c = r.get("curves") or {}
     vals = c.get("val_nll") or []
     return vals[-1] - min(vals) if vals else None
@@ -489,7 +489,7 @@ def _calibration(w: _Writer) -> list[str]:
 # ----------------------------------------------------------------------------- claim 4: binary
 
 
-def effect_sizes(records: Sequence[dict], variant: Variant, noise: Noise) -> dict[str, dict[str, Estimate | None]]:
+def effect_sizes(records: Sequence[S.Record], variant: Variant, noise: Noise) -> dict[str, dict[str, Estimate | None]]:
     """Signed paired effects of ``variant`` vs the baseline per dataset: ΔECE, Δaccuracy, ΔNLL.
 
     Args:
@@ -525,7 +525,7 @@ class BinaryComparison:
 
 
 def binary_comparison(
-    records: Sequence[dict],
+    records: Sequence[S.Record],
     binary_ds: str,
     multi_ds: str,
     variant: Variant,
@@ -700,7 +700,7 @@ def _statistics(w: _Writer) -> str:
 # ----------------------------------------------------------------------------- entry point
 
 
-def claim_paragraphs(records: Sequence[dict], smoke: bool = False) -> dict[str, str]:
+def claim_paragraphs(records: Sequence[S.Record], smoke: bool = False) -> dict[str, str]:
     """Short paragraphs per claim (separated by blank lines), generated from the run records.
 
     Args:

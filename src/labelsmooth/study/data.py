@@ -110,7 +110,7 @@ class Splits:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    info: dict = field(default_factory=dict)
+    info: dict[str, int] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- built-in datasets
@@ -226,7 +226,7 @@ BUILTIN: dict[str, Callable[[Path | None], Dataset]] = {
 # ----------------------------------------------------------------------------- readers
 
 
-def read_cifar10_binary(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar10_binary(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-10 batch in the official binary format (never the pickled Python version).
 
     Each record is 3073 bytes: the label (0-9), then 1024 red, 1024 green and 1024 blue pixel bytes
@@ -280,13 +280,13 @@ def _as_inputs(x: np.ndarray, where: str) -> np.ndarray:
     if not (np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.bool_)) or np.iscomplexobj(x):
         raise DatasetError(f"{where}: x must be a real numeric array, got dtype {x.dtype}")
     scale = 255.0 if x.dtype == np.uint8 else 1.0  # 8-bit images are scaled to [0, 1]
-    out = x.astype(np.float32) / np.float32(scale)
+    out: np.ndarray = x.astype(np.float32) / np.float32(scale)
     if not np.isfinite(out).all():
         raise DatasetError(f"{where}: x contains NaN or infinite values")
     return out
 
 
-def read_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
+def read_npz(path: str | os.PathLike[str], name: str | None = None) -> Dataset:
     """Read a user's dataset from a ``.npz`` file, with ``allow_pickle=False``.
 
     The file must hold ``x`` (``(N, D)`` features, or ``(N, H, W)`` / ``(N, C, H, W)`` images; uint8
@@ -356,7 +356,10 @@ def read_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
         raise DatasetError(f"{where}: y has {len(classes)} distinct label(s); a classifier needs at least 2")
     if y_test is not None and not np.isin(y_test, classes).all():
         raise DatasetError(f"{where}: y_test has labels that never occur in y")
-    remap = lambda labels: np.searchsorted(classes, labels).astype(np.int64)  # noqa: E731
+
+    def remap(labels: np.ndarray) -> np.ndarray:
+        return np.searchsorted(classes, labels).astype(np.int64)
+
     shape = "x".join(map(str, x.shape[1:]))
     return Dataset(
         name or f"npz:{path}",
@@ -433,7 +436,7 @@ def discover(data_dir: Path) -> list[str]:
     return names
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
     """Load a dataset by name (see the module docstring for the names).
 
     Args:
@@ -495,8 +498,8 @@ def carve_binary(ds: Dataset, name: str) -> Dataset:
         ([1, 0, 1, 0], 2, 'toy')
     """
     _, _, pair = name.partition(":")
-    a, _, b = pair.partition("v")
-    a, b = int(a), int(b)
+    first, _, second = pair.partition("v")
+    a, b = int(first), int(second)
     keep = (ds.y == a) | (ds.y == b)
     return Dataset(
         name,
@@ -539,9 +542,10 @@ def split_dataset(
     """
     from sklearn.model_selection import train_test_split
 
-    def split(x, y, size, what):
+    def split(x: np.ndarray, y: np.ndarray, size: float, what: str) -> list[np.ndarray]:
         try:
-            return train_test_split(x, y, test_size=size, random_state=seed, stratify=y)
+            parts: list[np.ndarray] = train_test_split(x, y, test_size=size, random_state=seed, stratify=y)
+            return parts
         except ValueError as err:  # e.g. a class with a single sample cannot be stratified
             raise DatasetError(f"dataset {ds.name!r}: cannot make a stratified {what} split: {err}") from err
 
@@ -549,6 +553,7 @@ def split_dataset(
         x_rest, x_test, y_rest, y_test = split(ds.x, ds.y, test_fraction, "test")
         x_train, x_val, y_train, y_val = split(x_rest, y_rest, val_fraction / (1 - test_fraction), "validation")
     else:
+        assert ds.y_test is not None  # a Dataset has x_test and y_test together or neither
         x_test, y_test = ds.x_test, ds.y_test
         x_train, x_val, y_train, y_val = split(ds.x, ds.y, val_fraction, "validation")
     if max_train is not None and len(y_train) > max_train:
@@ -558,7 +563,10 @@ def split_dataset(
         mean, std = x_train.mean(axis=0), x_train.std(axis=0)
         std = np.where(std > 0, std, 1.0).astype(np.float32)
         x_train, x_val, x_test = ((a - mean) / std for a in (x_train, x_val, x_test))
-    as32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+
+    def as32(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a, dtype=np.float32)
+
     return Splits(
         as32(x_train),
         y_train.astype(np.int64),

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 #: ``load(record) -> (probs, labels)`` for a record's saved test predictions.
-ProbsLoader = Callable[[dict], "tuple[np.ndarray, np.ndarray]"]
+ProbsLoader = Callable[[S.Record], "tuple[np.ndarray, np.ndarray]"]
 
 
 def _err(e: S.Estimate | None) -> float:
@@ -42,7 +42,7 @@ def _grid(n: int, width: float = 4.2, height: float = 3.4):
 RELIABILITY_COLUMNS = 4
 
 
-def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, noise_rate: S.Noise):
+def reliability_grid(records: Sequence[S.Record], load: ProbsLoader, dataset: str, noise_rate: S.Noise):
     """Reliability diagrams of every variant on one dataset at one noise rate, seeds pooled.
 
     Each panel pools the test sets of all seeds into one diagram. Its title gives two ECEs with the
@@ -93,7 +93,7 @@ def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, n
     return fig
 
 
-def accuracy_vs_noise(records: Sequence[dict], checkpoint: str = ""):
+def accuracy_vs_noise(records: Sequence[S.Record], checkpoint: str = ""):
     """Test accuracy against the noise level (fraction of the breakdown rate), one line per variant and
     noise kind, one panel per dataset. ``checkpoint="es_"`` draws the early-stopped models."""
     dsets = [d for d in S.datasets(records) if len(S.noise_settings(records, d)) > 1]
@@ -129,7 +129,7 @@ def accuracy_vs_noise(records: Sequence[dict], checkpoint: str = ""):
     return fig
 
 
-def metric_vs_eps(records: Sequence[dict], name: str, ylabel: str, posthoc: bool = True):
+def metric_vs_eps(records: Sequence[S.Record], name: str, ylabel: str, posthoc: bool = True):
     """A metric against label smoothing eps, one line per noise setting, one panel per dataset.
 
     eps = 0 is the baseline (ce). With ``posthoc``, ce + temperature scaling (``ts``) is drawn as a
@@ -174,7 +174,7 @@ def metric_vs_eps(records: Sequence[dict], name: str, ylabel: str, posthoc: bool
     return fig
 
 
-def effect_size_figure(records: Sequence[dict]):
+def effect_size_figure(records: Sequence[S.Record]):
     """Binary vs multiclass: paired effect of each eps vs ce on ECE, test accuracy and relative NLL.
 
     One panel per effect, groups of bars per eps, one bar per dataset (binary datasets hatched), at
@@ -218,7 +218,7 @@ def effect_size_figure(records: Sequence[dict]):
     return fig
 
 
-def learning_curves(records: Sequence[dict], dataset: str):
+def learning_curves(records: Sequence[S.Record], dataset: str):
     """Training loss, validation accuracy and validation NLL against the training step, for ce and the
     eps closest to 0.1, on clean labels and the last noise setting (mean over seeds). The test split is
     not on these curves: it only scores the final and the early-stopped models."""
@@ -245,7 +245,7 @@ def learning_curves(records: Sequence[dict], dataset: str):
     return fig
 
 
-def projection_figure(records: Sequence[dict], load: Callable[[dict], object], dataset: str):
+def projection_figure(records: Sequence[S.Record], load: Callable[[S.Record], object], dataset: str):
     """Müller et al.'s (2019) picture: validation examples of three classes, penultimate activations
     projected onto the plane of their three templates, ce beside the eps closest to 0.1 (seed 0, clean).
 

@@ -16,6 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from labelsmooth.study import claims as C
 from labelsmooth.study import stats as S
@@ -37,7 +38,7 @@ def _m(records, ds, v, noise, name) -> str:
     return "–" if e is None else f"{e.mean:.3f}"
 
 
-def findings_markdown(records: Sequence[dict], meta: dict) -> str:
+def findings_markdown(records: Sequence[S.Record], meta: dict[str, Any]) -> str:
     """The headline tables (calibration, noisy labels, binary vs multiclass) and the statistics note.
 
     Args:

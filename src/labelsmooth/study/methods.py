@@ -50,7 +50,7 @@ __all__ = [
 
 #: ``posthoc(val_logits, val_labels) -> (transform, extra record fields)``: fitted on the validation
 #: split, ``transform(logits)`` is then applied to any logits of the same model (test, checkpoints).
-Posthoc = Callable[[Tensor, Tensor], "tuple[Callable[[Tensor], Tensor], dict]"]
+Posthoc = Callable[[Tensor, Tensor], "tuple[Callable[[Tensor], Tensor], dict[str, float]]"]
 
 #: Focal loss exponent: Mukhoti et al. (2020) report gamma = 3 as their best fixed value.
 FOCAL_GAMMA = 3.0
@@ -136,7 +136,8 @@ class OnlineSmoothingLoss(nn.Module):
                 logits.device
             )
         self.ols.train(self.training)
-        return self.ols(logits, target)
+        loss: Tensor = self.ols(logits, target)
+        return loss
 
     def epoch_end(self, model: nn.Module) -> None:
         if self.ols is not None:
@@ -192,7 +193,7 @@ def focal_loss(eps: float, binary: bool) -> nn.Module:
     return FocalLoss(FOCAL_GAMMA)
 
 
-def temperature_scaling(val_logits: Tensor, val_labels: Tensor) -> tuple[Callable[[Tensor], Tensor], dict]:
+def temperature_scaling(val_logits: Tensor, val_labels: Tensor) -> tuple[Callable[[Tensor], Tensor], dict[str, float]]:
     """Post-hoc temperature scaling (Guo et al. 2017): fit T on validation logits.
 
     Args:

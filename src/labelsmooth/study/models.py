@@ -106,7 +106,7 @@ def mlp(in_features: int, out_features: int, hidden: Sequence[int] = (256, 256))
     return nn.Sequential(*layers)
 
 
-def cnn(in_channels: int, out_features: int, widths: Sequence[int] = (32, 64, 128)) -> nn.Module:
+def cnn(in_channels: int, out_features: int, widths: Sequence[int] = (32, 64, 128)) -> nn.Sequential:
     """A small CNN: 3x3 conv + ReLU blocks, 2x2 max-pooling between them, global average pooling.
 
     ``ceil_mode`` pooling keeps a 1x1 map at 1x1, so any image size >= 1x1 works.

@@ -12,6 +12,7 @@ import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ TABLE_GROUPS: list[tuple[str, list[str]]] = [
 MIN_SEEDS_FOR_VERDICTS = MIN_SEEDS
 
 
-def summary_rows(records: Sequence[dict]) -> list[dict[str, str]]:
+def summary_rows(records: Sequence[S.Record]) -> list[dict[str, str]]:
     """One row per dataset x noise rate x variant: ``mean ± 95% t-interval half-width`` per column.
 
     Args:
@@ -168,11 +169,11 @@ code.opt { white-space: nowrap; overflow-wrap: normal; }
 
 
 def write_report(
-    records: Sequence[dict],
-    out: str | os.PathLike,
-    load: Callable[[dict], tuple[np.ndarray, np.ndarray]],
-    meta: dict,
-    load_projection: Callable[[dict], object] | None = None,
+    records: Sequence[S.Record],
+    out: str | os.PathLike[str],
+    load: Callable[[S.Record], tuple[np.ndarray, np.ndarray]],
+    meta: dict[str, Any],
+    load_projection: Callable[[S.Record], object] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.html``, ``summary.md`` and ``figures/*.png`` into ``out``.
 
@@ -351,7 +352,7 @@ def write_report(
     return html_path, md_path
 
 
-def _preliminary(meta: dict, records: Sequence[dict]) -> tuple[str, str] | None:
+def _preliminary(meta: dict[str, Any], records: Sequence[S.Record]) -> tuple[str, str] | None:
     """``(headline, explanation)`` for a report too small for verdicts, else ``None``.
 
     A report is preliminary when it was made with ``--quick`` (a smoke test with a short budget) or
@@ -409,7 +410,7 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _header_lines(meta: dict, records: Sequence[dict]) -> list[str]:
+def _header_lines(meta: dict[str, Any], records: Sequence[S.Record]) -> list[str]:
     lines = []
     cfg = meta.get("config", {})
     if cfg:
@@ -448,9 +449,9 @@ def _show(value) -> str:
     return str(value)
 
 
-def _header_md(meta: dict, records: Sequence[dict]) -> str:
+def _header_md(meta: dict[str, Any], records: Sequence[S.Record]) -> str:
     return "\n".join(f"- {line}" for line in _header_lines(meta, records)) + "\n"
 
 
-def _header_html(meta: dict, records: Sequence[dict]) -> str:
+def _header_html(meta: dict[str, Any], records: Sequence[S.Record]) -> str:
     return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in _header_lines(meta, records)) + "</ul>"

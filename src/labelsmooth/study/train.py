@@ -23,12 +23,14 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
 
 from labelsmooth import noise
 from labelsmooth.study import metrics as M
+from labelsmooth.study import stats as S
 from labelsmooth.study.data import Dataset, split_dataset
 from labelsmooth.study.methods import METHODS
 from labelsmooth.study.models import build_model
@@ -172,7 +174,7 @@ class Job:
 class JobResult:
     """What a worker sends back: the records and, per record key, the test probabilities and labels."""
 
-    records: list[dict]
+    records: list[S.Record]
     arrays: dict[str, dict[str, np.ndarray]]
 
 
@@ -212,7 +214,7 @@ def penultimate_projection(
     """
     keep = torch.isin(y, torch.tensor(classes, device=y.device))
     h = model[:-1](x[keep]).double()
-    w = model[-1].weight.double()[list(classes)]
+    w = cast(torch.nn.Linear, model[-1]).weight.double()[list(classes)]  # build_model ends in the head
     basis, _ = torch.linalg.qr(torch.stack([w[1] - w[0], w[2] - w[0]], dim=1))  # (H, 2) orthonormal
     return (h @ basis).cpu().numpy(), y[keep].cpu().numpy()
 
@@ -224,7 +226,7 @@ def _checkpoint_fields(
     flipped: np.ndarray,
     noisy: np.ndarray,
     clean: np.ndarray,
-) -> dict:
+) -> dict[str, float | None]:
     """Test, validation and training fields of one checkpoint (prefix ``""`` or ``"es_"``)."""
     test = M.evaluate(logits["test"], y["test"])
     pred = M.predictions(logits["train"]).cpu().numpy()
@@ -285,7 +287,10 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
     np.random.seed(job.seed)
     gen = torch.Generator().manual_seed(job.seed)  # batch order: same for every eps at one seed
     binary = ds.binary
-    to = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+
+    def to(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(device)
+
     x = {"train": to(splits.x_train), "val": to(splits.x_val), "test": to(splits.x_test)}
     y = {
         "noisy": to(noisy),
@@ -310,7 +315,8 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
     step, running, since = 0, torch.zeros((), device=device), 0
     while step < total:
         model.train()
-        for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
+        # Tensor.split is unannotated in torch.
+        for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):  # type: ignore[no-untyped-call]
             idx = idx.to(device)
             opt.zero_grad(set_to_none=True)
             out = model(x["train"][idx])
@@ -342,12 +348,14 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
                 model.train()
             if step >= total:
                 break
-        if hasattr(loss_fn, "epoch_end"):
-            loss_fn.epoch_end(model)
+        epoch_end = getattr(loss_fn, "epoch_end", None)  # only some losses keep per-epoch state
+        if epoch_end is not None:
+            epoch_end(model)
 
     model.eval()
     final = {k: _logits(model, x[k], binary) for k in ("train", "val", "test")}
     last_state = model.state_dict()
+    assert best_state is not None  # the last step is always evaluated, and any accuracy beats -1
     model.load_state_dict(best_state)
     early = {k: _logits(model, x[k], binary) for k in ("train", "val", "test")}
     model.load_state_dict(last_state)
@@ -404,10 +412,11 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
     }
 
     labels = {"test": y["test"], "val": y["val"], "clean": y["clean"], "noisy": y["noisy"]}
-    records, arrays = [], {}
+    records: list[S.Record] = []
+    arrays: dict[str, dict[str, np.ndarray]] = {}
     for name in job.methods:
         method = METHODS[name]
-        record = {"key": job.key(name), "method": name, **shared}
+        record: S.Record = {"key": job.key(name), "method": name, **shared}
         for prefix, logits in (("", final), ("es_", early)):
             if method.posthoc is not None:
                 fit_labels = y["val_noisy"] if method.posthoc_labels == "noisy" else y["val"]
