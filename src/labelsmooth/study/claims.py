@@ -175,6 +175,13 @@ class _Writer:
     ledger: list[tuple[str, str, str]] = field(default_factory=list)  # (claim, metric, verdict)
     spreads: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # metric -> (sd, n)
 
+    @property
+    def base(self) -> Variant:
+        """The baseline's variant; :func:`claim_paragraphs` writes no claim without one."""
+        v = S.baseline_variant(self.records)
+        assert v is not None
+        return v
+
     def mean(self, ds: str, v: Variant, noise: Noise, name: str) -> float | None:
         e = S.metric(self.records, ds, v, noise, name)
         return None if e is None else e.mean
@@ -251,7 +258,7 @@ def _say(v: str, better: str, worse: str, same: str = "no clear difference") -> 
 
 
 def _noise(w: _Writer) -> list[str]:
-    base = S.baseline_variant(w.records)
+    base = w.base
     out = []
     for ds in S.datasets(w.records):
         smooth = S.smoothing_variants(w.records, ds)
@@ -339,7 +346,7 @@ def _val_nll_rise(r: S.Record) -> float | None:
 
 
 def _overfitting(w: _Writer) -> list[str]:
-    base = S.baseline_variant(w.records)
+    base = w.base
     out = []
     for ds in S.datasets(w.records):
         head = _headline(S.smoothing_variants(w.records, ds))
@@ -368,19 +375,20 @@ def _overfitting(w: _Writer) -> list[str]:
                     " A negative gap means the model fitted flipped labels: it is wrong on those training "
                     "examples' clean labels more often than on the test set."
                 )
-            rises = {}
+            rises: dict[Variant, dict[int, float | None]] = {}
             for var in (base, head):
                 rises[var] = {r["seed"]: _val_nll_rise(r) for r in S.cell(w.records, ds, var, noise)}
-            vals = [
-                rises[head][s] - rises[base][s]
-                for s in rises[head]
-                if rises[head][s] is not None and rises[base].get(s) is not None
-            ]
+            vals = []
+            for s, rise_h in rises[head].items():
+                rise_b = rises[base].get(s)
+                if rise_h is not None and rise_b is not None:
+                    vals.append(rise_h - rise_b)
             if vals:
                 dr = S.estimate(vals)
                 vr = w.judge("overfitting", dr, "nll_rise", True, ds, vals)
-                r0 = S.estimate(rises[base].values()).mean
-                rh = S.estimate(rises[head].values()).mean
+                e0, eh = S.estimate(rises[base].values()), S.estimate(rises[head].values())
+                assert e0 is not None and eh is not None  # vals is not empty: both have a value
+                r0, rh = e0.mean, eh.mean
                 text += (
                     f" The validation NLL rose after its minimum by {r0:.3f} (ce) and {rh:.3f} "
                     f"({S.label(head)}); the paired difference was {_ci(dr)}: "
@@ -394,7 +402,7 @@ def _overfitting(w: _Writer) -> list[str]:
 
 
 def _calibration(w: _Writer) -> list[str]:
-    base = S.baseline_variant(w.records)
+    base = w.base
     out = []
     for ds in S.datasets(w.records):
         noise = S.noise_settings(w.records, ds)[0]
@@ -587,10 +595,10 @@ _BIN_WORDS = {
 
 
 def _binary(w: _Writer) -> list[str]:
-    base = S.baseline_variant(w.records)
+    base = w.base
     dsets = S.datasets(w.records)
     parents = {r["dataset"]: r.get("parent_dataset") for r in w.records}
-    pairs = [(d, parents[d]) for d in dsets if parents.get(d) and parents[d] in dsets]
+    pairs = [(d, p) for d in dsets if (p := parents.get(d)) and p in dsets]
     out = []
     for bds, mds in pairs:
         shared = set(S.smoothing_variants(w.records, bds)) & set(S.smoothing_variants(w.records, mds))
@@ -681,7 +689,7 @@ def _statistics(w: _Writer) -> str:
             f" With {n_seeds} seeds and the median spread of the paired differences seen here, a true "
             f"difference is found with 80% power when it is at least about: " + "; ".join(det) + "."
         )
-    steps = sorted({r.get("steps") for r in w.records if r.get("steps")})
+    steps = sorted({r["steps"] for r in w.records if r.get("steps")})
     moving = [r for r in w.records if (r.get("train_accuracy_gain_last_fifth") or 0) > 0.01 and r["method"] == "ce"]
     n_ce = sum(1 for r in w.records if r["method"] == "ce")
     if steps:

@@ -7,12 +7,16 @@ plots means over seeds with 95% t-interval error bars from :mod:`labelsmooth.stu
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from labelsmooth.plots import _new_figure, reliability_diagram
 from labelsmooth.study import stats as S
 from labelsmooth.study.claims import HEADLINE_EPS, effect_sizes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "accuracy_vs_noise",
@@ -25,13 +29,16 @@ __all__ = [
 
 #: ``load(record) -> (probs, labels)`` for a record's saved test predictions.
 ProbsLoader = Callable[[S.Record], "tuple[np.ndarray, np.ndarray]"]
+#: ``load(record) -> (coords, labels) or None`` for a record's saved penultimate-layer projection.
+ProjectionLoader = Callable[[S.Record], "tuple[np.ndarray, np.ndarray] | None"]
 
 
 def _err(e: S.Estimate | None) -> float:
     return 0.0 if e is None or e.half is None else e.half
 
 
-def _grid(n: int, width: float = 4.2, height: float = 3.4):
+def _grid(n: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, np.ndarray]:
+    # The axes come back as a (n,) object array of matplotlib Axes.
     fig = _new_figure((width * n, height))
     axes = fig.subplots(1, n, squeeze=False)[0]
     return fig, axes
@@ -42,7 +49,7 @@ def _grid(n: int, width: float = 4.2, height: float = 3.4):
 RELIABILITY_COLUMNS = 4
 
 
-def reliability_grid(records: Sequence[S.Record], load: ProbsLoader, dataset: str, noise_rate: S.Noise):
+def reliability_grid(records: Sequence[S.Record], load: ProbsLoader, dataset: str, noise_rate: S.Noise) -> Figure:
     """Reliability diagrams of every variant on one dataset at one noise rate, seeds pooled.
 
     Each panel pools the test sets of all seeds into one diagram. Its title gives two ECEs with the
@@ -82,6 +89,7 @@ def reliability_grid(records: Sequence[S.Record], load: ProbsLoader, dataset: st
         pooled = expected_calibration_error(probs, labels, n_bins=N_BINS)
         per_seed = S.estimate(expected_calibration_error(p, y, n_bins=N_BINS) for p, y in pairs)
         if len(pairs) > 1:
+            assert per_seed is not None  # estimated from len(pairs) > 1 values
             ece_text = f"ECE of pooled seeds {pooled:.3f}\nmean of per-seed ECEs {per_seed.mean:.3f}"
         else:
             ece_text = f"ECE {pooled:.3f} (one seed)"
@@ -93,7 +101,7 @@ def reliability_grid(records: Sequence[S.Record], load: ProbsLoader, dataset: st
     return fig
 
 
-def accuracy_vs_noise(records: Sequence[S.Record], checkpoint: str = ""):
+def accuracy_vs_noise(records: Sequence[S.Record], checkpoint: str = "") -> Figure | None:
     """Test accuracy against the noise level (fraction of the breakdown rate), one line per variant and
     noise kind, one panel per dataset. ``checkpoint="es_"`` draws the early-stopped models."""
     dsets = [d for d in S.datasets(records) if len(S.noise_settings(records, d)) > 1]
@@ -104,13 +112,17 @@ def accuracy_vs_noise(records: Sequence[S.Record], checkpoint: str = ""):
         settings = S.noise_settings(records, ds)
         kinds = sorted({k for k, lvl in settings if lvl > 0})
         # Post-hoc variants (temperature scaling) keep their model's predictions: same accuracy, not drawn.
-        drawn = [S.baseline_variant(records), *S.smoothing_variants(records, ds), *S.scheme_variants(records, ds)]
+        base = S.baseline_variant(records)
+        drawn = [*([base] if base else []), *S.smoothing_variants(records, ds), *S.scheme_variants(records, ds)]
         for i, v in enumerate(drawn):
             color = f"C{i % 10}"  # one colour per variant, one line style per noise kind
             for kind in kinds:
                 pts = [n for n in settings if n[1] == 0 or n[0] == kind]
-                es = [(n[1], S.metric(records, ds, v, n, checkpoint + "test_accuracy")) for n in pts]
-                es = [(x, e) for x, e in es if e is not None]
+                es = [
+                    (n[1], e)
+                    for n in pts
+                    if (e := S.metric(records, ds, v, n, checkpoint + "test_accuracy")) is not None
+                ]
                 if not es:
                     continue
                 ax.errorbar(
@@ -129,7 +141,7 @@ def accuracy_vs_noise(records: Sequence[S.Record], checkpoint: str = ""):
     return fig
 
 
-def metric_vs_eps(records: Sequence[S.Record], name: str, ylabel: str, posthoc: bool = True):
+def metric_vs_eps(records: Sequence[S.Record], name: str, ylabel: str, posthoc: bool = True) -> Figure:
     """A metric against label smoothing eps, one line per noise setting, one panel per dataset.
 
     eps = 0 is the baseline (ce). With ``posthoc``, ce + temperature scaling (``ts``) is drawn as a
@@ -142,8 +154,7 @@ def metric_vs_eps(records: Sequence[S.Record], name: str, ylabel: str, posthoc: 
     for ax, ds in zip(axes, dsets, strict=True):
         line_vs = ([base] if base else []) + S.smoothing_variants(records, ds)
         for n in S.noise_settings(records, ds):
-            es = [(v[1], S.metric(records, ds, v, n, name)) for v in line_vs]
-            es = [(x, e) for x, e in es if e is not None]
+            es = [(v[1], e) for v in line_vs if (e := S.metric(records, ds, v, n, name)) is not None]
             if not es:
                 continue
             line = ax.errorbar(
@@ -174,7 +185,7 @@ def metric_vs_eps(records: Sequence[S.Record], name: str, ylabel: str, posthoc: 
     return fig
 
 
-def effect_size_figure(records: Sequence[S.Record]):
+def effect_size_figure(records: Sequence[S.Record]) -> Figure:
     """Binary vs multiclass: paired effect of each eps vs ce on ECE, test accuracy and relative NLL.
 
     One panel per effect, groups of bars per eps, one bar per dataset (binary datasets hatched), at
@@ -218,7 +229,7 @@ def effect_size_figure(records: Sequence[S.Record]):
     return fig
 
 
-def learning_curves(records: Sequence[S.Record], dataset: str):
+def learning_curves(records: Sequence[S.Record], dataset: str) -> Figure:
     """Training loss, validation accuracy and validation NLL against the training step, for ce and the
     eps closest to 0.1, on clean labels and the last noise setting (mean over seeds). The test split is
     not on these curves: it only scores the final and the early-stopped models."""
@@ -245,7 +256,7 @@ def learning_curves(records: Sequence[S.Record], dataset: str):
     return fig
 
 
-def projection_figure(records: Sequence[S.Record], load: Callable[[S.Record], object], dataset: str):
+def projection_figure(records: Sequence[S.Record], load: ProjectionLoader, dataset: str) -> Figure | None:
     """Müller et al.'s (2019) picture: validation examples of three classes, penultimate activations
     projected onto the plane of their three templates, ce beside the eps closest to 0.1 (seed 0, clean).
 

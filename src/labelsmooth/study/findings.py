@@ -33,7 +33,7 @@ def _cell(e: S.Estimate | None) -> str:
     return f"{e.mean:+.3f}" if e.half is None else f"{e.mean:+.3f} [{e.low:+.3f}, {e.high:+.3f}]"
 
 
-def _m(records, ds, v, noise, name) -> str:
+def _m(records: Sequence[S.Record], ds: str, v: S.Variant | None, noise: S.Noise, name: str) -> str:
     e = S.metric(records, ds, v, noise, name) if v else None
     return "–" if e is None else f"{e.mean:.3f}"
 
@@ -111,7 +111,7 @@ def findings_markdown(records: Sequence[S.Record], meta: dict[str, Any]) -> str:
                 f"{'–' if mem is None else f'{mem.mean:.0%}'} |"
             )
     parents = {r["dataset"]: r.get("parent_dataset") for r in records}
-    pairs = [(d, parents[d]) for d in dsets if parents.get(d) and parents[d] in dsets]
+    pairs = [(d, p) for d in dsets if (p := parents.get(d)) and p in dsets]
     if pairs:
         lines += [
             "",

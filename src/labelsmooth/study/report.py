@@ -11,15 +11,17 @@ import html
 import io
 import os
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from labelsmooth.study import figures as F
 from labelsmooth.study import stats as S
 from labelsmooth.study.claims import CLAIMS, MIN_SEEDS, claim_paragraphs
 from labelsmooth.study.findings import findings_markdown
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["COLUMNS", "summary_rows", "write_report"]
 
@@ -80,7 +82,7 @@ def summary_rows(records: Sequence[S.Record]) -> list[dict[str, str]]:
     return rows
 
 
-def _png(fig) -> bytes:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     return buf.getvalue()
@@ -171,9 +173,9 @@ code.opt { white-space: nowrap; overflow-wrap: normal; }
 def write_report(
     records: Sequence[S.Record],
     out: str | os.PathLike[str],
-    load: Callable[[S.Record], tuple[np.ndarray, np.ndarray]],
+    load: F.ProbsLoader,
     meta: dict[str, Any],
-    load_projection: Callable[[S.Record], object] | None = None,
+    load_projection: F.ProjectionLoader | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.html``, ``summary.md`` and ``figures/*.png`` into ``out``.
 
@@ -200,7 +202,7 @@ def write_report(
     figures: list[tuple[str, str, str]] = []  # (file stem, title, caption)
     pngs: dict[str, bytes] = {}
 
-    def add(stem: str, title: str, caption: str, make: Callable[[], object]) -> None:
+    def add(stem: str, title: str, caption: str, make: Callable[[], Figure | None]) -> None:
         try:
             fig = make()
             if fig is None:
@@ -269,14 +271,14 @@ def write_report(
                 "Each panel gives two ECEs: of the pooled test sets, and the mean of the per-seed ECEs, which "
                 "is the ECE of the summary table. Pooling lets one seed's errors offset another's: with "
                 "test sets of equal size the pooled ECE is never above the mean.",
-                lambda ds=ds, r0=r0: F.reliability_grid(records, load, ds, r0),
+                partial(F.reliability_grid, records, load, ds, r0),
             )
             add(
                 f"curves_{_safe(ds)}",
                 f"Learning curves: {ds}",
                 "Mean over seeds, against the Adam step (the budget is the same on every dataset); validation "
                 "split only. A validation NLL that rises while accuracy stays flat is over-confidence growing.",
-                lambda ds=ds: F.learning_curves(records, ds),
+                partial(F.learning_curves, records, ds),
             )
             if any(r.get("has_projection") for r in records if r["dataset"] == ds):
                 add(
@@ -284,7 +286,7 @@ def write_report(
                     f"Penultimate layer: {ds}",
                     "Validation examples of classes 0, 1, 2 projected onto the plane of their templates "
                     "(Müller et al. 2019), seed 0, clean labels.",
-                    lambda ds=ds: F.projection_figure(records, load_projection, ds),
+                    partial(F.projection_figure, records, load_projection, ds),
                 )
 
     # ---- Markdown
@@ -388,7 +390,7 @@ def _preliminary(meta: dict[str, Any], records: Sequence[S.Record]) -> tuple[str
     )
 
 
-def _html_paragraphs(text) -> str:
+def _html_paragraphs(text: str | Sequence[str]) -> str:
     # A claim's text may hold several paragraphs (one per dataset), separated by blank lines, or
     # come as a list of them; each becomes its own <p> so the reader sees one block per dataset.
     parts = list(text) if isinstance(text, (list, tuple)) else str(text).split("\n\n")
@@ -439,7 +441,7 @@ def _header_lines(meta: dict[str, Any], records: Sequence[S.Record]) -> list[str
     return lines
 
 
-def _show(value) -> str:
+def _show(value: object) -> str:
     if isinstance(value, dict):
         return "(" + ", ".join(f"{k} {_show(v)}" for k, v in value.items()) + ")"
     if isinstance(value, (list, tuple)):
