@@ -46,4 +46,4 @@ report-check: venv
 		$(PY) -m pytest -q -p no:cacheprovider tests/test_report_render.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
