@@ -62,7 +62,9 @@ def test_wheel_and_sdist_build_and_install_in_a_fresh_venv(tmp_path):
     )
     assert inst.returncode == 0, inst.stderr[-2000:]
     # torch and numpy come from this environment (a path line, so its editable install is not seen).
-    site = run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    # The fresh venv must import the installed wheel, not a source tree that PYTHONPATH points at.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    site = run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env=env).stdout.strip()
     Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     check = run(
         [
@@ -73,12 +75,16 @@ def test_wheel_and_sdist_build_and_install_in_a_fresh_venv(tmp_path):
             "labelsmooth.cross_entropy(x, torch.tensor([0, 1, 3]), label_smoothing=0.1).backward()",
         ],
         cwd=tmp_path,
+        env=env,
     )
     assert check.returncode == 0, check.stderr[-2000:]
     version, where = check.stdout.split()
     assert version == labelsmooth.__version__ and Path(where).is_relative_to(venv)
     script = venv / "bin" / "labelsmooth"
-    assert run([str(script), "--version"], cwd=tmp_path).stdout.strip() == f"labelsmooth {labelsmooth.__version__}"
+    assert (
+        run([str(script), "--version"], cwd=tmp_path, env=env).stdout.strip()
+        == f"labelsmooth {labelsmooth.__version__}"
+    )
 
 
 def test_missing_study_extra_is_one_line_naming_the_extra(tmp_path):
