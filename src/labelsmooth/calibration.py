@@ -699,6 +699,7 @@ class TemperatureScaler(nn.Module):
 
         Keyword arguments are passed to :func:`fit_temperature`.
         """
+        # kwargs are fit_temperature's own keywords, checked there at run time; mypy sees only object.
         t = fit_temperature(logits, labels, **kwargs)  # type: ignore[arg-type]
         self.temperature.fill_(t)
         return self

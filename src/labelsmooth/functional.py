@@ -345,7 +345,7 @@ def check_backend(backend: object) -> str:
 
 
 def _resolve_backend(
-    backend: object, x: Tensor, target: Tensor, weight: Tensor | None, functorch: bool = False, plain: bool = False
+    backend: str, x: Tensor, target: Tensor, weight: Tensor | None, functorch: bool = False, plain: bool = False
 ) -> str:
     """The backend to run for a validated ``backend`` name (see :func:`check_backend`)."""
     if functorch and backend not in ("auto", "reference"):
@@ -361,7 +361,7 @@ def _resolve_backend(
                 f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
                 f"installed; input is on {x.device}"
             )
-        return backend  # type: ignore[return-value]
+        return backend
     if target.requires_grad or (weight is not None and weight.requires_grad):
         return "reference"  # the only backend that differentiates through target and weight
     if x.device.type == "cpu":
