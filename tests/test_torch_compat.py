@@ -1,6 +1,8 @@
 """Where code written for torch would notice a difference: forward-mode AD, and the exception types
 torch raises for bad arguments (RuntimeError) next to ours (ValueError / TypeError)."""
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +10,8 @@ from torch.autograd import forward_ad
 
 import labelsmooth as ls
 from labelsmooth import functional as LF
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 @pytest.fixture
@@ -58,10 +62,21 @@ def test_binary_forward_ad_matches_torch():
     torch.testing.assert_close(ours, theirs)
 
 
-def test_a_fused_backend_named_explicitly_refuses_dual_tensors_clearly():
-    x = torch.randn(3, 4, dtype=torch.float64)
-    with forward_ad.dual_level(), pytest.raises(ValueError, match="forward-mode dual tensors; use backend='reference'"):
-        ls.cross_entropy(forward_ad.make_dual(x, torch.ones_like(x)), torch.tensor([0, 1, 2]), backend="chunked")
+@pytest.mark.parametrize("backend", ["reference", "chunked", "torch"] + (["triton"] if HAS_TRITON else []))
+def test_forward_ad_on_every_backend_matches_torch(backend):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    v = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, -100])
+    with forward_ad.dual_level():
+        ours = forward_ad.unpack_dual(
+            ls.cross_entropy(forward_ad.make_dual(x, v), y, label_smoothing=0.1, backend=backend)
+        )
+        theirs = forward_ad.unpack_dual(F.cross_entropy(forward_ad.make_dual(x, v), y, label_smoothing=0.1))
+    torch.testing.assert_close(ours.primal, theirs.primal)
+    torch.testing.assert_close(ours.tangent, theirs.tangent)
+    _, tangent = torch.func.jvp(lambda z: ls.cross_entropy(z, y, label_smoothing=0.1, backend=backend), (x,), (v,))
+    torch.testing.assert_close(tangent, theirs.tangent)
 
 
 BAD_CALLS = {

@@ -348,13 +348,11 @@ def _resolve_backend(
     backend: str, x: Tensor, target: Tensor, weight: Tensor | None, functorch: bool = False, plain: bool = False
 ) -> str:
     """The backend to run for a validated ``backend`` name (see :func:`check_backend`)."""
-    if functorch and backend not in ("auto", "reference"):
-        raise V.ArgumentError(
-            f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad, jvp) or "
-            "on forward-mode dual tensors; use backend='reference' or 'auto'"
-        )
     if functorch:
-        return "reference"
+        # torch.func transforms and forward-mode dual tensors need ops autograd and functorch can see
+        # through: the fused kernels' hand-written backward has no jvp or batching rule. Whatever backend
+        # was named, the reference computes the same numbers there (torch's own kernel handles them too).
+        return "torch" if backend == "torch" else "reference"
     if backend != "auto":
         if backend == "triton" and not _triton_usable(x.device):
             raise V.ArgumentError(
@@ -483,7 +481,9 @@ def cross_entropy(
             ``"auto"``: triton on CUDA when it is installed (float16/bfloat16/float32), else torch's own
             kernel there, or chunked for z_loss/softcap; on CPU torch's own kernel below 2**20 logits
             (where a fused call's fixed cost dominates) and chunked above; reference when ``weight`` or
-            ``target`` requires grad. Chosen at call time from the tensor's device and size.
+            ``target`` requires grad. Chosen at call time from the tensor's device and size. Inside
+            torch.func transforms (vmap, grad, jvp) and for forward-mode dual tensors every backend
+            but ``"torch"`` computes through the reference, whose ops those transforms can follow.
         z_loss: adds ``z_loss * logsumexp(x)**2`` to every non-ignored row (PaLM's auxiliary loss).
         softcap: if set, logits become ``softcap * tanh(x / softcap)`` before the softmax (Gemma 2).
         inplace: allow a fused backend to write the gradient into ``input``'s storage (chunked: during
