@@ -8,21 +8,29 @@ import torch
 
 # Shape families: (input_shape, class_dim). Class counts cover 1, 2, 3, a non-power-of-2 and a larger one.
 SHAPES = [
-    (7,),           # unbatched (C)
-    (1, 1),         # one class
+    (7,),  # unbatched (C)
+    (1, 1),  # one class
     (5, 2),
     (6, 3),
-    (4, 131),       # non-power-of-2
-    (3, 1031),      # larger
-    (2, 5, 3),      # (N, C, d1)
-    (2, 4, 3, 2),   # (N, C, d1, d2)
+    (4, 131),  # non-power-of-2
+    (3, 1031),  # larger
+    (2, 5, 3),  # (N, C, d1)
+    (2, 4, 3, 2),  # (N, C, d1, d2)
 ]
 EPS = [0.0, 0.05, 0.5, 1.0]
 REDUCTIONS = ["none", "mean", "sum"]
 
 
-def make_case(shape, *, probs: bool, weighted: bool, ignore_index: int | None, seed: int = 0,
-              dtype=torch.float64, scale: float = 3.0):
+def make_case(
+    shape,
+    *,
+    probs: bool,
+    weighted: bool,
+    ignore_index: int | None,
+    seed: int = 0,
+    dtype=torch.float64,
+    scale: float = 3.0,
+):
     """Return (input, target, weight) for one configuration."""
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
@@ -43,7 +51,8 @@ def make_case(shape, *, probs: bool, weighted: bool, ignore_index: int | None, s
 def grid():
     """Yield (shape, probs, weighted, ignore_index, eps, reduction) over the full grid."""
     for shape, probs, weighted, eps, reduction in itertools.product(
-            SHAPES, [False, True], [False, True], EPS, REDUCTIONS):
+        SHAPES, [False, True], [False, True], EPS, REDUCTIONS
+    ):
         ignores = [None] if probs else [None, -100, 1]
         for ignore_index in ignores:
             if ignore_index == 1 and (len(shape) == 1 or shape[1] < 2):

@@ -9,7 +9,9 @@ from labelsmooth import bench
 
 def test_bench_quick_table(capsys, tmp_path):
     out = tmp_path / "table.md"
-    assert bench.main(["--shapes", "64x300", "--repeats", "2", "--no-compile", "--no-memory", "--markdown", str(out)]) == 0
+    assert (
+        bench.main(["--shapes", "64x300", "--repeats", "2", "--no-compile", "--no-memory", "--markdown", str(out)]) == 0
+    )
     text = capsys.readouterr().out
     for name in ("torch eager", "ls reference", "ls chunked", "ls chunked inplace"):
         assert f"| 64x300 | float32 | {name} |" in text
@@ -28,8 +30,10 @@ def test_peak_memory_child_measures_extra_memory():
     assert inplace < 0.5 * logits
 
 
-@pytest.mark.parametrize("argv,match", [(["--shapes", "10by20"], "--shapes"), (["--repeats", "0"], "--repeats"),
-                                        (["--dtypes", "int8"], "--dtypes")])
+@pytest.mark.parametrize(
+    "argv,match",
+    [(["--shapes", "10by20"], "--shapes"), (["--repeats", "0"], "--repeats"), (["--dtypes", "int8"], "--dtypes")],
+)
 def test_bench_bad_arguments(argv, match, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(argv)

@@ -35,8 +35,9 @@ def test_binary_integer_targets_and_module():
     y = torch.randint(0, 2, (10,))
     mod = ls.BCEWithLogitsLoss(label_smoothing=0.1, pos_weight=torch.tensor(2.0))
     assert isinstance(mod, torch.nn.BCEWithLogitsLoss)
-    torch.testing.assert_close(mod(x, y), ls.binary_cross_entropy_with_logits(
-        x, y.float(), pos_weight=torch.tensor(2.0), label_smoothing=0.1))
+    torch.testing.assert_close(
+        mod(x, y), ls.binary_cross_entropy_with_logits(x, y.float(), pos_weight=torch.tensor(2.0), label_smoothing=0.1)
+    )
 
 
 def test_binary_errors():

@@ -54,8 +54,14 @@ HAND_LABELS = torch.tensor([2, 1, 0, 2])
 
 @pytest.mark.parametrize(
     "n,k,n_bins,scale,seed",
-    [(100, 3, 5, 1.0, 0), (1000, 10, 15, 3.0, 1), (5000, 4, 20, 0.5, 2), (37, 2, 1, 2.0, 3),
-     (2000, 100, 10, 30.0, 4), (500, 5, 7, 30.0, 5)],
+    [
+        (100, 3, 5, 1.0, 0),
+        (1000, 10, 15, 3.0, 1),
+        (5000, 4, 20, 0.5, 2),
+        (37, 2, 1, 2.0, 3),
+        (2000, 100, 10, 30.0, 4),
+        (500, 5, 7, 30.0, 5),
+    ],
 )
 @pytest.mark.parametrize("norm", NORMS)
 @needs_torchmetrics
@@ -104,7 +110,7 @@ def test_bin_edges_are_left_closed():
 def binary_data(n=4000, seed=0, low=0.0):
     g = torch.Generator().manual_seed(seed)
     p = low + (1 - low) * torch.rand(n, generator=g)
-    y = (torch.rand(n, generator=g) < p ** 1.5).long()  # deliberately mis-calibrated
+    y = (torch.rand(n, generator=g) < p**1.5).long()  # deliberately mis-calibrated
     return p, y
 
 
@@ -246,9 +252,7 @@ def test_nll_against_numpy_torch_and_sklearn():
     assert negative_log_likelihood(p, y) == pytest.approx(sk.log_loss(y, p, labels=list(range(6))), rel=1e-9)
     pb, yb = binary_data(300)
     pb = pb.double().clamp(1e-6, 1 - 1e-6)
-    assert negative_log_likelihood(pb, yb) == pytest.approx(
-        F.binary_cross_entropy(pb, yb.double()).item(), rel=1e-9
-    )
+    assert negative_log_likelihood(pb, yb) == pytest.approx(F.binary_cross_entropy(pb, yb.double()).item(), rel=1e-9)
 
 
 def test_nll_clamp():

@@ -19,14 +19,39 @@ pytest.importorskip("sklearn")
 pytest.importorskip("rich")
 pytest.importorskip("matplotlib")
 
-from labelsmooth.cli import main  # noqa: E402
-from labelsmooth.study.claims import CLAIMS  # noqa: E402
+from labelsmooth.cli import main
+from labelsmooth.study.claims import CLAIMS
 
 TINY = ["--steps", "4", "--hidden", "16", "--workers", "1"]
-FIELDS = ("dataset", "method", "label_smoothing", "noise_level", "noise_rate", "seed", "test_accuracy", "train_accuracy", "ece",
-          "nll", "config", "classwise_ece", "brier", "mean_confidence", "train_test_gap", "memorized_fraction",
-          "train_accuracy_clean", "curves", "probs_file", "ece_quantile", "val_accuracy", "val_ece", "es_test_accuracy",
-          "es_ece", "es_step", "flipped_corrected_fraction", "steps")
+FIELDS = (
+    "dataset",
+    "method",
+    "label_smoothing",
+    "noise_level",
+    "noise_rate",
+    "seed",
+    "test_accuracy",
+    "train_accuracy",
+    "ece",
+    "nll",
+    "config",
+    "classwise_ece",
+    "brier",
+    "mean_confidence",
+    "train_test_gap",
+    "memorized_fraction",
+    "train_accuracy_clean",
+    "curves",
+    "probs_file",
+    "ece_quantile",
+    "val_accuracy",
+    "val_ece",
+    "es_test_accuracy",
+    "es_ece",
+    "es_step",
+    "flipped_corrected_fraction",
+    "steps",
+)
 
 
 def runs(out: Path) -> list[dict]:
@@ -35,8 +60,24 @@ def runs(out: Path) -> list[dict]:
 
 def test_study_end_to_end_then_resume_trains_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["study", "--datasets", "digits,breast_cancer", "--eps", "0,0.1", "--noise", "0,0.4", "--seeds", "2",
-            "--methods", "ce,ls,ts", "--noise-kind", "symmetric", "--out", str(out), *TINY]
+    argv = [
+        "study",
+        "--datasets",
+        "digits,breast_cancer",
+        "--eps",
+        "0,0.1",
+        "--noise",
+        "0,0.4",
+        "--seeds",
+        "2",
+        "--methods",
+        "ce,ls,ts",
+        "--noise-kind",
+        "symmetric",
+        "--out",
+        str(out),
+        *TINY,
+    ]
     # First invocation: trains in two spawned worker processes (the parent writes the results), no report.
     assert main([*argv, "--workers", "2", "--no-report"]) == 0
     text = capsys.readouterr().out
@@ -106,8 +147,22 @@ def test_ctrl_c_keeps_finished_runs_and_says_how_to_resume(tmp_path, capsys, mon
 
     monkeypatch.setattr(runner, "run_job", interrupt_second)
     out = tmp_path / "run"
-    argv = ["study", "--datasets", "breast_cancer", "--eps", "0,0.1", "--noise", "0", "--seeds", "1",
-            "--methods", "ce,ls,ts", "--out", str(out), *TINY]
+    argv = [
+        "study",
+        "--datasets",
+        "breast_cancer",
+        "--eps",
+        "0,0.1",
+        "--noise",
+        "0",
+        "--seeds",
+        "1",
+        "--methods",
+        "ce,ls,ts",
+        "--out",
+        str(out),
+        *TINY,
+    ]
     assert main(argv) == 130
     text = capsys.readouterr().out
     assert "Interrupted" in text and "Resume with the same command" in text and str(out) in text
@@ -120,9 +175,31 @@ def test_ctrl_c_keeps_finished_runs_and_says_how_to_resume(tmp_path, capsys, mon
 
 def test_sigkill_mid_run_leaves_valid_results_and_rerun_completes(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "labelsmooth", "study", "--datasets", "digits", "--methods", "ce",
-           "--eps", "0", "--noise", "0", "--seeds", "40", "--steps", "60", "--hidden", "16", "--workers", "1",
-           "--no-report", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "labelsmooth",
+        "study",
+        "--datasets",
+        "digits",
+        "--methods",
+        "ce",
+        "--eps",
+        "0",
+        "--noise",
+        "0",
+        "--seeds",
+        "40",
+        "--steps",
+        "60",
+        "--hidden",
+        "16",
+        "--workers",
+        "1",
+        "--no-report",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
@@ -152,13 +229,30 @@ def test_user_data_cifar_binary_and_npz_through_data_dir(tmp_path, capsys):
     data.mkdir()
     rng = np.random.default_rng(0)
     for name, n in (("data_batch_1.bin", 60), ("test_batch.bin", 20)):
-        rec = np.concatenate([(np.arange(n) % 10).astype(np.uint8)[:, None],
-                              rng.integers(0, 256, (n, 3072), dtype=np.uint8)], axis=1)
+        rec = np.concatenate(
+            [(np.arange(n) % 10).astype(np.uint8)[:, None], rng.integers(0, 256, (n, 3072), dtype=np.uint8)], axis=1
+        )
         rec.tofile(data / name)
     np.savez(data / "mine.npz", x=rng.normal(size=(60, 6)), y=np.arange(60) % 3)
     out = tmp_path / "run"
-    argv = ["study", "--data-dir", str(data), "--datasets", "cifar10,npz:mine.npz", "--eps", "0,0.1",
-            "--noise", "0", "--seeds", "1", "--methods", "ce,ls", "--out", str(out), *TINY]
+    argv = [
+        "study",
+        "--data-dir",
+        str(data),
+        "--datasets",
+        "cifar10,npz:mine.npz",
+        "--eps",
+        "0,0.1",
+        "--noise",
+        "0",
+        "--seeds",
+        "1",
+        "--methods",
+        "ce,ls",
+        "--out",
+        str(out),
+        *TINY,
+    ]
     assert main(argv) == 0
     records = runs(out)
     assert {r["dataset"] for r in records} == {"cifar10", f"npz:{data / 'mine.npz'}"}
@@ -167,23 +261,26 @@ def test_user_data_cifar_binary_and_npz_through_data_dir(tmp_path, capsys):
     assert (out / "report.html").exists()
 
 
-@pytest.mark.parametrize("args,option,value", [
-    (["--datasets", "imagenet"], "--datasets", "imagenet"),
-    (["--methods", "ce,xyz"], "--methods", "xyz"),
-    (["--eps", "1.0"], "--eps", "1.0"),
-    (["--eps", "-1.5"], "--eps", "-1.5"),
-    (["--eps", "0,abc"], "--eps", "abc"),
-    (["--noise", "1"], "--noise", "1"),
-    (["--noise", "nan"], "--noise", "nan"),
-    (["--seeds", "0"], "--seeds", "0"),
-    (["--epochs", "ten"], "--epochs", "ten"),
-    (["--workers", "0"], "--workers", "0"),
-    (["--noise-kind", "random"], "--noise-kind", "random"),
-    (["--datasets", "cifar10"], "--datasets", "cifar10"),
-    (["--datasets", "npz:/no/such/file.npz"], "--datasets", "/no/such/file.npz"),
-    (["--data-dir", "/no/such/dir"], "--data-dir", "/no/such/dir"),
-    (["--hidden", "16,x"], "--hidden", "16,x"),
-])
+@pytest.mark.parametrize(
+    "args,option,value",
+    [
+        (["--datasets", "imagenet"], "--datasets", "imagenet"),
+        (["--methods", "ce,xyz"], "--methods", "xyz"),
+        (["--eps", "1.0"], "--eps", "1.0"),
+        (["--eps", "-1.5"], "--eps", "-1.5"),
+        (["--eps", "0,abc"], "--eps", "abc"),
+        (["--noise", "1"], "--noise", "1"),
+        (["--noise", "nan"], "--noise", "nan"),
+        (["--seeds", "0"], "--seeds", "0"),
+        (["--epochs", "ten"], "--epochs", "ten"),
+        (["--workers", "0"], "--workers", "0"),
+        (["--noise-kind", "random"], "--noise-kind", "random"),
+        (["--datasets", "cifar10"], "--datasets", "cifar10"),
+        (["--datasets", "npz:/no/such/file.npz"], "--datasets", "/no/such/file.npz"),
+        (["--data-dir", "/no/such/dir"], "--data-dir", "/no/such/dir"),
+        (["--hidden", "16,x"], "--hidden", "16,x"),
+    ],
+)
 def test_bad_arguments_are_clear_errors(capsys, args, option, value, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["study", "--out", str(tmp_path / "never"), *args])
@@ -195,10 +292,24 @@ def test_bad_arguments_are_clear_errors(capsys, args, option, value, tmp_path):
 
 
 def test_python_dash_m_and_help():
-    res = subprocess.run([sys.executable, "-m", "labelsmooth", "study", "--help"], capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "labelsmooth", "study", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0
-    for opt in ("--datasets", "--methods", "--eps", "--noise", "--noise-kind", "--seeds", "--steps", "--epochs", "--out",
-                "--quick", "--workers", "--device", "--data-dir"):
+    for opt in (
+        "--datasets",
+        "--methods",
+        "--eps",
+        "--noise",
+        "--noise-kind",
+        "--seeds",
+        "--steps",
+        "--epochs",
+        "--out",
+        "--quick",
+        "--workers",
+        "--device",
+        "--data-dir",
+    ):
         assert opt in res.stdout
     assert "ts:" in res.stdout and "ls:" in res.stdout  # the method registry is listed

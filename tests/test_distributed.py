@@ -23,8 +23,9 @@ import torch.nn.functional as F
 
 import labelsmooth.distributed as D
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = (0.0, 0.1, 0.7)
@@ -39,8 +40,9 @@ def _free_port() -> int:
 
 def _entry(rank, world, port, body, args):
     torch.set_num_threads(1)  # 2-3 ranks share the machine's cores
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=45))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=45)
+    )
     try:
         body(rank, world, *args)
     finally:
@@ -72,8 +74,9 @@ def _compare(full, target, sizes, rank, eps, reduction, z_loss, rtol, atol, grou
     """The vocab-parallel loss and this rank's gradient against the float64 reference."""
     sl = _my_slice(sizes, rank)
     local = full[..., sl].clone().requires_grad_()
-    out = D.vocab_parallel_cross_entropy(local, target, label_smoothing=eps, reduction=reduction,
-                                         z_loss=z_loss, group=group, backend=backend)
+    out = D.vocab_parallel_cross_entropy(
+        local, target, label_smoothing=eps, reduction=reduction, z_loss=z_loss, group=group, backend=backend
+    )
     ref_in = full.double().clone().requires_grad_()
     ref = _reference(ref_in, target, eps, reduction, z_loss)
     # grad_output != 1, the same on every rank (as it is when derived from the rank-identical loss).
@@ -85,8 +88,9 @@ def _compare(full, target, sizes, rank, eps, reduction, z_loss, rtol, atol, grou
     what = f"eps={eps} reduction={reduction} z_loss={z_loss} rank={rank}"
     assert out.dtype == full.dtype and out.shape == ref.shape, what
     torch.testing.assert_close(out.double(), ref.detach(), rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
-    torch.testing.assert_close(grad.double(), ref_grad[..., sl], rtol=rtol, atol=atol,
-                               msg=lambda m: f"{what} gradient: {m}")
+    torch.testing.assert_close(
+        grad.double(), ref_grad[..., sl], rtol=rtol, atol=atol, msg=lambda m: f"{what} gradient: {m}"
+    )
     return out
 
 
@@ -256,8 +260,10 @@ def _body_triton(rank, world, sizes):
     _compare(full.bfloat16(), target, sizes, rank, 0.1, "sum", 0.0, rtol=8e-3, atol=1e-4, backend="triton")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None or os.environ.get("TRITON_INTERPRET") != "1",
-                    reason="needs triton and TRITON_INTERPRET=1")
+@pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None or os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs triton and TRITON_INTERPRET=1",
+)
 def test_triton_local_work_matches_single_process_torch():
     sizes = (4, 7)
     _spawn(len(sizes), _body_triton, sizes)
@@ -269,9 +275,18 @@ def test_gradient_accumulation_recipe():
 
 def test_example_torchrun_tiny_lm():
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           str(ROOT / "examples" / "torchrun_tiny_lm.py"), "--steps=4", "--check"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(ROOT / "examples" / "torchrun_tiny_lm.py"),
+        "--steps=4",
+        "--check",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "check passed" in done.stdout, done.stdout
@@ -334,10 +349,13 @@ def test_docstring_examples():
 
 def test_import_works_without_torch_distributed():
     # Builds without distributed support: importing works, calling says why it cannot run.
-    code = ("import torch, torch.distributed as d; d.is_available = lambda: False; "
-            "import labelsmooth, labelsmooth.distributed as D\n"
-            "try:\n    D.global_num_targets(torch.tensor([1]))\n"
-            "except RuntimeError as e:\n    assert 'not available' in str(e), e\n"
-            "else:\n    raise SystemExit('no error')")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
-                   env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    code = (
+        "import torch, torch.distributed as d; d.is_available = lambda: False; "
+        "import labelsmooth, labelsmooth.distributed as D\n"
+        "try:\n    D.global_num_targets(torch.tensor([1]))\n"
+        "except RuntimeError as e:\n    assert 'not available' in str(e), e\n"
+        "else:\n    raise SystemExit('no error')"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    )

@@ -27,8 +27,11 @@ for _tool in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.pytho
     except ModuleNotFoundError:
         _found = False
     if not _found:
-        pytest.skip(f"{_tool} is not installed: pip install 'labelsmooth[docs]' (or -r requirements-dev.txt) "
-                    "to build the documentation", allow_module_level=True)
+        pytest.skip(
+            f"{_tool} is not installed: pip install 'labelsmooth[docs]' (or -r requirements-dev.txt) "
+            "to build the documentation",
+            allow_module_level=True,
+        )
 
 # Documented module by module (the flat API's names are documented one by one): dotted names under
 # labelsmooth. A module whose source file does not exist yet is skipped.
@@ -52,8 +55,14 @@ def site(tmp_path_factory) -> Path:
     path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=path)
     # Paths in mkdocs.yml (snippets' base, hooks, the source) are relative to the repository root.
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+    )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
     return out
 
@@ -124,7 +133,7 @@ def _markdown_tables(text: str) -> int:
 
 def test_included_tables_are_there(site):
     study = (ROOT / "docs" / "study.md").read_text(encoding="utf-8")
-    block = study[study.index("<!-- study-findings:start -->"):study.index("<!-- study-findings:end -->")]
+    block = study[study.index("<!-- study-findings:start -->") : study.index("<!-- study-findings:end -->")]
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
     # choosing-eps.md and performance.md hold no tables of their own: every table is an included one.
     assert _html(site, "choosing-eps").count("<table") == _markdown_tables(block) > 0
@@ -163,7 +172,7 @@ def test_include_block_fails_loudly(tmp_path):
         config_file_path = str(tmp_path / "mkdocs.yml")
 
     class Page:
-        class file:  # noqa: N801 - mirrors mkdocs' page.file.src_uri
+        class file:
             src_uri = "page.md"
 
     out = hook.on_page_markdown("x\n<!-- include-block: src.md b -->\ny", Page, Config)
@@ -179,4 +188,4 @@ def test_home_page_code_runs_as_written():
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert blocks
     for code in blocks:
-        exec(compile(code, "docs/index.md", "exec"), {})  # noqa: S102 - the page's own example
+        exec(compile(code, "docs/index.md", "exec"), {})

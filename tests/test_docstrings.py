@@ -5,9 +5,17 @@ import importlib
 
 import pytest
 
-MODULES = ["labelsmooth.targets", "labelsmooth.functional", "labelsmooth.modules",
-           "labelsmooth.calibration", "labelsmooth.noise", "labelsmooth.plots", "labelsmooth.study.models",
-           "labelsmooth.online", "labelsmooth.integrations.huggingface"]
+MODULES = [
+    "labelsmooth.targets",
+    "labelsmooth.functional",
+    "labelsmooth.modules",
+    "labelsmooth.calibration",
+    "labelsmooth.noise",
+    "labelsmooth.plots",
+    "labelsmooth.study.models",
+    "labelsmooth.online",
+    "labelsmooth.integrations.huggingface",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

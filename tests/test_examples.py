@@ -16,10 +16,20 @@ EXAMPLES = ROOT / "examples"
 
 
 def run_example(name: str, *args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, check=False,
-                         env=env, timeout=300, cwd=ROOT)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+    }
+    res = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     return res.stdout
 

@@ -60,12 +60,17 @@ BACKENDS = ["auto", "chunked", "reference"] + (["triton"] if _triton_runs() else
 
 # ---------------------------------------------------------------- the loss function on its own
 
+
 def test_import_labelsmooth_never_imports_transformers():
-    code = ("import sys, labelsmooth, labelsmooth.integrations.huggingface as h\n"
-            "h.label_smoothed_loss(0.1)\n"
-            "assert 'transformers' not in sys.modules and 'accelerate' not in sys.modules, sorted(sys.modules)\n")
+    code = (
+        "import sys, labelsmooth, labelsmooth.integrations.huggingface as h\n"
+        "h.label_smoothed_loss(0.1)\n"
+        "assert 'transformers' not in sys.modules and 'accelerate' not in sys.modules, sorted(sys.modules)\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -82,8 +87,9 @@ def test_causal_lm_matches_torch_on_shifted_labels(backend):
     n = int((labels[:, 1:] != -100).sum())
     assert n < labels[:, 1:].numel()  # padding is present, so ignoring it is tested
     # Without a count: the mean over labelled targets; with one: the sum divided by it.
-    torch.testing.assert_close(loss_fn({"logits": logits.clone()}, labels).double(),
-                               causal_reference(logits, labels), **F32)
+    torch.testing.assert_close(
+        loss_fn({"logits": logits.clone()}, labels).double(), causal_reference(logits, labels), **F32
+    )
     got = loss_fn({"logits": logits.clone()}, labels, num_items_in_batch=torch.tensor(3 * n))
     torch.testing.assert_close(got.double(), causal_reference(logits, labels, reduction="sum") / (3 * n), **F32)
 
@@ -93,8 +99,9 @@ def test_classification_tasks_match_torch(backend):
     g = torch.Generator().manual_seed(2)
     seq_logits = torch.randn(6, 5, generator=g)
     seq_labels = torch.tensor([0, 4, -100, 2, 2, 1])
-    got = label_smoothed_loss(0.2, "sequence_classification", backend=backend)((seq_logits.clone(),), seq_labels,
-                                                                                num_items_in_batch=7)
+    got = label_smoothed_loss(0.2, "sequence_classification", backend=backend)(
+        (seq_logits.clone(),), seq_labels, num_items_in_batch=7
+    )
     want = F.cross_entropy(seq_logits.double(), seq_labels, label_smoothing=0.2, reduction="sum") / 7
     torch.testing.assert_close(got.double(), want, **F32)
 
@@ -183,37 +190,62 @@ def test_extra_arguments_reach_cross_entropy():
     torch.testing.assert_close(got.double(), want, **F32)
     z = label_smoothed_loss(EPS, "sequence_classification", z_loss=1e-2)(logits, labels)
     lse = torch.logsumexp(logits.double(), 1)[labels != -100]
-    torch.testing.assert_close(z.double(), F.cross_entropy(logits.double(), labels, label_smoothing=EPS)
-                               + 1e-2 * (lse ** 2).mean(), **F32)
+    torch.testing.assert_close(
+        z.double(), F.cross_entropy(logits.double(), labels, label_smoothing=EPS) + 1e-2 * (lse**2).mean(), **F32
+    )
 
 
-@pytest.mark.parametrize("make, exc, words", [
-    (lambda: label_smoothed_loss(0.1, task="masked_lm"), ValueError, "task must be one of"),
-    (lambda: label_smoothed_loss(1.5), ValueError, "label_smoothing"),
-    (lambda: label_smoothed_loss(-0.1), ValueError, "allow_negative"),
-    (lambda: label_smoothed_loss(0.1, reduction="sum"), ValueError, "reduction cannot be set"),
-    (lambda: label_smoothed_loss(0.1, label_smoothing_factor=0.1), TypeError, "'label_smoothing_factor'"),
-    (lambda: label_smoothed_loss(0.1, backend="cuda"), ValueError, "backend must be one of"),
-    (lambda: label_smoothed_loss(0.1, ignore_index=1.5), TypeError, "ignore_index"),
-    (lambda: label_smoothed_loss(0.1, inplace="yes"), TypeError, "inplace"),
-])
+@pytest.mark.parametrize(
+    "make, exc, words",
+    [
+        (lambda: label_smoothed_loss(0.1, task="masked_lm"), ValueError, "task must be one of"),
+        (lambda: label_smoothed_loss(1.5), ValueError, "label_smoothing"),
+        (lambda: label_smoothed_loss(-0.1), ValueError, "allow_negative"),
+        (lambda: label_smoothed_loss(0.1, reduction="sum"), ValueError, "reduction cannot be set"),
+        (lambda: label_smoothed_loss(0.1, label_smoothing_factor=0.1), TypeError, "'label_smoothing_factor'"),
+        (lambda: label_smoothed_loss(0.1, backend="cuda"), ValueError, "backend must be one of"),
+        (lambda: label_smoothed_loss(0.1, ignore_index=1.5), TypeError, "ignore_index"),
+        (lambda: label_smoothed_loss(0.1, inplace="yes"), TypeError, "inplace"),
+    ],
+)
 def test_bad_construction_is_named(make, exc, words):
     with pytest.raises(exc, match=words):
         make()
 
 
-@pytest.mark.parametrize("task, outputs, labels, kw, exc, words", [
-    ("causal_lm", {"logits": torch.zeros(2, 3, 4)}, None, {}, ValueError, "labels is None"),
-    ("causal_lm", {"logits": torch.zeros(2, 3, 4)}, torch.zeros(2, 3), {}, TypeError, "integer class indices"),
-    ("causal_lm", {"logits": torch.zeros(2, 3, 4)}, torch.zeros(2, 4, dtype=torch.long), {}, ValueError,
-     r"labels \(2, 4\)"),
-    ("sequence_classification", {"logits": torch.zeros(2, 3, 4)}, torch.zeros(2, dtype=torch.long), {},
-     ValueError, r"\(B, C\) and \(B,\)"),
-    ("causal_lm", {"loss": torch.zeros(())}, torch.zeros(2, 3, dtype=torch.long), {}, ValueError, "no 'logits'"),
-    ("causal_lm", "logits", torch.zeros(2, 3, dtype=torch.long), {}, TypeError, "got str"),
-    ("causal_lm", {"logits": torch.zeros(2, 3, 4)}, torch.zeros(2, 3, dtype=torch.long),
-     {"num_items_in_batch": "6"}, TypeError, "num_items_in_batch"),
-])
+@pytest.mark.parametrize(
+    "task, outputs, labels, kw, exc, words",
+    [
+        ("causal_lm", {"logits": torch.zeros(2, 3, 4)}, None, {}, ValueError, "labels is None"),
+        ("causal_lm", {"logits": torch.zeros(2, 3, 4)}, torch.zeros(2, 3), {}, TypeError, "integer class indices"),
+        (
+            "causal_lm",
+            {"logits": torch.zeros(2, 3, 4)},
+            torch.zeros(2, 4, dtype=torch.long),
+            {},
+            ValueError,
+            r"labels \(2, 4\)",
+        ),
+        (
+            "sequence_classification",
+            {"logits": torch.zeros(2, 3, 4)},
+            torch.zeros(2, dtype=torch.long),
+            {},
+            ValueError,
+            r"\(B, C\) and \(B,\)",
+        ),
+        ("causal_lm", {"loss": torch.zeros(())}, torch.zeros(2, 3, dtype=torch.long), {}, ValueError, "no 'logits'"),
+        ("causal_lm", "logits", torch.zeros(2, 3, dtype=torch.long), {}, TypeError, "got str"),
+        (
+            "causal_lm",
+            {"logits": torch.zeros(2, 3, 4)},
+            torch.zeros(2, 3, dtype=torch.long),
+            {"num_items_in_batch": "6"},
+            TypeError,
+            "num_items_in_batch",
+        ),
+    ],
+)
 def test_bad_call_is_named(task, outputs, labels, kw, exc, words):
     with pytest.raises(exc, match=words):
         label_smoothed_loss(0.1, task)(outputs, labels, **kw)
@@ -221,13 +253,23 @@ def test_bad_call_is_named(task, outputs, labels, kw, exc, words):
 
 # ---------------------------------------------------------------- inside transformers.Trainer
 
+
 def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=V,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -244,14 +286,25 @@ def trainer_for(model, tmp_path, loss_fn=None, batch=8, accumulate=1, factor=0.0
             self.grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
 
     ids, labels, mask = padded_batch()
-    data = [{"input_ids": i, "attention_mask": m, "labels": y} for i, m, y in zip(ids, mask, labels)]
-    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1,
-                             per_device_train_batch_size=batch, per_device_eval_batch_size=batch,
-                             gradient_accumulation_steps=accumulate, learning_rate=0.0, save_strategy="no",
-                             logging_strategy="no", disable_tqdm=True, label_smoothing_factor=factor)
+    data = [{"input_ids": i, "attention_mask": m, "labels": y} for i, m, y in zip(ids, mask, labels, strict=True)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,
+        gradient_accumulation_steps=accumulate,
+        learning_rate=0.0,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        label_smoothing_factor=factor,
+    )
     keep = KeepGradients()
-    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data, compute_loss_func=loss_fn,
-                      callbacks=[keep])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=data, eval_dataset=data, compute_loss_func=loss_fn, callbacks=[keep]
+    )
     return trainer, keep, data
 
 
@@ -277,8 +330,9 @@ def test_trainer_loss_equals_its_own_label_smoother(transformers_offline, tmp_pa
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         for count in (None, n, 2 * n):
             want = causal_reference(logits, batch["labels"], reduction="sum") / (count if count is not None else n)
-            torch.testing.assert_close(ours.compute_loss(model, dict(batch), num_items_in_batch=count).double(),
-                                       want, **F32)
+            torch.testing.assert_close(
+                ours.compute_loss(model, dict(batch), num_items_in_batch=count).double(), want, **F32
+            )
             if count is None or smoother_takes_count():
                 got = theirs.compute_loss(model, dict(batch), num_items_in_batch=count)
                 torch.testing.assert_close(got.double(), want, **F32)
@@ -298,9 +352,19 @@ def test_trainer_sequence_classification_equals_its_own_label_smoother(transform
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=V, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=16, num_labels=5, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=V,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+            num_labels=5,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
     model.eval()
     ids, _, mask = padded_batch()
     batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 4, 1, 3, 3, 2, 0, 1])}
@@ -330,8 +394,9 @@ def test_trainer_accumulation_4x2_equals_1x8(transformers_offline, tmp_path):
     causal_reference(model(input_ids=ids, attention_mask=mask).logits, labels).backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(runs[2][name], runs[8][name], **F32)
-        torch.testing.assert_close(runs[8][name].double(), p.grad, rtol=1e-4, atol=1e-6,
-                                   msg=name)  # float32 model vs float64: ~1e-6 relative per layer
+        torch.testing.assert_close(
+            runs[8][name].double(), p.grad, rtol=1e-4, atol=1e-6, msg=name
+        )  # float32 model vs float64: ~1e-6 relative per layer
 
 
 def test_trainer_evaluation_keeps_logits_for_metrics(transformers_offline, tmp_path):
@@ -342,5 +407,4 @@ def test_trainer_evaluation_keeps_logits_for_metrics(transformers_offline, tmp_p
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(torch.as_tensor(out.predictions), logits, **F32)
-    torch.testing.assert_close(torch.tensor(out.metrics["test_loss"]).double(), causal_reference(logits, labels),
-                               **F32)
+    torch.testing.assert_close(torch.tensor(out.metrics["test_loss"]).double(), causal_reference(logits, labels), **F32)

@@ -3,7 +3,6 @@ import pickle
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import labelsmooth as ls
 from cases import make_case
@@ -15,8 +14,9 @@ def test_module_subclasses_torch_and_agrees_with_function():
         mod = ls.CrossEntropyLoss(w, reduction=reduction, label_smoothing=0.2)
         assert isinstance(mod, torch.nn.CrossEntropyLoss)
         torch.testing.assert_close(mod(x, t), ls.cross_entropy(x, t, w, reduction=reduction, label_smoothing=0.2))
-        torch.testing.assert_close(mod(x, t), torch.nn.CrossEntropyLoss(w, reduction=reduction,
-                                                                         label_smoothing=0.2)(x, t))
+        torch.testing.assert_close(
+            mod(x, t), torch.nn.CrossEntropyLoss(w, reduction=reduction, label_smoothing=0.2)(x, t)
+        )
 
 
 def test_module_pickles_and_state_dict_roundtrips():

@@ -40,7 +40,7 @@ def test_symmetric_is_roughly_uniform_over_other_classes():
     noisy = symmetric(clean, 0.5, K, seed=2)
     counts = transition_matrix(clean, noisy, K) * torch.bincount(clean, minlength=K).double().unsqueeze(1)
     for c in range(K):
-        observed = torch.cat([counts[c, :c], counts[c, c + 1:]])
+        observed = torch.cat([counts[c, :c], counts[c, c + 1 :]])
         expected = observed.sum() / (K - 1)
         chi2 = (((observed - expected) ** 2) / expected).sum().item()
         assert chi2 < 40  # 8 degrees of freedom; p < 1e-5 above this bound
@@ -256,5 +256,10 @@ def test_transition_matrix_errors():
 
 def test_public_names():
     assert set(noise.__all__) == {
-        "CIFAR10_ASYMMETRIC", "from_mapping", "from_transition_matrix", "pairflip", "symmetric", "transition_matrix",
+        "CIFAR10_ASYMMETRIC",
+        "from_mapping",
+        "from_transition_matrix",
+        "pairflip",
+        "symmetric",
+        "transition_matrix",
     }

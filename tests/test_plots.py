@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("matplotlib")
 
-from labelsmooth.calibration import expected_calibration_error, reliability_curve  # noqa: E402
-from labelsmooth.plots import reliability_diagram, reliability_overlay  # noqa: E402
+from labelsmooth.calibration import expected_calibration_error, reliability_curve
+from labelsmooth.plots import reliability_diagram, reliability_overlay
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -139,8 +139,8 @@ def _most_common_colour(fig, ax, x, y, half=4) -> np.ndarray:
     # The colour drawn around data point (x, y), ignoring the thin hatch lines: the mode of a patch.
     img = _pixels(fig)
     px, py = ax.transData.transform((x, y))
-    row, col = int(round(img.shape[0] - py)), int(round(px))
-    patch = img[row - half:row + half + 1, col - half:col + half + 1].reshape(-1, 3)
+    row, col = round(float(img.shape[0] - py)), round(float(px))
+    patch = img[row - half : row + half + 1, col - half : col + half + 1].reshape(-1, 3)
     colours, counts = np.unique(patch, axis=0, return_counts=True)
     return colours[counts.argmax()].astype(float) / 255
 
@@ -150,14 +150,17 @@ def test_gap_band_shows_the_legend_colour_for_under_and_over_confidence(confiden
     from matplotlib.colors import to_rgb
 
     # n samples all at one confidence; a share `accuracy` of them correct: one bin, a known gap.
-    n, k = 200, 2
+    n = 200
     probs = torch.tensor([[confidence, 1 - confidence]] * n, dtype=torch.float64)
     labels = torch.zeros(n, dtype=torch.long)
-    labels[: int(round(n * (1 - accuracy)))] = 1
+    labels[: round(n * (1 - accuracy))] = 1
     fig = reliability_diagram(probs, labels, n_bins=10)
     top = fig.axes[0]
-    handle = next(h for h, t in zip(top.get_legend().legend_handles, top.get_legend().get_texts())
-                  if t.get_text() == "gap")
+    handle = next(
+        h
+        for h, t in zip(top.get_legend().legend_handles, top.get_legend().get_texts(), strict=True)
+        if t.get_text() == "gap"
+    )
     legend_rgb = np.array(handle.get_facecolor()[:3])
     assert handle.get_facecolor()[3] == 1.0  # opaque: nothing beneath can tint it
     # Middle of the band between accuracy and confidence, in the middle of the bin's width.
@@ -185,7 +188,7 @@ def test_histogram_panel_of_given_axes_stays_inside_a_constrained_figure():
         assert fig.bbox.y0 - 1 <= box.y0 and box.y1 <= fig.bbox.y1 + 1
     hist = [ax for ax in fig.axes if ax.get_xlabel() == "confidence"]
     assert len(hist) == 3
-    for ax, top in zip(hist, axes):
+    for ax, top in zip(hist, axes, strict=True):
         # Below its diagram, same x range, tick labels drawn.
         assert ax.get_position().y1 <= top.get_position().y0 + 1e-9
         assert ax.get_xlim() == top.get_xlim()

@@ -24,12 +24,12 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-from labelsmooth.cli import main  # noqa: E402
-from labelsmooth.study import figures as F  # noqa: E402
-from labelsmooth.study import report as R  # noqa: E402
-from labelsmooth.study import stats as S  # noqa: E402
-from labelsmooth.study.report import COLUMNS, write_report  # noqa: E402
-from labelsmooth.study.runner import ResultsStore  # noqa: E402
+from labelsmooth.cli import main
+from labelsmooth.study import figures as F
+from labelsmooth.study import report as R
+from labelsmooth.study import stats as S
+from labelsmooth.study.report import COLUMNS, write_report
+from labelsmooth.study.runner import ResultsStore
 
 WIDTH = 1400  # the browser window the report must fit
 
@@ -38,9 +38,27 @@ WIDTH = 1400  # the browser window the report must fit
 def study(tmp_path_factory):
     """A small real study: 3 seeds, a 10-class and a binary dataset, clean and noisy labels."""
     out = tmp_path_factory.mktemp("report") / "run"
-    argv = ["study", "--datasets", "digits,breast_cancer", "--methods", "ce,ls,ts", "--eps", "0,0.1",
-            "--noise", "0,0.4", "--seeds", "3", "--epochs", "2", "--hidden", "16", "--workers", "1",
-            "--out", str(out)]
+    argv = [
+        "study",
+        "--datasets",
+        "digits,breast_cancer",
+        "--methods",
+        "ce,ls,ts",
+        "--eps",
+        "0,0.1",
+        "--noise",
+        "0,0.4",
+        "--seeds",
+        "3",
+        "--epochs",
+        "2",
+        "--hidden",
+        "16",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     store = ResultsStore(out)
     return out, list(store.records.values()), store.load_probs
@@ -58,7 +76,7 @@ def rerender(study, tmp_path, records=None, **meta):
 
 
 def test_full_report_has_no_banner_and_split_tables_hold_every_column(study):
-    out, records, _ = study
+    out, _records, _ = study
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "id='preliminary'" not in page and "Preliminary" not in (out / "summary.md").read_text()
     tables = re.findall(r"<table>.*?</table>", page, flags=re.S)
@@ -79,19 +97,23 @@ def test_captions_name_flipped_labels_and_the_two_eces(study):
     page = html_lib.unescape((out / "report.html").read_text(encoding="utf-8"))
     caption = re.search(r"<h3>Memorised flipped labels vs label smoothing</h3><p>(.*?)</p>", page).group(1)
     assert "noisy training labels" not in caption
-    assert caption.startswith("Of the training labels that noise flipped, the share the final model predicts "
-                              "as the flipped label")
+    assert caption.startswith(
+        "Of the training labels that noise flipped, the share the final model predicts as the flipped label"
+    )
     assert "mean of the per-seed ECEs, which is the ECE of the summary table" in page
 
 
-@pytest.mark.parametrize("meta,seeds,quick", [
-    ({"command": "labelsmooth study --quick --out runs/x"}, 3, True),
-    ({"quick": True}, 3, True),
-    ({"config": {"quick": True, "seeds": 3}}, 3, True),
-    ({"config": {"quick": False, "seeds": 1}}, 1, False),
-    ({"command": "labelsmooth study --quick", "config": {"seeds": 1}}, 1, True),
-    ({"config": "not a dict"}, 3, False),  # read defensively: an odd meta is no reason to fail
-])
+@pytest.mark.parametrize(
+    "meta,seeds,quick",
+    [
+        ({"command": "labelsmooth study --quick --out runs/x"}, 3, True),
+        ({"quick": True}, 3, True),
+        ({"config": {"quick": True, "seeds": 3}}, 3, True),
+        ({"config": {"quick": False, "seeds": 1}}, 1, False),
+        ({"command": "labelsmooth study --quick", "config": {"seeds": 1}}, 1, True),
+        ({"config": "not a dict"}, 3, False),  # read defensively: an odd meta is no reason to fail
+    ],
+)
 def test_banner_when_quick_or_fewer_than_three_seeds(study, meta, seeds, quick):
     records = [r for r in study[1] if r["seed"] < seeds]
     banner = R._preliminary(meta, records)
@@ -152,7 +174,7 @@ def test_reliability_titles_give_pooled_and_mean_of_seed_eces(study, dataset):
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     variants = S.variants(records, dataset)
     assert len(titles) == len(variants)
-    for title, v in zip(titles, variants):
+    for title, v in zip(titles, variants, strict=True):
         cell = S.cell(records, dataset, v, clean)
         pairs = [load(r) for r in cell]
         pooled = ece_numpy(np.concatenate([p for p, _ in pairs]), np.concatenate([y for _, y in pairs]))
@@ -167,8 +189,12 @@ def test_reliability_titles_give_pooled_and_mean_of_seed_eces(study, dataset):
 
 def test_reliability_grid_wraps_rows_and_keeps_every_panel_inside_the_figure(study):
     _, records, load = study
-    many = [dict(r, label_smoothing=e, key=f"{r['key']}|{e}") for r in records
-            if r["dataset"] == "digits" and r["method"] == "ls" for e in (0.2, 0.3, 0.4, 0.5)]
+    many = [
+        dict(r, label_smoothing=e, key=f"{r['key']}|{e}")
+        for r in records
+        if r["dataset"] == "digits" and r["method"] == "ls"
+        for e in (0.2, 0.3, 0.4, 0.5)
+    ]
     fig = F.reliability_grid(records + many, load, "digits", S.noise_settings(records, "digits")[0])
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -212,9 +238,21 @@ def chromium() -> str | None:
 
 def run_chromium(exe: str, args: list[str], height: int) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:  # a fresh profile: no state from earlier runs
-        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={WIDTH},{height}", *args]
+        cmd = [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--window-size={WIDTH},{height}",
+            *args,
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -278,8 +316,15 @@ def test_claim_text_with_several_paragraphs_renders_one_block_each(text):
 
 def test_a_column_in_no_group_gets_its_own_table(monkeypatch):
     monkeypatch.setattr(R, "COLUMNS", [*R.COLUMNS, ("val_accuracy", "val acc")])
-    rows = [{"dataset": "d", "noise": "0", "method": "ce", "seeds": "3",
-             **{h: f"{i}" for i, (_, h) in enumerate(R.COLUMNS)}}]
+    rows = [
+        {
+            "dataset": "d",
+            "noise": "0",
+            "method": "ce",
+            "seeds": "3",
+            **{h: f"{i}" for i, (_, h) in enumerate(R.COLUMNS)},
+        }
+    ]
     groups = R._table_groups(rows)
     assert [t for t, _ in groups][-1] == "More columns"
     assert list(groups[-1][1][0]) == ["dataset", "noise", "method", "seeds", "val acc"]

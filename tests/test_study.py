@@ -13,11 +13,11 @@ import labelsmooth as ls
 
 pytest.importorskip("sklearn")
 
-from labelsmooth.study import claims as C  # noqa: E402
-from labelsmooth.study import methods as Me  # noqa: E402
-from labelsmooth.study import stats as S  # noqa: E402
-from labelsmooth.study import metrics as M  # noqa: E402
-from labelsmooth.study.data import (  # noqa: E402
+from labelsmooth.study import claims as C
+from labelsmooth.study import methods as Me
+from labelsmooth.study import metrics as M
+from labelsmooth.study import stats as S
+from labelsmooth.study.data import (
     Dataset,
     DatasetError,
     discover,
@@ -27,9 +27,8 @@ from labelsmooth.study.data import (  # noqa: E402
     split_dataset,
     validate_name,
 )
-from labelsmooth.study.runner import ResultsStore, StudyConfig, plan_jobs  # noqa: E402
-from labelsmooth.study.train import Job, TrainConfig, penultimate_projection, run_job  # noqa: E402
-
+from labelsmooth.study.runner import ResultsStore, StudyConfig, plan_jobs
+from labelsmooth.study.train import Job, TrainConfig, penultimate_projection, run_job
 
 # ----------------------------------------------------------------------------- readers
 
@@ -91,8 +90,13 @@ def test_npz_reader(tmp_path):
     np.testing.assert_allclose(ds.x, x.astype(np.float32))
     # uint8 images with a predefined test split: scaled to [0, 1], channel axis added, CNN input.
     img = tmp_path / "img.npz"
-    np.savez(img, x=np.full((12, 4, 4), 255, np.uint8), y=np.arange(12) % 3,
-             x_test=np.zeros((6, 4, 4), np.uint8), y_test=np.arange(6) % 3)
+    np.savez(
+        img,
+        x=np.full((12, 4, 4), 255, np.uint8),
+        y=np.arange(12) % 3,
+        x_test=np.zeros((6, 4, 4), np.uint8),
+        y_test=np.arange(6) % 3,
+    )
     ds = read_npz(img)
     assert ds.x.shape == (12, 1, 4, 4) and ds.x.max() == 1.0 and ds.x_test.shape == (6, 1, 4, 4)
     assert ds.is_image and not ds.standardize and ds.num_classes == 3
@@ -101,13 +105,16 @@ def test_npz_reader(tmp_path):
     assert validate_name("npz:mine.npz", tmp_path) == f"npz:{path}"
 
 
-@pytest.mark.parametrize("arrays,match", [
-    ({"x": np.zeros((4, 2))}, "lacks array"),
-    ({"x": np.zeros((4, 2)), "y": np.zeros(4)}, "integer"),
-    ({"x": np.zeros((4, 2)), "y": np.zeros(4, int)}, "at least 2"),
-    ({"x": np.zeros((4, 2)), "y": np.arange(5)}, "samples"),
-    ({"x": np.array([{}, {}], dtype=object), "y": np.arange(2)}, "unpickling"),
-])
+@pytest.mark.parametrize(
+    "arrays,match",
+    [
+        ({"x": np.zeros((4, 2))}, "lacks array"),
+        ({"x": np.zeros((4, 2)), "y": np.zeros(4)}, "integer"),
+        ({"x": np.zeros((4, 2)), "y": np.zeros(4, int)}, "at least 2"),
+        ({"x": np.zeros((4, 2)), "y": np.arange(5)}, "samples"),
+        ({"x": np.array([{}, {}], dtype=object), "y": np.arange(2)}, "unpickling"),
+    ],
+)
 def test_npz_reader_errors(tmp_path, arrays, match):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
@@ -116,7 +123,7 @@ def test_npz_reader_errors(tmp_path, arrays, match):
 
 
 def test_unknown_dataset_names_the_choices():
-    with pytest.raises(DatasetError, match="unknown dataset 'imagenet'.*digits"):
+    with pytest.raises(DatasetError, match=r"unknown dataset 'imagenet'.*digits"):
         validate_name("imagenet")
 
 
@@ -142,7 +149,7 @@ def test_carved_binary_task_shares_the_parents_data():
     np.testing.assert_array_equal(ds.y, (full.y[keep] == 8).astype(np.int64))
     assert ds.binary and ds.parent == "digits"
     for bad in ("digits:3v3", "breast_cancer:0v1", "digits:3x8", "digits:3v12"):
-        with pytest.raises(DatasetError, match="digits:3v8|classes 0-9"):
+        with pytest.raises(DatasetError, match=r"digits:3v8|classes 0-9"):
             validate_name(bad)
 
 
@@ -168,8 +175,14 @@ def test_plan_shares_trainings_and_restricts_focal_carved_and_binary_pairflip():
     assert {j.noise_kind for j in jobs if j.noise_level == 0} == {"none"}
     pair = StudyConfig(datasets=["digits"], methods=["ce"], eps=[0], noise=[0], seeds=1, noise_kind="pairflip")
     assert plan_jobs(pair)[0].key("ce") == plan_jobs(StudyConfig(["digits"], ["ce"], [0], [0], seeds=1))[0].key("ce")
-    full = StudyConfig(datasets=["digits", "breast_cancer", "digits:3v8"], methods=list(Me.METHODS), eps=[0, 0.1],
-                       noise=[0, 0.5], noise_kind="symmetric,pairflip", seeds=1)
+    full = StudyConfig(
+        datasets=["digits", "breast_cancer", "digits:3v8"],
+        methods=list(Me.METHODS),
+        eps=[0, 0.1],
+        noise=[0, 0.5],
+        noise_kind="symmetric,pairflip",
+        seeds=1,
+    )
     jobs = plan_jobs(full, {"digits": False, "breast_cancer": True, "digits:3v8": True})
     settings = lambda ds: {(j.noise_kind, j.noise_level) for j in jobs if j.dataset == ds}  # noqa: E731
     assert settings("digits") == {("none", 0.0), ("symmetric", 0.5), ("pairflip", 0.5)}
@@ -182,8 +195,13 @@ def test_plan_shares_trainings_and_restricts_focal_carved_and_binary_pairflip():
 
 def test_adding_a_method_is_one_registry_entry(monkeypatch):
     # A hypothetical method registered in the one table is planned, run and reported like the others.
-    new = Me.Method("half", "smoothing at half the grid value", lambda grid: [e / 2 for e in grid if e],
-                    Me.label_smoothing_loss, "ls")
+    new = Me.Method(
+        "half",
+        "smoothing at half the grid value",
+        lambda grid: [e / 2 for e in grid if e],
+        Me.label_smoothing_loss,
+        "ls",
+    )
     monkeypatch.setitem(Me.METHODS, "half", new)
     jobs = plan_jobs(StudyConfig(["digits"], ["ce", "half"], [0, 0.2], [0], seeds=1))
     assert sorted((j.methods, j.eps) for j in jobs) == [(("ce",), 0.0), (("half",), 0.1)]
@@ -197,12 +215,12 @@ def test_focal_loss_matches_the_formula_in_float64():
     z = torch.randn(7, 4, generator=g, dtype=torch.float64) * 3
     y = torch.randint(0, 4, (7,), generator=g)
     p = torch.softmax(z, 1)[torch.arange(7), y]
-    expected = (-(1 - p) ** 3 * torch.log(p)).mean()
+    expected = (-((1 - p) ** 3) * torch.log(p)).mean()
     assert torch.allclose(Me.FocalLoss(3.0)(z, y), expected, rtol=1e-12)
     zb = torch.randn(9, generator=g, dtype=torch.float64) * 4
     yb = torch.randint(0, 2, (9,), generator=g).double()
     pt = torch.where(yb > 0.5, torch.sigmoid(zb), 1 - torch.sigmoid(zb))
-    assert torch.allclose(Me.FocalLoss(2.0)(zb, yb), (-(1 - pt) ** 2 * torch.log(pt)).mean(), rtol=1e-10)
+    assert torch.allclose(Me.FocalLoss(2.0)(zb, yb), (-((1 - pt) ** 2) * torch.log(pt)).mean(), rtol=1e-10)
     with pytest.raises(ValueError, match="gamma"):
         Me.FocalLoss(-1.0)
 
@@ -241,8 +259,18 @@ def test_run_job_records_both_checkpoints_and_memorisation():
     res = run_job(job, ds)
     ce, ts, tsn = res.records
     assert (ce["method"], ts["method"], tsn["method"]) == ("ce", "ts", "ts-noisyval")
-    for key in ("test_accuracy", "nll", "ece", "ece_quantile", "val_accuracy", "val_nll", "val_ece",
-                "memorized_fraction", "flipped_corrected_fraction", "train_test_gap"):
+    for key in (
+        "test_accuracy",
+        "nll",
+        "ece",
+        "ece_quantile",
+        "val_accuracy",
+        "val_nll",
+        "val_ece",
+        "memorized_fraction",
+        "flipped_corrected_fraction",
+        "train_test_gap",
+    ):
         assert key in ce and "es_" + key in ce, key
     assert ce["curves"]["step"] == [4, 8, 12] and "test_accuracy" not in ce["curves"]
     assert ce["es_step"] in (4, 8, 12)
@@ -276,9 +304,19 @@ def test_selections_never_read_the_test_split():
     cfg = TrainConfig(steps=30, hidden=(16,), batch_size=32, curve_points=6)
     job = Job("toy", "ls", 0.0, "symmetric", 0.5, 3, ("ce", "ts"), cfg)
     a, b = run_job(job, good).records, run_job(job, bad).records
-    for ra, rb in zip(a, b):
-        for key in ("es_step", "curves", "val_accuracy", "val_nll", "val_ece", "es_val_accuracy", "temperature",
-                    "es_temperature", "train_accuracy", "memorized_fraction"):
+    for ra, rb in zip(a, b, strict=True):
+        for key in (
+            "es_step",
+            "curves",
+            "val_accuracy",
+            "val_nll",
+            "val_ece",
+            "es_val_accuracy",
+            "temperature",
+            "es_temperature",
+            "train_accuracy",
+            "memorized_fraction",
+        ):
             if key in ra:
                 assert ra[key] == rb[key], key
         assert ra["test_accuracy"] != rb["test_accuracy"]  # the poison did reach the test metrics
@@ -288,18 +326,36 @@ def test_selections_never_read_the_test_split():
         recs.append(rec("ce", 0.0, noise=0.5, seed=s, val_accuracy=0.80, test_accuracy=0.80))
         recs.append(rec("ls", 0.1, noise=0.5, seed=s, val_accuracy=0.85, test_accuracy=0.81 + jitter(s)))
         recs.append(rec("ls", 0.3, noise=0.5, seed=s, val_accuracy=0.84, test_accuracy=0.95))
-    d, picked = S.selected_difference(recs, "digits", [("ls", 0.1), ("ls", 0.3)], ("ce", 0.0), ("symmetric", 0.5),
-                                      "val_accuracy", True, "test_accuracy")
+    d, picked = S.selected_difference(
+        recs,
+        "digits",
+        [("ls", 0.1), ("ls", 0.3)],
+        ("ce", 0.0),
+        ("symmetric", 0.5),
+        "val_accuracy",
+        True,
+        "test_accuracy",
+    )
     assert picked == {("ls", 0.1): 4} and d.mean == pytest.approx(0.01 + np.mean([jitter(s) for s in range(4)]))
     poisoned = [dict(r, test_accuracy=float(rng.random())) for r in recs]
-    assert S.selected_difference(poisoned, "digits", [("ls", 0.1), ("ls", 0.3)], ("ce", 0.0), ("symmetric", 0.5),
-                                 "val_accuracy", True, "test_accuracy")[1] == picked
+    assert (
+        S.selected_difference(
+            poisoned,
+            "digits",
+            [("ls", 0.1), ("ls", 0.3)],
+            ("ce", 0.0),
+            ("symmetric", 0.5),
+            "val_accuracy",
+            True,
+            "test_accuracy",
+        )[1]
+        == picked
+    )
 
 
 def test_run_job_binary_uses_a_single_logit():
     ds = load_dataset("breast_cancer")
-    res = run_job(Job("breast_cancer", "focal", 0.0, "none", 0.0, 1, ("focal",), TrainConfig(steps=3, hidden=(8,))),
-                  ds)
+    res = run_job(Job("breast_cancer", "focal", 0.0, "none", 0.0, 1, ("focal",), TrainConfig(steps=3, hidden=(8,))), ds)
     (rec_,) = res.records
     assert rec_["binary"] and rec_["num_classes"] == 2 and rec_["memorized_fraction"] is None
     assert res.arrays[rec_["key"]]["probs"].ndim == 1
@@ -327,7 +383,7 @@ def test_results_store_round_trip_is_atomic_json(tmp_path):
     (r,) = data["runs"]
     again = ResultsStore(tmp_path)
     assert again.done(r["key"])
-    probs, labels = again.load_probs(r)
+    _probs, labels = again.load_probs(r)
     np.testing.assert_array_equal(labels, res.arrays[r["key"]]["labels"])
     assert again.load_projection(r) is not None
     with np.load(tmp_path / r["probs_file"], allow_pickle=False) as f:
@@ -340,14 +396,15 @@ def test_results_store_round_trip_is_atomic_json(tmp_path):
 def test_t_interval():
     e = S.estimate([1.0, 2.0, 3.0])
     # mean 2, s = 1, t_{0.975, 2} = 4.3027: half-width 4.3027 / sqrt(3)
-    assert e.mean == 2 and e.half == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-5) and e.n == 3
+    assert e.mean == 2 and e.half == pytest.approx(4.302653 / 3**0.5, rel=1e-5) and e.n == 3
     assert S.estimate([0.5]).half is None and S.estimate([None]) is None
     assert S.fmt(e) == "2.000 ± 2.484" and S.fmt(S.estimate([0.5])) == "0.500"
 
 
 def test_paired_difference_pairs_by_seed():
-    recs = [rec("ce", 0.0, seed=s, ece=0.1 * s) for s in range(3)] + \
-           [rec("ls", 0.1, seed=s, ece=0.1 * s + 0.05) for s in range(3)]
+    recs = [rec("ce", 0.0, seed=s, ece=0.1 * s) for s in range(3)] + [
+        rec("ls", 0.1, seed=s, ece=0.1 * s + 0.05) for s in range(3)
+    ]
     d = S.paired_difference(recs, "digits", ("ls", 0.1), ("ce", 0.0), S.CLEAN, "ece")
     # The seed effect is shared and cancels: a constant +0.05 with zero spread.
     assert d.mean == pytest.approx(0.05) and d.half == pytest.approx(0, abs=1e-12) and d.excludes_zero
@@ -373,15 +430,52 @@ def test_welch_difference_and_detectable_difference_match_scipy():
 # ----------------------------------------------------------------------------- claim paragraphs
 
 
-def rec(method, eps, *, dataset="digits", noise=0.0, kind="symmetric", seed=0, binary=False, k=10, n_test=360,
-        parent=None, **metrics):
-    r = dict(dataset=dataset, method=method, label_smoothing=eps, noise_level=noise,
-             noise_kind=kind if noise else "none", noise_rate=noise * 0.9, seed=seed, num_classes=2 if binary else k,
-             binary=binary, parent_dataset=parent, splits={"n_test": n_test},
-             test_accuracy=0.97, train_accuracy=1.0, train_accuracy_clean=1.0, nll=0.1, ece=0.02, ece_quantile=0.02,
-             classwise_ece=0.01, brier=0.05, mean_confidence=0.97, train_test_gap=0.03, memorized_fraction=None,
-             flipped_corrected_fraction=None, val_accuracy=0.97, val_ece=0.02, val_nll=0.1,
-             es_test_accuracy=0.97, es_val_accuracy=0.97, es_ece=0.02, curves={"val_nll": [0.2, 0.1, 0.1]})
+def rec(
+    method,
+    eps,
+    *,
+    dataset="digits",
+    noise=0.0,
+    kind="symmetric",
+    seed=0,
+    binary=False,
+    k=10,
+    n_test=360,
+    parent=None,
+    **metrics,
+):
+    r = dict(
+        dataset=dataset,
+        method=method,
+        label_smoothing=eps,
+        noise_level=noise,
+        noise_kind=kind if noise else "none",
+        noise_rate=noise * 0.9,
+        seed=seed,
+        num_classes=2 if binary else k,
+        binary=binary,
+        parent_dataset=parent,
+        splits={"n_test": n_test},
+        test_accuracy=0.97,
+        train_accuracy=1.0,
+        train_accuracy_clean=1.0,
+        nll=0.1,
+        ece=0.02,
+        ece_quantile=0.02,
+        classwise_ece=0.01,
+        brier=0.05,
+        mean_confidence=0.97,
+        train_test_gap=0.03,
+        memorized_fraction=None,
+        flipped_corrected_fraction=None,
+        val_accuracy=0.97,
+        val_ece=0.02,
+        val_nll=0.1,
+        es_test_accuracy=0.97,
+        es_val_accuracy=0.97,
+        es_ece=0.02,
+        curves={"val_nll": [0.2, 0.1, 0.1]},
+    )
     r.update(metrics)
     return r
 
@@ -394,8 +488,18 @@ def test_claim_calibration_says_when_smoothing_hurts_and_compares_on_validation_
     recs = []
     for s in range(3):
         recs.append(rec("ce", 0.0, seed=s, ece=0.016 + jitter(s), mean_confidence=0.975, test_accuracy=0.975, nll=0.09))
-        recs.append(rec("ls", 0.1, seed=s, ece=0.117 + jitter(s), mean_confidence=0.86, test_accuracy=0.977,
-                        nll=0.2 + jitter(s), val_ece=0.11))
+        recs.append(
+            rec(
+                "ls",
+                0.1,
+                seed=s,
+                ece=0.117 + jitter(s),
+                mean_confidence=0.86,
+                test_accuracy=0.977,
+                nll=0.2 + jitter(s),
+                val_ece=0.11,
+            )
+        )
         recs.append(rec("ts", 0.0, seed=s, ece=0.012 + jitter(s), temperature=1.2, nll=0.085 + jitter(s)))
     text = C.claim_paragraphs(recs)["calibration"]
     assert text.startswith("digits, clean labels: ce had test ECE 0.016")
@@ -431,28 +535,56 @@ def test_claim_noise_selects_on_validation_and_reports_early_stopping():
     recs = []
     for s in range(3):
         recs.append(rec("ce", 0.0, seed=s, test_accuracy=0.97))
-        recs.append(rec("ce", 0.0, noise=0.5, seed=s, test_accuracy=0.70 + jitter(s), es_test_accuracy=0.85 + jitter(s),
-                        memorized_fraction=1.0, flipped_corrected_fraction=0.0, val_accuracy=0.7))
-        recs.append(rec("ls", 0.1, noise=0.5, seed=s, test_accuracy=0.71 + jitter(s), es_test_accuracy=0.85 + jitter(s),
-                        memorized_fraction=0.99, flipped_corrected_fraction=0.01, val_accuracy=0.72))
+        recs.append(
+            rec(
+                "ce",
+                0.0,
+                noise=0.5,
+                seed=s,
+                test_accuracy=0.70 + jitter(s),
+                es_test_accuracy=0.85 + jitter(s),
+                memorized_fraction=1.0,
+                flipped_corrected_fraction=0.0,
+                val_accuracy=0.7,
+            )
+        )
+        recs.append(
+            rec(
+                "ls",
+                0.1,
+                noise=0.5,
+                seed=s,
+                test_accuracy=0.71 + jitter(s),
+                es_test_accuracy=0.85 + jitter(s),
+                memorized_fraction=0.99,
+                flipped_corrected_fraction=0.01,
+                val_accuracy=0.72,
+            )
+        )
         recs.append(rec("ls", 0.6, noise=0.5, seed=s, test_accuracy=0.90, val_accuracy=0.71))  # best on test only
     text = C.claim_paragraphs(recs)["noise"]
     assert text.startswith("digits, symmetric noise at level 0.5 of the breakdown rate (45% of training labels")
-    assert "ce's test accuracy was 0.700 at the last step (0.970 with clean labels) and 0.850 with early stopping" in text
+    assert (
+        "ce's test accuracy was 0.700 at the last step (0.970 with clean labels) and 0.850 with early stopping" in text
+    )
     assert "Early stopping changed ce's accuracy by +0.150" in text and "it helped" in text
     assert "(ls eps=0.1 3x) changed the last-step test accuracy by +0.010" in text and "smoothing helped" in text
-    assert "predicted 100% of the flipped training labels as the flipped label (memorised) and 0% as their true " \
-           "class, the rest as a third class" in text
+    assert (
+        "predicted 100% of the flipped training labels as the flipped label (memorised) and 0% as their true "
+        "class, the rest as a third class" in text
+    )
     assert "-1.0 pp" in text and "no clear difference" in text  # memorisation: 1 point < the 5-point tolerance
 
 
 def test_claim_overfitting_uses_validation_curves_and_consistent_words():
     recs = []
     for s in range(3):
-        recs.append(rec("ce", 0.0, seed=s, train_test_gap=0.05 + jitter(s),
-                        curves={"val_nll": [0.3, 0.1, 0.3 + jitter(s)]}))
-        recs.append(rec("ls", 0.1, seed=s, train_test_gap=0.02 + jitter(s),
-                        curves={"val_nll": [0.3, 0.19, 0.2 + jitter(s)]}))
+        recs.append(
+            rec("ce", 0.0, seed=s, train_test_gap=0.05 + jitter(s), curves={"val_nll": [0.3, 0.1, 0.3 + jitter(s)]})
+        )
+        recs.append(
+            rec("ls", 0.1, seed=s, train_test_gap=0.02 + jitter(s), curves={"val_nll": [0.3, 0.19, 0.2 + jitter(s)]})
+        )
     text = C.claim_paragraphs(recs)["overfitting"]
     assert "ce's train-test gap (accuracy on the clean training labels minus test accuracy) was 0.050" in text
     assert "With ls eps=0.1 it was 0.020, a difference of -0.030" in text and "smaller with smoothing" in text
@@ -462,8 +594,12 @@ def test_claim_overfitting_uses_validation_curves_and_consistent_words():
 
 def test_verdicts_are_withheld_below_three_seeds_and_in_smoke_tests():
     def grid(n):
-        return [r for s in range(n) for r in (rec("ce", 0.0, seed=s, ece=0.02 + jitter(s)),
-                                              rec("ls", 0.1, seed=s, ece=0.20 + jitter(s)))]
+        return [
+            r
+            for s in range(n)
+            for r in (rec("ce", 0.0, seed=s, ece=0.02 + jitter(s)), rec("ls", 0.1, seed=s, ece=0.20 + jitter(s)))
+        ]
+
     for n in (1, 2):
         out = C.claim_paragraphs(grid(n))
         assert "Verdicts withheld: fewer than 3 seeds" in out["calibration"]
@@ -489,11 +625,12 @@ def test_claim_binary_signed_comparison_on_crafted_numbers():
         recs = []
         for s in range(5):
             j = (s - 2) * spread
-            recs += [rec("ce", 0.0, dataset="digits", seed=s, ece=0.02),
-                     rec("ls", 0.1, dataset="digits", seed=s, ece=0.02 + multi + j),
-                     rec("ce", 0.0, dataset="digits:3v8", binary=True, parent="digits", seed=s, ece=0.03),
-                     rec("ls", 0.1, dataset="digits:3v8", binary=True, parent="digits", seed=s,
-                         ece=0.03 + binary - j * 0.5)]
+            recs += [
+                rec("ce", 0.0, dataset="digits", seed=s, ece=0.02),
+                rec("ls", 0.1, dataset="digits", seed=s, ece=0.02 + multi + j),
+                rec("ce", 0.0, dataset="digits:3v8", binary=True, parent="digits", seed=s, ece=0.03),
+                rec("ls", 0.1, dataset="digits:3v8", binary=True, parent="digits", seed=s, ece=0.03 + binary - j * 0.5),
+            ]
         return recs
 
     recs = grid(0.10, 0.02)
@@ -506,10 +643,13 @@ def test_claim_binary_signed_comparison_on_crafted_numbers():
     # Signs are kept: a binary effect against the multiclass direction is "opposite", not "smaller".
     assert C.binary_comparison(grid(-0.11, 0.10), "digits:3v8", "digits", ("ls", 0.1), "ece").verdict == "opposite"
     assert C.binary_comparison(grid(0.02, 0.10), "digits:3v8", "digits", ("ls", 0.1), "ece").verdict == "larger"
-    assert C.binary_comparison(grid(0.0, 0.10), "digits:3v8", "digits", ("ls", 0.1),
-                               "ece").verdict == "no multiclass effect"
-    assert C.binary_comparison(grid(0.10, 0.02)[:8], "digits:3v8", "digits", ("ls", 0.1),
-                               "ece").verdict == "withheld"  # 2 seeds
+    assert (
+        C.binary_comparison(grid(0.0, 0.10), "digits:3v8", "digits", ("ls", 0.1), "ece").verdict
+        == "no multiclass effect"
+    )
+    assert (
+        C.binary_comparison(grid(0.10, 0.02)[:8], "digits:3v8", "digits", ("ls", 0.1), "ece").verdict == "withheld"
+    )  # 2 seeds
     text = C.claim_paragraphs(recs)["binary"]
     assert text.startswith("digits:3v8 vs digits (the same data as one binary and one 10-class task)")
     assert "ECE: binary +0.020" in text and "10-class +0.100" in text and "smaller in the binary task" in text
@@ -523,8 +663,14 @@ def test_claims_without_baseline_or_runs():
 
 
 def test_statistics_paragraph_counts_comparisons_and_power():
-    recs = [r for s in range(10) for r in (rec("ce", 0.0, seed=s, ece=0.02 + jitter(s), steps=1000),
-                                           rec("ls", 0.1, seed=s, ece=0.05 + 2 * jitter(s), steps=1000))]
+    recs = [
+        r
+        for s in range(10)
+        for r in (
+            rec("ce", 0.0, seed=s, ece=0.02 + jitter(s), steps=1000),
+            rec("ls", 0.1, seed=s, ece=0.05 + 2 * jitter(s), steps=1000),
+        )
+    ]
     text = C.claim_paragraphs(recs)["statistics"]
     assert "comparisons with a verdict" in text and "80% power" in text and "1000 Adam steps" in text
 
@@ -552,10 +698,14 @@ def test_study_docstring_examples(name):
 def test_findings_block_goes_between_the_markers(tmp_path, capsys):
     from labelsmooth.study import findings as Fi
 
-    recs = [r for s in range(3) for r in (rec("ce", 0.0, seed=s, ece=0.02 + jitter(s)),
-                                          rec("ls", 0.1, seed=s, ece=0.12 + jitter(s)))]
-    (tmp_path / "results.json").write_text(json.dumps({"study": {"meta": {"command": "cmd", "n_seeds": 3}},
-                                                       "runs": recs}))
+    recs = [
+        r
+        for s in range(3)
+        for r in (rec("ce", 0.0, seed=s, ece=0.02 + jitter(s)), rec("ls", 0.1, seed=s, ece=0.12 + jitter(s)))
+    ]
+    (tmp_path / "results.json").write_text(
+        json.dumps({"study": {"meta": {"command": "cmd", "n_seeds": 3}}, "runs": recs})
+    )
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{Fi.START}\nold numbers\n{Fi.END}\ntail\n")
     assert Fi.main([str(tmp_path), "--into", str(readme)]) == 0
@@ -572,8 +722,9 @@ def test_findings_block_goes_between_the_markers(tmp_path, capsys):
 
 
 def test_negative_smoothing_runs_on_noisy_labels_only_and_online_smoothing_everywhere():
-    cfg = StudyConfig(["digits"], ["ce", "ls", "nls", "ols"], [-0.5, -0.2, 0, 0.1], [0, 0.5], seeds=1,
-                      noise_kind="symmetric")
+    cfg = StudyConfig(
+        ["digits"], ["ce", "ls", "nls", "ols"], [-0.5, -0.2, 0, 0.1], [0, 0.5], seeds=1, noise_kind="symmetric"
+    )
     jobs = plan_jobs(cfg)
     by = {(j.methods, j.eps, j.noise_level) for j in jobs}
     assert (("nls",), -0.5, 0.5) in by and (("nls",), -0.2, 0.5) in by
@@ -586,16 +737,16 @@ def test_study_losses_for_negative_and_online_smoothing():
     z = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]], dtype=torch.float64)
     y = torch.tensor([0, 1])
     nls = Me.label_smoothing_loss(-0.3, binary=False)
-    want = (1.3 * torch.nn.functional.cross_entropy(z, y)
-                         - 0.3 * (-torch.log_softmax(z, 1)).mean(1).mean())
+    want = 1.3 * torch.nn.functional.cross_entropy(z, y) - 0.3 * (-torch.log_softmax(z, 1)).mean(1).mean()
     torch.testing.assert_close(nls(z, y), want)
     # Online smoothing on a single-logit binary model is the two-class softmax of (0, z).
     ols = Me.online_smoothing_loss(0.1, binary=True)
     zb, yb = torch.tensor([2.0, -1.0, 0.3]), torch.tensor([1.0, 0.0, 0.0])
     two = torch.stack([torch.zeros(3), zb], 1)
     soft = ls.smooth_labels(torch.arange(2), 2, 0.1)
-    want = (0.5 * torch.nn.functional.cross_entropy(two, yb.long())
-            + 0.5 * torch.nn.functional.cross_entropy(two, soft[yb.long()]))
+    want = 0.5 * torch.nn.functional.cross_entropy(two, yb.long()) + 0.5 * torch.nn.functional.cross_entropy(
+        two, soft[yb.long()]
+    )
     torch.testing.assert_close(ols(zb, yb), want)
     before = ols.ols.soft_labels.clone()
     ols.epoch_end(None)  # samples 0 and 1 were right: rows 0 and 1 become their softmax
@@ -607,8 +758,27 @@ def test_a_tiny_study_with_negative_and_online_smoothing_reports_them(tmp_path):
     from labelsmooth.cli import main
 
     out = tmp_path / "run"
-    argv = ["study", "--datasets", "breast_cancer", "--methods", "ce,ls,nls,ols", "--eps", "-0.2,0,0.1",
-            "--noise", "0,0.5", "--seeds", "3", "--steps", "6", "--hidden", "8", "--workers", "1", "--out", str(out)]
+    argv = [
+        "study",
+        "--datasets",
+        "breast_cancer",
+        "--methods",
+        "ce,ls,nls,ols",
+        "--eps",
+        "-0.2,0,0.1",
+        "--noise",
+        "0,0.5",
+        "--seeds",
+        "3",
+        "--steps",
+        "6",
+        "--hidden",
+        "8",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     records = list(ResultsStore(out).records.values())
     assert {(r["method"], r["label_smoothing"]) for r in records} >= {("nls", -0.2), ("ols", Me.OLS_EPS)}

@@ -12,10 +12,10 @@ import torch
 
 pytest.importorskip("sklearn")
 
-from labelsmooth.cli import main  # noqa: E402
-from labelsmooth.study import models  # noqa: E402
-from labelsmooth.study.data import load_dataset  # noqa: E402
-from labelsmooth.study.models import CropFlip, build_model  # noqa: E402
+from labelsmooth.cli import main
+from labelsmooth.study import models
+from labelsmooth.study.data import load_dataset
+from labelsmooth.study.models import CropFlip, build_model
 
 # ----------------------------------------------------------------------------- CropFlip
 
@@ -24,10 +24,10 @@ def all_windows(img: np.ndarray, pad: int) -> list[np.ndarray]:
     """Every crop (and its mirror) CropFlip may return for one (C, H, W) image, cut with numpy slicing."""
     c, h, w = img.shape
     padded = np.zeros((c, h + 2 * pad, w + 2 * pad), img.dtype)
-    padded[:, pad:pad + h, pad:pad + w] = img
+    padded[:, pad : pad + h, pad : pad + w] = img
     out = []
     for top, left in product(range(2 * pad + 1), repeat=2):
-        window = padded[:, top:top + h, left:left + w]
+        window = padded[:, top : top + h, left : left + w]
         out += [window, window[:, :, ::-1]]
     return out
 
@@ -37,7 +37,7 @@ def test_cropflip_output_is_a_padded_crop_or_its_mirror():
     x = torch.rand(16, 3, 8, 6)  # not square: rows and columns must not be mixed up
     y = CropFlip(padding=2).train()(x)
     assert y.shape == x.shape and y.dtype == x.dtype
-    for xi, yi in zip(x.numpy(), y.numpy()):
+    for xi, yi in zip(x.numpy(), y.numpy(), strict=True):
         assert any(np.array_equal(yi, w) for w in all_windows(xi, 2))
 
 
@@ -79,7 +79,7 @@ def test_cropflip_and_build_model_argument_errors():
         CropFlip(padding=-1)
     with pytest.raises(TypeError, match="padding must be an int, got float"):
         CropFlip(padding=2.5)
-    with pytest.raises(ValueError, match="flip must be a probability in \\[0, 1\\], got 1.5"):
+    with pytest.raises(ValueError, match=r"flip must be a probability in \[0, 1\], got 1\.5"):
         CropFlip(flip=1.5)
     with pytest.raises(ValueError, match=r"CropFlip expects \(N, C, H, W\) images, got shape \(3, 32, 32\)"):
         CropFlip().train()(torch.zeros(3, 32, 32))
@@ -132,9 +132,31 @@ def test_study_runs_end_to_end_on_cifar10_binary_files_with_augmentation(tmp_pat
 
     monkeypatch.setattr(models.CropFlip, "forward", counting)
     out = tmp_path / "run"
-    argv = ["study", "--data-dir", str(tmp_path), "--datasets", "cifar10", "--methods", "ce,ls,ts",
-            "--eps", "0,0.1", "--noise", "0", "--seeds", "1", "--epochs", "4", "--batch-size", "32",
-            "--lr", "0.01", "--workers", "1", "--out", str(out)]
+    argv = [
+        "study",
+        "--data-dir",
+        str(tmp_path),
+        "--datasets",
+        "cifar10",
+        "--methods",
+        "ce,ls,ts",
+        "--eps",
+        "0,0.1",
+        "--noise",
+        "0",
+        "--seeds",
+        "1",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.01",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
 
     runs = json.loads((out / "results.json").read_text())["runs"]

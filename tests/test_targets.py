@@ -9,8 +9,12 @@ import labelsmooth as ls
 
 
 @settings(max_examples=60, deadline=None)
-@given(k=st.integers(1, 50), eps=st.floats(0.0, 1.0), shape=st.lists(st.integers(0, 4), max_size=3),
-       seed=st.integers(0, 2**16))
+@given(
+    k=st.integers(1, 50),
+    eps=st.floats(0.0, 1.0),
+    shape=st.lists(st.integers(0, 4), max_size=3),
+    seed=st.integers(0, 2**16),
+)
 def test_smooth_labels_properties(k, eps, shape, seed):
     g = torch.Generator().manual_seed(seed)
     target = torch.randint(0, k, tuple(shape), generator=g)
@@ -37,16 +41,19 @@ def test_smooth_labels_feeds_cross_entropy_as_probabilities():
     torch.testing.assert_close(ls.cross_entropy(x, soft), ls.cross_entropy(x, t, label_smoothing=0.3))
 
 
-@pytest.mark.parametrize("args,exc,match", [
-    ((torch.tensor([0, 3]), 3, 0.1), IndexError, "class index 3"),
-    ((torch.tensor([-1, 0]), 3, 0.1), IndexError, "class index -1"),
-    ((torch.tensor([0]), 0, 0.1), ValueError, "num_classes"),
-    ((torch.tensor([0]), 2.0, 0.1), TypeError, "num_classes"),
-    ((torch.tensor([0]), 3, 1.1), ValueError, "label_smoothing"),
-    ((torch.tensor([0]), 3, -0.1), ValueError, "label_smoothing"),
-    ((torch.tensor([0]), 3, math.nan), ValueError, "label_smoothing"),
-    ((torch.tensor([0.0]), 3, 0.1), TypeError, "target must be an integer tensor"),
-])
+@pytest.mark.parametrize(
+    "args,exc,match",
+    [
+        ((torch.tensor([0, 3]), 3, 0.1), IndexError, "class index 3"),
+        ((torch.tensor([-1, 0]), 3, 0.1), IndexError, "class index -1"),
+        ((torch.tensor([0]), 0, 0.1), ValueError, "num_classes"),
+        ((torch.tensor([0]), 2.0, 0.1), TypeError, "num_classes"),
+        ((torch.tensor([0]), 3, 1.1), ValueError, "label_smoothing"),
+        ((torch.tensor([0]), 3, -0.1), ValueError, "label_smoothing"),
+        ((torch.tensor([0]), 3, math.nan), ValueError, "label_smoothing"),
+        ((torch.tensor([0.0]), 3, 0.1), TypeError, "target must be an integer tensor"),
+    ],
+)
 def test_smooth_labels_errors(args, exc, match):
     with pytest.raises(exc, match=match):
         ls.smooth_labels(*args)

@@ -1,6 +1,8 @@
 """Where code written for torch would notice a difference: forward-mode AD, and the exception types
 torch raises for bad arguments (RuntimeError) next to ours (ValueError / TypeError)."""
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +10,8 @@ from torch.autograd import forward_ad
 
 import labelsmooth as ls
 from labelsmooth import functional as LF
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 @pytest.fixture
@@ -21,7 +25,11 @@ def test_forward_ad_dual_tensors_match_torch(fused_auto, probs):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(6, 5, generator=g, dtype=torch.float64)
     v = torch.randn(6, 5, generator=g, dtype=torch.float64)
-    t = torch.softmax(torch.randn(6, 5, generator=g, dtype=torch.float64), 1) if probs else torch.tensor([0, 1, 4, 2, 3, 1])
+    t = (
+        torch.softmax(torch.randn(6, 5, generator=g, dtype=torch.float64), 1)
+        if probs
+        else torch.tensor([0, 1, 4, 2, 3, 1])
+    )
     w = torch.rand(5, generator=g, dtype=torch.float64) + 0.5
     with forward_ad.dual_level():
         ours = forward_ad.unpack_dual(ls.cross_entropy(forward_ad.make_dual(x, v), t, w, label_smoothing=0.2))
@@ -32,7 +40,10 @@ def test_forward_ad_dual_tensors_match_torch(fused_auto, probs):
 
 def test_torch_func_jvp_matches_torch(fused_auto):
     g = torch.Generator().manual_seed(1)
-    x, v = torch.randn(2, 4, 3, generator=g, dtype=torch.float64), torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+    x, v = (
+        torch.randn(2, 4, 3, generator=g, dtype=torch.float64),
+        torch.randn(2, 4, 3, generator=g, dtype=torch.float64),
+    )
     t = torch.tensor([[0, 3, -100], [1, 2, 2]])
     out, tangent = torch.func.jvp(lambda z: ls.cross_entropy(z, t, label_smoothing=0.1), (x,), (v,))
     want, want_t = torch.func.jvp(lambda z: F.cross_entropy(z, t, label_smoothing=0.1), (x,), (v,))
@@ -43,18 +54,29 @@ def test_torch_func_jvp_matches_torch(fused_auto):
 def test_binary_forward_ad_matches_torch():
     x, v, y = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64), torch.ones(5)
     with forward_ad.dual_level():
-        ours = forward_ad.unpack_dual(ls.binary_cross_entropy_with_logits(forward_ad.make_dual(x, v), y,
-                                                                          label_smoothing=0.1)).tangent
+        ours = forward_ad.unpack_dual(
+            ls.binary_cross_entropy_with_logits(forward_ad.make_dual(x, v), y, label_smoothing=0.1)
+        ).tangent
         yt = y.double() * 0.9 + 0.05
         theirs = forward_ad.unpack_dual(F.binary_cross_entropy_with_logits(forward_ad.make_dual(x, v), yt)).tangent
     torch.testing.assert_close(ours, theirs)
 
 
-def test_a_fused_backend_named_explicitly_refuses_dual_tensors_clearly():
-    x = torch.randn(3, 4, dtype=torch.float64)
+@pytest.mark.parametrize("backend", ["reference", "chunked", "torch"] + (["triton"] if HAS_TRITON else []))
+def test_forward_ad_on_every_backend_matches_torch(backend):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    v = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, -100])
     with forward_ad.dual_level():
-        with pytest.raises(ValueError, match="forward-mode dual tensors; use backend='reference'"):
-            ls.cross_entropy(forward_ad.make_dual(x, torch.ones_like(x)), torch.tensor([0, 1, 2]), backend="chunked")
+        ours = forward_ad.unpack_dual(
+            ls.cross_entropy(forward_ad.make_dual(x, v), y, label_smoothing=0.1, backend=backend)
+        )
+        theirs = forward_ad.unpack_dual(F.cross_entropy(forward_ad.make_dual(x, v), y, label_smoothing=0.1))
+    torch.testing.assert_close(ours.primal, theirs.primal)
+    torch.testing.assert_close(ours.tangent, theirs.tangent)
+    _, tangent = torch.func.jvp(lambda z: ls.cross_entropy(z, y, label_smoothing=0.1, backend=backend), (x,), (v,))
+    torch.testing.assert_close(tangent, theirs.tangent)
 
 
 BAD_CALLS = {

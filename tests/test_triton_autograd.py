@@ -14,15 +14,15 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("triton")
 
-import labelsmooth as ls  # noqa: E402
-from labelsmooth import functional  # noqa: E402
+import labelsmooth as ls
+from labelsmooth import functional
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
 if not INTERPRETED and not torch.cuda.is_available():
@@ -64,10 +64,8 @@ GRAD_OUTPUTS = {
     "sum over a device count": lambda ce: (lambda r: r / _on(r, 4.0))(ce(reduction="sum")),
     "sum": lambda ce: ce(reduction="sum"),
     "none, summed": lambda ce: ce(reduction="none").sum(),
-    "none, weighted": lambda ce: (lambda r: (r * _on(r, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])).sum())(
-        ce(reduction="none")),
-    "none, masked mean": lambda ce: (lambda r: r[_on(r, [1, 0, 1, 1, 0, 1]).bool()].mean())(
-        ce(reduction="none")),
+    "none, weighted": lambda ce: (lambda r: (r * _on(r, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])).sum())(ce(reduction="none")),
+    "none, masked mean": lambda ce: (lambda r: r[_on(r, [1, 0, 1, 1, 0, 1]).bool()].mean())(ce(reduction="none")),
 }
 
 
@@ -87,7 +85,8 @@ def test_per_row_grad_output_vector_of_any_stride():
     ls.cross_entropy(a, y, label_smoothing=EPS, backend="triton", reduction="none").backward(go)
     b = x.cpu().double().requires_grad_(True)
     F.cross_entropy(b, y.cpu(), label_smoothing=EPS, reduction="none").backward(
-        torch.where(y.cpu() == -100, 0.0, go.cpu().double()))
+        torch.where(y.cpu() == -100, 0.0, go.cpu().double())
+    )
     assert torch.equal(a.grad[1].cpu(), torch.zeros(x.shape[1]))
     torch.testing.assert_close(a.grad.cpu().double(), b.grad, **TOL)
 

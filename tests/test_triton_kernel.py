@@ -23,15 +23,15 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import math  # noqa: E402
+import math
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
-from labelsmooth.kernels import triton_ce  # noqa: E402
-from labelsmooth.reference import ce_rows  # noqa: E402
+from labelsmooth.kernels import triton_ce
+from labelsmooth.reference import ce_rows
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
 if not INTERPRETED and not torch.cuda.is_available():
@@ -188,7 +188,7 @@ def test_inplace_matches_separate_buffer(kind, dtype):
     loss_inplace = triton_ce.fused_ce(buf, target, weight, -100, 0.1, 1e-2, 5.0, buf, **SMALL)
     assert torch.equal(loss_inplace, loss)
     assert torch.equal(buf, grad)
-    ref_loss, ref_grad = reference(logits, target, weight, -100, 0.1, 1e-2, 5.0)
+    _ref_loss, ref_grad = reference(logits, target, weight, -100, 0.1, 1e-2, 5.0)
     torch.testing.assert_close(f64(buf), ref_grad, **GRAD_TOL[dtype])
 
 
@@ -216,8 +216,9 @@ def test_grad_scale(kind):
     if kind == "index":
         assert (f64(grad[2]) == 0).all()
     # Forward only: grad_scale has nothing to scale and is ignored.
-    assert torch.equal(triton_ce.fused_ce(logits, target, weight, -100, 0.1, 1e-2, 5.0, None,
-                                          grad_scale=scale, **SMALL), loss)
+    assert torch.equal(
+        triton_ce.fused_ce(logits, target, weight, -100, 0.1, 1e-2, 5.0, None, grad_scale=scale, **SMALL), loss
+    )
 
 
 def test_large_logits_confident_rows_fp32():
@@ -249,8 +250,8 @@ def test_bf16_confident_row_target_gradient():
     logits[1, 256] = math.log(0.9999 * (C - 1) / 1e-4)
     logits = logits.to(device=DEVICE, dtype=torch.bfloat16)
     target = torch.tensor([100, 256], device=DEVICE)
-    loss, grad = check(logits, target, **SMALL)
-    ref_loss, ref_grad = reference(logits, target)
+    _loss, grad = check(logits, target, **SMALL)
+    _ref_loss, ref_grad = reference(logits, target)
     assert -2e-4 < ref_grad[0, 100] < -5e-5
     assert abs(grad[0, 100] - ref_grad[0, 100]) <= BF16_STEP * abs(ref_grad[0, 100])
     assert abs(grad[1, 256] - ref_grad[1, 256]) <= BF16_STEP * abs(ref_grad[1, 256])
@@ -306,8 +307,9 @@ def test_float64_and_bad_shapes_raise():
 
 def test_no_rows():
     target = torch.zeros(0, dtype=torch.long, device=DEVICE)
-    loss = triton_ce.fused_ce(torch.randn(0, 7, device=DEVICE), target, None, -100, 0.1, 0.0, None,
-                              torch.empty(0, 7, device=DEVICE))
+    loss = triton_ce.fused_ce(
+        torch.randn(0, 7, device=DEVICE), target, None, -100, 0.1, 0.0, None, torch.empty(0, 7, device=DEVICE)
+    )
     assert loss.shape == (0,) and loss.dtype == torch.float32
 
 

@@ -6,6 +6,8 @@ The public API is flat::
     loss = ls.cross_entropy(logits, target, label_smoothing=0.1)
 """
 
+from types import ModuleType
+
 from labelsmooth import calibration, noise
 from labelsmooth._validate import ArgumentError, ArgumentTypeError
 from labelsmooth.functional import binary_cross_entropy_with_logits, cross_entropy
@@ -17,7 +19,7 @@ from labelsmooth.targets import class_prior, smooth_binary_labels, smooth_labels
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> ModuleType:
     # plots needs matplotlib, an optional dependency: import it only when asked for.
     if name == "plots":
         import importlib
@@ -29,16 +31,16 @@ def __getattr__(name: str):
 __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
-    "calibration",
-    "noise",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "LinearCrossEntropyLoss",
     "OnlineLabelSmoothing",
     "binary_cross_entropy_with_logits",
+    "calibration",
     "class_prior",
     "cross_entropy",
     "linear_cross_entropy",
+    "noise",
     "smooth_binary_labels",
     "smooth_labels",
 ]

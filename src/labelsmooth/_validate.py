@@ -36,30 +36,39 @@ def check_unit_interval(value: object, name: str) -> float:
     return result
 
 
-def check_label_smoothing(label_smoothing: object, name: str = "label_smoothing", *,
-                          allow_negative: bool = False) -> float:
+def check_label_smoothing(
+    label_smoothing: object, name: str = "label_smoothing", *, allow_negative: bool = False
+) -> float:
     """Return ``label_smoothing`` as a float, or raise if it is not a number in [0, 1] (any finite
     number <= 1 with ``allow_negative``)."""
     if not allow_negative:
-        if isinstance(label_smoothing, numbers.Real) and not isinstance(label_smoothing, bool) \
-                and float(label_smoothing) < 0:
-            raise ArgumentError(f"{name} must be in [0, 1], got {float(label_smoothing)!r} (negative label "
-                             "smoothing needs allow_negative=True)")
+        if (
+            isinstance(label_smoothing, numbers.Real)
+            and not isinstance(label_smoothing, bool)
+            and float(label_smoothing) < 0
+        ):
+            raise ArgumentError(
+                f"{name} must be in [0, 1], got {float(label_smoothing)!r} (negative label "
+                "smoothing needs allow_negative=True)"
+            )
         return check_unit_interval(label_smoothing, name)
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
-        raise ArgumentTypeError(f"{name} must be a real number <= 1, got {label_smoothing!r} of type "
-                        f"{type(label_smoothing).__name__}")
+        raise ArgumentTypeError(
+            f"{name} must be a real number <= 1, got {label_smoothing!r} of type {type(label_smoothing).__name__}"
+        )
     result = float(label_smoothing)
     if not math.isfinite(result) or result > 1.0:
         raise ArgumentError(f"{name} must be a finite number <= 1, got {result!r}")
     return result
 
 
-def check_prior(prior: object, num_classes: int | None, device: torch.device | None,
-                name: str = "smoothing_prior"):
+def check_prior(
+    prior: object, num_classes: int | None, device: torch.device | None, name: str = "smoothing_prior"
+) -> torch.Tensor | None:
     """Return ``prior`` as a (C,) floating tensor on ``device``, or None; raise if it is not a
-    probability vector over the ``num_classes`` classes (None: any length, any device). Its values are checked on the host only for
-    CPU tensors (elsewhere with a device-side assertion: no synchronisation)."""
+    probability vector over the ``num_classes`` classes (None: any length, any device). Its values are
+    checked on the host only for CPU tensors (elsewhere with a device-side assertion: no
+    synchronisation)."""
     if prior is None:
         return None
     shape = "(C,)" if num_classes is None else f"({num_classes},)"
@@ -69,11 +78,13 @@ def check_prior(prior: object, num_classes: int | None, device: torch.device | N
         raise ArgumentTypeError(f"{name} must be a floating-point tensor (probabilities), got {prior.dtype}")
     if num_classes is None:
         if prior.dim() != 1 or prior.numel() == 0:
-            raise ArgumentError(f"{name} must be a non-empty 1-D tensor (one probability per class), "
-                             f"got shape {tuple(prior.shape)}")
+            raise ArgumentError(
+                f"{name} must be a non-empty 1-D tensor (one probability per class), got shape {tuple(prior.shape)}"
+            )
     elif prior.shape != (num_classes,):
-        raise ArgumentError(f"{name} must have shape ({num_classes},) (one probability per class), "
-                         f"got {tuple(prior.shape)}")
+        raise ArgumentError(
+            f"{name} must have shape ({num_classes},) (one probability per class), got {tuple(prior.shape)}"
+        )
     if device is not None and prior.device != device:
         raise ArgumentError(f"{name} is on {prior.device} but input is on {device}")
     if prior.requires_grad:
@@ -84,13 +95,14 @@ def check_prior(prior: object, num_classes: int | None, device: torch.device | N
     tol = 1e-4 if prior.dtype != torch.float64 else 1e-9
     if prior.device.type == "cpu":
         if not torch.isfinite(p64).all() or (p64 < 0).any():
-            raise ArgumentError(f"{name} must hold finite non-negative probabilities, got min "
-                             f"{p64.min().item()!r}")
+            raise ArgumentError(f"{name} must hold finite non-negative probabilities, got min {p64.min().item()!r}")
         if abs(total.item() - 1.0) > tol:
             raise ArgumentError(f"{name} must sum to 1, got {total.item()!r}")
     else:
-        torch._assert_async(((p64 >= 0).all() & ((total - 1.0).abs() <= tol)),
-                            f"{name} must hold non-negative probabilities that sum to 1")
+        torch._assert_async(
+            ((p64 >= 0).all() & ((total - 1.0).abs() <= tol)),
+            f"{name} must hold non-negative probabilities that sum to 1",
+        )
     return prior
 
 
@@ -132,7 +144,7 @@ def check_index(value: object, name: str) -> int:
 def check_reduction(reduction: object) -> str:
     if reduction not in REDUCTIONS:
         raise ArgumentError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction  # type: ignore[return-value]
+    return reduction
 
 
 def check_num_classes(num_classes: object, minimum: int = 1, reason: str = "") -> int:
@@ -166,12 +178,12 @@ def check_weight(weight: torch.Tensor | None, num_classes: int, name: str = "wei
     check_tensor(weight, name)
     check_floating(weight, name)
     if weight.dim() != 1 or weight.shape[0] != num_classes:
-        raise ArgumentError(f"{name} must be a 1-D tensor with one entry per class ({num_classes}), "
-                         f"got shape {tuple(weight.shape)}")
+        raise ArgumentError(
+            f"{name} must be a 1-D tensor with one entry per class ({num_classes}), got shape {tuple(weight.shape)}"
+        )
 
 
-def check_class_indices(target: torch.Tensor, num_classes: int, ignore_index: int | None,
-                        name: str = "target") -> None:
+def check_class_indices(target: torch.Tensor, num_classes: int, ignore_index: int | None, name: str = "target") -> None:
     """Raise IndexError if a class index (other than ``ignore_index``) lies outside [0, num_classes).
 
     On CPU the values are read and a clear IndexError raised. Elsewhere reading them would synchronise
@@ -190,5 +202,7 @@ def check_class_indices(target: torch.Tensor, num_classes: int, ignore_index: in
         bad &= target != ignore_index
     if bool(bad.any()):
         value = int(target[bad].flatten()[0])
-        raise IndexError(f"{name} contains class index {value}, outside [0, {num_classes - 1}]"
-                         + (f" (and not ignore_index={ignore_index})" if ignore_index is not None else ""))
+        raise IndexError(
+            f"{name} contains class index {value}, outside [0, {num_classes - 1}]"
+            + (f" (and not ignore_index={ignore_index})" if ignore_index is not None else "")
+        )

@@ -31,7 +31,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +57,7 @@ def contenders(device: str, include_compile: bool = True) -> list[Contender]:
     if include_compile:
         compiled = torch.compile(lambda x, t: F.cross_entropy(x, t, label_smoothing=eps))
         out.append(Contender("torch.compile", compiled))
-    out.append(Contender("ls reference", lambda x, t: ls.cross_entropy(x, t, label_smoothing=eps,
-                                                                       backend="reference")))
+    out.append(Contender("ls reference", lambda x, t: ls.cross_entropy(x, t, label_smoothing=eps, backend="reference")))
     if device == "cuda":
         try:  # the peer to beat on GPU, when its (pure-Python) package is installed
             from liger_kernel.transformers import LigerCrossEntropyLoss
@@ -67,14 +67,20 @@ def contenders(device: str, include_compile: bool = True) -> list[Contender]:
             out.append(Contender("liger", LigerCrossEntropyLoss(label_smoothing=eps)))
     fused = ["chunked"] + (["triton"] if device == "cuda" else [])
     for backend in fused:
-        out.append(Contender(f"ls {backend}", lambda x, t, b=backend: ls.cross_entropy(
-            x, t, label_smoothing=eps, backend=b)))
-        out.append(Contender(f"ls {backend} inplace", lambda x, t, b=backend: ls.cross_entropy(
-            x, t, label_smoothing=eps, backend=b, inplace=True), inplace=True))
+        out.append(Contender(f"ls {backend}", partial(ls.cross_entropy, label_smoothing=eps, backend=backend)))
+        out.append(
+            Contender(
+                f"ls {backend} inplace",
+                partial(ls.cross_entropy, label_smoothing=eps, backend=backend, inplace=True),
+                inplace=True,
+            )
+        )
     return out
 
 
-def make_inputs(rows: int, classes: int, dtype: torch.dtype, device: str, seed: int = 0):
+def make_inputs(
+    rows: int, classes: int, dtype: torch.dtype, device: str, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator(device="cpu").manual_seed(seed)
     x = (torch.randn(rows, classes, generator=g) * 2.0).to(device=device, dtype=dtype)
     t = torch.randint(0, classes, (rows,), generator=g).to(device)
@@ -115,7 +121,7 @@ def time_once(c: Contender, x: torch.Tensor, t: torch.Tensor, device: str) -> fl
         prime_memory(PRIME_FACTOR * x.numel() * x.element_size())
     _sync(device)
     start = time.perf_counter()
-    c.fn(leaf, t).backward()
+    c.fn(leaf, t).backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
     _sync(device)
     elapsed = time.perf_counter() - start
     del leaf
@@ -164,21 +170,23 @@ def _memory_child(name: str, rows: int, classes: int, dtype: str) -> None:
     c = by_name[name]
     # One small warm-up first: lazy initialisation (autograd engine, compilation) is not the loss's memory.
     small, st = make_inputs(8, classes, getattr(torch, dtype), "cpu")
-    c.fn(small.requires_grad_(True), st).backward()
+    c.fn(small.requires_grad_(True), st).backward()  # type: ignore[no-untyped-call]
     del small, st
     leaf = x.requires_grad_(True)
     del x
     _reset_peak_rss()
     base = _rss_bytes()
-    c.fn(leaf, t).backward()
+    c.fn(leaf, t).backward()  # type: ignore[no-untyped-call]
     extra = _peak_rss_bytes() - base
     print(json.dumps({"extra_bytes": extra}))
 
 
 def peak_memory_cpu(name: str, rows: int, classes: int, dtype: torch.dtype) -> float | None:
     """Extra peak RSS of ``name`` in a fresh process, in bytes; None if the child failed."""
-    code = ("import sys; from labelsmooth.bench import _memory_child; "
-            f"_memory_child({name!r}, {rows}, {classes}, {str(dtype).split('.')[-1]!r})")
+    code = (
+        "import sys; from labelsmooth.bench import _memory_child; "
+        f"_memory_child({name!r}, {rows}, {classes}, {str(dtype).split('.')[-1]!r})"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
         return None
@@ -193,7 +201,7 @@ def peak_memory_cuda(c: Contender, x: torch.Tensor, t: torch.Tensor) -> float:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    c.fn(leaf, t).backward()
+    c.fn(leaf, t).backward()  # type: ignore[no-untyped-call]
     torch.cuda.synchronize()
     return float(torch.cuda.max_memory_allocated() - base)
 
@@ -234,9 +242,17 @@ def busy_core() -> Iterator[int]:
         proc.wait()
 
 
-def run_shape(rows: int, classes: int, dtype: torch.dtype, device: str, repeats: int,
-              include_compile: bool, measure_memory: bool, log=print,
-              busy: bool = False) -> tuple[list[Row], float | None]:
+def run_shape(
+    rows: int,
+    classes: int,
+    dtype: torch.dtype,
+    device: str,
+    repeats: int,
+    include_compile: bool,
+    measure_memory: bool,
+    log: Callable[[str], object] = print,
+    busy: bool = False,
+) -> tuple[list[Row], float | None]:
     """Time every contender on one shape; ``busy``: with one core kept busy (see :func:`busy_core`)."""
     if busy:
         with busy_core():
@@ -261,21 +277,35 @@ def run_shape(rows: int, classes: int, dtype: torch.dtype, device: str, repeats:
         med = statistics.median(times[c.name])
         mem = None
         if measure_memory:
-            raw = (peak_memory_cpu(c.name, rows, classes, dtype) if device == "cpu"
-                   else peak_memory_cuda(c, x, t))
+            raw = peak_memory_cpu(c.name, rows, classes, dtype) if device == "cpu" else peak_memory_cuda(c, x, t)
             mem = None if raw is None else raw / logits_bytes
         gbps = None
         if device == "cuda":
             # A fused loss must read the logits and write the gradient: 2 x logits bytes.
             gbps = 2 * logits_bytes / med / 1e9
-        out.append(Row(f"{rows}x{classes}", str(dtype).split(".")[-1], c.name, med, min(times[c.name]),
-                       max(times[c.name]), med / base, mem, gbps))
+        out.append(
+            Row(
+                f"{rows}x{classes}",
+                str(dtype).split(".")[-1],
+                c.name,
+                med,
+                min(times[c.name]),
+                max(times[c.name]),
+                med / base,
+                mem,
+                gbps,
+            )
+        )
     return out, copy_gbps
 
 
 def machine_description(device: str) -> str:
-    parts = [platform.platform(), f"Python {platform.python_version()}", f"torch {torch.__version__}",
-             f"{torch.get_num_threads()} threads"]
+    parts = [
+        platform.platform(),
+        f"Python {platform.python_version()}",
+        f"torch {torch.__version__}",
+        f"{torch.get_num_threads()} threads",
+    ]
     try:
         with open("/proc/cpuinfo") as fh:
             model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None)
@@ -304,7 +334,10 @@ def _load_average() -> str:
 
 def format_table(rows: list[Row], copy_gbps: dict[str, float | None]) -> str:
     gpu = any(r.gbps is not None for r in rows)
-    head = "| shape | dtype | implementation | median ms | min ms | max ms | time vs torch eager | extra peak memory (x logits) |"
+    head = (
+        "| shape | dtype | implementation | median ms | min ms | max ms | time vs torch eager "
+        "| extra peak memory (x logits) |"
+    )
     sep = "|---|---|---|---:|---:|---:|---:|---:|"
     if gpu:
         head += " GB/s | % of copy |"
@@ -312,9 +345,12 @@ def format_table(rows: list[Row], copy_gbps: dict[str, float | None]) -> str:
     lines = [head, sep]
     for r in rows:
         mem = "n/a" if r.extra_memory is None else f"{r.extra_memory:.2f}"
-        line = (f"| {r.shape} | {r.dtype} | {r.name} | {r.median * 1e3:.1f} | {r.minimum * 1e3:.1f} | "
-                f"{r.maximum * 1e3:.1f} | {r.ratio:.2f}x | {mem} |")
+        line = (
+            f"| {r.shape} | {r.dtype} | {r.name} | {r.median * 1e3:.1f} | {r.minimum * 1e3:.1f} | "
+            f"{r.maximum * 1e3:.1f} | {r.ratio:.2f}x | {mem} |"
+        )
         if gpu:
+            assert r.gbps is not None  # every row of a GPU run has a bandwidth
             cg = copy_gbps.get(f"{r.shape} {r.dtype}")
             line += f" {r.gbps:.0f} | {100 * r.gbps / cg:.0f}% |" if cg else f" {r.gbps:.0f} | n/a |"
         lines.append(line)
@@ -325,7 +361,10 @@ def parse_shape(text: str) -> tuple[int, int]:
     try:
         rows, classes = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shapes expects ROWSxCLASSES items such as 4096x32000, got {text!r}")
+        # The int() failure adds nothing to the message, which already shows the offending text.
+        raise argparse.ArgumentTypeError(
+            f"--shapes expects ROWSxCLASSES items such as 4096x32000, got {text!r}"
+        ) from None
     if rows < 1 or classes < 1:
         raise argparse.ArgumentTypeError(f"--shapes needs positive sizes, got {text!r}")
     return rows, classes
@@ -339,16 +378,23 @@ def main(argv: list[str] | None = None) -> int:
     """``labelsmooth bench``: time forward+backward of every backend against torch, print a table."""
     p = argparse.ArgumentParser(prog="labelsmooth bench", description=main.__doc__)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--shapes", default=None,
-                   help=f"comma-separated ROWSxCLASSES (default: {CPU_SHAPES} on cpu, {GPU_SHAPES} on cuda)")
-    p.add_argument("--dtypes", default=None, help="comma-separated dtypes (default: float32 on cpu, "
-                                                  "bfloat16,float32 on cuda)")
+    p.add_argument(
+        "--shapes",
+        default=None,
+        help=f"comma-separated ROWSxCLASSES (default: {CPU_SHAPES} on cpu, {GPU_SHAPES} on cuda)",
+    )
+    p.add_argument(
+        "--dtypes", default=None, help="comma-separated dtypes (default: float32 on cpu, bfloat16,float32 on cuda)"
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per contender (default 5)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles per shape)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--quick", action="store_true", help="one small shape, 3 rounds, no compile")
-    p.add_argument("--contention", action="store_true",
-                   help="cpu: time every shape again with a busy-loop process pinned to one core")
+    p.add_argument(
+        "--contention",
+        action="store_true",
+        help="cpu: time every shape again with a busy-loop process pinned to one core",
+    )
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     args = p.parse_args(argv)
     if args.repeats < 1:
@@ -375,22 +421,40 @@ def main(argv: list[str] | None = None) -> int:
     all_rows: list[Row] = []
     copies: dict[str, float | None] = {}
     load_before = _load_average()
-    print(f"label-smoothed cross-entropy (eps={LABEL_SMOOTHING}), forward+backward on {args.device}",
-          file=sys.stderr)
+    print(f"label-smoothed cross-entropy (eps={LABEL_SMOOTHING}), forward+backward on {args.device}", file=sys.stderr)
     for rows, classes in shapes:
         for dt in dtypes:
-            got, copy = run_shape(rows, classes, dt, args.device, args.repeats, not args.no_compile,
-                                  not args.no_memory, log=lambda m: print(m, file=sys.stderr))
+            got, copy = run_shape(
+                rows,
+                classes,
+                dt,
+                args.device,
+                args.repeats,
+                not args.no_compile,
+                not args.no_memory,
+                log=lambda m: print(m, file=sys.stderr),
+            )
             all_rows += got
             copies[f"{rows}x{classes} {str(dt).split('.')[-1]}"] = copy
             if args.contention:
-                got, _ = run_shape(rows, classes, dt, args.device, args.repeats, not args.no_compile, False,
-                                   log=lambda m: print(m + BUSY_SUFFIX, file=sys.stderr), busy=True)
+                got, _ = run_shape(
+                    rows,
+                    classes,
+                    dt,
+                    args.device,
+                    args.repeats,
+                    not args.no_compile,
+                    False,
+                    log=lambda m: print(m + BUSY_SUFFIX, file=sys.stderr),
+                    busy=True,
+                )
                 all_rows += got
     table = format_table(all_rows, copies)
-    header = (f"Machine: {machine_description(args.device)}\n"
-              f"Date: {time.strftime('%Y-%m-%d')}; eps={LABEL_SMOOTHING}; {args.repeats} alternating rounds; "
-              f"medians. Load average (1 min) before {load_before}, after {_load_average()}.\n")
+    header = (
+        f"Machine: {machine_description(args.device)}\n"
+        f"Date: {time.strftime('%Y-%m-%d')}; eps={LABEL_SMOOTHING}; {args.repeats} alternating rounds; "
+        f"medians. Load average (1 min) before {load_before}, after {_load_average()}.\n"
+    )
     copy_lines = "".join(f"\nCopy bandwidth {k}: {v:.0f} GB/s" for k, v in copies.items() if v)
     print(header + "\n" + table + copy_lines)
     if args.markdown:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,7 +60,8 @@ class ReliabilityCurve(NamedTuple):
 
     confidence: Tensor
     accuracy: Tensor
-    count: Tensor
+    # Shadows tuple.count (a method), which mypy flags; the field name is public API and stays.
+    count: Tensor  # type: ignore[assignment]
     edges: Tensor
 
 
@@ -93,7 +95,7 @@ def _check_int(value: object, name: str, minimum: int) -> int:
 def _check_choice(value: object, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _float_dtype(t: Tensor) -> torch.dtype:
@@ -109,9 +111,7 @@ def _check_scores_labels(scores: object, labels: object, name: str, what: str) -
     if not p.is_floating_point():
         raise TypeError(f"{name} must be a floating-point array{what}, got dtype {p.dtype}")
     if p.dim() not in (1, 2):
-        raise ValueError(
-            f"{name} must be 1-D (N,) for binary or 2-D (N, K) for multiclass, got shape {tuple(p.shape)}"
-        )
+        raise ValueError(f"{name} must be 1-D (N,) for binary or 2-D (N, K) for multiclass, got shape {tuple(p.shape)}")
     if p.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(p.shape)}); at least one sample is needed")
     if p.dim() == 2 and p.shape[1] < 2:
@@ -454,9 +454,7 @@ def brier_score(probs: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> floa
     return float((p - onehot).square().sum(dim=1).mean())
 
 
-def negative_log_likelihood(
-    probs: Tensor | np.ndarray, labels: Tensor | np.ndarray, eps: float = 1e-12
-) -> float:
+def negative_log_likelihood(probs: Tensor | np.ndarray, labels: Tensor | np.ndarray, eps: float = 1e-12) -> float:
     r"""Mean negative log-likelihood of the true label, :math:`-\frac{1}{N}\sum_i \log \max(p_{i,y_i}, \epsilon)`.
 
     The probability of the true class is clamped from below at ``eps`` so that a confident mistake
@@ -701,6 +699,7 @@ class TemperatureScaler(nn.Module):
 
         Keyword arguments are passed to :func:`fit_temperature`.
         """
+        # kwargs are fit_temperature's own keywords, checked there at run time; mypy sees only object.
         t = fit_temperature(logits, labels, **kwargs)  # type: ignore[arg-type]
         self.temperature.fill_(t)
         return self

@@ -12,15 +12,30 @@ import math
 import os
 import shlex
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    from labelsmooth.study.runner import StudyConfig
 
 __all__ = ["build_parser", "main"]
+
 
 #: Defaults of the full grid; ``--quick`` replaces the ones in QUICK. The budget is a number of Adam
 #: steps, the same on every dataset (docs/study.md: "Budget"). Noise levels are fractions of the
 #: breakdown rate, so 0.5 is the same severity for 2 and for 10 classes.
-DEFAULTS = {
+class _Preset(TypedDict, total=False):
+    datasets: list[str]
+    methods: list[str]
+    eps: list[float]
+    noise: list[float]
+    noise_kind: str
+    seeds: int
+    steps: int
+
+
+DEFAULTS: _Preset = {
     "datasets": ["digits", "mnist1d", "breast_cancer", "digits:3v8", "mnist1d:3v8"],
     "methods": ["ce", "ls", "nls", "focal", "ts", "ts-noisyval", "ls+ts"],
     "eps": [-0.5, -0.2, 0.0, 0.1, 0.3, 0.6],
@@ -31,7 +46,7 @@ DEFAULTS = {
 }
 #: --quick is a smoke test (does it run end to end?), not a measurement: 2 seeds, a short budget, and
 #: a report that says so and makes no verdicts.
-QUICK = {"eps": [-0.2, 0.0, 0.1], "noise": [0.0, 0.5], "noise_kind": "symmetric", "seeds": 2, "steps": 100}
+QUICK: _Preset = {"eps": [-0.2, 0.0, 0.1], "noise": [0.0, 0.5], "noise_kind": "symmetric", "seeds": 2, "steps": 100}
 
 
 def _kind_list(text: str) -> list[str]:
@@ -64,8 +79,9 @@ def _float_list(low: float, high: float, what: str) -> Callable[[str], list[floa
             try:
                 v = float(item)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"{item!r} is not a number (expected a comma-separated list of "
-                                                 f"{what} in [{low:g}, {high:g}))") from None
+                raise argparse.ArgumentTypeError(
+                    f"{item!r} is not a number (expected a comma-separated list of {what} in [{low:g}, {high:g}))"
+                ) from None
             if math.isnan(v) or not low <= v < high:
                 raise argparse.ArgumentTypeError(f"{what} {item} is outside [{low:g}, {high:g})")
             values.append(v)
@@ -84,18 +100,23 @@ def _name_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    # Keeps the study subcommand's parser, so that errors found after parsing are reported with its
+    # usage line.
+    study_parser: argparse.ArgumentParser
+
+
+def build_parser() -> _Parser:
     """The argument parser of the ``labelsmooth`` command (``study`` and ``bench`` subcommands).
 
     Returns:
         The ``argparse.ArgumentParser``.
     """
+    from labelsmooth import __version__
     from labelsmooth.study.data import BUILTIN
     from labelsmooth.study.methods import METHODS
 
-    from labelsmooth import __version__
-
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="labelsmooth",
         description="Label smoothing for PyTorch: measure whether smoothing helps (study) and time the losses (bench).",
     )
@@ -116,70 +137,135 @@ def build_parser() -> argparse.ArgumentParser:
             "summary.md and findings.md."
         ),
     )
-    study.add_argument("--datasets", type=_name_list, default=None, metavar="A,B",
-                       help=f"datasets: {', '.join(BUILTIN)} (cifar10 needs --data-dir), BASE:AvB (a binary task carved "
-                            "from digits or mnist1d, e.g. digits:3v8), or npz:PATH. "
-                            f"Default: {','.join(DEFAULTS['datasets'])}, plus what --data-dir holds")
-    study.add_argument("--methods", type=_name_list, default=DEFAULTS["methods"], metavar="M,N",
-                       help=f"methods ({method_help}). Default: {','.join(DEFAULTS['methods'])}")
-    study.add_argument("--eps", type=_float_list(-1.0, 1.0, "label smoothing"), default=None, metavar="E,F",
-                       help=f"label-smoothing grid in [-1, 1); ce uses 0, ls the positive values, nls (negative "
-                            f"smoothing) the negative ones. "
-                            f"Default {','.join(map(str, DEFAULTS['eps']))} "
-                            f"(quick: {','.join(map(str, QUICK['eps']))})")
-    study.add_argument("--noise", type=_float_list(0.0, 1.0, "noise level"), default=None, metavar="L,M",
-                       help=f"training-label noise levels as fractions of the breakdown rate (1 - 1/K for symmetric "
-                            f"noise, 1/2 for pair-flip), in [0, 1): 0.5 flips 45%% of 10-class labels and 25%% of "
-                            f"binary ones. Default {','.join(map(str, DEFAULTS['noise']))}")
-    study.add_argument("--noise-kind", type=_kind_list, default=None, metavar="K,L",
-                       help="symmetric: to a uniformly drawn other class; pairflip: c -> c+1 mod K (the same as "
-                            f"symmetric for 2 classes). Default {DEFAULTS['noise_kind']} (quick: {QUICK['noise_kind']})")
-    study.add_argument("--seeds", type=_int_at_least(1), default=None, metavar="N",
-                       help=f"number of seeds (split, noise, init, batch order). Default {DEFAULTS['seeds']} "
-                            f"(quick: {QUICK['seeds']})")
-    study.add_argument("--steps", type=_int_at_least(1), default=None, metavar="N",
-                       help=f"training budget in Adam steps, the same on every dataset. Default {DEFAULTS['steps']} "
-                            f"(quick: {QUICK['steps']})")
-    study.add_argument("--epochs", type=_int_at_least(1), default=None, metavar="N",
-                       help="a budget of N epochs on every dataset instead of --steps (e.g. for CIFAR-10)")
-    study.add_argument("--batch-size", type=_int_at_least(1), default=128, metavar="N",
-                       help="minibatch size (default 128)")
+    study.add_argument(
+        "--datasets",
+        type=_name_list,
+        default=None,
+        metavar="A,B",
+        help=f"datasets: {', '.join(BUILTIN)} (cifar10 needs --data-dir), BASE:AvB (a binary task carved "
+        "from digits or mnist1d, e.g. digits:3v8), or npz:PATH. "
+        f"Default: {','.join(DEFAULTS['datasets'])}, plus what --data-dir holds",
+    )
+    study.add_argument(
+        "--methods",
+        type=_name_list,
+        default=DEFAULTS["methods"],
+        metavar="M,N",
+        help=f"methods ({method_help}). Default: {','.join(DEFAULTS['methods'])}",
+    )
+    study.add_argument(
+        "--eps",
+        type=_float_list(-1.0, 1.0, "label smoothing"),
+        default=None,
+        metavar="E,F",
+        help=f"label-smoothing grid in [-1, 1); ce uses 0, ls the positive values, nls (negative "
+        f"smoothing) the negative ones. "
+        f"Default {','.join(map(str, DEFAULTS['eps']))} "
+        f"(quick: {','.join(map(str, QUICK['eps']))})",
+    )
+    study.add_argument(
+        "--noise",
+        type=_float_list(0.0, 1.0, "noise level"),
+        default=None,
+        metavar="L,M",
+        help=f"training-label noise levels as fractions of the breakdown rate (1 - 1/K for symmetric "
+        f"noise, 1/2 for pair-flip), in [0, 1): 0.5 flips 45%% of 10-class labels and 25%% of "
+        f"binary ones. Default {','.join(map(str, DEFAULTS['noise']))}",
+    )
+    study.add_argument(
+        "--noise-kind",
+        type=_kind_list,
+        default=None,
+        metavar="K,L",
+        help="symmetric: to a uniformly drawn other class; pairflip: c -> c+1 mod K (the same as "
+        f"symmetric for 2 classes). Default {DEFAULTS['noise_kind']} (quick: {QUICK['noise_kind']})",
+    )
+    study.add_argument(
+        "--seeds",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help=f"number of seeds (split, noise, init, batch order). Default {DEFAULTS['seeds']} "
+        f"(quick: {QUICK['seeds']})",
+    )
+    study.add_argument(
+        "--steps",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help=f"training budget in Adam steps, the same on every dataset. Default {DEFAULTS['steps']} "
+        f"(quick: {QUICK['steps']})",
+    )
+    study.add_argument(
+        "--epochs",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="a budget of N epochs on every dataset instead of --steps (e.g. for CIFAR-10)",
+    )
+    study.add_argument(
+        "--batch-size", type=_int_at_least(1), default=128, metavar="N", help="minibatch size (default 128)"
+    )
     study.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 0.003)")
-    study.add_argument("--hidden", type=str, default="256,256", metavar="W,W",
-                       help="MLP hidden widths (default 256,256)")
-    study.add_argument("--max-train", type=_int_at_least(10), default=None, metavar="N",
-                       help="cap on training samples per dataset (stratified subsample), e.g. for CIFAR-10 on a CPU")
-    study.add_argument("--out", type=Path, default=None, metavar="DIR",
-                       help="output folder (default runs/<timestamp>); re-running into it skips finished runs")
-    study.add_argument("--quick", action="store_true",
-                       help="a smoke test (< 1 minute on 2 cores): does the study run end to end? 2 seeds, "
-                            f"{QUICK['steps']} steps, eps {','.join(map(str, QUICK['eps']))}: too little to support any "
-                            "verdict, and the report says so. Explicit options override it")
-    study.add_argument("--workers", type=_int_at_least(1), default=os.cpu_count() or 1, metavar="N",
-                       help="parallel worker processes, 1 = train in this process (default: the number of CPUs, "
-                            f"{os.cpu_count() or 1} here)")
+    study.add_argument(
+        "--hidden", type=str, default="256,256", metavar="W,W", help="MLP hidden widths (default 256,256)"
+    )
+    study.add_argument(
+        "--max-train",
+        type=_int_at_least(10),
+        default=None,
+        metavar="N",
+        help="cap on training samples per dataset (stratified subsample), e.g. for CIFAR-10 on a CPU",
+    )
+    study.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default runs/<timestamp>); re-running into it skips finished runs",
+    )
+    study.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test (< 1 minute on 2 cores): does the study run end to end? 2 seeds, "
+        f"{QUICK['steps']} steps, eps {','.join(map(str, QUICK['eps']))}: too little to support any "
+        "verdict, and the report says so. Explicit options override it",
+    )
+    study.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="parallel worker processes, 1 = train in this process (default: the number of CPUs, "
+        f"{os.cpu_count() or 1} here)",
+    )
     study.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train (default cpu)")
-    study.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
-                       help="folder with the CIFAR-10 binary batches (data_batch_1.bin ... test_batch.bin, or a "
-                            "cifar-10-batches-bin folder) and/or .npz files (arrays x, y; optional x_test, y_test)")
+    study.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder with the CIFAR-10 binary batches (data_batch_1.bin ... test_batch.bin, or a "
+        "cifar-10-batches-bin folder) and/or .npz files (arrays x, y; optional x_test, y_test)",
+    )
     study.add_argument("--no-report", action="store_true", help="train and write results.json only")
 
-    parser.study_parser = study  # type: ignore[attr-defined]
-    bench = sub.add_parser("bench", help="time the losses on this machine (arguments go to labelsmooth.bench)",
-                           add_help=False)
+    parser.study_parser = study
+    bench = sub.add_parser(
+        "bench", help="time the losses on this machine (arguments go to labelsmooth.bench)", add_help=False
+    )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
 
 
-def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "StudyConfig":  # noqa: F821
+def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
     from labelsmooth.study.data import DatasetError, discover, validate_name
     from labelsmooth.study.methods import METHODS
     from labelsmooth.study.runner import StudyConfig
     from labelsmooth.study.train import TrainConfig
 
     study = parser.study_parser  # errors are reported with the subcommand's usage line
-    preset = {**DEFAULTS, **(QUICK if args.quick else {})}
-    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else preset[name]  # noqa: E731
+    preset: _Preset = {**DEFAULTS, **QUICK} if args.quick else DEFAULTS
 
     for m in args.methods:
         if m not in METHODS:
@@ -187,8 +273,11 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "Stud
     data_dir = args.data_dir
     if data_dir is not None and not data_dir.is_dir():
         study.error(f"argument --data-dir: {str(data_dir)!r} is not a folder")
-    names = args.datasets if args.datasets is not None else (
-        DEFAULTS["datasets"] + (discover(data_dir) if data_dir is not None else []))
+    names = (
+        args.datasets
+        if args.datasets is not None
+        else (DEFAULTS["datasets"] + (discover(data_dir) if data_dir is not None else []))
+    )
     datasets = []
     for name in names:
         try:
@@ -212,23 +301,48 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "Stud
     # The output folder (and every folder above it) must be a folder or not exist yet.
     for p in (out, *out.parents):
         if p.exists() and not p.is_dir():
-            study.error(f"argument --out: {str(p)!r} is a file, not a folder" +
-                        ("" if p == out else f" (it is above {str(out)!r})"))
+            study.error(
+                f"argument --out: {str(p)!r} is a file, not a folder"
+                + ("" if p == out else f" (it is above {str(out)!r})")
+            )
     if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
         study.error(f"argument --out: folder {str(out)!r} is not writable")
-    eps = pick("eps")
+    # An option given on the command line wins over the preset (--quick's, else the full grid's).
+    eps: list[float] = args.eps if args.eps is not None else preset["eps"]
+    noise: list[float] = args.noise if args.noise is not None else preset["noise"]
+    kinds: list[str] | str = args.noise_kind if args.noise_kind is not None else preset["noise_kind"]
+    seeds: int = args.seeds if args.seeds is not None else preset["seeds"]
+    steps: int = args.steps if args.steps is not None else preset["steps"]
     methods = list(args.methods)
     if not any(METHODS[m].eps_values(eps) for m in methods):
-        study.error(f"arguments --methods/--eps: methods {','.join(methods)} run no value of --eps "
-                    f"{','.join(map(str, eps))} (ls needs a positive eps, nls a negative one)")
-    train = TrainConfig(steps=pick("steps"), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        hidden=hidden, max_train=args.max_train, device=args.device)
+        study.error(
+            f"arguments --methods/--eps: methods {','.join(methods)} run no value of --eps "
+            f"{','.join(map(str, eps))} (ls needs a positive eps, nls a negative one)"
+        )
+    train = TrainConfig(
+        steps=steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        hidden=hidden,
+        max_train=args.max_train,
+        device=args.device,
+    )
     command = _canonical_command(args, datasets, out)
-    return StudyConfig(datasets=datasets, methods=methods, eps=eps, noise=pick("noise"),
-                       noise_kind=",".join(pick("noise_kind")) if isinstance(pick("noise_kind"), list)
-                       else pick("noise_kind"),
-                       seeds=pick("seeds"), train=train, out=out, workers=args.workers,
-                       data_dir=data_dir, command=command, quick=bool(args.quick))
+    return StudyConfig(
+        datasets=datasets,
+        methods=methods,
+        eps=eps,
+        noise=noise,
+        noise_kind=",".join(kinds) if isinstance(kinds, list) else kinds,
+        seeds=seeds,
+        train=train,
+        out=out,
+        workers=args.workers,
+        data_dir=data_dir,
+        command=command,
+        quick=bool(args.quick),
+    )
 
 
 def _canonical_command(args: argparse.Namespace, datasets: list[str], out: Path) -> str:
@@ -237,9 +351,13 @@ def _canonical_command(args: argparse.Namespace, datasets: list[str], out: Path)
     for opt, value in (("--eps", args.eps), ("--noise", args.noise)):
         if value is not None:
             parts += [opt, ",".join(f"{v:g}" for v in value)]
-    for opt, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--epochs", args.epochs),
-                       ("--max-train", args.max_train),
-                       ("--data-dir", args.data_dir)):
+    for opt, value in (
+        ("--seeds", args.seeds),
+        ("--steps", args.steps),
+        ("--epochs", args.epochs),
+        ("--max-train", args.max_train),
+        ("--data-dir", args.data_dir),
+    ):
         if value is not None:
             parts += [opt, str(value)]
     if args.quick:
@@ -256,7 +374,7 @@ def _canonical_command(args: argparse.Namespace, datasets: list[str], out: Path)
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _study(args: argparse.Namespace, parser: _Parser) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -268,12 +386,15 @@ def _study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # Not a terminal (a log file, CI): rich would wrap the table at 80 columns; give it room instead.
     console = Console() if sys.stdout.isatty() else Console(width=160)
     budget = f"{cfg.train.epochs} epochs" if cfg.train.epochs else f"{cfg.train.steps} steps"
-    console.print(f"labelsmooth study → {cfg.out}  (datasets {', '.join(cfg.datasets)}; "
-                  f"methods {', '.join(cfg.methods)}; eps {cfg.eps}; noise levels {cfg.noise} {cfg.noise_kind}; "
-                  f"{cfg.seeds} seed(s); {budget} per training; {cfg.workers} worker(s))")
+    console.print(
+        f"labelsmooth study → {cfg.out}  (datasets {', '.join(cfg.datasets)}; "
+        f"methods {', '.join(cfg.methods)}; eps {cfg.eps}; noise levels {cfg.noise} {cfg.noise_kind}; "
+        f"{cfg.seeds} seed(s); {budget} per training; {cfg.workers} worker(s))"
+    )
     if cfg.quick:
-        console.print("[yellow]--quick is a smoke test: its budget and seeds support no verdict; the report says "
-                      "so.[/yellow]")
+        console.print(
+            "[yellow]--quick is a smoke test: its budget and seeds support no verdict; the report says so.[/yellow]"
+        )
     try:
         outcome = run_study(cfg, console=console, report=not args.no_report)
     except StudyInterrupted as stop:
@@ -291,13 +412,15 @@ def _study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for row in rows:
             table.add_row(*(row[c] for c in cols))
         console.print(table)
-    console.print(f"{outcome.trained} run(s) trained, {outcome.skipped} skipped (already finished), "
-                  f"{len(outcome.failures)} failed, in {outcome.seconds:.1f} s.")
+    console.print(
+        f"{outcome.trained} run(s) trained, {outcome.skipped} skipped (already finished), "
+        f"{len(outcome.failures)} failed, in {outcome.seconds:.1f} s."
+    )
     console.print(f"results: {cfg.out / 'results.json'}")
     if outcome.report is not None:
         console.print(f"report:  {outcome.report}\nsummary: {outcome.summary}")
-    for what, err in outcome.failures:
-        console.print(f"[red]failed:[/red] {what}: {err}")
+    for what, error in outcome.failures:
+        console.print(f"[red]failed:[/red] {what}: {error}")
     return 1 if outcome.failures else 0
 
 
@@ -345,8 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = _EXTRA_OF.get(module)
         if extra is None:
             raise
-        print(f"labelsmooth study needs the optional dependency {module!r}: pip install 'labelsmooth[{extra}]'",
-              file=sys.stderr)
+        print(
+            f"labelsmooth study needs the optional dependency {module!r}: pip install 'labelsmooth[{extra}]'",
+            file=sys.stderr,
+        )
         return 1
 
 

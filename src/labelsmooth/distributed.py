@@ -37,6 +37,8 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -46,6 +48,9 @@ from labelsmooth.kernels._memory import empty_for_grad
 from labelsmooth.kernels.chunked import _refine_confident_rows, default_block_rows
 from labelsmooth.reference import compute_dtype
 
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
 __all__ = ["global_num_targets", "vocab_parallel_cross_entropy", "vocab_partition", "vocab_slice"]
 
 # (process group, local slice size) -> every rank's slice size, in rank order. Learning the sizes is a
@@ -53,7 +58,7 @@ __all__ = ["global_num_targets", "vocab_parallel_cross_entropy", "vocab_partitio
 _PARTITIONS: dict[tuple[object, int], tuple[int, ...]] = {}
 
 
-def _dist():
+def _dist() -> ModuleType:
     # torch.distributed is imported only when used: importing labelsmooth must work on builds without it.
     import torch.distributed as dist
 
@@ -64,14 +69,14 @@ def _dist():
     return dist
 
 
-def _resolve_group(dist, group):
+def _resolve_group(dist: ModuleType, group: ProcessGroup | None) -> ProcessGroup:
     group = dist.group.WORLD if group is None else group
     if dist.get_rank(group) < 0:
         raise ValueError("this process is not a member of group")
     return group
 
 
-def _all_gather(output: Tensor, input: Tensor, group) -> None:
+def _all_gather(output: Tensor, input: Tensor, group: ProcessGroup) -> None:
     """Gather contiguous ``input`` from every rank of ``group`` into contiguous ``output`` (rank r's
     copy at ``output[r]``); flat buffers, the one layout every backend (gloo included) accepts."""
     import torch.distributed as dist
@@ -108,7 +113,9 @@ def vocab_slice(num_classes: int, rank: int, world_size: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
-def vocab_partition(local_size: int, group=None, device: torch.device | str | None = None) -> tuple[int, ...]:
+def vocab_partition(
+    local_size: int, group: ProcessGroup | None = None, device: torch.device | str | None = None
+) -> tuple[int, ...]:
     """Every rank's vocabulary slice size, in rank order, learned with one all-gather.
 
     The result is cached per group and ``local_size``: the first call is a collective (every rank of
@@ -166,7 +173,18 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     """Row losses (M,) of vocabulary-parallel logits (M, C_r); backward writes this rank's slice."""
 
     @staticmethod
-    def forward(ctx, x2, t2, start, sizes, eps, z_loss, ignore_index, group, use_triton):
+    def forward(
+        ctx: Any,
+        x2: Tensor,
+        t2: Tensor,
+        start: int,
+        sizes: tuple[int, ...],
+        eps: float,
+        z_loss: float,
+        ignore_index: int,
+        group: ProcessGroup,
+        use_triton: bool,
+    ) -> tuple[Tensor, Tensor]:
         rows, cols = x2.shape
         cdt = compute_dtype(x2.dtype)
         num_classes = sum(sizes)
@@ -197,6 +215,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             # A slice whose logits are all -inf (padding of the vocabulary) has S_r = 0; shifting it by
             # 0 instead of m keeps its z at -inf rather than NaN.
             shift = torch.where(m == float("-inf"), 0.0, m)
+            assert scratch is not None  # this loop runs only without Triton, which allocates it
             z = torch.sub(x, shift.unsqueeze(1), out=scratch[: b - a])
             z_y = z.gather(1, safe[a:b].unsqueeze(1)).squeeze(1)
             part = torch.where(owned[a:b], z_y, 0.0).mul_(-(1.0 - eps))
@@ -242,12 +261,21 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return loss, keep
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_keep):
+    def backward(ctx: Any, grad_loss: Tensor, _grad_keep: Tensor | None) -> tuple[Tensor | None, ...]:
         x2, big_m, s_m1, lse, keep, owned, safe = ctx.saved_tensors
         eps, z_loss, num_classes = ctx.eps, ctx.z_loss, ctx.num_classes
         if ctx.use_triton:
-            return (_triton_backward(x2, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_loss, num_classes),
-                    None, None, None, None, None, None, None, None)
+            return (
+                _triton_backward(x2, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_loss, num_classes),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
         cdt = big_m.dtype
         rows, cols = x2.shape
         g = torch.where(keep, grad_loss.to(cdt), torch.zeros_like(big_m))
@@ -265,6 +293,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             if in_place:
                 z = torch.sub(x2[a:b], big_m[a:b].unsqueeze(1), out=out)
             else:
+                assert scratch is not None  # allocated above whenever the gradient is not in place
                 z = torch.sub(x2[a:b].to(cdt), big_m[a:b].unsqueeze(1), out=scratch[: b - a])
             idx = safe[a:b].unsqueeze(1)
             z_y = z.gather(1, idx).squeeze(1)
@@ -293,7 +322,19 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 _IGNORED = -2
 
 
-def _triton_backward(x2, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_loss, num_classes):
+def _triton_backward(
+    x2: Tensor,
+    big_m: Tensor,
+    s_m1: Tensor,
+    lse: Tensor,
+    keep: Tensor,
+    owned: Tensor,
+    safe: Tensor,
+    grad_loss: Tensor,
+    eps: float,
+    z_loss: float,
+    num_classes: int,
+) -> Tensor:
     """This slice's gradient by the Triton backward kernel, from the whole row's statistics: one read of
     the slice and one write, grad_output read on the device."""
     from labelsmooth.kernels import triton_ce
@@ -305,14 +346,33 @@ def _triton_backward(x2, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_
     stats = torch.stack([ref, s_m1 + 1.0, s_m1, coef], dim=1).float().contiguous()
     local = torch.where(keep, torch.where(owned, safe, torch.full_like(safe, -1)), torch.full_like(safe, _IGNORED))
     grad = torch.empty_like(x2)
-    triton_ce.backward(x2, local, None, _IGNORED, eps, None, stats, grad, grad_output=grad_loss.float(),
-                       smoothing_classes=num_classes, target_elsewhere=True)
+    triton_ce.backward(
+        x2,
+        local,
+        None,
+        _IGNORED,
+        eps,
+        None,
+        stats,
+        grad,
+        grad_output=grad_loss.float(),
+        smoothing_classes=num_classes,
+        target_elsewhere=True,
+    )
     return grad
 
 
-def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_smoothing: float = 0.0,
-                                 ignore_index: int = -100, reduction: str = "mean", z_loss: float = 0.0,
-                                 group=None, backend: str = "auto") -> Tensor:
+def vocab_parallel_cross_entropy(
+    local_logits: Tensor,
+    target: Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    group: ProcessGroup | None = None,
+    backend: str = "auto",
+) -> Tensor:
     """Label-smoothed cross-entropy of logits split over the vocabulary across the ranks of ``group``.
 
     Rank r of ``group`` holds the logits of a contiguous slice of the K classes, the slices in rank order
@@ -363,8 +423,10 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_
     if local_logits.dim() < 1:
         raise ValueError("local_logits must have a class dimension (the last), got a 0-d tensor")
     if tuple(target.shape) != tuple(local_logits.shape[:-1]):
-        raise ValueError(f"target must have local_logits' shape without the class dimension, "
-                         f"{tuple(local_logits.shape[:-1])}, got {tuple(target.shape)}")
+        raise ValueError(
+            f"target must have local_logits' shape without the class dimension, "
+            f"{tuple(local_logits.shape[:-1])}, got {tuple(target.shape)}"
+        )
     if target.device != local_logits.device:
         raise ValueError(f"target is on {target.device} but local_logits is on {local_logits.device}")
     if backend not in ("auto", "chunked", "triton"):
@@ -373,16 +435,19 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_
 
     fits = local_logits.dtype in (torch.float16, torch.bfloat16, torch.float32)
     if backend == "triton" and not (fits and _triton_usable(local_logits.device)):
-        raise V.ArgumentError(f"backend='triton' needs float16/bfloat16/float32 logits on CUDA (or "
-                              f"TRITON_INTERPRET=1) and triton installed; got {local_logits.dtype} on "
-                              f"{local_logits.device}")
-    use_triton = backend == "triton" or (backend == "auto" and fits and local_logits.device.type == "cuda"
-                                         and _triton_usable(local_logits.device))
+        raise V.ArgumentError(
+            f"backend='triton' needs float16/bfloat16/float32 logits on CUDA (or "
+            f"TRITON_INTERPRET=1) and triton installed; got {local_logits.dtype} on "
+            f"{local_logits.device}"
+        )
+    use_triton = backend == "triton" or (
+        backend == "auto" and fits and local_logits.device.type == "cuda" and _triton_usable(local_logits.device)
+    )
     dist = _dist()
     group = _resolve_group(dist, group)
     cols = local_logits.shape[-1]
     sizes = vocab_partition(cols, group, device=local_logits.device)
-    start = sum(sizes[:dist.get_rank(group)])
+    start = sum(sizes[: dist.get_rank(group)])
     target = target.long()
     if not torch.compiler.is_compiling():
         V.check_class_indices(target, sum(sizes), ignore_index)
@@ -392,8 +457,12 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_
     with torch.autocast(local_logits.device.type, enabled=False):
         if use_triton and x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        rows, keep = _VocabParallelCrossEntropy.apply(x2, t2, start, sizes, eps, z_loss, ignore_index, group,
-                                                      use_triton)
+        # torch leaves Function.apply unannotated; forward above fixes what it returns.
+        rows: Tensor
+        keep: Tensor
+        rows, keep = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
+            x2, t2, start, sizes, eps, z_loss, ignore_index, group, use_triton
+        )
         if reduction == "none":
             out = rows.reshape(target.shape)
         elif reduction == "sum":
@@ -404,7 +473,9 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, *, label_
     return out.to(local_logits.dtype)
 
 
-def global_num_targets(target: Tensor | Sequence[Tensor], ignore_index: int = -100, group=None) -> Tensor:
+def global_num_targets(
+    target: Tensor | Sequence[Tensor], ignore_index: int = -100, group: ProcessGroup | None = None
+) -> Tensor:
     """The number of targets that are not ``ignore_index``, summed over the ranks of ``group``.
 
     Pass the targets of every micro-batch of one optimiser step on this rank and the data-parallel

@@ -8,7 +8,8 @@ flattened), picks a backend from the tensor's device at call time, and applies t
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,18 @@ BACKENDS = ("auto", "reference", "chunked", "triton", "torch")
 SMALL_CPU_PROBLEM = 1 << 20
 
 
-def _reference(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction):
+def _reference(
+    x2: Tensor,
+    t2: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    eps: float,
+    z_loss: float,
+    softcap: float | None,
+    prior: Tensor | None,
+    inplace: bool,
+    reduction: str,
+) -> Tensor:
     # The reference has no buffers of its own to save, so ``inplace`` has nothing to do here.
     rows = reference.ce_rows(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior)
     if reduction == "none":
@@ -37,11 +49,24 @@ def _reference(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplac
     return rows.sum() / _mean_denominator(t2, weight, ignore_index, rows.dtype)
 
 
-def _torch(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction):
+def _torch(
+    x2: Tensor,
+    t2: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    eps: float,
+    z_loss: float,
+    softcap: float | None,
+    prior: Tensor | None,
+    inplace: bool,
+    reduction: str,
+) -> Tensor:
     # torch's own kernel: the fastest for small problems; it knows no z_loss, softcap, prior or eps < 0.
     if z_loss or softcap is not None or prior is not None or eps < 0:
-        raise V.ArgumentError("backend='torch' supports none of z_loss, softcap, smoothing_prior and negative "
-                         "label_smoothing; use 'auto' or 'chunked'")
+        raise V.ArgumentError(
+            "backend='torch' supports none of z_loss, softcap, smoothing_prior and negative "
+            "label_smoothing; use 'auto' or 'chunked'"
+        )
     w = None if weight is None else weight.to(x2.dtype)
     return F.cross_entropy(x2, t2, w, ignore_index=ignore_index, reduction=reduction, label_smoothing=eps)
 
@@ -68,8 +93,21 @@ class _FusedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, kernel, reduction,
-                want_grad):
+    def forward(
+        ctx: Any,
+        x2: Tensor,
+        t2: Tensor,
+        weight: Tensor | None,
+        ignore_index: int,
+        eps: float,
+        z_loss: float,
+        softcap: float | None,
+        prior: Tensor | None,
+        inplace: bool,
+        kernel: Callable[..., Tensor],
+        reduction: str,
+        want_grad: bool,
+    ) -> Tensor:
         grad = grad_scale = None
         cdt = reference.compute_dtype(x2.dtype)
         denom = _mean_denominator(t2, weight, ignore_index, cdt) if reduction == "mean" else None
@@ -79,8 +117,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
                 # With every row ignored this is 1/0, but the kernels set ignored rows to 0 outright,
                 # so the gradient is 0 there (as torch's) and NaN only where torch's is (zero weights).
                 grad_scale = 1.0 / denom
-        rows = kernel(x2, t2, weight, ignore_index, eps, z_loss, softcap, grad, grad_scale=grad_scale,
-                      prior=prior)
+        rows = kernel(x2, t2, weight, ignore_index, eps, z_loss, softcap, grad, grad_scale=grad_scale, prior=prior)
         ctx.grad = grad
         ctx.reduction = reduction
         # Ignored rows get no gradient whatever flows back (an inf or NaN grad_output included).
@@ -90,20 +127,23 @@ class _FusedCrossEntropy(torch.autograd.Function):
         return rows.sum() if denom is None else rows.sum() / denom
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         _no_double_backward()
         grad = ctx.grad
         if grad is None:
-            raise RuntimeError("the fused cross-entropy gradient was already consumed: backward through it "
-                               "twice (retain_graph=True) needs backend='reference'")
+            raise RuntimeError(
+                "the fused cross-entropy gradient was already consumed: backward through it "
+                "twice (retain_graph=True) needs backend='reference'"
+            )
         ctx.grad = None
         # Scaled in place: the buffer is used once, and a second N x C tensor would double peak memory.
         if ctx.reduction == "none":
             if ctx.keep is not None:
                 grad_out = torch.where(ctx.keep, grad_out, torch.zeros_like(grad_out))
             grad.mul_(grad_out.unsqueeze(1))
-        elif (grad_out.device.type != "cpu" or torch.compiler.is_compiling()
-              or grad_out.item() != 1.0):  # reading a CPU scalar costs no device synchronisation
+        elif (
+            grad_out.device.type != "cpu" or torch.compiler.is_compiling() or grad_out.item() != 1.0
+        ):  # reading a CPU scalar costs no device synchronisation
             grad.mul_(grad_out)
         return grad, None, None, None, None, None, None, None, None, None, None, None
 
@@ -118,16 +158,40 @@ class _TritonCrossEntropy(torch.autograd.Function):
     masked or weighted sum of ``reduction="none"`` rows) and nothing is synchronised with the host. The
     only N x C tensor kept from forward to backward is the logits themselves (saved for backward; the
     gradient-in-forward design keeps a gradient of the same size instead), and backward can run twice
-    (``retain_graph``) unless ``inplace`` consumed the logits. docs/kernels.md compares the traffic with the fused design.
+    (``retain_graph``) unless ``inplace`` consumed the logits. docs/kernels.md compares the traffic
+    with the fused design.
     """
 
     @staticmethod
-    def forward(ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction, want_grad):
+    def forward(
+        ctx: Any,
+        x2: Tensor,
+        t2: Tensor,
+        weight: Tensor | None,
+        ignore_index: int,
+        eps: float,
+        z_loss: float,
+        softcap: float | None,
+        prior: Tensor | None,
+        inplace: bool,
+        reduction: str,
+        want_grad: bool,
+    ) -> Tensor:
         from labelsmooth.kernels import triton_ce
 
         save = want_grad and ctx.needs_input_grad[0]
-        rows, stats = triton_ce.forward(x2, t2, weight, ignore_index, eps, z_loss, softcap, save_stats=save,
-                                        check_targets=x2.device.type != "cpu", prior=prior)
+        rows, stats = triton_ce.forward(
+            x2,
+            t2,
+            weight,
+            ignore_index,
+            eps,
+            z_loss,
+            softcap,
+            save_stats=save,
+            check_targets=x2.device.type != "cpu",
+            prior=prior,
+        )
         denom = _mean_denominator(t2, weight, ignore_index, rows.dtype) if reduction == "mean" else None
         if save:
             # Saved through autograd, so that changing the logits before backward is an error.
@@ -142,19 +206,32 @@ class _TritonCrossEntropy(torch.autograd.Function):
         return rows.sum() if denom is None else rows.sum() / denom
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         from labelsmooth.kernels import triton_ce
 
         _no_double_backward()
         if ctx.consumed:
-            raise RuntimeError("the fused cross-entropy gradient was written over the logits (inplace=True) "
-                               "by an earlier backward: backward through it twice (retain_graph=True) needs "
-                               "inplace=False")
+            raise RuntimeError(
+                "the fused cross-entropy gradient was written over the logits (inplace=True) "
+                "by an earlier backward: backward through it twice (retain_graph=True) needs "
+                "inplace=False"
+            )
         x2, t2, weight, stats, prior = ctx.saved_tensors
         ignore_index, eps, softcap, inplace = ctx.options
         grad = x2 if inplace else torch.empty_like(x2)
-        triton_ce.backward(x2, t2, weight, ignore_index, eps, softcap, stats, grad, grad_output=grad_out,
-                           grad_scale=ctx.scale, prior=prior)
+        triton_ce.backward(
+            x2,
+            t2,
+            weight,
+            ignore_index,
+            eps,
+            softcap,
+            stats,
+            grad,
+            grad_output=grad_out,
+            grad_scale=ctx.scale,
+            prior=prior,
+        )
         if inplace:
             ctx.consumed = True
             # The kernel wrote through a pointer: tell autograd, so that any other operation that saved
@@ -167,22 +244,39 @@ def _no_double_backward() -> None:
     # Backward runs with grad enabled only for create_graph=True. The fused gradient is computed by a
     # kernel autograd cannot see: differentiating it again would silently drop the softmax Hessian.
     if torch.is_grad_enabled():
-        raise RuntimeError("the fused cross-entropy backends give a gradient that cannot be differentiated "
-                           "again (create_graph=True, gradient penalties, double backward); use "
-                           "backend='reference'")
+        raise RuntimeError(
+            "the fused cross-entropy backends give a gradient that cannot be differentiated "
+            "again (create_graph=True, gradient penalties, double backward); use "
+            "backend='reference'"
+        )
 
 
-def _fused(apply: Callable[..., Tensor], name: str):
+def _fused(apply: Callable[..., Tensor], name: str) -> Callable[..., Tensor]:
     """A backend running ``apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace,
     reduction, want_grad)`` (one of the autograd Functions here) after the checks every fused backend
     shares."""
-    def run(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction):
+
+    def run(
+        x2: Tensor,
+        t2: Tensor,
+        weight: Tensor | None,
+        ignore_index: int,
+        eps: float,
+        z_loss: float,
+        softcap: float | None,
+        prior: Tensor | None,
+        inplace: bool,
+        reduction: str,
+    ) -> Tensor:
         if weight is not None and weight.requires_grad:
-            raise V.ArgumentError(f"backend={name!r} does not compute a gradient for weight, which requires grad; "
-                             "use backend='reference'")
+            raise V.ArgumentError(
+                f"backend={name!r} does not compute a gradient for weight, which requires grad; use backend='reference'"
+            )
         if t2.requires_grad:
-            raise V.ArgumentError(f"backend={name!r} does not compute a gradient for target, which requires grad; "
-                             "use backend='reference' (or detach the target)")
+            raise V.ArgumentError(
+                f"backend={name!r} does not compute a gradient for target, which requires grad; "
+                "use backend='reference' (or detach the target)"
+            )
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         if inplace and x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]:
@@ -190,22 +284,39 @@ def _fused(apply: Callable[..., Tensor], name: str):
         # Under no_grad nothing will call backward: compute no gradient (and consume no logits).
         want_grad = torch.is_grad_enabled() and x2.requires_grad
         return apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction, want_grad)
+
     return run
 
 
-def _apply_chunked(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction, want_grad):
+def _apply_chunked(
+    x2: Tensor,
+    t2: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    eps: float,
+    z_loss: float,
+    softcap: float | None,
+    prior: Tensor | None,
+    inplace: bool,
+    reduction: str,
+    want_grad: bool,
+) -> Tensor:
     from labelsmooth.kernels.chunked import fused_ce
 
-    return _FusedCrossEntropy.apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace,
-                                    fused_ce, reduction, want_grad)
+    # torch leaves Function.apply unannotated; forward above fixes what it returns.
+    out: Tensor = _FusedCrossEntropy.apply(  # type: ignore[no-untyped-call]
+        x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, fused_ce, reduction, want_grad
+    )
+    return out
 
 
-def _apply_triton(*args):
+def _apply_triton(*args: object) -> Tensor:
     try:
         import labelsmooth.kernels.triton_ce  # noqa: F401
     except ImportError as exc:  # triton is an optional dependency
         raise ImportError("backend='triton' needs the optional dependency triton: pip install triton") from exc
-    return _TritonCrossEntropy.apply(*args)
+    out: Tensor = _TritonCrossEntropy.apply(*args)  # type: ignore[no-untyped-call]  # apply is unannotated
+    return out
 
 
 _BACKENDS: dict[str, Callable[..., Tensor]] = {
@@ -230,22 +341,25 @@ def check_backend(backend: object) -> str:
     """Return ``backend`` if it is a known name; shared by the function and the module."""
     if backend not in BACKENDS:
         raise V.ArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend  # type: ignore[return-value]
+    return backend
 
 
-def _resolve_backend(backend: object, x: Tensor, target: Tensor, weight: Tensor | None,
-                     functorch: bool = False, plain: bool = False) -> str:
+def _resolve_backend(
+    backend: str, x: Tensor, target: Tensor, weight: Tensor | None, functorch: bool = False, plain: bool = False
+) -> str:
     """The backend to run for a validated ``backend`` name (see :func:`check_backend`)."""
-    if functorch and backend not in ("auto", "reference"):
-        raise V.ArgumentError(f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad, jvp) or "
-                              "on forward-mode dual tensors; use backend='reference' or 'auto'")
     if functorch:
-        return "reference"
+        # torch.func transforms and forward-mode dual tensors need ops autograd and functorch can see
+        # through: the fused kernels' hand-written backward has no jvp or batching rule. Whatever backend
+        # was named, the reference computes the same numbers there (torch's own kernel handles them too).
+        return "torch" if backend == "torch" else "reference"
     if backend != "auto":
         if backend == "triton" and not _triton_usable(x.device):
-            raise V.ArgumentError(f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
-                             f"installed; input is on {x.device}")
-        return backend  # type: ignore[return-value]
+            raise V.ArgumentError(
+                f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
+                f"installed; input is on {x.device}"
+            )
+        return backend
     if target.requires_grad or (weight is not None and weight.requires_grad):
         return "reference"  # the only backend that differentiates through target and weight
     if x.device.type == "cpu":
@@ -257,14 +371,15 @@ def _resolve_backend(backend: object, x: Tensor, target: Tensor, weight: Tensor 
     return "torch" if plain else "chunked"
 
 
-def _legacy_reduction(size_average, reduce, reduction: str) -> str:
+def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
     if size_average is not None or reduce is not None:
         return torch.nn._reduction.legacy_get_string(size_average, reduce, emit_warning=True)
     return reduction
 
 
-def _as_rows(input: Tensor, target: Tensor, ignore_index: int,
-             check_values: bool = True) -> tuple[Tensor, Tensor, tuple[int, ...], bool]:
+def _as_rows(
+    input: Tensor, target: Tensor, ignore_index: int, check_values: bool = True
+) -> tuple[Tensor, Tensor, tuple[int, ...], bool]:
     """Validate shapes and flatten to (M, C) logits and (M,) or (M, C) targets.
 
     Returns the flattened logits, the flattened target, the batch shape of a ``reduction="none"``
@@ -279,17 +394,22 @@ def _as_rows(input: Tensor, target: Tensor, ignore_index: int,
     batch_shape = tuple(s for i, s in enumerate(input.shape) if i != class_dim)
     if target.is_floating_point():
         if target.shape != input.shape:
-            raise V.ArgumentError(f"a floating-point target holds class probabilities and must have the input's "
-                             f"shape {tuple(input.shape)}, got {tuple(target.shape)}")
+            raise V.ArgumentError(
+                f"a floating-point target holds class probabilities and must have the input's "
+                f"shape {tuple(input.shape)}, got {tuple(target.shape)}"
+            )
         if ignore_index >= 0:
-            raise V.ArgumentError(f"ignore_index is not supported with class-probability targets, got "
-                             f"ignore_index={ignore_index}")
+            raise V.ArgumentError(
+                f"ignore_index is not supported with class-probability targets, got ignore_index={ignore_index}"
+            )
         probs = True
     else:
         V.check_integer(target, "target")
         if tuple(target.shape) != batch_shape:
-            raise V.ArgumentError(f"target of class indices must have shape {batch_shape} for input of shape "
-                             f"{tuple(input.shape)}, got {tuple(target.shape)}")
+            raise V.ArgumentError(
+                f"target of class indices must have shape {batch_shape} for input of shape "
+                f"{tuple(input.shape)}, got {tuple(target.shape)}"
+            )
         # int64 before any comparison: in uint8 the default ignore_index -100 would equal class 156.
         target = target.long()
         if check_values:
@@ -304,11 +424,23 @@ def _as_rows(input: Tensor, target: Tensor, ignore_index: int,
     return x2, t2, batch_shape, probs
 
 
-def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average=None,
-                  ignore_index: int = -100, reduce=None, reduction: str = "mean",
-                  label_smoothing: float = 0.0, *, backend: str = "auto", z_loss: float = 0.0,
-                  softcap: float | None = None, inplace: bool = False, smoothing_prior: Tensor | None = None,
-                  allow_negative: bool = False) -> Tensor:
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    backend: str = "auto",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    inplace: bool = False,
+    smoothing_prior: Tensor | None = None,
+    allow_negative: bool = False,
+) -> Tensor:
     """Label-smoothed cross-entropy with exactly ``torch.nn.functional.cross_entropy``'s semantics.
 
     The positional arguments are ``F.cross_entropy``'s, so this is a drop-in replacement; the extras are
@@ -349,7 +481,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
             ``"auto"``: triton on CUDA when it is installed (float16/bfloat16/float32), else torch's own
             kernel there, or chunked for z_loss/softcap; on CPU torch's own kernel below 2**20 logits
             (where a fused call's fixed cost dominates) and chunked above; reference when ``weight`` or
-            ``target`` requires grad. Chosen at call time from the tensor's device and size.
+            ``target`` requires grad. Chosen at call time from the tensor's device and size. Inside
+            torch.func transforms (vmap, grad, jvp) and for forward-mode dual tensors every backend
+            but ``"torch"`` computes through the reference, whose ops those transforms can follow.
         z_loss: adds ``z_loss * logsumexp(x)**2`` to every non-ignored row (PaLM's auxiliary loss).
         softcap: if set, logits become ``softcap * tanh(x / softcap)`` before the softmax (Gemma 2).
         inplace: allow a fused backend to write the gradient into ``input``'s storage (chunked: during
@@ -395,12 +529,14 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     functorch = _under_functorch(input, target, weight, prior)
     if torch.is_autocast_enabled(input.device.type) and input.dtype in (torch.float16, torch.bfloat16):
         input = input.float()  # torch's autocast policy runs cross-entropy in float32
-    name = _resolve_backend(backend, input, target, weight, functorch,
-                            plain=z_loss == 0 and softcap is None and prior is None and eps >= 0)
+    name = _resolve_backend(
+        backend, input, target, weight, functorch, plain=z_loss == 0 and softcap is None and prior is None and eps >= 0
+    )
     # Off the CPU the Triton forward checks class indices itself, in the same kernel.
     kernel_checks = name == "triton" and input.device.type != "cpu"
-    x2, t2, batch_shape, probs = _as_rows(input, target, ignore_index,
-                                          check_values=not functorch and not kernel_checks)
+    x2, t2, batch_shape, _probs = _as_rows(
+        input, target, ignore_index, check_values=not functorch and not kernel_checks
+    )
 
     # Inside autocast, matmuls and reductions of the kernels would silently run in half precision.
     with torch.autocast(input.device.type, enabled=False):
@@ -416,7 +552,8 @@ def _under_functorch(*tensors: Tensor | None) -> bool:
     from torch.autograd import forward_ad
 
     present = [t for t in tensors if t is not None]
-    if any(forward_ad.unpack_dual(t).tangent is not None for t in present):
+    # unpack_dual is unannotated in torch.
+    if any(forward_ad.unpack_dual(t).tangent is not None for t in present):  # type: ignore[no-untyped-call]
         return True
     try:
         wrapped = torch._C._functorch.is_functorch_wrapped_tensor
@@ -425,10 +562,18 @@ def _under_functorch(*tensors: Tensor | None) -> bool:
     return any(wrapped(t) for t in present)
 
 
-def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,
-                                     size_average=None, reduce=None, reduction: str = "mean",
-                                     pos_weight: Tensor | None = None,
-                                     label_smoothing: float = 0.0, *, allow_negative: bool = False) -> Tensor:
+def binary_cross_entropy_with_logits(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    pos_weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    *,
+    allow_negative: bool = False,
+) -> Tensor:
     """Binary cross-entropy with logits on label-smoothed targets ``y * (1 - eps) + eps / 2``.
 
     Same arguments and numbers as ``torch.nn.functional.binary_cross_entropy_with_logits`` (weight and
@@ -471,10 +616,10 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tens
         if value is not None:
             V.check_tensor(value, name)
             try:
-                torch.broadcast_shapes(value.shape, input.shape)
+                torch.broadcast_shapes(value.shape, input.shape)  # type: ignore[no-untyped-call]  # unannotated in torch
             except RuntimeError:
-                raise V.ArgumentError(f"{name} of shape {tuple(value.shape)} does not broadcast to the input's "
-                                 f"shape {tuple(input.shape)}") from None
+                raise V.ArgumentError(
+                    f"{name} of shape {tuple(value.shape)} does not broadcast to the input's shape {tuple(input.shape)}"
+                ) from None
     target = smooth_binary_labels(target.to(input.dtype), eps, allow_negative=allow_negative)
-    return F.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction,
-                                              pos_weight=pos_weight)
+    return F.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction, pos_weight=pos_weight)

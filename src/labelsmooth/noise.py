@@ -21,8 +21,9 @@ the even integer).
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ def _as_long(labels: object, name: str = "labels") -> Tensor:
     return out
 
 
-def _restore(result: Tensor, like: Tensor | np.ndarray) -> Tensor | np.ndarray:
+def _restore(result: Tensor, like: LabelArray) -> LabelArray:
     """Give ``result`` (CPU int64) the kind, dtype and device of the original ``like``."""
     if isinstance(like, np.ndarray):
         return result.numpy().astype(like.dtype, copy=False)

@@ -70,8 +70,16 @@ class OnlineLabelSmoothing(nn.Module):
     correct_prob_sum: Tensor
     correct_count: Tensor
 
-    def __init__(self, num_classes: int, alpha: float = 0.5, label_smoothing: float = 0.1, *,
-                 ignore_index: int = -100, reduction: str = "mean", backend: str = "auto") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        alpha: float = 0.5,
+        label_smoothing: float = 0.1,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
         self.num_classes = V.check_num_classes(num_classes)
         self.alpha = V.check_unit_interval(alpha, "alpha")
@@ -80,8 +88,9 @@ class OnlineLabelSmoothing(nn.Module):
         self.reduction = V.check_reduction(reduction)
         self.backend = LF.check_backend(backend)
         k = self.num_classes
-        self.register_buffer("soft_labels", smooth_labels(torch.arange(k), k, self.label_smoothing,
-                                                          dtype=torch.float32))
+        self.register_buffer(
+            "soft_labels", smooth_labels(torch.arange(k), k, self.label_smoothing, dtype=torch.float32)
+        )
         self.register_buffer("correct_prob_sum", torch.zeros(k, k, dtype=torch.float32))
         self.register_buffer("correct_count", torch.zeros(k, dtype=torch.float32))
 
@@ -91,16 +100,22 @@ class OnlineLabelSmoothing(nn.Module):
         V.check_floating(input, "input")
         V.check_integer(target, "target")
         if input.dim() < 2 or input.shape[1] != self.num_classes:
-            raise V.ArgumentError(f"input must have shape (N, {self.num_classes}) or (N, {self.num_classes}, d1, ...), "
-                             f"got {tuple(input.shape)}")
+            raise V.ArgumentError(
+                f"input must have shape (N, {self.num_classes}) or (N, {self.num_classes}, d1, ...), "
+                f"got {tuple(input.shape)}"
+            )
         batch_shape = (input.shape[0], *input.shape[2:])
         if tuple(target.shape) != batch_shape:
-            raise V.ArgumentError(f"target must have shape {batch_shape} for input of shape {tuple(input.shape)}, "
-                             f"got {tuple(target.shape)}")
+            raise V.ArgumentError(
+                f"target must have shape {batch_shape} for input of shape {tuple(input.shape)}, "
+                f"got {tuple(target.shape)}"
+            )
         V.check_class_indices(target, self.num_classes, self.ignore_index)
         if self.soft_labels.device != input.device:
-            raise V.ArgumentError(f"the module's soft labels are on {self.soft_labels.device} but input is on "
-                             f"{input.device}: move the module with .to(device)")
+            raise V.ArgumentError(
+                f"the module's soft labels are on {self.soft_labels.device} but input is on "
+                f"{input.device}: move the module with .to(device)"
+            )
         x2 = input.movedim(1, -1).reshape(-1, self.num_classes)
         t = target.reshape(-1).long()
         keep = t != self.ignore_index
@@ -108,8 +123,7 @@ class OnlineLabelSmoothing(nn.Module):
         # One target for both terms: alpha * onehot(y) + (1 - alpha) * S[y]; zero rows for ignored ones,
         # which gives them zero loss and zero gradient.
         q = self.soft_labels[safe] * (1.0 - self.alpha)
-        q.scatter_add_(1, safe.unsqueeze(1), torch.full((q.shape[0], 1), self.alpha, dtype=q.dtype,
-                                                        device=q.device))
+        q.scatter_add_(1, safe.unsqueeze(1), torch.full((q.shape[0], 1), self.alpha, dtype=q.dtype, device=q.device))
         q = q * keep.unsqueeze(1).to(q.dtype)
         if x2.dtype == torch.float64:
             q = q.double()
@@ -146,5 +160,7 @@ class OnlineLabelSmoothing(nn.Module):
         self.correct_count.zero_()
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, alpha={self.alpha}, label_smoothing={self.label_smoothing}, "
-                f"reduction={self.reduction!r}")
+        return (
+            f"num_classes={self.num_classes}, alpha={self.alpha}, label_smoothing={self.label_smoothing}, "
+            f"reduction={self.reduction!r}"
+        )

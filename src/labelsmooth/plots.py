@@ -9,7 +9,9 @@ untouched. Every number drawn comes from :func:`labelsmooth.calibration.reliabil
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 from torch import Tensor
@@ -18,7 +20,7 @@ from labelsmooth.calibration import expected_calibration_error, reliability_curv
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure, SubFigure
 
 __all__ = ["reliability_diagram", "reliability_overlay"]
 
@@ -29,9 +31,9 @@ ACCURACY_COLOR = "tab:blue"
 GAP_COLOR = "#f4b4b4"
 
 
-def _matplotlib() -> Any:
+def _matplotlib() -> tuple[ModuleType, ModuleType]:
     try:
-        import matplotlib.figure  # noqa: F401
+        import matplotlib.figure
         from matplotlib.backends import backend_agg
     except ImportError as err:
         raise ImportError(
@@ -45,16 +47,42 @@ def _matplotlib() -> Any:
 
 def _new_figure(figsize: tuple[float, float]) -> Figure:
     matplotlib, backend_agg = _matplotlib()
-    fig = matplotlib.figure.Figure(figsize=figsize, layout="constrained")
+    fig: Figure = matplotlib.figure.Figure(figsize=figsize, layout="constrained")
     backend_agg.FigureCanvasAgg(fig)  # a private Agg canvas: savefig works, no GUI, no pyplot
     return fig
 
 
-def _curve_numpy(probs: ArrayLike, labels: ArrayLike, n_bins: int, binning: str, binary_mode: str) -> dict:
+def _curve_numpy(
+    probs: ArrayLike, labels: ArrayLike, n_bins: int, binning: str, binary_mode: str
+) -> dict[str, np.ndarray]:
     curve = reliability_curve(probs, labels, n_bins=n_bins, binning=binning, binary_mode=binary_mode)
     return {k: v.detach().cpu().numpy() for k, v in curve._asdict().items()}
 
 
+# Without ``ax`` the result is a new Figure; with one it is ``ax.figure``, which matplotlib types as
+# Figure | SubFigure (an axes inside a subfigure).
+@overload
+def reliability_diagram(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    n_bins: int = ...,
+    title: str | None = ...,
+    ax: None = ...,
+    *,
+    binning: str = ...,
+    binary_mode: str = ...,
+) -> Figure: ...
+@overload
+def reliability_diagram(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    n_bins: int = ...,
+    title: str | None = ...,
+    ax: Axes | None = ...,
+    *,
+    binning: str = ...,
+    binary_mode: str = ...,
+) -> Figure | SubFigure: ...
 def reliability_diagram(
     probs: ArrayLike,
     labels: ArrayLike,
@@ -64,14 +92,15 @@ def reliability_diagram(
     *,
     binning: str = "uniform",
     binary_mode: str = "top_label",
-) -> Figure:
+) -> Figure | SubFigure:
     """Reliability diagram: accuracy per confidence bin against the diagonal, with a histogram below.
 
     The top panel draws one bar per non-empty bin at the bin's accuracy, the diagonal of perfect
     calibration, and a hatched pink band between each bin's accuracy and its mean confidence (the
-    gap that ECE averages), drawn over the bar where the bin is under-confident. The bottom panel shows how many samples fall in each bin, with the
-    overall accuracy and mean confidence marked. The title ends in the ECE (same ``n_bins``,
-    ``binning`` and ``binary_mode``), formatted ``"ECE = 0.0123"``.
+    gap that ECE averages), drawn over the bar where the bin is under-confident. The bottom panel
+    shows how many samples fall in each bin, with the overall accuracy and mean confidence marked. The
+    title ends in the ECE (same ``n_bins``, ``binning`` and ``binary_mode``), formatted
+    ``"ECE = 0.0123"``.
 
     Args:
         probs: ``(N, K)`` class probabilities, or ``(N,)`` P(y=1).
@@ -102,6 +131,7 @@ def reliability_diagram(
     """
     c = _curve_numpy(probs, labels, n_bins, binning, binary_mode)
     ece = expected_calibration_error(probs, labels, n_bins=n_bins, binning=binning, binary_mode=binary_mode)
+    fig: Figure | SubFigure
     if ax is None:
         fig = _new_figure((5.0, 6.0))
         top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
@@ -112,17 +142,36 @@ def reliability_diagram(
 
     edges, widths = c["edges"][:-1], np.diff(c["edges"])
     full = c["count"] > 0
-    top.bar(edges[full], c["accuracy"][full], width=widths[full], align="edge",
-            color=ACCURACY_COLOR, edgecolor="black", linewidth=0.5, label="accuracy")
+    top.bar(
+        edges[full],
+        c["accuracy"][full],
+        width=widths[full],
+        align="edge",
+        color=ACCURACY_COLOR,
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy",
+    )
     gap_low = np.minimum(c["accuracy"], c["confidence"])[full]
     gap_height = np.abs(c["accuracy"] - c["confidence"])[full]
     # Opaque: an under-confident bin's gap lies inside its accuracy bar, and a translucent band
     # would mix with the blue below into a colour the legend does not show.
-    top.bar(edges[full], gap_height, bottom=gap_low, width=widths[full], align="edge",
-            color=GAP_COLOR, hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap")
+    top.bar(
+        edges[full],
+        gap_height,
+        bottom=gap_low,
+        width=widths[full],
+        align="edge",
+        color=GAP_COLOR,
+        hatch="//",
+        edgecolor="tab:red",
+        linewidth=0.5,
+        label="gap",
+    )
     # The accuracy bars' outlines again, above the gap bands, so each bin's accuracy stays marked.
-    top.bar(edges[full], c["accuracy"][full], width=widths[full], align="edge",
-            fill=False, edgecolor="black", linewidth=0.5)
+    top.bar(
+        edges[full], c["accuracy"][full], width=widths[full], align="edge", fill=False, edgecolor="black", linewidth=0.5
+    )
     top.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
     top.set_title(f"{title or 'Reliability diagram'} (ECE = {ece:.4f})")
@@ -151,7 +200,8 @@ def _histogram_axes(ax: Axes) -> Axes:
     if spec is None:
         from mpl_toolkits.axes_grid1 import make_axes_locatable
 
-        return make_axes_locatable(ax).append_axes("bottom", size="33%", pad=0.15, sharex=ax)
+        below: Axes = make_axes_locatable(ax).append_axes("bottom", size="33%", pad=0.15, sharex=ax)
+        return below
     cells = spec.subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
     ax.set_subplotspec(cells[0])
     return ax.figure.add_subplot(cells[1], sharex=ax)

@@ -43,9 +43,16 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def ce_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-            ignore_index: int = -100, label_smoothing: float = 0.0, z_loss: float = 0.0,
-            softcap: float | None = None, prior: torch.Tensor | None = None) -> torch.Tensor:
+def ce_rows(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    prior: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-row label-smoothed cross-entropy of 2-D logits, differentiable by autograd.
 
     Args:
@@ -108,9 +115,14 @@ def ce_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     return loss
 
 
-def bce_with_logits(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                    pos_weight: torch.Tensor | None = None, label_smoothing: float = 0.0,
-                    reduction: str = "mean") -> torch.Tensor:
+def bce_with_logits(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Label-smoothed binary cross-entropy with logits, from the formula.
 
     ``t = y * (1 - eps) + eps / 2``;

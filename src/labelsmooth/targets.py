@@ -22,9 +22,15 @@ import torch
 from labelsmooth import _validate as V
 
 
-def smooth_labels(target: torch.Tensor, num_classes: int, label_smoothing: float = 0.0,
-                  *, dtype: torch.dtype | None = None, prior: torch.Tensor | None = None,
-                  allow_negative: bool = False) -> torch.Tensor:
+def smooth_labels(
+    target: torch.Tensor,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    *,
+    dtype: torch.dtype | None = None,
+    prior: torch.Tensor | None = None,
+    allow_negative: bool = False,
+) -> torch.Tensor:
     """Return the label-smoothed target distribution of class indices.
 
     Args:
@@ -73,8 +79,9 @@ def smooth_labels(target: torch.Tensor, num_classes: int, label_smoothing: float
     return out
 
 
-def class_prior(labels: torch.Tensor, num_classes: int, *, ignore_index: int | None = None,
-                dtype: torch.dtype | None = None) -> torch.Tensor:
+def class_prior(
+    labels: torch.Tensor, num_classes: int, *, ignore_index: int | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """The label unigram: the fraction of ``labels`` in each class, a prior for smoothing.
 
     Args:
@@ -117,8 +124,9 @@ def class_prior(labels: torch.Tensor, num_classes: int, *, ignore_index: int | N
     return (counts / counts.sum()).to(dtype)
 
 
-def smooth_binary_labels(target: torch.Tensor, label_smoothing: float = 0.0, *,
-                         allow_negative: bool = False) -> torch.Tensor:
+def smooth_binary_labels(
+    target: torch.Tensor, label_smoothing: float = 0.0, *, allow_negative: bool = False
+) -> torch.Tensor:
     """Return binary targets smoothed towards 1/2: ``target * (1 - eps) + eps / 2``.
 
     Args:

@@ -28,8 +28,9 @@ from labelsmooth.functional import check_backend, cross_entropy
 TASKS = ("causal_lm", "sequence_classification", "token_classification")
 
 # cross_entropy's keyword-only extras; the positional ones are set by the loss itself or by name below.
-_EXTRAS = frozenset(name for name, p in inspect.signature(cross_entropy).parameters.items()
-                    if p.kind is inspect.Parameter.KEYWORD_ONLY) | {"weight"}
+_EXTRAS = frozenset(
+    name for name, p in inspect.signature(cross_entropy).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+) | {"weight"}
 # The loss chooses the reduction itself (sum over tokens / num_items_in_batch, or the mean).
 _OWNED = frozenset({"reduction", "size_average", "reduce"})
 
@@ -44,18 +45,28 @@ class LabelSmoothedLoss:
     :func:`labelsmooth.cross_entropy` arguments) are read-only by convention.
     """
 
-    def __init__(self, label_smoothing: float = 0.1, task: str = "causal_lm", *, ignore_index: int = -100,
-                 inplace: bool = True, **cross_entropy_kwargs: Any) -> None:
+    def __init__(
+        self,
+        label_smoothing: float = 0.1,
+        task: str = "causal_lm",
+        *,
+        ignore_index: int = -100,
+        inplace: bool = True,
+        **cross_entropy_kwargs: Any,
+    ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         owned = sorted(_OWNED.intersection(cross_entropy_kwargs))
         if owned:
-            raise ValueError(f"{owned[0]} cannot be set: the loss sums over the labelled tokens and divides by "
-                             "the Trainer's num_items_in_batch (or takes the mean when it is not given)")
+            raise ValueError(
+                f"{owned[0]} cannot be set: the loss sums over the labelled tokens and divides by "
+                "the Trainer's num_items_in_batch (or takes the mean when it is not given)"
+            )
         unknown = sorted(set(cross_entropy_kwargs) - _EXTRAS)
         if unknown:
-            raise TypeError(f"unexpected keyword argument {unknown[0]!r}; labelsmooth.cross_entropy accepts "
-                            f"{sorted(_EXTRAS)}")
+            raise TypeError(
+                f"unexpected keyword argument {unknown[0]!r}; labelsmooth.cross_entropy accepts {sorted(_EXTRAS)}"
+            )
         allow_negative = V.check_bool(cross_entropy_kwargs.get("allow_negative", False), "allow_negative")
         self.label_smoothing = V.check_label_smoothing(label_smoothing, allow_negative=allow_negative)
         self.task = task
@@ -65,11 +76,12 @@ class LabelSmoothedLoss:
 
     def __repr__(self) -> str:
         extras = "".join(f", {k}={v!r}" for k, v in self.kwargs.items())
-        return (f"LabelSmoothedLoss(label_smoothing={self.label_smoothing!r}, task={self.task!r}, "
-                f"ignore_index={self.ignore_index!r}{extras})")
+        return (
+            f"LabelSmoothedLoss(label_smoothing={self.label_smoothing!r}, task={self.task!r}, "
+            f"ignore_index={self.ignore_index!r}{extras})"
+        )
 
-    def __call__(self, outputs: Any, labels: Tensor | None,
-                 num_items_in_batch: Tensor | float | None = None) -> Tensor:
+    def __call__(self, outputs: Any, labels: Tensor | None, num_items_in_batch: Tensor | float | None = None) -> Tensor:
         """The loss of one (micro-)batch.
 
         Args:
@@ -89,17 +101,23 @@ class LabelSmoothedLoss:
         """
         logits = _logits_of(outputs)
         if labels is None:
-            raise ValueError("labels is None: the batch has no 'labels' (the Trainer passes labels=None when "
-                             "the dataset yields none); a label-smoothed loss needs them")
+            raise ValueError(
+                "labels is None: the batch has no 'labels' (the Trainer passes labels=None when "
+                "the dataset yields none); a label-smoothed loss needs them"
+            )
         V.check_tensor(labels, "labels")
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype} (regression and "
-                            "multi-label classification are not label-smoothed cross-entropy problems)")
+            raise TypeError(
+                f"labels must be integer class indices, got dtype {labels.dtype} (regression and "
+                "multi-label classification are not label-smoothed cross-entropy problems)"
+            )
         want_dim = 2 if self.task == "sequence_classification" else 3
         if logits.dim() != want_dim or tuple(labels.shape) != tuple(logits.shape[:-1]):
             shapes = "(B, C) and (B,)" if want_dim == 2 else "(B, T, C) and (B, T)"
-            raise ValueError(f"task={self.task!r} needs logits and labels of shapes {shapes}; got logits "
-                             f"{tuple(logits.shape)} and labels {tuple(labels.shape)}")
+            raise ValueError(
+                f"task={self.task!r} needs logits and labels of shapes {shapes}; got logits "
+                f"{tuple(logits.shape)} and labels {tuple(labels.shape)}"
+            )
         # Under model parallelism the logits may sit on another device than the batch.
         labels = labels.to(logits.device)
         if self.task == "causal_lm":
@@ -110,18 +128,31 @@ class LabelSmoothedLoss:
         rows = logits.reshape(-1, logits.shape[-1])
         targets = labels.reshape(-1)
         if num_items_in_batch is None:
-            return cross_entropy(rows, targets, ignore_index=self.ignore_index, reduction="mean",
-                                 label_smoothing=self.label_smoothing, **self.kwargs)
+            return cross_entropy(
+                rows,
+                targets,
+                ignore_index=self.ignore_index,
+                reduction="mean",
+                label_smoothing=self.label_smoothing,
+                **self.kwargs,
+            )
         if isinstance(num_items_in_batch, Tensor):
             # A tensor on the device stays there: dividing by it needs no host synchronisation.
             count: Tensor | float = num_items_in_batch.to(rows.device)
         elif isinstance(num_items_in_batch, numbers.Real) and not isinstance(num_items_in_batch, bool):
             count = float(num_items_in_batch)
         else:
-            raise TypeError(f"num_items_in_batch must be None, a number or a tensor, got "
-                            f"{type(num_items_in_batch).__name__}")
-        total = cross_entropy(rows, targets, ignore_index=self.ignore_index, reduction="sum",
-                              label_smoothing=self.label_smoothing, **self.kwargs)
+            raise TypeError(
+                f"num_items_in_batch must be None, a number or a tensor, got {type(num_items_in_batch).__name__}"
+            )
+        total = cross_entropy(
+            rows,
+            targets,
+            ignore_index=self.ignore_index,
+            reduction="sum",
+            label_smoothing=self.label_smoothing,
+            **self.kwargs,
+        )
         return total / count
 
 
@@ -136,13 +167,21 @@ def _logits_of(outputs: Any) -> Tensor:
     elif isinstance(outputs, (tuple, list)) and outputs:
         logits = outputs[0]
     else:
-        raise TypeError(f"outputs must be a model output with 'logits', a tuple whose first element is the "
-                        f"logits, or a tensor; got {type(outputs).__name__}")
+        raise TypeError(
+            f"outputs must be a model output with 'logits', a tuple whose first element is the "
+            f"logits, or a tensor; got {type(outputs).__name__}"
+        )
     return V.check_tensor(logits, "logits")
 
 
-def label_smoothed_loss(label_smoothing: float = 0.1, task: str = "causal_lm", *, ignore_index: int = -100,
-                        inplace: bool = True, **cross_entropy_kwargs: Any) -> LabelSmoothedLoss:
+def label_smoothed_loss(
+    label_smoothing: float = 0.1,
+    task: str = "causal_lm",
+    *,
+    ignore_index: int = -100,
+    inplace: bool = True,
+    **cross_entropy_kwargs: Any,
+) -> LabelSmoothedLoss:
     """A label-smoothed ``compute_loss_func`` for ``transformers.Trainer``.
 
     Pass the result as ``Trainer(..., compute_loss_func=label_smoothed_loss(0.1))`` and leave the
@@ -195,5 +234,4 @@ def label_smoothed_loss(label_smoothing: float = 0.1, task: str = "causal_lm", *
         >>> torch.allclose(loss_fn({"logits": logits}, labels, num_items_in_batch=n), mean)
         True
     """
-    return LabelSmoothedLoss(label_smoothing, task, ignore_index=ignore_index, inplace=inplace,
-                             **cross_entropy_kwargs)
+    return LabelSmoothedLoss(label_smoothing, task, ignore_index=ignore_index, inplace=inplace, **cross_entropy_kwargs)

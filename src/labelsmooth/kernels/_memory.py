@@ -13,26 +13,30 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 _HUGE = 2 << 20
 _MADV_HUGEPAGE = 14  # linux/mman.h
 _MIN_BYTES = 8 * _HUGE
-_libc = None
+# None: not looked up yet; False: looked up and unavailable.
+_libc: ctypes.CDLL | bool | None = None
 
 
-def _madvise():
+def _madvise() -> Callable[..., Any] | None:
     global _libc
     if _libc is None:
         try:
             # The running interpreter's own symbols include libc's madvise. (ctypes.util.find_library
             # would work too, but it runs ldconfig or a compiler in a subprocess: ~1 s on the first loss.)
-            _libc = ctypes.CDLL(None, use_errno=True)
-            _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            _libc = libc
         except (OSError, AttributeError):
             _libc = False
-    return _libc.madvise if _libc else None
+    return _libc.madvise if isinstance(_libc, ctypes.CDLL) else None
 
 
 def empty_for_grad(like: torch.Tensor) -> torch.Tensor:
@@ -40,7 +44,7 @@ def empty_for_grad(like: torch.Tensor) -> torch.Tensor:
     return empty_advised(like.shape, like.dtype, like.device)
 
 
-def empty_advised(shape, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+def empty_advised(shape: Sequence[int], dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
     """``torch.empty(shape)``, advised for huge pages where it is a large buffer in Linux CPU memory."""
     out = torch.empty(shape, dtype=dtype, device=device)
     nbytes = out.numel() * out.element_size()

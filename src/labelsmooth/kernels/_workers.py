@@ -20,12 +20,12 @@ import itertools
 import os
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 _lock = threading.Lock()
-_tasks: queue.SimpleQueue | None = None
+_tasks: queue.SimpleQueue[Callable[[], None]] | None = None
 _size = 0
 
 
@@ -39,7 +39,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _worker(tasks: queue.SimpleQueue, ready: threading.Barrier) -> None:
+def _worker(tasks: queue.SimpleQueue[Callable[[], None]], ready: threading.Barrier) -> None:
     # Torch sets a thread's count lazily, from the process default, on its first parallel op: do that
     # first (get_num_threads triggers it), or it would later undo the 1 set here.
     torch.get_num_threads()
@@ -49,7 +49,7 @@ def _worker(tasks: queue.SimpleQueue, ready: threading.Barrier) -> None:
         tasks.get()()
 
 
-def _ensure(n: int) -> queue.SimpleQueue:
+def _ensure(n: int) -> queue.SimpleQueue[Callable[[], None]]:
     """Start workers until there are at least ``n``; return the task queue they serve."""
     global _tasks, _size
     with _lock:
@@ -59,8 +59,9 @@ def _ensure(n: int) -> queue.SimpleQueue:
             caller_threads = torch.get_num_threads()
             ready = threading.Barrier(n - _size + 1)
             for _ in range(n - _size):
-                threading.Thread(target=_worker, args=(_tasks, ready), daemon=True,
-                                 name="labelsmooth-block-worker").start()
+                threading.Thread(
+                    target=_worker, args=(_tasks, ready), daemon=True, name="labelsmooth-block-worker"
+                ).start()
             ready.wait()
             torch.set_num_threads(caller_threads)  # see the module docstring
             _size = n
@@ -89,7 +90,7 @@ def run_blocks(fn: Callable[[int], None], count: int, workers: int) -> None:
                     if i >= count:
                         break
                     fn(i)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+        except BaseException as exc:  # any failure, KeyboardInterrupt included, is handed to the caller below
             errors.append(exc)
         finally:
             done.release()

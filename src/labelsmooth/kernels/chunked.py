@@ -86,7 +86,7 @@ def default_workers(num_rows: int, num_classes: int, block_rows: int, device: to
 
 # Rows whose S - 1 is below this are confident enough for float32's S - 1 to lose accuracy
 # (relative error up to 6e-8 / (S - 1)); they get S - 1 summed again without the max element.
-_CONFIDENT = 2.0 ** -4
+_CONFIDENT = 2.0**-4
 
 
 def _refine_confident_rows(expz: Tensor, s_rest: Tensor, masked: bool) -> None:
@@ -112,10 +112,22 @@ def _refine_confident_rows(expz: Tensor, s_rest: Tensor, masked: bool) -> None:
 
 
 @torch.no_grad()
-def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
-             label_smoothing: float, z_loss: float, softcap: float | None, grad: Tensor | None,
-             *, grad_scale: Tensor | None = None, prior: Tensor | None = None, block_rows: int | None = None,
-             workers: int | None = None, masked: bool | None = None) -> Tensor:
+def fused_ce(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    grad: Tensor | None,
+    *,
+    grad_scale: Tensor | None = None,
+    prior: Tensor | None = None,
+    block_rows: int | None = None,
+    workers: int | None = None,
+    masked: bool | None = None,
+) -> Tensor:
     """Row losses of (M, C) logits; writes d loss_row / d logits into ``grad`` when it is given.
 
     See ``labelsmooth.kernels`` for the contract. Overrides (tests, benchmarks): ``block_rows`` the
@@ -145,9 +157,10 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     blocks = -(-num_rows // rows)
     if workers is None:
         workers = default_workers(num_rows, num_classes, rows, device)
-    gs = None if grad_scale is None else grad_scale.to(cdt)
-    if gs is not None and not masked:
-        gs = gs.item()  # a Python scalar keeps the passes plain loops; on the host reading it costs nothing
+    gs: Tensor | float | None = None
+    if grad_scale is not None:
+        # A Python scalar keeps the passes plain loops; on the host reading it costs nothing.
+        gs = grad_scale.to(cdt) if masked else grad_scale.to(cdt).item()
     # A float32 block of our own is needed unless the gradient buffer can serve as the work space.
     own_work = grad is None or grad.dtype != cdt
     scratch = threading.local()
@@ -170,11 +183,14 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
         hard = 1.0 - eps if w_y is None else (1.0 - eps) * w_y
         coeff0 = hard + smooth * total_sw  # A, the row's total target weight
         if grad is not None:
-            coeff_gs = coeff0 if gs is None else coeff0 * gs
-            if not isinstance(coeff_gs, Tensor):
-                coeff_gs = torch.full((num_rows, 1), coeff_gs, dtype=cdt, device=device)
-            elif coeff_gs.dim() == 0:
-                coeff_gs = coeff_gs.expand(num_rows, 1)
+            scaled = coeff0 if gs is None else coeff0 * gs
+            if not isinstance(scaled, Tensor):
+                coeff_gs = torch.full((num_rows, 1), scaled, dtype=cdt, device=device)
+            elif scaled.dim() == 0:
+                coeff_gs = scaled.expand(num_rows, 1)
+            else:
+                coeff_gs = scaled
+    smooth_g: Tensor | float = 0.0
     if grad is not None and eps != 0:
         # (eps/C) sw, times grad_scale: what every column loses. Scalar operands keep the pass a plain
         # vectorised loop (a broadcast tensor operand is several times slower on CPU).
@@ -193,6 +209,7 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
                 buf = scratch.buf = torch.empty((min(rows, num_rows), num_classes), dtype=cdt, device=device)
             buf = buf[: end - start]
         else:
+            assert grad is not None  # own_work is False only when grad is a compute-dtype buffer
             buf = grad[start:end]
         tanh_b = None
         if softcap is not None:
@@ -218,6 +235,7 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
             sb = safe[start:end]
             torch.gather(buf, 1, sb, out=z_y[start:end])
             if dsoft_y is not None:
+                assert tanh_b is not None  # both exist exactly when softcap is given
                 th = tanh_b.gather(1, sb)
                 dsoft_y[start:end] = 1.0 - th * th
         if sum_wz is not None:
@@ -292,8 +310,10 @@ def fused_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index
     else:
         row_loss = hard * (log_s - z_y)
     if eps != 0:
+        assert sum_wz is not None  # allocated above whenever eps != 0
         row_loss = row_loss + smooth * (total_sw * log_s - sum_wz)
     if z_loss:
+        assert row_max is not None  # allocated above whenever z_loss is set
         lse = row_max + log_s
         row_loss = row_loss + z_loss * lse * lse
     if not probs:

@@ -26,8 +26,9 @@ probability targets; times 1 - tanh^2 under the softcap), where g is the row's g
 multiply-add per element. The one-hot -T is left out of the per-element work, and the target column is
 rewritten by one scalar store after a barrier. Loads and stores ask to go first from the caches
 (evict_first): within a kernel no logit is read twice, and by the time backward re-reads a row the
-whole N x C array has passed through the cache since forward read it. Within one row the kernel reads x at an offset before it
-writes the gradient at that same offset, and the target logit is read before the row is written, so
+whole N x C array has passed through the cache since forward read it. Within one row the kernel
+reads x at an offset before it writes the gradient at that same offset, and the target logit is read
+before the row is written, so
 ``grad`` may be the logits themselves (``inplace``). Why two kernels rather than one that writes the
 gradient during forward: docs/kernels.md, "The Triton backend's design".
 
@@ -67,12 +68,16 @@ Ignored rows (index target == ignore_index) store loss 0 and a zero gradient wit
 logits. Targets are clamped before any gather, so an out-of-range target never reads out of bounds;
 with ``check_targets`` the forward kernel flags it in a device scalar that ``torch._assert_async``
 checks (one small op instead of the five a separate range check takes), and ``tl.device_assert``
-reports it when Triton runs with debug checks (TRITON_DEBUG=1); neither synchronises the host. Offsets of rows are int64, so M * C beyond 2**31 elements is fine.
+reports it when Triton runs with debug checks (TRITON_DEBUG=1); neither synchronises the host.
+Offsets of rows are int64, so M * C beyond 2**31 elements is fine.
 
 Float64 logits are not supported (TypeError): the fp32 accumulation here would lose their precision.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import triton
@@ -95,8 +100,12 @@ _DEFAULT_ITERS = 8
 _DEFAULT_ITERS_EXTRA_OPERANDS = 4
 
 
+# Type checking: triton ships no annotations, so @triton.jit is an untyped decorator, and the jit
+# functions' parameters are device pointers, scalars and tl.constexpr meta-parameters whose bodies are
+# Triton DSL rather than Python a checker can follow. Those functions carry a targeted ignore each;
+# the Python wrappers below them are fully annotated.
 @triton.jit
-def _exp(x):
+def _exp(x):  # type: ignore[no-untyped-def]
     """exp as exp2 of x log2(e): on NVIDIA GPUs tl.exp2 is a single ex2.approx.ftz, where tl.exp adds
     fix-ups for subnormal results (three more instructions per element), which would only change
     terms below 1e-38 of the row max's."""
@@ -104,7 +113,7 @@ def _exp(x):
 
 
 @triton.jit
-def _tanh(u):
+def _tanh(u):  # type: ignore[no-untyped-def]
     """tanh in fp32 to a few ulps, from exp only (so it also runs under the interpreter)."""
     a = tl.abs(u)
     # Away from 0, (1 - e) / (1 + e) with e = exp(-2|u|) <= exp(-0.8) = 0.45: 1 - e >= 0.55, so no
@@ -124,7 +133,7 @@ def _tanh(u):
 
 
 @triton.jit
-def _log1p(x):
+def _log1p(x):  # type: ignore[no-untyped-def]
     """log(1 + x) in fp32 for x >= 0 (or NaN/+inf), accurate relative to the result for small x."""
     # log1p(x) = 2 atanh(s), s = x / (2 + x) <= 0.2 for x < 0.5: the odd series to s^11 leaves a
     # relative error below 1e-9. Above, 1 + x rounds by at most 6e-8 relative and log(1 + x) > 0.4,
@@ -139,9 +148,20 @@ def _log1p(x):
     return tl.where(x < 0.5, series, tl.log(1.0 + x))
 
 
-@triton.jit
-def _smoothing_weights(cols, mask, t_row, w_ptr, sw_ptr, eps, smooth,
-                       HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, MASKED: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _smoothing_weights(  # type: ignore[no-untyped-def]
+    cols,
+    mask,
+    t_row,
+    w_ptr,
+    sw_ptr,
+    eps,
+    smooth,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    MASKED: tl.constexpr,
+):
     """v_c of the columns ``cols``, 0 off the row: w_c t'_c for probability targets, (eps/C) w_c for
     weighted index targets (uniform unweighted smoothing never builds a tile of v). With HAS_SW the
     smoothing part reads sw_c = C u_c w_c (a prior u) instead: (1 - eps) w_c t_c + (eps/C) sw_c."""
@@ -183,11 +203,31 @@ def _smoothing_weights(cols, mask, t_row, w_ptr, sw_ptr, eps, smooth,
     return v
 
 
-@triton.jit
-def _stats_block(x_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, inv_cap,
-                 m_l, s_l, r_l, v_l, g_l, n_seen,
-                 HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
-                 SOFTCAP: tl.constexpr, MASKED: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _stats_block(  # type: ignore[no-untyped-def]
+    x_row,
+    t_row,
+    w_ptr,
+    sw_ptr,
+    cols,
+    C,
+    eps,
+    smooth,
+    cap,
+    inv_cap,
+    m_l,
+    s_l,
+    r_l,
+    v_l,
+    g_l,
+    n_seen,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    HAS_V: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    MASKED: tl.constexpr,
+):
     """Pass 1 on one [ITERS, LANES] tile of columns: the lane states updated by its logits.
 
     Only the row's last block is MASKED; the full blocks before it skip every mask select.
@@ -220,7 +260,9 @@ def _stats_block(x_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, inv_cap
         if MASKED:
             d = tl.where(mask, d, 0.0)
         if PROB_TARGET or HAS_WEIGHT or HAS_SW:
-            v = _smoothing_weights(cols, mask, t_row, w_ptr, sw_ptr, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED)
+            v = _smoothing_weights(
+                cols, mask, t_row, w_ptr, sw_ptr, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED
+            )
             g_l = g_l + v_l * shift + tl.sum(v * d, axis=0)
             v_l = v_l + tl.sum(v, axis=0)
         else:
@@ -232,10 +274,25 @@ def _stats_block(x_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, inv_cap
     return m_new, s_l, r_l, v_l, g_l
 
 
-@triton.jit
-def _row_stats(x_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap,
-               HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
-               SOFTCAP: tl.constexpr, ITERS: tl.constexpr, LANES: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _row_stats(  # type: ignore[no-untyped-def]
+    x_row,
+    t_row,
+    w_ptr,
+    sw_ptr,
+    C,
+    eps,
+    smooth,
+    cap,
+    inv_cap,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    HAS_V: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    ITERS: tl.constexpr,
+    LANES: tl.constexpr,
+):
     """Pass 1: returns (M, M_ref, S, S - 1, log S, V, G) of one row; M_ref is M, or 0 if M = -inf."""
     NEG_INF: tl.constexpr = float("-inf")
     BLOCK: tl.constexpr = ITERS * LANES
@@ -251,13 +308,55 @@ def _row_stats(x_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap,
     n_full = (C // BLOCK) * BLOCK
     for start in range(0, n_full, BLOCK):
         m_l, s_l, r_l, v_l, g_l = _stats_block(
-            x_row, t_row, w_ptr, sw_ptr, start + tile, C, eps, smooth, cap, inv_cap, m_l, s_l, r_l, v_l, g_l,
-            n_seen, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False)
+            x_row,
+            t_row,
+            w_ptr,
+            sw_ptr,
+            start + tile,
+            C,
+            eps,
+            smooth,
+            cap,
+            inv_cap,
+            m_l,
+            s_l,
+            r_l,
+            v_l,
+            g_l,
+            n_seen,
+            HAS_WEIGHT,
+            HAS_SW,
+            PROB_TARGET,
+            HAS_V,
+            SOFTCAP,
+            False,
+        )
         n_seen += ITERS
     if n_full < C:
         m_l, s_l, r_l, v_l, g_l = _stats_block(
-            x_row, t_row, w_ptr, sw_ptr, n_full + tile, C, eps, smooth, cap, inv_cap, m_l, s_l, r_l, v_l, g_l,
-            n_seen, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True)
+            x_row,
+            t_row,
+            w_ptr,
+            sw_ptr,
+            n_full + tile,
+            C,
+            eps,
+            smooth,
+            cap,
+            inv_cap,
+            m_l,
+            s_l,
+            r_l,
+            v_l,
+            g_l,
+            n_seen,
+            HAS_WEIGHT,
+            HAS_SW,
+            PROB_TARGET,
+            HAS_V,
+            SOFTCAP,
+            True,
+        )
 
     # Fold the lanes into the row.
     M = tl.max(m_l, axis=0)
@@ -284,10 +383,29 @@ def _row_stats(x_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap,
     return M, M_ref, S, s_minus_1, log_s, V, G
 
 
-@triton.jit
-def _grad_block(x_row, g_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, inv_cap, M_ref, a, scale,
-                HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
-                SOFTCAP: tl.constexpr, MASKED: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _grad_block(  # type: ignore[no-untyped-def]
+    x_row,
+    g_row,
+    t_row,
+    w_ptr,
+    sw_ptr,
+    cols,
+    C,
+    eps,
+    smooth,
+    cap,
+    inv_cap,
+    M_ref,
+    a,
+    scale,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    HAS_V: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    MASKED: tl.constexpr,
+):
     """Pass 2 on one block: grad = (p * coef - v) * scale = exp(x - M) * a - v * scale, with
     a = coef * scale / S."""
     if MASKED:
@@ -302,7 +420,9 @@ def _grad_block(x_row, g_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, i
     g = _exp(x - M_ref) * a
     if HAS_V:
         if PROB_TARGET or HAS_WEIGHT or HAS_SW:
-            v = _smoothing_weights(cols, mask, t_row, w_ptr, sw_ptr, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED)
+            v = _smoothing_weights(
+                cols, mask, t_row, w_ptr, sw_ptr, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED
+            )
             g -= v * scale
         else:
             g -= smooth * scale
@@ -315,23 +435,81 @@ def _grad_block(x_row, g_row, t_row, w_ptr, sw_ptr, cols, C, eps, smooth, cap, i
         tl.store(g_row + cols, g, eviction_policy="evict_first")
 
 
-@triton.jit
-def _write_grad(x_row, g_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap, M_ref, a, scale,
-                HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
-                SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _write_grad(  # type: ignore[no-untyped-def]
+    x_row,
+    g_row,
+    t_row,
+    w_ptr,
+    sw_ptr,
+    C,
+    eps,
+    smooth,
+    cap,
+    inv_cap,
+    M_ref,
+    a,
+    scale,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    HAS_V: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """Pass 2 over the row: full blocks without masks, then the masked tail."""
     offs = tl.arange(0, BLOCK)
     n_full = (C // BLOCK) * BLOCK
     for start in range(0, n_full, BLOCK):
-        _grad_block(x_row, g_row, t_row, w_ptr, sw_ptr, start + offs, C, eps, smooth, cap, inv_cap, M_ref, a,
-                    scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False)
+        _grad_block(
+            x_row,
+            g_row,
+            t_row,
+            w_ptr,
+            sw_ptr,
+            start + offs,
+            C,
+            eps,
+            smooth,
+            cap,
+            inv_cap,
+            M_ref,
+            a,
+            scale,
+            HAS_WEIGHT,
+            HAS_SW,
+            PROB_TARGET,
+            HAS_V,
+            SOFTCAP,
+            False,
+        )
     if n_full < C:
-        _grad_block(x_row, g_row, t_row, w_ptr, sw_ptr, n_full + offs, C, eps, smooth, cap, inv_cap, M_ref, a,
-                    scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True)
+        _grad_block(
+            x_row,
+            g_row,
+            t_row,
+            w_ptr,
+            sw_ptr,
+            n_full + offs,
+            C,
+            eps,
+            smooth,
+            cap,
+            inv_cap,
+            M_ref,
+            a,
+            scale,
+            HAS_WEIGHT,
+            HAS_SW,
+            PROB_TARGET,
+            HAS_V,
+            SOFTCAP,
+            True,
+        )
 
 
-@triton.jit
-def _zero_grad(g_row, C, BLOCK: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _zero_grad(g_row, C, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
     offs = tl.arange(0, BLOCK)
     for start in range(0, C, BLOCK):
         cols = start + offs
@@ -339,7 +517,7 @@ def _zero_grad(g_row, C, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef):
+def _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef):  # type: ignore[no-untyped-def]
     st = stats_ptr + row * 4
     tl.store(st, M_ref)
     tl.store(st + 1, S)
@@ -347,12 +525,33 @@ def _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef):
     tl.store(st + 3, coef)
 
 
-@triton.jit
-def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, loss_ptr, stats_ptr, bad_ptr,
-                   C, ignore_index, eps, z_coef, cap,
-                   HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
-                   HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr, SAVE_STATS: tl.constexpr,
-                   CHECK_TARGETS: tl.constexpr, ITERS: tl.constexpr, LANES: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
+    x_ptr,
+    x_stride,
+    tgt_ptr,
+    tgt_stride,
+    w_ptr,
+    sw_ptr,
+    loss_ptr,
+    stats_ptr,
+    bad_ptr,
+    C,
+    ignore_index,
+    eps,
+    z_coef,
+    cap,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    HAS_V: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    SAVE_STATS: tl.constexpr,
+    CHECK_TARGETS: tl.constexpr,
+    ITERS: tl.constexpr,
+    LANES: tl.constexpr,
+):
     """Forward: one read of the row; stores its loss and, with SAVE_STATS, the four numbers the
     gradient needs (M_ref, S, S - 1, coef = d loss / d log S), 16 bytes per row."""
     # int64 before any multiplication by a stride: row * stride exceeds 2**31 on large problems.
@@ -367,8 +566,23 @@ def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, loss_ptr
     if PROB_TARGET:
         t_row = tgt_ptr + row * tgt_stride
         M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
-            x_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap,
-            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES)
+            x_row,
+            t_row,
+            w_ptr,
+            sw_ptr,
+            C,
+            eps,
+            smooth,
+            cap,
+            inv_cap,
+            HAS_WEIGHT,
+            HAS_SW,
+            PROB_TARGET,
+            HAS_V,
+            SOFTCAP,
+            ITERS,
+            LANES,
+        )
         lse = M + log_s
         # sum_c v_c (M - x_c + log S) = V log S - G, both terms >= 0.
         loss = V * log_s - G
@@ -386,7 +600,9 @@ def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, loss_ptr
             tl.store(loss_ptr + row, 0.0)
         else:
             tl.device_assert((y >= 0) & (y < C), "labelsmooth: target class index out of range")
-            if CHECK_TARGETS:
+            # Kept nested: CHECK_TARGETS is a constexpr that Triton resolves at compile time, while the
+            # range test is a runtime tensor; `and` between the two is not what the Triton DSL expects.
+            if CHECK_TARGETS:  # noqa: SIM102
                 # Every offending row writes the same 1: racing stores need no atomics.
                 if (y < 0) | (y >= C):
                     tl.store(bad_ptr, 1)
@@ -401,8 +617,23 @@ def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, loss_ptr
                 w_y = 1.0
             T = (1.0 - eps) * w_y
             M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
-                x_row, tgt_ptr, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap,
-                HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES)
+                x_row,
+                tgt_ptr,
+                w_ptr,
+                sw_ptr,
+                C,
+                eps,
+                smooth,
+                cap,
+                inv_cap,
+                HAS_WEIGHT,
+                HAS_SW,
+                PROB_TARGET,
+                HAS_V,
+                SOFTCAP,
+                ITERS,
+                LANES,
+            )
             lse = M + log_s
             # (M - x_y) >= 0 is exactly 0 when y is the argmax; no lse - x_y cancellation.
             loss = T * ((M - x_y) + log_s)
@@ -418,12 +649,36 @@ def _ce_fwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, loss_ptr
                 _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef)
 
 
-@triton.jit
-def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, g_ptr, g_stride, stats_ptr,
-                   go_ptr, go_stride, scale_ptr, C, K, ignore_index, eps, cap,
-                   HAS_WEIGHT: tl.constexpr, HAS_SW: tl.constexpr, PROB_TARGET: tl.constexpr, HAS_V: tl.constexpr,
-                   SOFTCAP: tl.constexpr, HAS_GO: tl.constexpr, HAS_SCALE: tl.constexpr,
-                   TARGET_ELSEWHERE: tl.constexpr, ITERS: tl.constexpr, LANES: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _ce_bwd_kernel(  # type: ignore[no-untyped-def]
+    x_ptr,
+    x_stride,
+    tgt_ptr,
+    tgt_stride,
+    w_ptr,
+    sw_ptr,
+    g_ptr,
+    g_stride,
+    stats_ptr,
+    go_ptr,
+    go_stride,
+    scale_ptr,
+    C,
+    K,
+    ignore_index,
+    eps,
+    cap,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    PROB_TARGET: tl.constexpr,
+    HAS_V: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    HAS_GO: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    TARGET_ELSEWHERE: tl.constexpr,
+    ITERS: tl.constexpr,
+    LANES: tl.constexpr,
+):
     """Backward: one read and one write of the row, the gradient already multiplied by the row's
     grad_output and by ``grad_scale`` (both read here, on the device: no host synchronisation).
 
@@ -452,8 +707,27 @@ def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, g_ptr, g
         M_ref = tl.load(st)
         S = tl.load(st + 1)
         coef = tl.load(st + 3)
-        _write_grad(x_row, g_row, t_row, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap, M_ref,
-                    coef * scale / S, scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, BLOCK)
+        _write_grad(
+            x_row,
+            g_row,
+            t_row,
+            w_ptr,
+            sw_ptr,
+            C,
+            eps,
+            smooth,
+            cap,
+            inv_cap,
+            M_ref,
+            coef * scale / S,
+            scale,
+            HAS_WEIGHT,
+            HAS_SW,
+            PROB_TARGET,
+            HAS_V,
+            SOFTCAP,
+            BLOCK,
+        )
     else:
         y = tl.load(tgt_ptr + row * tgt_stride)
         if y == ignore_index:
@@ -482,8 +756,27 @@ def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, g_ptr, g
             # Every column first gets p * coef - v, right everywhere but at the target, which is
             # overwritten below: keeping the one-hot -T out of the per-element work saves a compare
             # and a select per element.
-            _write_grad(x_row, g_row, tgt_ptr, w_ptr, sw_ptr, C, eps, smooth, cap, inv_cap, M_ref,
-                        coef * inv_s * scale, scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, BLOCK)
+            _write_grad(
+                x_row,
+                g_row,
+                tgt_ptr,
+                w_ptr,
+                sw_ptr,
+                C,
+                eps,
+                smooth,
+                cap,
+                inv_cap,
+                M_ref,
+                coef * inv_s * scale,
+                scale,
+                HAS_WEIGHT,
+                HAS_SW,
+                PROB_TARGET,
+                HAS_V,
+                SOFTCAP,
+                BLOCK,
+            )
             # p_y - 1 = (e_y - S) / S = ((e_y - 1) - (S - 1)) / S: for a confident row e_y = 1
             # exactly and this is -(S - 1) / S to full fp32 relative accuracy, where p_y - 1
             # would keep only the rounding error of p_y.
@@ -506,17 +799,17 @@ def _ce_bwd_kernel(x_ptr, x_stride, tgt_ptr, tgt_stride, w_ptr, sw_ptr, g_ptr, g
                 tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
 
 
-@triton.jit
-def _slice_stats_kernel(x_ptr, x_stride, tgt_ptr, out_ptr, rows, C, ITERS: tl.constexpr, LANES: tl.constexpr):
+@triton.jit  # type: ignore[untyped-decorator]
+def _slice_stats_kernel(x_ptr, x_stride, tgt_ptr, out_ptr, rows, C, ITERS: tl.constexpr, LANES: tl.constexpr):  # type: ignore[no-untyped-def]
     """One slice of a vocabulary split over devices: per row its max m, S - 1 relative to m (summed
     without one max element, as in forward), sum_c (x_c - m) and x_y - m for a target inside the slice
     (0 otherwise); stored as out[0..3, row]."""
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
     # eps = C makes _row_stats' uniform smoothing sum (eps / C) sum_c (x_c - m) the plain sum.
-    M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
-        x_row, tgt_ptr, x_ptr, x_ptr, C, C * 1.0, 1.0, 1.0, 1.0,
-        False, False, False, True, False, ITERS, LANES)
+    M, M_ref, _S, s_minus_1, _log_s, _V, G = _row_stats(
+        x_row, tgt_ptr, x_ptr, x_ptr, C, C * 1.0, 1.0, 1.0, 1.0, False, False, False, True, False, ITERS, LANES
+    )
     y = tl.load(tgt_ptr + row)
     inside = (y >= 0) & (y < C)
     yc = tl.minimum(tl.maximum(y, 0), C - 1).to(tl.int32)
@@ -527,8 +820,14 @@ def _slice_stats_kernel(x_ptr, x_stride, tgt_ptr, out_ptr, rows, C, ITERS: tl.co
     tl.store(out_ptr + 3 * rows + row, z_y)
 
 
-def slice_stats(logits: torch.Tensor, local_target: torch.Tensor, *, block_size: int | None = None,
-                iters: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+def slice_stats(
+    logits: torch.Tensor,
+    local_target: torch.Tensor,
+    *,
+    block_size: int | None = None,
+    iters: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
     """(4, M) float32 statistics of one vocabulary slice in one read of its (M, C) logits: row max m,
     S - 1 = sum_c exp(x_c - m) - 1 (summed without one max element), sum_c (x_c - m), and x_y - m where
     the class index ``local_target`` lies in [0, C) (else 0). No host-device synchronisation."""
@@ -538,9 +837,13 @@ def slice_stats(logits: torch.Tensor, local_target: torch.Tensor, *, block_size:
     if num_rows == 0:
         return out
     it, lanes, warps = _launch_config(num_classes, logits.element_size(), False, block_size, iters, num_warps)
-    _launch(_slice_stats_kernel, logits.device, num_rows,
-            (logits, logits.stride(0), target, out, num_rows, num_classes),
-            dict(ITERS=it, LANES=lanes, num_warps=warps))
+    _launch(
+        _slice_stats_kernel,
+        logits.device,
+        num_rows,
+        (logits, logits.stride(0), target, out, num_rows, num_classes),
+        dict(ITERS=it, LANES=lanes, num_warps=warps),
+    )
     return out
 
 
@@ -563,8 +866,14 @@ def _max_warps(element_size: int) -> int:
     return _MAX_WARPS_HALF if element_size <= 2 else _MAX_WARPS
 
 
-def _launch_config(num_classes: int, element_size: int, extra_operands: bool,
-                   block_size: int | None, iters: int | None, num_warps: int | None) -> tuple[int, int, int]:
+def _launch_config(
+    num_classes: int,
+    element_size: int,
+    extra_operands: bool,
+    block_size: int | None,
+    iters: int | None,
+    num_warps: int | None,
+) -> tuple[int, int, int]:
     """(ITERS, LANES, num_warps) for a row of ``num_classes`` logits of ``element_size`` bytes."""
     vec = max(1, 16 // element_size)  # logits per 16-byte vector load
     max_warps = _max_warps(element_size)
@@ -582,11 +891,14 @@ def _launch_config(num_classes: int, element_size: int, extra_operands: bool,
     return it, lanes, num_warps
 
 
-def _check_operands(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None):
+def _check_operands(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Validate the 2-D problem; returns (target, weight) made ready for the kernels."""
     if logits.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"the Triton cross-entropy kernel supports float16, bfloat16 and float32 logits, "
-                        f"got {logits.dtype}")
+        raise TypeError(
+            f"the Triton cross-entropy kernel supports float16, bfloat16 and float32 logits, got {logits.dtype}"
+        )
     if logits.dim() != 2:
         raise ValueError(f"logits must be 2-D (M, C), got shape {tuple(logits.shape)}")
     num_rows, num_classes = logits.shape
@@ -596,8 +908,9 @@ def _check_operands(logits: torch.Tensor, target: torch.Tensor, weight: torch.Te
         raise ValueError("logits rows must be contiguous (stride(1) == 1)")
     if target.is_floating_point():
         if target.shape != logits.shape:
-            raise ValueError(f"probability target must have the logits' shape {tuple(logits.shape)}, "
-                             f"got {tuple(target.shape)}")
+            raise ValueError(
+                f"probability target must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)}"
+            )
         if num_classes > 1 and target.stride(1) != 1:
             target = target.contiguous()  # the kernels read target rows as contiguous vectors
     elif target.shape != (num_rows,):
@@ -609,8 +922,9 @@ def _check_operands(logits: torch.Tensor, target: torch.Tensor, weight: torch.Te
     return target, weight
 
 
-def _smoothing_weights_vector(prior: torch.Tensor | None, weight: torch.Tensor | None,
-                              num_classes: int) -> torch.Tensor | None:
+def _smoothing_weights_vector(
+    prior: torch.Tensor | None, weight: torch.Tensor | None, num_classes: int
+) -> torch.Tensor | None:
     """sw = C u w, the smoothing term's per-class weights for a prior u (None without one: the kernels
     then use the class weights, or the uniform shortcut)."""
     if prior is None:
@@ -623,7 +937,10 @@ def _smoothing_weights_vector(prior: torch.Tensor | None, weight: torch.Tensor |
     return sw.contiguous()
 
 
-def _launch(kernel, device: torch.device, num_rows: int, args: tuple, meta: dict) -> None:
+# kernel: a triton JITFunction (Any: triton is untyped), launched with one program per row.
+def _launch(
+    kernel: Any, device: torch.device, num_rows: int, args: tuple[object, ...], meta: Mapping[str, object]
+) -> None:
     if device.type == "cuda":
         with torch.cuda.device(device):  # launch on the tensors' device, not the current one
             kernel[(num_rows,)](*args, **meta)
@@ -631,11 +948,22 @@ def _launch(kernel, device: torch.device, num_rows: int, args: tuple, meta: dict
         kernel[(num_rows,)](*args, **meta)
 
 
-def forward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
-            label_smoothing: float, z_loss: float, softcap: float | None, *, save_stats: bool = False,
-            check_targets: bool = False, prior: torch.Tensor | None = None,
-            block_size: int | None = None, iters: int | None = None,
-            num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    *,
+    save_stats: bool = False,
+    check_targets: bool = False,
+    prior: torch.Tensor | None = None,
+    block_size: int | None = None,
+    iters: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Row losses of (M, C) logits in one read of them; with ``save_stats`` also the (M, 4) float32
     row statistics that :func:`backward` needs. Returns ``(loss_rows, stats or None)``.
 
@@ -657,29 +985,69 @@ def forward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     eps = float(label_smoothing)
     z = float(z_loss)
     sw = _smoothing_weights_vector(prior, weight, num_classes)
-    it, lanes, warps = _launch_config(num_classes, logits.element_size(),
-                                      prob or weight is not None or sw is not None, block_size, iters, num_warps)
+    it, lanes, warps = _launch_config(
+        num_classes, logits.element_size(), prob or weight is not None or sw is not None, block_size, iters, num_warps
+    )
     check = check_targets and not prob
     bad = torch.zeros((), dtype=torch.int32, device=device) if check else None
-    args = (logits, logits.stride(0), target, target.stride(0), weight, sw, loss, stats, bad,
-            num_classes, int(ignore_index), eps, z, float(softcap) if softcap is not None else 1.0)
-    meta = dict(HAS_WEIGHT=weight is not None, HAS_SW=sw is not None, PROB_TARGET=prob, HAS_V=prob or eps != 0.0,
-                HAS_Z=z != 0.0,
-                SOFTCAP=softcap is not None, SAVE_STATS=save_stats, CHECK_TARGETS=check, ITERS=it,
-                LANES=lanes, num_warps=warps)
+    args = (
+        logits,
+        logits.stride(0),
+        target,
+        target.stride(0),
+        weight,
+        sw,
+        loss,
+        stats,
+        bad,
+        num_classes,
+        int(ignore_index),
+        eps,
+        z,
+        float(softcap) if softcap is not None else 1.0,
+    )
+    meta = dict(
+        HAS_WEIGHT=weight is not None,
+        HAS_SW=sw is not None,
+        PROB_TARGET=prob,
+        HAS_V=prob or eps != 0.0,
+        HAS_Z=z != 0.0,
+        SOFTCAP=softcap is not None,
+        SAVE_STATS=save_stats,
+        CHECK_TARGETS=check,
+        ITERS=it,
+        LANES=lanes,
+        num_warps=warps,
+    )
     _launch(_ce_fwd_kernel, device, num_rows, args, meta)
     if check:
-        torch._assert_async(bad == 0, f"target contains a class index outside [0, {num_classes - 1}] "
-                                      f"(and not ignore_index={ignore_index})")
+        assert bad is not None  # allocated above whenever check is set
+        torch._assert_async(
+            bad == 0,
+            f"target contains a class index outside [0, {num_classes - 1}] (and not ignore_index={ignore_index})",
+        )
     return loss, stats
 
 
-def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
-             label_smoothing: float, softcap: float | None, stats: torch.Tensor, grad: torch.Tensor,
-             *, grad_output: torch.Tensor | None = None, grad_scale: torch.Tensor | None = None,
-             prior: torch.Tensor | None = None, smoothing_classes: int | None = None,
-             target_elsewhere: bool = False, block_size: int | None = None, iters: int | None = None,
-             num_warps: int | None = None) -> torch.Tensor:
+def backward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    softcap: float | None,
+    stats: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    grad_output: torch.Tensor | None = None,
+    grad_scale: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
+    smoothing_classes: int | None = None,
+    target_elsewhere: bool = False,
+    block_size: int | None = None,
+    iters: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
     """Write d loss_rows[n] / d logits[n, :] times ``grad_output[n]`` times ``grad_scale`` into ``grad``
     (which may be ``logits`` itself) in one read of the logits and one write, and return ``grad``.
 
@@ -712,8 +1080,9 @@ def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
         if grad_output.numel() == 1:
             grad_output = grad_output.reshape(())
         elif grad_output.shape != (num_rows,):
-            raise ValueError(f"grad_output must have one element or shape ({num_rows},), "
-                             f"got {tuple(grad_output.shape)}")
+            raise ValueError(
+                f"grad_output must have one element or shape ({num_rows},), got {tuple(grad_output.shape)}"
+            )
         else:
             go_stride = grad_output.stride(0)
     if num_rows == 0:
@@ -721,32 +1090,96 @@ def backward(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     prob = target.is_floating_point()
     eps = float(label_smoothing)
     sw = _smoothing_weights_vector(prior, weight, num_classes)
-    it, lanes, warps = _launch_config(num_classes, logits.element_size(),
-                                      prob or weight is not None or sw is not None, block_size, iters, num_warps)
+    it, lanes, warps = _launch_config(
+        num_classes, logits.element_size(), prob or weight is not None or sw is not None, block_size, iters, num_warps
+    )
     k = num_classes if smoothing_classes is None else int(smoothing_classes)
-    args = (logits, logits.stride(0), target, target.stride(0), weight, sw, grad, grad.stride(0), stats,
-            grad_output, go_stride, grad_scale, num_classes, k, int(ignore_index), eps,
-            float(softcap) if softcap is not None else 1.0)
-    meta = dict(HAS_WEIGHT=weight is not None, HAS_SW=sw is not None, PROB_TARGET=prob, HAS_V=prob or eps != 0.0,
-                SOFTCAP=softcap is not None, HAS_GO=grad_output is not None, HAS_SCALE=grad_scale is not None,
-                TARGET_ELSEWHERE=bool(target_elsewhere), ITERS=it, LANES=lanes, num_warps=warps)
+    args = (
+        logits,
+        logits.stride(0),
+        target,
+        target.stride(0),
+        weight,
+        sw,
+        grad,
+        grad.stride(0),
+        stats,
+        grad_output,
+        go_stride,
+        grad_scale,
+        num_classes,
+        k,
+        int(ignore_index),
+        eps,
+        float(softcap) if softcap is not None else 1.0,
+    )
+    meta = dict(
+        HAS_WEIGHT=weight is not None,
+        HAS_SW=sw is not None,
+        PROB_TARGET=prob,
+        HAS_V=prob or eps != 0.0,
+        SOFTCAP=softcap is not None,
+        HAS_GO=grad_output is not None,
+        HAS_SCALE=grad_scale is not None,
+        TARGET_ELSEWHERE=bool(target_elsewhere),
+        ITERS=it,
+        LANES=lanes,
+        num_warps=warps,
+    )
     _launch(_ce_bwd_kernel, device, num_rows, args, meta)
     return grad
 
 
-def fused_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
-             label_smoothing: float, z_loss: float, softcap: float | None, grad: torch.Tensor | None,
-             *, grad_scale: torch.Tensor | None = None, prior: torch.Tensor | None = None,
-             block_size: int | None = None, iters: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+def fused_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    grad: torch.Tensor | None,
+    *,
+    grad_scale: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
+    block_size: int | None = None,
+    iters: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
     """The kernels' common contract (``labelsmooth.kernels``): row losses, and the gradient times
     ``grad_scale`` written into ``grad`` when it is given; :func:`forward` then :func:`backward`.
 
     No host-device synchronisation happens here.
     """
-    cfg = dict(block_size=block_size, iters=iters, num_warps=num_warps)
-    loss, stats = forward(logits, target, weight, ignore_index, label_smoothing, z_loss, softcap,
-                          save_stats=grad is not None, prior=prior, **cfg)
+    loss, stats = forward(
+        logits,
+        target,
+        weight,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap,
+        save_stats=grad is not None,
+        prior=prior,
+        block_size=block_size,
+        iters=iters,
+        num_warps=num_warps,
+    )
     if grad is not None:
-        backward(logits, target, weight, ignore_index, label_smoothing, softcap, stats, grad,
-                 grad_scale=grad_scale, prior=prior, **cfg)
+        assert stats is not None  # forward saves them whenever a gradient is asked for
+        backward(
+            logits,
+            target,
+            weight,
+            ignore_index,
+            label_smoothing,
+            softcap,
+            stats,
+            grad,
+            grad_scale=grad_scale,
+            prior=prior,
+            block_size=block_size,
+            iters=iters,
+            num_warps=num_warps,
+        )
     return loss

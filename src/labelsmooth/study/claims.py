@@ -19,15 +19,24 @@ Claims (keys of :data:`CLAIMS`): ``noise``, ``overfitting``, ``calibration``, ``
 from __future__ import annotations
 
 import statistics as _st
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from labelsmooth.study import stats as S
 from labelsmooth.study.methods import METHODS
 from labelsmooth.study.stats import CLEAN, Estimate, Noise, Variant
 
-__all__ = ["CLAIMS", "HEADLINE_EPS", "MIN_SEEDS", "TOLERANCE", "binary_comparison", "claim_paragraphs",
-           "effect_sizes", "tolerance", "verdict"]
+__all__ = [
+    "CLAIMS",
+    "HEADLINE_EPS",
+    "MIN_SEEDS",
+    "TOLERANCE",
+    "binary_comparison",
+    "claim_paragraphs",
+    "effect_sizes",
+    "tolerance",
+    "verdict",
+]
 
 #: Claim key -> the claim as usually stated.
 CLAIMS: dict[str, str] = {
@@ -76,8 +85,9 @@ def tolerance(metric: str, n_test: int | None = None) -> float:
     return base
 
 
-def verdict(diff: Estimate | None, metric: str, lower_is_better: bool, n_test: int | None = None,
-            smoke: bool = False) -> str:
+def verdict(
+    diff: Estimate | None, metric: str, lower_is_better: bool, n_test: int | None = None, smoke: bool = False
+) -> str:
     """Classify a paired difference (variant - reference).
 
     Args:
@@ -160,10 +170,17 @@ def _picked(picked: dict[Variant, int]) -> str:
 class _Writer:
     """Holds the records, the smoke flag and the ledger of every verdict made (for the statistics note)."""
 
-    records: list[dict]
+    records: list[S.Record]
     smoke: bool = False
     ledger: list[tuple[str, str, str]] = field(default_factory=list)  # (claim, metric, verdict)
     spreads: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # metric -> (sd, n)
+
+    @property
+    def base(self) -> Variant:
+        """The baseline's variant; :func:`claim_paragraphs` writes no claim without one."""
+        v = S.baseline_variant(self.records)
+        assert v is not None
+        return v
 
     def mean(self, ds: str, v: Variant, noise: Noise, name: str) -> float | None:
         e = S.metric(self.records, ds, v, noise, name)
@@ -176,8 +193,15 @@ class _Writer:
         sizes = [r["splits"]["n_test"] for r in self.records if r["dataset"] == ds and r.get("splits")]
         return min(sizes) if sizes else None
 
-    def judge(self, claim: str, diff: Estimate | None, metric: str, lower_is_better: bool, ds: str,
-              values: Sequence[float] | None = None) -> str:
+    def judge(
+        self,
+        claim: str,
+        diff: Estimate | None,
+        metric: str,
+        lower_is_better: bool,
+        ds: str,
+        values: Sequence[float] | None = None,
+    ) -> str:
         v = verdict(diff, metric, lower_is_better, self.n_test(ds), self.smoke)
         if v in _WORDS:
             self.ledger.append((claim, metric, v))
@@ -185,15 +209,25 @@ class _Writer:
                 self.spreads.setdefault(metric.removeprefix("es_"), []).append((_st.stdev(values), len(values)))
         return v
 
-    def paired(self, claim: str, ds: str, v: Variant, ref: Variant, noise: Noise, name: str,
-               lower_is_better: bool) -> tuple[Estimate | None, str]:
+    def paired(
+        self, claim: str, ds: str, v: Variant, ref: Variant, noise: Noise, name: str, lower_is_better: bool
+    ) -> tuple[Estimate | None, str]:
         d = S.paired_difference(self.records, ds, v, ref, noise, name)
         vals = S.paired_values(self.records, ds, v, ref, noise, name)
         return d, self.judge(claim, d, name, lower_is_better, ds, vals)
 
-    def selected(self, claim: str, ds: str, candidates: Sequence[Variant], ref: Variant, noise: Noise,
-                 select_on: str, higher_is_better: bool, name: str, lower_is_better: bool
-                 ) -> tuple[Estimate | None, dict[Variant, int], str]:
+    def selected(
+        self,
+        claim: str,
+        ds: str,
+        candidates: Sequence[Variant],
+        ref: Variant,
+        noise: Noise,
+        select_on: str,
+        higher_is_better: bool,
+        name: str,
+        lower_is_better: bool,
+    ) -> tuple[Estimate | None, dict[Variant, int], str]:
         """The candidate chosen per seed on ``select_on`` (validation) against ``ref``: estimate, picks, verdict."""
         vals, picked = S.selected_values(self.records, ds, candidates, ref, noise, select_on, higher_is_better, name)
         d = S.estimate(vals)
@@ -203,22 +237,28 @@ class _Writer:
         n = self.n_seeds(ds, v, noise)
         nt = self.n_test(ds)
         test = f"{nt} test examples each" if nt else "test examples"
-        why = (" Verdicts withheld: --quick is a smoke test." if self.smoke else
-               f" Verdicts withheld: fewer than {MIN_SEEDS} seeds." if n < MIN_SEEDS else "")
-        return (f" [n = {n} seed(s) x {test}; intervals are 95% t-intervals over seeds of paired differences; "
-                f"{chosen or 'nothing was chosen on the test split'}; the test split only scored the models.{why}]")
+        why = (
+            " Verdicts withheld: --quick is a smoke test."
+            if self.smoke
+            else f" Verdicts withheld: fewer than {MIN_SEEDS} seeds."
+            if n < MIN_SEEDS
+            else ""
+        )
+        return (
+            f" [n = {n} seed(s) x {test}; intervals are 95% t-intervals over seeds of paired differences; "
+            f"{chosen or 'nothing was chosen on the test split'}; the test split only scored the models.{why}]"
+        )
 
 
 def _say(v: str, better: str, worse: str, same: str = "no clear difference") -> str:
-    return {"better": better, "worse": worse, "same": same, "withheld": "no verdict",
-            "unknown": "not comparable"}[v]
+    return {"better": better, "worse": worse, "same": same, "withheld": "no verdict", "unknown": "not comparable"}[v]
 
 
 # ----------------------------------------------------------------------------- claim 1: noisy labels
 
 
 def _noise(w: _Writer) -> list[str]:
-    base = S.baseline_variant(w.records)
+    base = w.base
     out = []
     for ds in S.datasets(w.records):
         smooth = S.smoothing_variants(w.records, ds)
@@ -229,10 +269,12 @@ def _noise(w: _Writer) -> list[str]:
             rate = w.mean(ds, base, noise, "noise_rate")
             acc_es = w.mean(ds, base, noise, "es_test_accuracy")
             acc0 = w.mean(ds, base, CLEAN, "test_accuracy")
-            text = (f"{ds}, {noise[0]} noise at level {noise[1]:g} of the breakdown rate ({_pct(rate)} of training "
-                    f"labels flipped): ce's test accuracy was {acc:.3f} at the last step"
-                    + (f" ({acc0:.3f} with clean labels)" if acc0 is not None else "")
-                    + f" and {_f(acc_es)} with early stopping on validation accuracy.")
+            text = (
+                f"{ds}, {noise[0]} noise at level {noise[1]:g} of the breakdown rate ({_pct(rate)} of training "
+                f"labels flipped): ce's test accuracy was {acc:.3f} at the last step"
+                + (f" ({acc0:.3f} with clean labels)" if acc0 is not None else "")
+                + f" and {_f(acc_es)} with early stopping on validation accuracy."
+            )
             es_vals = [r["es_test_accuracy"] - r["test_accuracy"] for r in S.cell(w.records, ds, base, noise)]
             d_es = S.estimate(es_vals)
             v_es = w.judge("noise", d_es, "test_accuracy", False, ds, es_vals)
@@ -241,26 +283,32 @@ def _noise(w: _Writer) -> list[str]:
                 out.append(text + " No smoothed model was trained." + w.basis(ds, base, noise))
                 continue
             d, picked, v = w.selected("noise", ds, smooth, base, noise, "val_accuracy", True, "test_accuracy", False)
-            text += (f" Smoothing with eps chosen per seed by validation accuracy ({_picked(picked)}) changed the "
-                     f"last-step test accuracy by {_ci(d)} against ce: "
-                     f"{_say(v, 'smoothing helped', 'smoothing hurt', 'no clear difference')}.")
+            text += (
+                f" Smoothing with eps chosen per seed by validation accuracy ({_picked(picked)}) changed the "
+                f"last-step test accuracy by {_ci(d)} against ce: "
+                f"{_say(v, 'smoothing helped', 'smoothing hurt', 'no clear difference')}."
+            )
 
             # Early-stopped smoothing vs early-stopped ce: does smoothing add anything to early stopping?
-            d2, _, v2 = w.selected("noise", ds, smooth, base, noise, "es_val_accuracy", True, "es_test_accuracy",
-                                   False)
-            text += (f" With early stopping on both, the difference was {_ci(d2)} "
-                     f"({_say(v2, 'smoothing helped', 'smoothing hurt')}).")
+            d2, _, v2 = w.selected("noise", ds, smooth, base, noise, "es_val_accuracy", True, "es_test_accuracy", False)
+            text += (
+                f" With early stopping on both, the difference was {_ci(d2)} "
+                f"({_say(v2, 'smoothing helped', 'smoothing hurt')})."
+            )
             text += _schemes_vs_ce(w, ds, base, noise)
             mem0 = w.mean(ds, base, noise, "memorized_fraction")
             cor0 = w.mean(ds, base, noise, "flipped_corrected_fraction")
             if mem0 is not None:
-                dm, _, vm = w.selected("noise", ds, smooth, base, noise, "val_accuracy", True, "memorized_fraction",
-                                       True)
+                dm, _, vm = w.selected(
+                    "noise", ds, smooth, base, noise, "val_accuracy", True, "memorized_fraction", True
+                )
                 third = "" if _k(w, ds) <= 2 else ", the rest as a third class"
-                text += (f" At the last step ce predicted {_pct(mem0)} of the flipped training labels as the flipped "
-                         f"label (memorised) and {_pct(cor0)} as their true class{third}; the validation-chosen "
-                         f"smoothing changed the memorised share by {_ci(dm, pct=True)}: "
-                         f"{_say(vm, 'less memorisation', 'more memorisation')}.")
+                text += (
+                    f" At the last step ce predicted {_pct(mem0)} of the flipped training labels as the flipped "
+                    f"label (memorised) and {_pct(cor0)} as their true class{third}; the validation-chosen "
+                    f"smoothing changed the memorised share by {_ci(dm, pct=True)}: "
+                    f"{_say(vm, 'less memorisation', 'more memorisation')}."
+                )
                 if mem0 < 0.5:
                     text += " With under half of the flips memorised by ce, this budget left little to prevent."
             out.append(text + w.basis(ds, base, noise, "eps and the early-stopping step were chosen on validation"))
@@ -277,8 +325,10 @@ def _schemes_vs_ce(w: _Writer, ds: str, base: Variant, noise: Noise) -> str:
             continue
         d, picked, v = w.selected("noise", ds, cands, base, noise, "val_accuracy", True, "test_accuracy", False)
         name = METHODS[method].label.split(" (")[0].capitalize()
-        text += (f" {name} ({_picked(picked)}, chosen per seed on validation accuracy) changed the last-step "
-                 f"test accuracy by {_ci(d)} against ce: {_say(v, 'it helped', 'it hurt', 'no clear difference')}.")
+        text += (
+            f" {name} ({_picked(picked)}, chosen per seed on validation accuracy) changed the last-step "
+            f"test accuracy by {_ci(d)} against ce: {_say(v, 'it helped', 'it hurt', 'no clear difference')}."
+        )
     return text
 
 
@@ -289,14 +339,14 @@ def _k(w: _Writer, ds: str) -> int:
 # ----------------------------------------------------------------------------- claim 2: overfitting
 
 
-def _val_nll_rise(r: dict) -> float | None:
+def _val_nll_rise(r: S.Record) -> float | None:
     c = r.get("curves") or {}
     vals = c.get("val_nll") or []
     return vals[-1] - min(vals) if vals else None
 
 
 def _overfitting(w: _Writer) -> list[str]:
-    base = S.baseline_variant(w.records)
+    base = w.base
     out = []
     for ds in S.datasets(w.records):
         head = _headline(S.smoothing_variants(w.records, ds))
@@ -307,31 +357,43 @@ def _overfitting(w: _Writer) -> list[str]:
             if gap0 is None:
                 continue
             where = "clean labels" if noise == CLEAN else f"{S.noise_label(noise)} noise"
-            text = (f"{ds}, {where}: ce's train-test gap (accuracy on the clean training labels minus test "
-                    f"accuracy) was {gap0:.3f} at the last step.")
+            text = (
+                f"{ds}, {where}: ce's train-test gap (accuracy on the clean training labels minus test "
+                f"accuracy) was {gap0:.3f} at the last step."
+            )
             if head is None:
                 out.append(text + " No smoothed model was trained." + w.basis(ds, base, noise))
                 continue
             d, v = w.paired("overfitting", ds, head, base, noise, "train_test_gap", True)
             gap_h = w.mean(ds, head, noise, "train_test_gap")
-            text += (f" With {S.label(head)} it was {_f(gap_h)}, a difference of {_ci(d)}: "
-                     f"{_say(v, 'smaller with smoothing', 'larger with smoothing')}.")
+            text += (
+                f" With {S.label(head)} it was {_f(gap_h)}, a difference of {_ci(d)}: "
+                f"{_say(v, 'smaller with smoothing', 'larger with smoothing')}."
+            )
             if gap0 < 0:
-                text += (" A negative gap means the model fitted flipped labels: it is wrong on those training "
-                         "examples' clean labels more often than on the test set.")
-            rises = {}
+                text += (
+                    " A negative gap means the model fitted flipped labels: it is wrong on those training "
+                    "examples' clean labels more often than on the test set."
+                )
+            rises: dict[Variant, dict[int, float | None]] = {}
             for var in (base, head):
                 rises[var] = {r["seed"]: _val_nll_rise(r) for r in S.cell(w.records, ds, var, noise)}
-            vals = [rises[head][s] - rises[base][s] for s in rises[head]
-                    if rises[head][s] is not None and rises[base].get(s) is not None]
+            vals = []
+            for s, rise_h in rises[head].items():
+                rise_b = rises[base].get(s)
+                if rise_h is not None and rise_b is not None:
+                    vals.append(rise_h - rise_b)
             if vals:
                 dr = S.estimate(vals)
                 vr = w.judge("overfitting", dr, "nll_rise", True, ds, vals)
-                r0 = S.estimate(rises[base].values()).mean
-                rh = S.estimate(rises[head].values()).mean
-                text += (f" The validation NLL rose after its minimum by {r0:.3f} (ce) and {rh:.3f} "
-                         f"({S.label(head)}); the paired difference was {_ci(dr)}: "
-                         f"{_say(vr, 'a smaller rise with smoothing', 'a larger rise with smoothing')}.")
+                e0, eh = S.estimate(rises[base].values()), S.estimate(rises[head].values())
+                assert e0 is not None and eh is not None  # vals is not empty: both have a value
+                r0, rh = e0.mean, eh.mean
+                text += (
+                    f" The validation NLL rose after its minimum by {r0:.3f} (ce) and {rh:.3f} "
+                    f"({S.label(head)}); the paired difference was {_ci(dr)}: "
+                    f"{_say(vr, 'a smaller rise with smoothing', 'a larger rise with smoothing')}."
+                )
             out.append(text + w.basis(ds, base, noise, f"eps = {head[1]:g} was fixed in advance"))
     return out or ["Not measured: no runs with the baseline."]
 
@@ -340,7 +402,7 @@ def _overfitting(w: _Writer) -> list[str]:
 
 
 def _calibration(w: _Writer) -> list[str]:
-    base = S.baseline_variant(w.records)
+    base = w.base
     out = []
     for ds in S.datasets(w.records):
         noise = S.noise_settings(w.records, ds)[0]
@@ -348,22 +410,29 @@ def _calibration(w: _Writer) -> list[str]:
         if ece0 is None:
             continue
         smooth = S.smoothing_variants(w.records, ds)
-        text = (f"{ds}, {S.noise_label(noise)} labels: ce had test ECE {ece0:.3f} (equal-mass bins "
-                f"{_f(w.mean(ds, base, noise, 'ece_quantile'))}) and NLL {_f(w.mean(ds, base, noise, 'nll'))}, "
-                f"and was {_confidence(w.mean(ds, base, noise, 'mean_confidence'), w.mean(ds, base, noise, 'test_accuracy'))}.")
+        confidence = _confidence(w.mean(ds, base, noise, "mean_confidence"), w.mean(ds, base, noise, "test_accuracy"))
+        text = (
+            f"{ds}, {S.noise_label(noise)} labels: ce had test ECE {ece0:.3f} (equal-mass bins "
+            f"{_f(w.mean(ds, base, noise, 'ece_quantile'))}) and NLL {_f(w.mean(ds, base, noise, 'nll'))}, "
+            f"and was {confidence}."
+        )
         head = _headline(smooth)
         if head is not None:
             d, v = w.paired("calibration", ds, head, base, noise, "ece", True)
             dq, vq = w.paired("calibration", ds, head, base, noise, "ece_quantile", True)
             dn, vn = w.paired("calibration", ds, head, base, noise, "nll", True)
-            text += (f" {S.label(head)} (fixed in advance) changed ECE by {_ci(d)} "
-                     f"({_say(v, 'better calibrated', 'worse calibrated')}; equal-mass bins {_ci(dq)}, "
-                     f"{_say(vq, 'better', 'worse')}) and NLL by {_ci(dn)} ({_say(vn, 'better', 'worse')}); it was "
-                     f"{_confidence(w.mean(ds, head, noise, 'mean_confidence'), w.mean(ds, head, noise, 'test_accuracy'))}.")
+            text += (
+                f" {S.label(head)} (fixed in advance) changed ECE by {_ci(d)} "
+                f"({_say(v, 'better calibrated', 'worse calibrated')}; equal-mass bins {_ci(dq)}, "
+                f"{_say(vq, 'better', 'worse')}) and NLL by {_ci(dn)} ({_say(vn, 'better', 'worse')}); it was "
+                f"{_confidence(w.mean(ds, head, noise, 'mean_confidence'), w.mean(ds, head, noise, 'test_accuracy'))}."
+            )
             de, ve = w.paired("calibration", ds, head, base, noise, "es_ece", True)
-            text += (f" Early-stopped (both models at their best validation accuracy): ECE "
-                     f"{_f(w.mean(ds, base, noise, 'es_ece'))} (ce) vs {_f(w.mean(ds, head, noise, 'es_ece'))}, "
-                     f"{_ci(de)} ({_say(ve, 'better', 'worse')}).")
+            text += (
+                f" Early-stopped (both models at their best validation accuracy): ECE "
+                f"{_f(w.mean(ds, base, noise, 'es_ece'))} (ce) vs {_f(w.mean(ds, head, noise, 'es_ece'))}, "
+                f"{_ci(de)} ({_say(ve, 'better', 'worse')})."
+            )
             grid = "; ".join(f"{S.label(sv)} {_f(w.mean(ds, sv, noise, 'ece'))}" for sv in smooth)
             text += f" ECE over the eps grid: {grid}."
         for rv in S.reference_variants(w.records, ds):
@@ -373,46 +442,62 @@ def _calibration(w: _Writer) -> list[str]:
         if ts is not None:
             temp = w.mean(ds, ts, noise, "temperature")
             dn, vn = w.paired("calibration", ds, ts, base, noise, "nll", True)
-            text += (f" Temperature scaling of ce (T = {_f(temp, 2)}, fitted on validation) reached ECE "
-                     f"{_f(w.mean(ds, ts, noise, 'ece'))} and changed NLL by {_ci(dn)} against plain ce.")
+            text += (
+                f" Temperature scaling of ce (T = {_f(temp, 2)}, fitted on validation) reached ECE "
+                f"{_f(w.mean(ds, ts, noise, 'ece'))} and changed NLL by {_ci(dn)} against plain ce."
+            )
             rises = S.paired_values(w.records, ds, ts, base, noise, "nll")
             hurt = [x for x in rises if x > TOLERANCE["nll"]]
             if dn is not None and (vn == "worse" or dn.mean > TOLERANCE["nll"] or hurt):
                 # Flagged even without a clear mean: one seed where T ruins the NLL is a failure a user meets.
-                text += (f" FLAG: temperature scaling made the test NLL worse than plain ce in {len(hurt)} of "
-                         f"{len(rises)} seeds (by up to {max(hurt, default=0.0):.3f}), although it minimises the "
-                         "validation NLL: the temperature fitted on this validation split does not always transfer.")
+                text += (
+                    f" FLAG: temperature scaling made the test NLL worse than plain ce in {len(hurt)} of "
+                    f"{len(rises)} seeds (by up to {max(hurt, default=0.0):.3f}), although it minimises the "
+                    "validation NLL: the temperature fitted on this validation split does not always transfer."
+                )
                 bound = sum(bool(r.get("temperature_at_bound")) for r in S.cell(w.records, ds, ts, noise))
                 if bound:
-                    text += (f" In {bound} seed(s) T hit the end of its search range: the model separated the "
-                             "validation set perfectly, so the NLL kept falling as T shrank.")
+                    text += (
+                        f" In {bound} seed(s) T hit the end of its search range: the model separated the "
+                        "validation set perfectly, so the NLL kept falling as T shrank."
+                    )
             if smooth:
                 d, picked, v = w.selected("calibration", ds, smooth, ts, noise, "val_ece", False, "ece", True)
-                text += (f" The smoothed model with the lowest validation ECE per seed ({_picked(picked)}) against "
-                         f"temperature scaling: ECE {_ci(d)} ({_say(v, 'smoothing better', 'temperature scaling better')}).")
+                text += (
+                    f" The smoothed model with the lowest validation ECE per seed ({_picked(picked)}) against "
+                    f"temperature scaling: ECE {_ci(d)} ({_say(v, 'smoothing better', 'temperature scaling better')})."
+                )
             lsts = [pv for pv in S.posthoc_variants(w.records, ds) if pv[0] == "ls+ts"]
             if lsts:
                 d, picked, v = w.selected("calibration", ds, lsts, ts, noise, "val_ece", False, "ece", True)
-                text += (f" Smoothing followed by temperature scaling (eps chosen on validation ECE) against "
-                         f"temperature scaling alone: ECE {_ci(d)} ({_say(v, 'better', 'worse')}).")
+                text += (
+                    f" Smoothing followed by temperature scaling (eps chosen on validation ECE) against "
+                    f"temperature scaling alone: ECE {_ci(d)} ({_say(v, 'better', 'worse')})."
+                )
             noisy = [n for n in S.noise_settings(w.records, ds) if n[1] > 0]
             tsn = ("ts-noisyval", 0.0)
             if noisy and S.cell(w.records, ds, tsn, noisy[0]):
                 nz = noisy[0]
                 d, v = w.paired("calibration", ds, tsn, ts, nz, "ece", True)
-                text += (f" With {S.noise_label(nz)} noise, "
-                         f"T fitted on clean validation labels gave ECE {_f(w.mean(ds, ts, nz, 'ece'))}, on noisy "
-                         f"validation labels (what a practitioner would have) {_f(w.mean(ds, tsn, nz, 'ece'))}: "
-                         f"{_ci(d)}.")
-        out.append(text + w.basis(ds, base, noise, "the compared eps, the temperature and every "
-                                                   "'best' model were chosen on validation"))
+                text += (
+                    f" With {S.noise_label(nz)} noise, "
+                    f"T fitted on clean validation labels gave ECE {_f(w.mean(ds, ts, nz, 'ece'))}, on noisy "
+                    f"validation labels (what a practitioner would have) {_f(w.mean(ds, tsn, nz, 'ece'))}: "
+                    f"{_ci(d)}."
+                )
+        out.append(
+            text
+            + w.basis(
+                ds, base, noise, "the compared eps, the temperature and every 'best' model were chosen on validation"
+            )
+        )
     return out or ["Not measured: no runs with the baseline."]
 
 
 # ----------------------------------------------------------------------------- claim 4: binary
 
 
-def effect_sizes(records: Sequence[dict], variant: Variant, noise: Noise) -> dict[str, dict[str, Estimate | None]]:
+def effect_sizes(records: Sequence[S.Record], variant: Variant, noise: Noise) -> dict[str, dict[str, Estimate | None]]:
     """Signed paired effects of ``variant`` vs the baseline per dataset: ΔECE, Δaccuracy, ΔNLL.
 
     Args:
@@ -426,8 +511,10 @@ def effect_sizes(records: Sequence[dict], variant: Variant, noise: Noise) -> dic
     base = S.baseline_variant(records)
     if base is None:
         return {}
-    return {ds: {m: S.paired_difference(records, ds, variant, base, noise, m) for m in ("ece", "test_accuracy", "nll")}
-            for ds in S.datasets(records)}
+    return {
+        ds: {m: S.paired_difference(records, ds, variant, base, noise, m) for m in ("ece", "test_accuracy", "nll")}
+        for ds in S.datasets(records)
+    }
 
 
 @dataclass(frozen=True)
@@ -445,8 +532,15 @@ class BinaryComparison:
     verdict: str
 
 
-def binary_comparison(records: Sequence[dict], binary_ds: str, multi_ds: str, variant: Variant, metric: str,
-                      noise: Noise = CLEAN, smoke: bool = False) -> BinaryComparison:
+def binary_comparison(
+    records: Sequence[S.Record],
+    binary_ds: str,
+    multi_ds: str,
+    variant: Variant,
+    metric: str,
+    noise: Noise = CLEAN,
+    smoke: bool = False,
+) -> BinaryComparison:
     """Compare the signed effect of ``variant`` (vs ce, paired by seed) on a binary task and a K-class task.
 
     The two tasks are trained on different models and splits, so their effects are independent: the
@@ -474,8 +568,9 @@ def binary_comparison(records: Sequence[dict], binary_ds: str, multi_ds: str, va
     if smoke or min(len(vb), len(vm)) < MIN_SEEDS:
         return BinaryComparison(metric, eb, em, None, "withheld")
     s = 1.0 if em.mean >= 0 else -1.0
-    red = S.welch_difference(S.estimate([s * x for x in vm]), _st.stdev(vm),
-                             S.estimate([s * x for x in vb]), _st.stdev(vb))
+    red = S.welch_difference(
+        S.estimate([s * x for x in vm]), _st.stdev(vm), S.estimate([s * x for x in vb]), _st.stdev(vb)
+    )
     tol = TOLERANCE[metric]
     if not em.excludes_zero or abs(em.mean) < tol:
         v = "no multiclass effect"
@@ -500,10 +595,10 @@ _BIN_WORDS = {
 
 
 def _binary(w: _Writer) -> list[str]:
-    base = S.baseline_variant(w.records)
+    base = w.base
     dsets = S.datasets(w.records)
     parents = {r["dataset"]: r.get("parent_dataset") for r in w.records}
-    pairs = [(d, parents[d]) for d in dsets if parents.get(d) and parents[d] in dsets]
+    pairs = [(d, p) for d in dsets if (p := parents.get(d)) and p in dsets]
     out = []
     for bds, mds in pairs:
         shared = set(S.smoothing_variants(w.records, bds)) & set(S.smoothing_variants(w.records, mds))
@@ -516,13 +611,19 @@ def _binary(w: _Writer) -> list[str]:
             c = binary_comparison(w.records, bds, mds, head, metric, CLEAN, w.smoke)
             if c.verdict in ("smaller", "larger", "opposite", "same"):
                 w.ledger.append(("binary", metric, c.verdict))
-            red = "" if c.reduction is None else f"; |multiclass| minus binary effect in that direction {_ci(c.reduction)}"
+            red = (
+                ""
+                if c.reduction is None
+                else f"; |multiclass| minus binary effect in that direction {_ci(c.reduction)}"
+            )
             parts.append(f"{title}: binary {_ci(c.binary)}, {k}-class {_ci(c.multi)}{red}: {_BIN_WORDS[c.verdict]}")
         eps = head[1]
-        text = (f"{bds} vs {mds} (the same data as one binary and one {k}-class task), clean labels, {S.label(head)} "
-                f"against ce, signed effects: " + "; ".join(parts) + ". "
-                f"Part of any difference is arithmetic: eps = {eps:g} caps the smoothed target at 1 - eps/2 = "
-                f"{1 - eps / 2:.3f} for one logit and at 1 - eps + eps/K = {1 - eps + eps / k:.3f} for K = {k}.")
+        text = (
+            f"{bds} vs {mds} (the same data as one binary and one {k}-class task), clean labels, {S.label(head)} "
+            f"against ce, signed effects: " + "; ".join(parts) + ". "
+            f"Part of any difference is arithmetic: eps = {eps:g} caps the smoothed target at 1 - eps/2 = "
+            f"{1 - eps / 2:.3f} for one logit and at 1 - eps + eps/K = {1 - eps + eps / k:.3f} for K = {k}."
+        )
         out.append(text + w.basis(bds, base, CLEAN, f"eps = {eps:g} was fixed in advance"))
     others = [d for d in dsets if d not in parents or not parents.get(d)]
     lone = [d for d in others if any(r["binary"] for r in w.records if r["dataset"] == d)]
@@ -531,12 +632,17 @@ def _binary(w: _Writer) -> list[str]:
         if head is None or base is None:
             continue
         d = S.paired_difference(w.records, ds, head, base, CLEAN, "ece")
-        out.append(f"{ds} (binary, no K-class version of the same data): {S.label(head)} changed ECE by {_ci(d)}; "
-                   "set beside other datasets it compares tasks, not only the number of classes, so it is shown "
-                   "but not used for this claim." + w.basis(ds, base, CLEAN, f"eps = {head[1]:g} was fixed in advance"))
+        out.append(
+            f"{ds} (binary, no K-class version of the same data): {S.label(head)} changed ECE by {_ci(d)}; "
+            "set beside other datasets it compares tasks, not only the number of classes, so it is shown "
+            "but not used for this claim." + w.basis(ds, base, CLEAN, f"eps = {head[1]:g} was fixed in advance")
+        )
     if not pairs:
-        out.insert(0, "Not measured within one dataset: add a binary task carved from a K-class dataset next to it, "
-                      "e.g. --datasets digits,digits:3v8.")
+        out.insert(
+            0,
+            "Not measured within one dataset: add a binary task carved from a K-class dataset next to it, "
+            "e.g. --datasets digits,digits:3v8.",
+        )
     return out
 
 
@@ -544,20 +650,33 @@ def _binary(w: _Writer) -> list[str]:
 
 
 def _statistics(w: _Writer) -> str:
-    seeds = sorted({len(S.cell(w.records, ds, v, n)) for ds in S.datasets(w.records)
-                    for v in S.variants(w.records, ds) for n in S.noise_settings(w.records, ds)} - {0})
+    seeds = sorted(
+        {
+            len(S.cell(w.records, ds, v, n))
+            for ds in S.datasets(w.records)
+            for v in S.variants(w.records, ds)
+            for n in S.noise_settings(w.records, ds)
+        }
+        - {0}
+    )
     n_seeds = seeds[-1] if seeds else 0
     m = len(w.ledger)
     clear = sum(1 for _, _, v in w.ledger if v in ("better", "worse", "smaller", "larger", "opposite"))
-    text = (f"This report makes {m} comparisons with a verdict ({clear} of them clear). Each uses a 95% interval, "
-            f"so if nothing differed about {0.05 * m:.1f} would still come out clear by chance; no correction for "
-            "multiplicity is applied, so read single clear verdicts near the tolerance with care.")
+    text = (
+        f"This report makes {m} comparisons with a verdict ({clear} of them clear). Each uses a 95% interval, "
+        f"so if nothing differed about {0.05 * m:.1f} would still come out clear by chance; no correction for "
+        "multiplicity is applied, so read single clear verdicts near the tolerance with care."
+    )
     if w.smoke:
-        text = ("This is a --quick smoke test: it checks that the study runs end to end, with a budget and a number "
-                "of seeds that support no verdict. Every verdict is withheld; run the default grid for evidence.")
+        text = (
+            "This is a --quick smoke test: it checks that the study runs end to end, with a budget and a number "
+            "of seeds that support no verdict. Every verdict is withheld; run the default grid for evidence."
+        )
     elif n_seeds < MIN_SEEDS:
-        text = (f"With {n_seeds} seed(s) there are no intervals over seeds worth the name, so every verdict is "
-                f"withheld; run at least {MIN_SEEDS} seeds (the default is 10).")
+        text = (
+            f"With {n_seeds} seed(s) there are no intervals over seeds worth the name, so every verdict is "
+            f"withheld; run at least {MIN_SEEDS} seeds (the default is 10)."
+        )
     det = []
     for metric, spreads in sorted(w.spreads.items()):
         sd = _st.median(s for s, _ in spreads)
@@ -566,24 +685,30 @@ def _statistics(w: _Writer) -> str:
         if dd is not None:
             det.append(f"{metric} {dd:.3f}")
     if det:
-        text += (f" With {n_seeds} seeds and the median spread of the paired differences seen here, a true "
-                 f"difference is found with 80% power when it is at least about: " + "; ".join(det) + ".")
-    steps = sorted({r.get("steps") for r in w.records if r.get("steps")})
+        text += (
+            f" With {n_seeds} seeds and the median spread of the paired differences seen here, a true "
+            f"difference is found with 80% power when it is at least about: " + "; ".join(det) + "."
+        )
+    steps = sorted({r["steps"] for r in w.records if r.get("steps")})
     moving = [r for r in w.records if (r.get("train_accuracy_gain_last_fifth") or 0) > 0.01 and r["method"] == "ce"]
     n_ce = sum(1 for r in w.records if r["method"] == "ce")
     if steps:
-        text += (f" Budget: {', '.join(map(str, steps))} Adam steps per training, the same on every dataset; in "
-                 f"{len(moving)} of {n_ce} ce trainings the accuracy on the training labels still rose by more than "
-                 "1 point over the last fifth of the budget (not converged).")
-    text += (" Tolerances: a difference smaller than the practical tolerance is 'no clear difference' even when its "
-             "interval excludes zero; for accuracy and ECE it is at least 2 / n_test.")
+        text += (
+            f" Budget: {', '.join(map(str, steps))} Adam steps per training, the same on every dataset; in "
+            f"{len(moving)} of {n_ce} ce trainings the accuracy on the training labels still rose by more than "
+            "1 point over the last fifth of the budget (not converged)."
+        )
+    text += (
+        " Tolerances: a difference smaller than the practical tolerance is 'no clear difference' even when its "
+        "interval excludes zero; for accuracy and ECE it is at least 2 / n_test."
+    )
     return text
 
 
 # ----------------------------------------------------------------------------- entry point
 
 
-def claim_paragraphs(records: Sequence[dict], smoke: bool = False) -> dict[str, str]:
+def claim_paragraphs(records: Sequence[S.Record], smoke: bool = False) -> dict[str, str]:
     """Short paragraphs per claim (separated by blank lines), generated from the run records.
 
     Args:

@@ -6,13 +6,17 @@ plots means over seeds with 95% t-interval error bars from :mod:`labelsmooth.stu
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from labelsmooth.plots import _new_figure, reliability_diagram
 from labelsmooth.study import stats as S
 from labelsmooth.study.claims import HEADLINE_EPS, effect_sizes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "accuracy_vs_noise",
@@ -24,14 +28,17 @@ __all__ = [
 ]
 
 #: ``load(record) -> (probs, labels)`` for a record's saved test predictions.
-ProbsLoader = Callable[[dict], "tuple[np.ndarray, np.ndarray]"]
+ProbsLoader = Callable[[S.Record], "tuple[np.ndarray, np.ndarray]"]
+#: ``load(record) -> (coords, labels) or None`` for a record's saved penultimate-layer projection.
+ProjectionLoader = Callable[[S.Record], "tuple[np.ndarray, np.ndarray] | None"]
 
 
 def _err(e: S.Estimate | None) -> float:
     return 0.0 if e is None or e.half is None else e.half
 
 
-def _grid(n: int, width: float = 4.2, height: float = 3.4):
+def _grid(n: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, np.ndarray]:
+    # The axes come back as a (n,) object array of matplotlib Axes.
     fig = _new_figure((width * n, height))
     axes = fig.subplots(1, n, squeeze=False)[0]
     return fig, axes
@@ -42,7 +49,7 @@ def _grid(n: int, width: float = 4.2, height: float = 3.4):
 RELIABILITY_COLUMNS = 4
 
 
-def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, noise_rate: S.Noise):
+def reliability_grid(records: Sequence[S.Record], load: ProbsLoader, dataset: str, noise_rate: S.Noise) -> Figure:
     """Reliability diagrams of every variant on one dataset at one noise rate, seeds pooled.
 
     Each panel pools the test sets of all seeds into one diagram. Its title gives two ECEs with the
@@ -70,10 +77,10 @@ def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, n
     rows = -(-len(vs) // cols)
     fig = _new_figure((3.6 * cols, 5.4 * rows))
     axes = list(np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel()))
-    for ax in axes[len(vs):]:
+    for ax in axes[len(vs) :]:
         ax.remove()  # an incomplete last row
     n_seeds = 0
-    for ax, v in zip(axes, vs):
+    for ax, v in zip(axes, vs, strict=False):  # the grid may hold more panels than variants
         pairs = [load(r) for r in S.cell(records, dataset, v, noise_rate)]
         n_seeds = max(n_seeds, len(pairs))
         probs = np.concatenate([p for p, _ in pairs])
@@ -82,6 +89,7 @@ def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, n
         pooled = expected_calibration_error(probs, labels, n_bins=N_BINS)
         per_seed = S.estimate(expected_calibration_error(p, y, n_bins=N_BINS) for p, y in pairs)
         if len(pairs) > 1:
+            assert per_seed is not None  # estimated from len(pairs) > 1 values
             ece_text = f"ECE of pooled seeds {pooled:.3f}\nmean of per-seed ECEs {per_seed.mean:.3f}"
         else:
             ece_text = f"ECE {pooled:.3f} (one seed)"
@@ -93,36 +101,47 @@ def reliability_grid(records: Sequence[dict], load: ProbsLoader, dataset: str, n
     return fig
 
 
-def accuracy_vs_noise(records: Sequence[dict], checkpoint: str = ""):
+def accuracy_vs_noise(records: Sequence[S.Record], checkpoint: str = "") -> Figure | None:
     """Test accuracy against the noise level (fraction of the breakdown rate), one line per variant and
     noise kind, one panel per dataset. ``checkpoint="es_"`` draws the early-stopped models."""
     dsets = [d for d in S.datasets(records) if len(S.noise_settings(records, d)) > 1]
     if not dsets:
         return None  # no noisy runs: nothing to draw
     fig, axes = _grid(len(dsets))
-    for ax, ds in zip(axes, dsets):
+    for ax, ds in zip(axes, dsets, strict=True):
         settings = S.noise_settings(records, ds)
         kinds = sorted({k for k, lvl in settings if lvl > 0})
         # Post-hoc variants (temperature scaling) keep their model's predictions: same accuracy, not drawn.
-        drawn = [S.baseline_variant(records)] + S.smoothing_variants(records, ds) + S.scheme_variants(records, ds)
+        base = S.baseline_variant(records)
+        drawn = [*([base] if base else []), *S.smoothing_variants(records, ds), *S.scheme_variants(records, ds)]
         for i, v in enumerate(drawn):
             color = f"C{i % 10}"  # one colour per variant, one line style per noise kind
             for kind in kinds:
                 pts = [n for n in settings if n[1] == 0 or n[0] == kind]
-                es = [(n[1], S.metric(records, ds, v, n, checkpoint + "test_accuracy")) for n in pts]
-                es = [(x, e) for x, e in es if e is not None]
+                es = [
+                    (n[1], e)
+                    for n in pts
+                    if (e := S.metric(records, ds, v, n, checkpoint + "test_accuracy")) is not None
+                ]
                 if not es:
                     continue
-                ax.errorbar([x for x, _ in es], [e.mean for _, e in es], yerr=[_err(e) for _, e in es], marker="o",
-                            capsize=3, color=color, linestyle="-" if kind == kinds[0] else "--",
-                            label=f"{S.label(v)}, {kind}")
+                ax.errorbar(
+                    [x for x, _ in es],
+                    [e.mean for _, e in es],
+                    yerr=[_err(e) for _, e in es],
+                    marker="o",
+                    capsize=3,
+                    color=color,
+                    linestyle="-" if kind == kinds[0] else "--",
+                    label=f"{S.label(v)}, {kind}",
+                )
         ax.set(title=ds, xlabel="noise level (fraction of the breakdown rate)", ylabel="test accuracy")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="xx-small")
     return fig
 
 
-def metric_vs_eps(records: Sequence[dict], name: str, ylabel: str, posthoc: bool = True):
+def metric_vs_eps(records: Sequence[S.Record], name: str, ylabel: str, posthoc: bool = True) -> Figure:
     """A metric against label smoothing eps, one line per noise setting, one panel per dataset.
 
     eps = 0 is the baseline (ce). With ``posthoc``, ce + temperature scaling (``ts``) is drawn as a
@@ -132,28 +151,41 @@ def metric_vs_eps(records: Sequence[dict], name: str, ylabel: str, posthoc: bool
     dsets = S.datasets(records)
     fig, axes = _grid(len(dsets))
     base = S.baseline_variant(records)
-    for ax, ds in zip(axes, dsets):
+    for ax, ds in zip(axes, dsets, strict=True):
         line_vs = ([base] if base else []) + S.smoothing_variants(records, ds)
         for n in S.noise_settings(records, ds):
-            es = [(v[1], S.metric(records, ds, v, n, name)) for v in line_vs]
-            es = [(x, e) for x, e in es if e is not None]
+            es = [(v[1], e) for v in line_vs if (e := S.metric(records, ds, v, n, name)) is not None]
             if not es:
                 continue
-            line = ax.errorbar([x for x, _ in es], [e.mean for _, e in es], yerr=[_err(e) for _, e in es],
-                               marker="o", capsize=3, label=S.noise_label(n))
+            line = ax.errorbar(
+                [x for x, _ in es],
+                [e.mean for _, e in es],
+                yerr=[_err(e) for _, e in es],
+                marker="o",
+                capsize=3,
+                label=S.noise_label(n),
+            )
             for pv in [p for p in S.posthoc_variants(records, ds) if p == ("ts", 0.0)] if posthoc else []:
                 e = S.metric(records, ds, pv, n, name)
                 if e is not None:
-                    ax.errorbar([0], [e.mean], yerr=[_err(e)], marker="*", markersize=12, capsize=3,
-                                color=line.lines[0].get_color(), linestyle="none",
-                                label=f"{S.label(pv)}, {S.noise_label(n)}")
+                    ax.errorbar(
+                        [0],
+                        [e.mean],
+                        yerr=[_err(e)],
+                        marker="*",
+                        markersize=12,
+                        capsize=3,
+                        color=line.lines[0].get_color(),
+                        linestyle="none",
+                        label=f"{S.label(pv)}, {S.noise_label(n)}",
+                    )
         ax.set(title=ds, xlabel="label smoothing eps (0 = ce)", ylabel=ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="x-small")
     return fig
 
 
-def effect_size_figure(records: Sequence[dict]):
+def effect_size_figure(records: Sequence[S.Record]) -> Figure:
     """Binary vs multiclass: paired effect of each eps vs ce on ECE, test accuracy and relative NLL.
 
     One panel per effect, groups of bars per eps, one bar per dataset (binary datasets hatched), at
@@ -167,7 +199,7 @@ def effect_size_figure(records: Sequence[dict]):
     width = 0.8 / max(len(dsets), 1)
     panels = [("ece", "Δ ECE (eps - ce)"), ("test_accuracy", "Δ test accuracy"), ("nll", "Δ NLL (eps - ce)")]
     effects = {v: effect_sizes(records, v, noise) for v in eps_vs}
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (key, title) in zip(axes, panels, strict=True):
         for j, ds in enumerate(dsets):
             xs, ys, err = [], [], []
             for i, v in enumerate(eps_vs):
@@ -177,8 +209,17 @@ def effect_size_figure(records: Sequence[dict]):
                 xs.append(i + (j - (len(dsets) - 1) / 2) * width)
                 ys.append(e.mean)
                 err.append(_err(e))
-            ax.bar(xs, ys, width=width, yerr=err, capsize=2, hatch="//" if binary[ds] else None,
-                   edgecolor="black", linewidth=0.5, label=f"{ds} ({'binary' if binary[ds] else 'multiclass'})")
+            ax.bar(
+                xs,
+                ys,
+                width=width,
+                yerr=err,
+                capsize=2,
+                hatch="//" if binary[ds] else None,
+                edgecolor="black",
+                linewidth=0.5,
+                label=f"{ds} ({'binary' if binary[ds] else 'multiclass'})",
+            )
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(eps_vs)), [f"eps={v[1]:g}" for v in eps_vs])
         ax.set(title=title)
@@ -188,7 +229,7 @@ def effect_size_figure(records: Sequence[dict]):
     return fig
 
 
-def learning_curves(records: Sequence[dict], dataset: str):
+def learning_curves(records: Sequence[S.Record], dataset: str) -> Figure:
     """Training loss, validation accuracy and validation NLL against the training step, for ce and the
     eps closest to 0.1, on clean labels and the last noise setting (mean over seeds). The test split is
     not on these curves: it only scores the final and the early-stopped models."""
@@ -203,17 +244,19 @@ def learning_curves(records: Sequence[dict], dataset: str):
             if not cs:
                 continue
             steps = cs[0]["step"]
-            for ax, key in zip(axes, ("train_loss", "val_accuracy", "val_nll")):
+            for ax, key in zip(axes, ("train_loss", "val_accuracy", "val_nll"), strict=True):
                 ys = np.mean([c[key] for c in cs if len(c[key]) == len(steps)], axis=0)
                 ax.plot(steps, ys, linestyle="-" if v == base else "--", label=f"{S.label(v)}, {S.noise_label(n)}")
-    for ax, title in zip(axes, ("training loss (the loss trained on)", "validation accuracy", "validation NLL")):
+    for ax, title in zip(
+        axes, ("training loss (the loss trained on)", "validation accuracy", "validation NLL"), strict=True
+    ):
         ax.set(title=f"{dataset}: {title}", xlabel="step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="x-small")
     return fig
 
 
-def projection_figure(records: Sequence[dict], load: Callable[[dict], object], dataset: str):
+def projection_figure(records: Sequence[S.Record], load: ProjectionLoader, dataset: str) -> Figure | None:
     """Müller et al.'s (2019) picture: validation examples of three classes, penultimate activations
     projected onto the plane of their three templates, ce beside the eps closest to 0.1 (seed 0, clean).
 
@@ -226,11 +269,11 @@ def projection_figure(records: Sequence[dict], load: Callable[[dict], object], d
     head = min(smooth, key=lambda v: (abs(v[1] - HEADLINE_EPS), v[1])) if smooth else None
     shown = [v for v in (base, head) if v is not None]
     picked = [next((r for r in rs if (r["method"], r["label_smoothing"]) == v), None) for v in shown]
-    pairs = [(v, r) for v, r in zip(shown, picked) if r is not None]
+    pairs = [(v, r) for v, r in zip(shown, picked, strict=True) if r is not None]
     if not pairs:
         return None
     fig, axes = _grid(len(pairs), 4.2, 4.0)
-    for ax, (v, r) in zip(axes, pairs):
+    for ax, (v, r) in zip(axes, pairs, strict=True):
         got = load(r)
         if got is None:
             continue

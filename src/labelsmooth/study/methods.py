@@ -23,8 +23,8 @@ per-class soft labels that are updated there).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +33,24 @@ from torch import Tensor, nn
 import labelsmooth as ls
 from labelsmooth.calibration import fit_temperature
 
-__all__ = ["FOCAL_GAMMA", "METHODS", "OLS_ALPHA", "OLS_EPS", "FocalLoss", "Method", "OnlineSmoothingLoss", "Posthoc",
-           "focal_loss", "label_smoothing_loss", "online_smoothing_loss", "temperature_scaling"]
+__all__ = [
+    "FOCAL_GAMMA",
+    "METHODS",
+    "OLS_ALPHA",
+    "OLS_EPS",
+    "FocalLoss",
+    "Method",
+    "OnlineSmoothingLoss",
+    "Posthoc",
+    "focal_loss",
+    "label_smoothing_loss",
+    "online_smoothing_loss",
+    "temperature_scaling",
+]
 
 #: ``posthoc(val_logits, val_labels) -> (transform, extra record fields)``: fitted on the validation
 #: split, ``transform(logits)`` is then applied to any logits of the same model (test, checkpoints).
-Posthoc = Callable[[Tensor, Tensor], "tuple[Callable[[Tensor], Tensor], dict]"]
+Posthoc = Callable[[Tensor, Tensor], "tuple[Callable[[Tensor], Tensor], dict[str, float]]"]
 
 #: Focal loss exponent: Mukhoti et al. (2020) report gamma = 3 as their best fixed value.
 FOCAL_GAMMA = 3.0
@@ -120,10 +132,12 @@ class OnlineSmoothingLoss(nn.Module):
             logits = torch.stack([torch.zeros_like(logits), logits], dim=1)
             target = target.round().long()
         if self.ols is None:
-            self.ols = ls.OnlineLabelSmoothing(logits.shape[1], alpha=self.alpha,
-                                               label_smoothing=self.eps).to(logits.device)
+            self.ols = ls.OnlineLabelSmoothing(logits.shape[1], alpha=self.alpha, label_smoothing=self.eps).to(
+                logits.device
+            )
         self.ols.train(self.training)
-        return self.ols(logits, target)
+        loss: Tensor = self.ols(logits, target)
+        return loss
 
     def epoch_end(self, model: nn.Module) -> None:
         if self.ols is not None:
@@ -179,7 +193,7 @@ def focal_loss(eps: float, binary: bool) -> nn.Module:
     return FocalLoss(FOCAL_GAMMA)
 
 
-def temperature_scaling(val_logits: Tensor, val_labels: Tensor) -> tuple[Callable[[Tensor], Tensor], dict]:
+def temperature_scaling(val_logits: Tensor, val_labels: Tensor) -> tuple[Callable[[Tensor], Tensor], dict[str, float]]:
     """Post-hoc temperature scaling (Guo et al. 2017): fit T on validation logits.
 
     Args:
@@ -218,20 +232,61 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("ce", "cross-entropy (eps = 0)", _zero, label_smoothing_loss, "ls", baseline=True, role="baseline"),
-        Method("ls", "uniform label smoothing (the positive values of --eps)", _positive, label_smoothing_loss,
-               "ls"),
-        Method("nls", "negative label smoothing (Wei et al. 2022; the negative values of --eps); noisy labels only",
-               _negative, label_smoothing_loss, "ls", role="variant", clean_runs=False),
-        Method("ols", f"online label smoothing (Zhang et al. 2021; alpha {OLS_ALPHA:g}, soft labels start at "
-                      f"eps {OLS_EPS:g})", _ols_eps, online_smoothing_loss, "ols", role="variant"),
-        Method("focal", f"focal loss (gamma {FOCAL_GAMMA:g}), a calibration baseline; clean labels only", _zero,
-               focal_loss, "focal", role="reference", noisy_runs=False),
-        Method("ts", "cross-entropy + temperature scaling (T fitted on clean validation labels)", _zero,
-               label_smoothing_loss, "ls", posthoc=temperature_scaling, role="posthoc"),
-        Method("ts-noisyval", "cross-entropy + temperature scaling fitted on NOISY validation labels", _zero,
-               label_smoothing_loss, "ls", posthoc=temperature_scaling, role="posthoc", posthoc_labels="noisy"),
-        Method("ls+ts", "label smoothing, then temperature scaling (clean validation labels)", _positive,
-               label_smoothing_loss, "ls", posthoc=temperature_scaling, role="posthoc"),
+        Method("ls", "uniform label smoothing (the positive values of --eps)", _positive, label_smoothing_loss, "ls"),
+        Method(
+            "nls",
+            "negative label smoothing (Wei et al. 2022; the negative values of --eps); noisy labels only",
+            _negative,
+            label_smoothing_loss,
+            "ls",
+            role="variant",
+            clean_runs=False,
+        ),
+        Method(
+            "ols",
+            f"online label smoothing (Zhang et al. 2021; alpha {OLS_ALPHA:g}, soft labels start at eps {OLS_EPS:g})",
+            _ols_eps,
+            online_smoothing_loss,
+            "ols",
+            role="variant",
+        ),
+        Method(
+            "focal",
+            f"focal loss (gamma {FOCAL_GAMMA:g}), a calibration baseline; clean labels only",
+            _zero,
+            focal_loss,
+            "focal",
+            role="reference",
+            noisy_runs=False,
+        ),
+        Method(
+            "ts",
+            "cross-entropy + temperature scaling (T fitted on clean validation labels)",
+            _zero,
+            label_smoothing_loss,
+            "ls",
+            posthoc=temperature_scaling,
+            role="posthoc",
+        ),
+        Method(
+            "ts-noisyval",
+            "cross-entropy + temperature scaling fitted on NOISY validation labels",
+            _zero,
+            label_smoothing_loss,
+            "ls",
+            posthoc=temperature_scaling,
+            role="posthoc",
+            posthoc_labels="noisy",
+        ),
+        Method(
+            "ls+ts",
+            "label smoothing, then temperature scaling (clean validation labels)",
+            _positive,
+            label_smoothing_loss,
+            "ls",
+            posthoc=temperature_scaling,
+            role="posthoc",
+        ),
     )
 }
 

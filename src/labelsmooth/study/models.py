@@ -8,7 +8,7 @@ evaluation sees the images unchanged.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +106,7 @@ def mlp(in_features: int, out_features: int, hidden: Sequence[int] = (256, 256))
     return nn.Sequential(*layers)
 
 
-def cnn(in_channels: int, out_features: int, widths: Sequence[int] = (32, 64, 128)) -> nn.Module:
+def cnn(in_channels: int, out_features: int, widths: Sequence[int] = (32, 64, 128)) -> nn.Sequential:
     """A small CNN: 3x3 conv + ReLU blocks, 2x2 max-pooling between them, global average pooling.
 
     ``ceil_mode`` pooling keeps a 1x1 map at 1x1, so any image size >= 1x1 works.
@@ -135,8 +135,9 @@ def cnn(in_channels: int, out_features: int, widths: Sequence[int] = (32, 64, 12
     return nn.Sequential(*layers)
 
 
-def build_model(input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 256), *,
-                augment: bool = False) -> nn.Module:
+def build_model(
+    input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 256), *, augment: bool = False
+) -> nn.Module:
     """The model for one dataset: CNN for ``(C, H, W)`` inputs, MLP otherwise.
 
     Args:

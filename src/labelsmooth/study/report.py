@@ -10,15 +10,18 @@ import base64
 import html
 import io
 import os
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from labelsmooth.study import figures as F
 from labelsmooth.study import stats as S
 from labelsmooth.study.claims import CLAIMS, MIN_SEEDS, claim_paragraphs
 from labelsmooth.study.findings import findings_markdown
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["COLUMNS", "summary_rows", "write_report"]
 
@@ -44,10 +47,11 @@ COLUMNS: list[tuple[str, str]] = [
 TABLE_GROUPS: list[tuple[str, list[str]]] = [
     ("Test set (clean labels)", ["test_accuracy", "nll", "brier", "mean_confidence"]),
     ("Calibration on the test set", ["ece", "ece_quantile", "classwise_ece"]),
-    ("Training set (fit to the training labels, and to the flipped ones)",
-     ["train_accuracy", "train_accuracy_clean", "memorized_fraction", "train_test_gap"]),
-    ("Early-stopped on validation (the checkpoint with the best validation accuracy)",
-     ["es_test_accuracy", "es_ece"]),
+    (
+        "Training set (fit to the training labels, and to the flipped ones)",
+        ["train_accuracy", "train_accuracy_clean", "memorized_fraction", "train_test_gap"],
+    ),
+    ("Early-stopped on validation (the checkpoint with the best validation accuracy)", ["es_test_accuracy", "es_ece"]),
 ]
 
 #: Below this many seeds per compared cell a report is marked preliminary: no verdicts (the claims'
@@ -55,7 +59,7 @@ TABLE_GROUPS: list[tuple[str, list[str]]] = [
 MIN_SEEDS_FOR_VERDICTS = MIN_SEEDS
 
 
-def summary_rows(records: Sequence[dict]) -> list[dict[str, str]]:
+def summary_rows(records: Sequence[S.Record]) -> list[dict[str, str]]:
     """One row per dataset x noise rate x variant: ``mean ± 95% t-interval half-width`` per column.
 
     Args:
@@ -78,7 +82,7 @@ def summary_rows(records: Sequence[dict]) -> list[dict[str, str]]:
     return rows
 
 
-def _png(fig) -> bytes:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     return buf.getvalue()
@@ -100,8 +104,10 @@ def _table_groups(rows: list[dict[str, str]]) -> list[tuple[str, list[dict[str, 
     rest = [h for h in present if h not in used]
     if rest:
         groups.append(("More columns", rest))
-    return [(title, [{**{k: r[k] for k in _ROW_KEYS if k in r}, **{c: r[c] for c in cols}} for r in rows])
-            for title, cols in groups]
+    return [
+        (title, [{**{k: r[k] for k in _ROW_KEYS if k in r}, **{c: r[c] for c in cols}} for r in rows])
+        for title, cols in groups
+    ]
 
 
 def _markdown_table(rows: list[dict[str, str]]) -> str:
@@ -137,8 +143,10 @@ def _html_table(rows: list[dict[str, str]]) -> str:
             first = i == 0 or row.get("dataset") != part[i - 1].get("dataset")
             cls = " class='group'" if first and i else ""
             body.append(f"<tr{cls}>" + "".join(f"<td>{_html_cell(row[h])}</td>" for h in headers) + "</tr>")
-        out.append(f"<h3>{html.escape(title)}</h3><div class='table-wrap'><table><thead><tr>{head}</tr></thead>"
-                   f"<tbody>{''.join(body)}</tbody></table></div>")
+        out.append(
+            f"<h3>{html.escape(title)}</h3><div class='table-wrap'><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>"
+        )
     return "".join(out)
 
 
@@ -162,9 +170,13 @@ code.opt { white-space: nowrap; overflow-wrap: normal; }
 """
 
 
-def write_report(records: Sequence[dict], out: str | os.PathLike,
-                 load: Callable[[dict], tuple[np.ndarray, np.ndarray]], meta: dict,
-                 load_projection: Callable[[dict], object] | None = None) -> tuple[Path, Path]:
+def write_report(
+    records: Sequence[S.Record],
+    out: str | os.PathLike[str],
+    load: F.ProbsLoader,
+    meta: dict[str, Any],
+    load_projection: F.ProjectionLoader | None = None,
+) -> tuple[Path, Path]:
     """Write ``report.html``, ``summary.md`` and ``figures/*.png`` into ``out``.
 
     Args:
@@ -190,7 +202,7 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
     figures: list[tuple[str, str, str]] = []  # (file stem, title, caption)
     pngs: dict[str, bytes] = {}
 
-    def add(stem: str, title: str, caption: str, make: Callable[[], object]) -> None:
+    def add(stem: str, title: str, caption: str, make: Callable[[], Figure | None]) -> None:
         try:
             fig = make()
             if fig is None:
@@ -203,54 +215,87 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
         figures.append((stem, title, caption))
 
     if records:
-        add("accuracy_vs_noise", "Test accuracy vs noise level (last step)",
+        add(
+            "accuracy_vs_noise",
+            "Test accuracy vs noise level (last step)",
             "Mean over seeds, 95% t-interval error bars; noise level = fraction of the breakdown rate "
             "(1 - 1/K symmetric, 1/2 pair-flip); ts has ce's accuracy by construction and is not drawn.",
-            lambda: F.accuracy_vs_noise(records))
-        add("accuracy_vs_noise_es", "Test accuracy vs noise level (early-stopped on validation)",
+            lambda: F.accuracy_vs_noise(records),
+        )
+        add(
+            "accuracy_vs_noise_es",
+            "Test accuracy vs noise level (early-stopped on validation)",
             "The same models at the step of best validation accuracy.",
-            lambda: F.accuracy_vs_noise(records, "es_"))
-        add("ece_vs_eps", "ECE vs label smoothing",
+            lambda: F.accuracy_vs_noise(records, "es_"),
+        )
+        add(
+            "ece_vs_eps",
+            "ECE vs label smoothing",
             "eps = 0 is ce; stars are ce + temperature scaling.",
-            lambda: F.metric_vs_eps(records, "ece", "ECE (15 equal-width bins)"))
-        add("ece_quantile_vs_eps", "ECE with equal-mass bins vs label smoothing",
+            lambda: F.metric_vs_eps(records, "ece", "ECE (15 equal-width bins)"),
+        )
+        add(
+            "ece_quantile_vs_eps",
+            "ECE with equal-mass bins vs label smoothing",
             "15 bins holding equal numbers of test examples.",
-            lambda: F.metric_vs_eps(records, "ece_quantile", "ECE (15 equal-mass bins)"))
-        add("gap_vs_eps", "Train-test gap vs label smoothing",
+            lambda: F.metric_vs_eps(records, "ece_quantile", "ECE (15 equal-mass bins)"),
+        )
+        add(
+            "gap_vs_eps",
+            "Train-test gap vs label smoothing",
             "Accuracy on the clean training labels minus test accuracy.",
-            lambda: F.metric_vs_eps(records, "train_test_gap", "train acc - test acc", posthoc=False))
+            lambda: F.metric_vs_eps(records, "train_test_gap", "train acc - test acc", posthoc=False),
+        )
         if any(r.get("memorized_fraction") is not None for r in records):
-            add("memorised_vs_eps", "Memorised flipped labels vs label smoothing",
+            add(
+                "memorised_vs_eps",
+                "Memorised flipped labels vs label smoothing",
                 "Of the training labels that noise flipped, the share the final model predicts as the flipped "
                 "label (1.0 = every flipped label memorised).",
-                lambda: F.metric_vs_eps(records, "memorized_fraction", "memorised fraction", posthoc=False))
+                lambda: F.metric_vs_eps(records, "memorized_fraction", "memorised fraction", posthoc=False),
+            )
         if S.baseline_variant(records) is not None:
-            add("effect_sizes", "Binary vs multiclass: effect of smoothing",
+            add(
+                "effect_sizes",
+                "Binary vs multiclass: effect of smoothing",
                 "Paired differences smoothing - ce; hatched bars are binary datasets.",
-                lambda: F.effect_size_figure(records))
+                lambda: F.effect_size_figure(records),
+            )
         for ds in S.datasets(records):
             r0 = S.noise_settings(records, ds)[0]
-            add(f"reliability_{_safe(ds)}", f"Reliability diagrams: {ds}",
+            add(
+                f"reliability_{_safe(ds)}",
+                f"Reliability diagrams: {ds}",
                 "One panel per method, test sets of all seeds pooled; blue bars: accuracy per confidence bin; "
                 "pink hatched: the gap between a bin's accuracy and its mean confidence, which ECE averages. "
                 "Each panel gives two ECEs: of the pooled test sets, and the mean of the per-seed ECEs, which "
                 "is the ECE of the summary table. Pooling lets one seed's errors offset another's: with "
                 "test sets of equal size the pooled ECE is never above the mean.",
-                lambda ds=ds, r0=r0: F.reliability_grid(records, load, ds, r0))
-            add(f"curves_{_safe(ds)}", f"Learning curves: {ds}",
+                partial(F.reliability_grid, records, load, ds, r0),
+            )
+            add(
+                f"curves_{_safe(ds)}",
+                f"Learning curves: {ds}",
                 "Mean over seeds, against the Adam step (the budget is the same on every dataset); validation "
                 "split only. A validation NLL that rises while accuracy stays flat is over-confidence growing.",
-                lambda ds=ds: F.learning_curves(records, ds))
+                partial(F.learning_curves, records, ds),
+            )
             if any(r.get("has_projection") for r in records if r["dataset"] == ds):
-                add(f"projection_{_safe(ds)}", f"Penultimate layer: {ds}",
+                add(
+                    f"projection_{_safe(ds)}",
+                    f"Penultimate layer: {ds}",
                     "Validation examples of classes 0, 1, 2 projected onto the plane of their templates "
                     "(Müller et al. 2019), seed 0, clean labels.",
-                    lambda ds=ds: F.projection_figure(records, load_projection, ds))
+                    partial(F.projection_figure, records, load_projection, ds),
+                )
 
     # ---- Markdown
     banner = _preliminary(meta, records)
-    md = ["# labelsmooth study\n", *([f"> **{banner[0]}** {banner[1]}\n"] if banner else []),
-          f"`{meta.get('command', '')}` — {meta.get('created', '')}\n"]
+    md = [
+        "# labelsmooth study\n",
+        *([f"> **{banner[0]}** {banner[1]}\n"] if banner else []),
+        f"`{meta.get('command', '')}` — {meta.get('created', '')}\n",
+    ]
     md.append(_header_md(meta, records))
     md.append("## The claims\n")
     for key, claim in CLAIMS.items():
@@ -270,17 +315,31 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
     _atomic_text(out / "findings.md", findings_markdown(records, meta))
 
     # ---- HTML
-    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>labelsmooth study</title><style>{_CSS}</style>"
-         "</head><body>", "<h1>labelsmooth study</h1>",
-         *([f"<div class='banner' id='preliminary'><strong>{html.escape(banner[0])}</strong> "
-            f"{_nowrap_options(html.escape(banner[1]))}</div>"] if banner else []),
-         f"<p><code>{html.escape(meta.get('command', ''))}</code> — {html.escape(meta.get('created', ''))}</p>",
-         _header_html(meta, records), "<h2>The claims</h2>"]
+    h = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>labelsmooth study</title><style>{_CSS}</style>"
+        "</head><body>",
+        "<h1>labelsmooth study</h1>",
+        *(
+            [
+                f"<div class='banner' id='preliminary'><strong>{html.escape(banner[0])}</strong> "
+                f"{_nowrap_options(html.escape(banner[1]))}</div>"
+            ]
+            if banner
+            else []
+        ),
+        f"<p><code>{html.escape(meta.get('command', ''))}</code> — {html.escape(meta.get('created', ''))}</p>",
+        _header_html(meta, records),
+        "<h2>The claims</h2>",
+    ]
     for key, claim in CLAIMS.items():
-        h.append(f"<div class='claim' id='claim-{key}'><h3>{html.escape(claim)}</h3>"
-                 f"{_html_paragraphs(paragraphs[key])}</div>")
-    h.append("<div class='claim' id='claim-statistics'><h3>How much these numbers can say</h3>"
-             f"{_html_paragraphs(paragraphs['statistics'])}</div>")
+        h.append(
+            f"<div class='claim' id='claim-{key}'><h3>{html.escape(claim)}</h3>"
+            f"{_html_paragraphs(paragraphs[key])}</div>"
+        )
+    h.append(
+        "<div class='claim' id='claim-statistics'><h3>How much these numbers can say</h3>"
+        f"{_html_paragraphs(paragraphs['statistics'])}</div>"
+    )
     h.append("<h2 id='summary'>Summary (mean ± 95% t-interval over seeds)</h2>")
     h.append(_html_table(rows))
     h.append("<h2>Figures</h2>")
@@ -295,7 +354,7 @@ def write_report(records: Sequence[dict], out: str | os.PathLike,
     return html_path, md_path
 
 
-def _preliminary(meta: dict, records: Sequence[dict]) -> tuple[str, str] | None:
+def _preliminary(meta: dict[str, Any], records: Sequence[S.Record]) -> tuple[str, str] | None:
     """``(headline, explanation)`` for a report too small for verdicts, else ``None``.
 
     A report is preliminary when it was made with ``--quick`` (a smoke test with a short budget) or
@@ -306,26 +365,32 @@ def _preliminary(meta: dict, records: Sequence[dict]) -> tuple[str, str] | None:
     """
     cfg = meta.get("config") or {}
     command = str(meta.get("command") or "")
-    quick = bool(meta.get("quick") or (isinstance(cfg, dict) and cfg.get("quick"))
-                 or "--quick" in command.split())
-    seeds = [len(S.cell(records, ds, v, r)) for ds in S.datasets(records) for r in S.noise_settings(records, ds)
-             for v in S.variants(records, ds)]
+    quick = bool(meta.get("quick") or (isinstance(cfg, dict) and cfg.get("quick")) or "--quick" in command.split())
+    seeds = [
+        len(S.cell(records, ds, v, r))
+        for ds in S.datasets(records)
+        for r in S.noise_settings(records, ds)
+        for v in S.variants(records, ds)
+    ]
     fewest = min((n for n in seeds if n), default=0)
     if not quick and fewest >= MIN_SEEDS_FOR_VERDICTS:
         return None
     why = []
     if quick:
-        why.append("it was made with --quick (a smoke test: its short training budget cannot support "
-                   "conclusions)")
+        why.append("it was made with --quick (a smoke test: its short training budget cannot support conclusions)")
     if fewest < MIN_SEEDS_FOR_VERDICTS:
-        why.append(f"some comparisons rest on {fewest} seed{'s' if fewest != 1 else ''} (at least "
-                   f"{MIN_SEEDS_FOR_VERDICTS} are needed for an interval worth reading)")
-    return ("Preliminary: no verdicts.",
-            "This report shows that the pipeline runs; its numbers are not evidence for or against the "
-            "claims, because " + ", and ".join(why) + ". Run the default grid (without --quick) for the study.")
+        why.append(
+            f"some comparisons rest on {fewest} seed{'s' if fewest != 1 else ''} (at least "
+            f"{MIN_SEEDS_FOR_VERDICTS} are needed for an interval worth reading)"
+        )
+    return (
+        "Preliminary: no verdicts.",
+        "This report shows that the pipeline runs; its numbers are not evidence for or against the "
+        "claims, because " + ", and ".join(why) + ". Run the default grid (without --quick) for the study.",
+    )
 
 
-def _html_paragraphs(text) -> str:
+def _html_paragraphs(text: str | Sequence[str]) -> str:
     # A claim's text may hold several paragraphs (one per dataset), separated by blank lines, or
     # come as a list of them; each becomes its own <p> so the reader sees one block per dataset.
     parts = list(text) if isinstance(text, (list, tuple)) else str(text).split("\n\n")
@@ -347,7 +412,7 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _header_lines(meta: dict, records: Sequence[dict]) -> list[str]:
+def _header_lines(meta: dict[str, Any], records: Sequence[S.Record]) -> list[str]:
     lines = []
     cfg = meta.get("config", {})
     if cfg:
@@ -358,21 +423,25 @@ def _header_lines(meta: dict, records: Sequence[dict]) -> list[str]:
         lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     lines.append(f"{len(records)} finished runs.")
     if meta.get("missing"):
-        lines.append(f"{meta['missing']} planned runs are not finished yet: this report covers the finished ones "
-                     "only (re-run the same command to complete them).")
-    lines.append("How to read: ce = cross-entropy (eps = 0); ls eps=e = uniform label smoothing; focal = focal loss "
-                 "(gamma 3); ts = the ce model with temperature scaling fitted on clean validation labels; "
-                 "ts-noisyval = the same fitted on noisy validation labels; ls+ts = smoothing then temperature "
-                 "scaling. Noise levels are fractions of the breakdown rate (1 - 1/K symmetric, 1/2 pair-flip); "
-                 "noise flips training labels (and, for ts-noisyval only, validation labels); test labels are "
-                 "clean. Differences are paired by seed (same split, noise, initialisation and batch order); "
-                 "intervals are 95% Student-t over seeds; fewer than 3 seeds give no verdict. Two checkpoints "
-                 "per training are scored on the test split: the last step and the step of best validation "
-                 "accuracy (early-stopped); every choice is made on the validation split.")
+        lines.append(
+            f"{meta['missing']} planned runs are not finished yet: this report covers the finished ones "
+            "only (re-run the same command to complete them)."
+        )
+    lines.append(
+        "How to read: ce = cross-entropy (eps = 0); ls eps=e = uniform label smoothing; focal = focal loss "
+        "(gamma 3); ts = the ce model with temperature scaling fitted on clean validation labels; "
+        "ts-noisyval = the same fitted on noisy validation labels; ls+ts = smoothing then temperature "
+        "scaling. Noise levels are fractions of the breakdown rate (1 - 1/K symmetric, 1/2 pair-flip); "
+        "noise flips training labels (and, for ts-noisyval only, validation labels); test labels are "
+        "clean. Differences are paired by seed (same split, noise, initialisation and batch order); "
+        "intervals are 95% Student-t over seeds; fewer than 3 seeds give no verdict. Two checkpoints "
+        "per training are scored on the test split: the last step and the step of best validation "
+        "accuracy (early-stopped); every choice is made on the validation split."
+    )
     return lines
 
 
-def _show(value) -> str:
+def _show(value: object) -> str:
     if isinstance(value, dict):
         return "(" + ", ".join(f"{k} {_show(v)}" for k, v in value.items()) + ")"
     if isinstance(value, (list, tuple)):
@@ -382,9 +451,9 @@ def _show(value) -> str:
     return str(value)
 
 
-def _header_md(meta: dict, records: Sequence[dict]) -> str:
+def _header_md(meta: dict[str, Any], records: Sequence[S.Record]) -> str:
     return "\n".join(f"- {line}" for line in _header_lines(meta, records)) + "\n"
 
 
-def _header_html(meta: dict, records: Sequence[dict]) -> str:
+def _header_html(meta: dict[str, Any], records: Sequence[S.Record]) -> str:
     return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in _header_lines(meta, records)) + "</ul>"

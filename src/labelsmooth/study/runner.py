@@ -3,13 +3,15 @@ write every finished run to ``results.json`` atomically, then write the report.
 
 Crash safety: a run's test probabilities (``probs/<id>.npz``) are written as soon as it finishes, and
 ``results.json`` at most every :data:`_WRITE_EVERY_S` seconds and at the end (also after Ctrl-C),
-each through a temporary file and ``os.replace``, which is atomic on POSIX and Windows. A killed process therefore leaves either the previous or the
-new ``results.json``, never a torn one, and re-running the same command into the same folder
-skips every finished run (same key: dataset, method, eps, noise, seed and training fingerprint).
+each through a temporary file and ``os.replace``, which is atomic on POSIX and Windows. A killed
+process therefore leaves either the previous or the new ``results.json``, never a torn one, and
+re-running the same command into the same folder skips every finished run (same key: dataset,
+method, eps, noise, seed and training fingerprint).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -19,17 +21,26 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Iterable
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from labelsmooth.study import stats as S
 from labelsmooth.study.data import Dataset, load_dataset
 from labelsmooth.study.methods import METHODS
 from labelsmooth.study.train import Job, JobResult, TrainConfig, run_job
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: Called once per finished training: the job, its result (None if it failed) and the error (None if not).
+Finished = Callable[[Job, JobResult | None, BaseException | None], None]
 
 __all__ = ["ResultsStore", "StudyConfig", "StudyInterrupted", "StudyOutcome", "plan_jobs", "run_study"]
 
@@ -88,7 +99,7 @@ class StudyConfig:
 class StudyOutcome:
     """What :func:`run_study` did: the grid's finished records, counts, failures, report paths."""
 
-    records: list[dict]
+    records: list[S.Record]
     planned: int
     trained: int
     skipped: int
@@ -154,7 +165,7 @@ def plan_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[J
     return jobs
 
 
-def _clean_json(x):
+def _clean_json(x: object) -> object:
     # json cannot carry NaN/inf portably (and allow_nan=False refuses them): write null instead.
     if isinstance(x, float) and not math.isfinite(x):
         return None
@@ -167,7 +178,7 @@ def _clean_json(x):
     return x
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write through ``path.tmp-<pid>`` then ``os.replace``: readers see the old or the new file, whole."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
@@ -188,13 +199,13 @@ class ResultsStore:
         out: the output folder (created if missing).
     """
 
-    def __init__(self, out: str | os.PathLike) -> None:
+    def __init__(self, out: str | os.PathLike[str]) -> None:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "probs").mkdir(exist_ok=True)
         self.path = self.out / RESULTS
-        self.records: dict[str, dict] = {}
-        self.meta: dict = {}
+        self.records: dict[str, S.Record] = {}
+        self.meta: dict[str, Any] = {}
         # Temporary files of a process killed mid-write are never valid results: remove them.
         for stale in [*self.out.glob(f"{RESULTS}.tmp-*"), *(self.out / "probs").glob("*.tmp-*")]:
             stale.unlink(missing_ok=True)
@@ -206,8 +217,9 @@ class ResultsStore:
                 # Cannot happen through this module's atomic writes; a hand-edited file is kept aside.
                 backup = self.path.with_name(f"{RESULTS}.unreadable-{int(time.time())}")
                 os.replace(self.path, backup)
-                print(f"warning: {self.path} was not a readable results file ({err}); moved to {backup}",
-                      file=sys.stderr)
+                print(
+                    f"warning: {self.path} was not a readable results file ({err}); moved to {backup}", file=sys.stderr
+                )
                 runs = []
             self.records = {r["key"]: r for r in runs if isinstance(r, dict) and "key" in r}
             if isinstance(data, dict) and isinstance(data.get("study"), dict):
@@ -224,7 +236,8 @@ class ResultsStore:
             key = record["key"]
             name = f"probs/{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
             arrays = result.arrays[key]
-            _atomic_write(self.out / name, lambda f, a=arrays: np.savez_compressed(f, **a))
+            # mypy cannot know that the keys are array names, none of savez_compressed's own parameters.
+            _atomic_write(self.out / name, partial(np.savez_compressed, **arrays))  # type: ignore[arg-type]
             record["probs_file"] = name
             self.records[key] = record
         if write:
@@ -236,19 +249,22 @@ class ResultsStore:
 
     def _write(self) -> None:
         payload = {
-            "study": {"format": 2, "updated": _dt.datetime.now().isoformat(timespec="seconds"),
-                      "meta": _clean_json(self.meta)},
+            "study": {
+                "format": 2,
+                "updated": _dt.datetime.now().isoformat(timespec="seconds"),
+                "meta": _clean_json(self.meta),
+            },
             "runs": [_clean_json(r) for r in self.records.values()],
         }
         text = json.dumps(payload, indent=1, allow_nan=False).encode("utf-8")
         _atomic_write(self.path, lambda f: f.write(text))
 
-    def load_projection(self, record: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    def load_projection(self, record: S.Record) -> tuple[np.ndarray, np.ndarray] | None:
         """The saved penultimate-layer projection ``(coords, labels)`` of a record, if it has one."""
         with np.load(self.out / record["probs_file"], allow_pickle=False) as f:
             return (f["proj"], f["proj_labels"]) if "proj" in f.files else None
 
-    def load_probs(self, record: dict) -> tuple[np.ndarray, np.ndarray]:
+    def load_probs(self, record: S.Record) -> tuple[np.ndarray, np.ndarray]:
         """The saved test ``(probs, labels)`` of a record (read with ``allow_pickle=False``)."""
         with np.load(self.out / record["probs_file"], allow_pickle=False) as f:
             return f["probs"], f["labels"]
@@ -290,7 +306,7 @@ def _cost(job: Job, sizes: dict[str, int]) -> float:
     return sizes.get(job.dataset, 1) * job.config.epochs
 
 
-def run_study(cfg: StudyConfig, console=None, report: bool = True) -> StudyOutcome:
+def run_study(cfg: StudyConfig, console: Console | None = None, report: bool = True) -> StudyOutcome:
     """Run (or resume) a study grid and write its report.
 
     Args:
@@ -310,13 +326,15 @@ def run_study(cfg: StudyConfig, console=None, report: bool = True) -> StudyOutco
     start = time.perf_counter()
     store = ResultsStore(cfg.out)
     jobs = plan_jobs(cfg, _binary_names(cfg))
-    planned_keys = [k for job in jobs for k in job.keys()]
+    # Job is not a mapping: Job.keys() lists the result keys of its methods, and a Job is not iterable.
+    planned_keys = [k for job in jobs for k in job.keys()]  # noqa: SIM118
     pending: list[Job] = []
     for job in jobs:
         missing = tuple(m for m in job.methods if not store.done(job.key(m)))
         if missing:
-            pending.append(Job(job.dataset, job.loss_id, job.eps, job.noise_kind, job.noise_level, job.seed,
-                               missing, job.config))
+            pending.append(
+                Job(job.dataset, job.loss_id, job.eps, job.noise_kind, job.noise_level, job.seed, missing, job.config)
+            )
     n_todo = sum(len(j.methods) for j in pending)
     skipped = len(planned_keys) - n_todo
     if skipped and n_todo:
@@ -330,8 +348,13 @@ def run_study(cfg: StudyConfig, console=None, report: bool = True) -> StudyOutco
         trained = _train(cfg, store, pending, failures, console) if pending else 0
         records = [store.records[k] for k in planned_keys if store.done(k)]
         meta = _meta(cfg, records, planned_keys)
-        same = lambda m: {k: v for k, v in m.items() if k != "created"}  # noqa: E731
-        if records and same(_clean_json(meta)) != same(store.meta):
+
+        def same(m: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in m.items() if k != "created"}
+
+        clean_meta = _clean_json(meta)
+        assert isinstance(clean_meta, dict)  # _clean_json keeps a dict a dict
+        if records and same(clean_meta) != same(store.meta):
             store.meta = meta  # the last grid's settings (quick, n_seeds, ...), for findings and banners
             store.save()
         if report and records:
@@ -345,14 +368,23 @@ def run_study(cfg: StudyConfig, console=None, report: bool = True) -> StudyOutco
             f"Interrupted. {done} of {len(planned_keys)} runs are saved in {store.path}. Resume with the same "
             f"command (finished runs are skipped, the report is written at the end): {cfg.command}"
         ) from None
-    return StudyOutcome(records, len(planned_keys), trained, skipped, failures, html_path, md_path,
-                        time.perf_counter() - start)
+    return StudyOutcome(
+        records, len(planned_keys), trained, skipped, failures, html_path, md_path, time.perf_counter() - start
+    )
 
 
-def _train(cfg: StudyConfig, store: ResultsStore, pending: list[Job], failures: list, console) -> int:
+def _train(
+    cfg: StudyConfig, store: ResultsStore, pending: list[Job], failures: list[tuple[str, str]], console: Console
+) -> int:
     """Train the pending jobs with a progress bar; save each as it finishes; return the records written."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     datasets = {}
     for name in dict.fromkeys(j.dataset for j in pending):
@@ -366,8 +398,14 @@ def _train(cfg: StudyConfig, store: ResultsStore, pending: list[Job], failures: 
     # results.json is rewritten whole, so on a long grid it is rewritten at most every few seconds
     # (and always at the end, also after Ctrl-C): a killed process loses only those seconds.
     last_write = [time.monotonic()]
-    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("runs", total=sum(len(j.methods) for j in pending))
 
@@ -377,6 +415,7 @@ def _train(cfg: StudyConfig, store: ResultsStore, pending: list[Job], failures: 
                 failures.append((_describe(job), f"{type(error).__name__}: {error}"))
                 progress.console.print(f"[red]failed[/red] {_describe(job)}: {type(error).__name__}: {error}")
             else:
+                assert result is not None  # a job without an error has a result
                 for r in result.records:
                     r["dataset_description"] = datasets[job.dataset].description
                 now = time.monotonic()
@@ -396,7 +435,7 @@ def _train(cfg: StudyConfig, store: ResultsStore, pending: list[Job], failures: 
     return trained
 
 
-def _run_inline(pending: list[Job], datasets: dict[str, Dataset], finished) -> None:
+def _run_inline(pending: list[Job], datasets: dict[str, Dataset], finished: Finished) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small models: one thread is as fast and leaves the other cores free
     try:
@@ -413,16 +452,15 @@ def _run_inline(pending: list[Job], datasets: dict[str, Dataset], finished) -> N
         torch.set_num_threads(threads)
 
 
-def _run_pool(pending: list[Job], datasets: dict[str, Dataset], workers: int, finished) -> None:
+def _run_pool(pending: list[Job], datasets: dict[str, Dataset], workers: int, finished: Finished) -> None:
     # spawn, not fork: forking a process that has started OpenMP threads (torch) can deadlock the
     # child, and CUDA cannot be used in a forked child at all.
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(datasets, 1))
-    futures: dict[Future, Job] = {}
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(datasets, 1))
+    futures: dict[Future[JobResult], Job] = {}
     try:
         futures = {pool.submit(_work, job): job for job in pending}
-        remaining: Iterable[Future] = set(futures)
+        remaining: Iterable[Future[JobResult]] = set(futures)
         while remaining:
             done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
             for fut in done:
@@ -444,17 +482,18 @@ def _versions() -> dict[str, str]:
 
     out = {}
     for name in ("labelsmooth", "torch", "numpy", "scikit-learn", "mnist1d"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 
-def _meta(cfg: StudyConfig, records: list[dict], planned_keys: list[str]) -> dict:
+def _meta(cfg: StudyConfig, records: list[S.Record], planned_keys: list[str]) -> dict[str, Any]:
     t = cfg.train
-    budget = ({"steps": t.steps} if not cfg.epochs and t.epochs is None else
-              {"epochs": {d: cfg.epochs.get(d, t.epochs) for d in cfg.datasets}})
+    budget = (
+        {"steps": t.steps}
+        if not cfg.epochs and t.epochs is None
+        else {"epochs": {d: cfg.epochs.get(d, t.epochs) for d in cfg.datasets}}
+    )
     return {
         "command": cfg.command,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -462,11 +501,19 @@ def _meta(cfg: StudyConfig, records: list[dict], planned_keys: list[str]) -> dic
         # Read by the report's banner: a smoke test or fewer than 3 seeds makes no verdicts.
         "quick": bool(cfg.quick),
         "n_seeds": int(cfg.seeds),
-        "config": {**budget, "batch_size": t.batch_size,
-                   "lr": t.lr, "hidden": list(t.hidden), "optimizer": "adam",
-                   "checkpoints": "last step, and best validation accuracy (early stopping)",
-                   "seeds": cfg.seeds, "noise_kind": cfg.noise_kind,
-                   "noise_levels (fraction of breakdown rate)": cfg.noise, "eps": cfg.eps, "methods": cfg.methods},
+        "config": {
+            **budget,
+            "batch_size": t.batch_size,
+            "lr": t.lr,
+            "hidden": list(t.hidden),
+            "optimizer": "adam",
+            "checkpoints": "last step, and best validation accuracy (early stopping)",
+            "seeds": cfg.seeds,
+            "noise_kind": cfg.noise_kind,
+            "noise_levels (fraction of breakdown rate)": cfg.noise,
+            "eps": cfg.eps,
+            "methods": cfg.methods,
+        },
         "datasets": {r["dataset"]: r.get("dataset_description", "") for r in records},
         "missing": len(planned_keys) - len(records),
     }

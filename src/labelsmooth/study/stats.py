@@ -11,8 +11,9 @@ batch order), which removes the seed-to-seed spread that both share.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,9 @@ __all__ = [
 
 Variant = tuple[str, float]
 Noise = tuple[str, float]
+#: One run's record as stored in results.json: JSON, so its values are dynamic (numbers, strings, lists,
+#: nested objects, null), read by key.
+Record = dict[str, Any]
 
 #: The clean setting.
 CLEAN: Noise = ("none", 0.0)
@@ -133,16 +137,16 @@ def fmt(e: Estimate | None, digits: int = 3, pct: bool = False) -> str:
     return text if e.half is None else f"{text} ± {e.half * scale:.{d}f}{suffix}"
 
 
-def datasets(records: Sequence[dict]) -> list[str]:
+def datasets(records: Sequence[Record]) -> list[str]:
     """Dataset names in order of first appearance."""
     return list(dict.fromkeys(r["dataset"] for r in records))
 
 
-def _noise(r: dict) -> Noise:
+def _noise(r: Record) -> Noise:
     return (r["noise_kind"], float(r["noise_level"]))
 
 
-def noise_settings(records: Sequence[dict], dataset: str | None = None) -> list[Noise]:
+def noise_settings(records: Sequence[Record], dataset: str | None = None) -> list[Noise]:
     """Distinct ``(kind, level)`` noise settings (of one dataset, if given): clean first, then by level, kind."""
     found = {_noise(r) for r in records if dataset is None or r["dataset"] == dataset}
     return sorted(found, key=lambda n: (n[1], n[0]))
@@ -158,13 +162,13 @@ def _order(v: Variant) -> tuple[int, float]:
     return (names.index(v[0]) if v[0] in names else len(names), v[1])
 
 
-def variants(records: Sequence[dict], dataset: str | None = None) -> list[Variant]:
+def variants(records: Sequence[Record], dataset: str | None = None) -> list[Variant]:
     """Distinct ``(method, eps)`` pairs, in registry order then by eps."""
     found = {(r["method"], r["label_smoothing"]) for r in records if dataset is None or r["dataset"] == dataset}
     return sorted(found, key=_order)
 
 
-def baseline_variant(records: Sequence[dict]) -> Variant | None:
+def baseline_variant(records: Sequence[Record]) -> Variant | None:
     """The baseline's variant (``("ce", 0.0)``) if the records contain it."""
     for v in variants(records):
         if v[0] in METHODS and METHODS[v[0]].baseline:
@@ -172,26 +176,26 @@ def baseline_variant(records: Sequence[dict]) -> Variant | None:
     return None
 
 
-def _role(records: Sequence[dict], dataset: str | None, role: str) -> list[Variant]:
+def _role(records: Sequence[Record], dataset: str | None, role: str) -> list[Variant]:
     return [v for v in variants(records, dataset) if v[0] in METHODS and METHODS[v[0]].role == role]
 
 
-def smoothing_variants(records: Sequence[dict], dataset: str | None = None) -> list[Variant]:
+def smoothing_variants(records: Sequence[Record], dataset: str | None = None) -> list[Variant]:
     """The label-smoothing variants (role ``smoothing``): what the four claims are about."""
     return _role(records, dataset, "smoothing")
 
 
-def scheme_variants(records: Sequence[dict], dataset: str | None = None) -> list[Variant]:
+def scheme_variants(records: Sequence[Record], dataset: str | None = None) -> list[Variant]:
     """Other smoothing schemes (role ``variant``: negative and online label smoothing)."""
     return _role(records, dataset, "variant")
 
 
-def reference_variants(records: Sequence[dict], dataset: str | None = None) -> list[Variant]:
+def reference_variants(records: Sequence[Record], dataset: str | None = None) -> list[Variant]:
     """Other trained calibration baselines (role ``reference``: focal loss)."""
     return _role(records, dataset, "reference")
 
 
-def posthoc_variants(records: Sequence[dict], dataset: str | None = None) -> list[Variant]:
+def posthoc_variants(records: Sequence[Record], dataset: str | None = None) -> list[Variant]:
     """Variants that add a post-hoc step to a trained model (temperature scaling)."""
     return _role(records, dataset, "posthoc")
 
@@ -201,14 +205,20 @@ def label(v: Variant) -> str:
     return v[0] if v[1] == 0 else f"{v[0]} eps={v[1]:g}"
 
 
-def cell(records: Sequence[dict], dataset: str, variant: Variant, noise: Noise) -> list[dict]:
+def cell(records: Sequence[Record], dataset: str, variant: Variant, noise: Noise) -> list[Record]:
     """All seeds of one variant on one dataset at one noise setting, sorted by seed."""
-    out = [r for r in records if r["dataset"] == dataset and r["method"] == variant[0]
-           and r["label_smoothing"] == variant[1] and _noise(r) == tuple(noise)]
+    out = [
+        r
+        for r in records
+        if r["dataset"] == dataset
+        and r["method"] == variant[0]
+        and r["label_smoothing"] == variant[1]
+        and _noise(r) == tuple(noise)
+    ]
     return sorted(out, key=lambda r: r["seed"])
 
 
-def metric(records: Sequence[dict], dataset: str, variant: Variant, noise: Noise, name: str) -> Estimate | None:
+def metric(records: Sequence[Record], dataset: str, variant: Variant, noise: Noise, name: str) -> Estimate | None:
     """:func:`estimate` of one metric over the seeds of a cell."""
     return estimate(r.get(name) for r in cell(records, dataset, variant, noise))
 
@@ -227,17 +237,24 @@ def welch_difference(a: Estimate | None, sd_a: float, b: Estimate | None, sd_b: 
     """
     if a is None or b is None or a.n < 2 or b.n < 2:
         return None
-    va, vb = sd_a ** 2 / a.n, sd_b ** 2 / b.n
+    va, vb = sd_a**2 / a.n, sd_b**2 / b.n
     se = math.sqrt(va + vb)
     if se == 0:
         return Estimate(a.mean - b.mean, 0.0, a.n + b.n)
-    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
     return Estimate(a.mean - b.mean, t_quantile(df) * se, a.n + b.n)
 
 
-def selected_values(records: Sequence[dict], dataset: str, candidates: Sequence[Variant], reference: Variant,
-                    noise: Noise, select_on: str, higher_is_better: bool, name: str
-                    ) -> tuple[list[float], dict[Variant, int]]:
+def selected_values(
+    records: Sequence[Record],
+    dataset: str,
+    candidates: Sequence[Variant],
+    reference: Variant,
+    noise: Noise,
+    select_on: str,
+    higher_is_better: bool,
+    name: str,
+) -> tuple[list[float], dict[Variant, int]]:
     """Per seed, pick the candidate with the best *validation* metric and pair its metric with the reference.
 
     The selection reads only ``select_on`` (a ``val_*`` field): the test split plays no part in it.
@@ -256,13 +273,14 @@ def selected_values(records: Sequence[dict], dataset: str, candidates: Sequence[
         ``(per-seed differences selected - reference, {variant: times selected})``.
     """
     ref = {r["seed"]: r.get(name) for r in cell(records, dataset, reference, noise)}
-    by_seed: dict[int, list[tuple[Variant, dict]]] = {}
+    by_seed: dict[int, list[tuple[Variant, Record]]] = {}
     for v in candidates:
         for r in cell(records, dataset, v, noise):
             if r.get(select_on) is not None:
                 by_seed.setdefault(r["seed"], []).append((v, r))
     sign = -1.0 if higher_is_better else 1.0
-    diffs, picked = [], {}
+    diffs: list[float] = []
+    picked: dict[Variant, int] = {}
     for seed, options in sorted(by_seed.items()):
         # min() keeps the first of equal candidates (the smallest eps): no test value is consulted.
         v, r = min(options, key=lambda o: sign * o[1][select_on])
@@ -273,25 +291,42 @@ def selected_values(records: Sequence[dict], dataset: str, candidates: Sequence[
     return diffs, picked
 
 
-def selected_difference(records: Sequence[dict], dataset: str, candidates: Sequence[Variant], reference: Variant,
-                        noise: Noise, select_on: str, higher_is_better: bool, name: str
-                        ) -> tuple[Estimate | None, dict[Variant, int]]:
+def selected_difference(
+    records: Sequence[Record],
+    dataset: str,
+    candidates: Sequence[Variant],
+    reference: Variant,
+    noise: Noise,
+    select_on: str,
+    higher_is_better: bool,
+    name: str,
+) -> tuple[Estimate | None, dict[Variant, int]]:
     """:func:`selected_values` summarised: ``(Estimate over seeds, {variant: times selected})``."""
-    diffs, picked = selected_values(records, dataset, candidates, reference, noise, select_on, higher_is_better,
-                                    name)
+    diffs, picked = selected_values(records, dataset, candidates, reference, noise, select_on, higher_is_better, name)
     return estimate(diffs), picked
 
 
-def paired_values(records: Sequence[dict], dataset: str, variant: Variant, reference: Variant, noise: Noise,
-                  name: str) -> list[float]:
+def paired_values(
+    records: Sequence[Record], dataset: str, variant: Variant, reference: Variant, noise: Noise, name: str
+) -> list[float]:
     """The per-seed differences ``variant - reference`` behind :func:`paired_difference`."""
     ref = {r["seed"]: r.get(name) for r in cell(records, dataset, reference, noise)}
-    return [r[name] - ref[r["seed"]] for r in cell(records, dataset, variant, noise)
-            if r.get(name) is not None and ref.get(r["seed"]) is not None]
+    return [
+        r[name] - ref[r["seed"]]
+        for r in cell(records, dataset, variant, noise)
+        if r.get(name) is not None and ref.get(r["seed"]) is not None
+    ]
 
 
-def paired_difference(records: Sequence[dict], dataset: str, variant: Variant, reference: Variant,
-                      noise: Noise, name: str, relative: bool = False) -> Estimate | None:
+def paired_difference(
+    records: Sequence[Record],
+    dataset: str,
+    variant: Variant,
+    reference: Variant,
+    noise: Noise,
+    name: str,
+    relative: bool = False,
+) -> Estimate | None:
     """Mean over shared seeds of ``variant - reference`` for one metric, with its t-interval.
 
     Args:

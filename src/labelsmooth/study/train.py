@@ -23,18 +23,29 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
 
 from labelsmooth import noise
 from labelsmooth.study import metrics as M
+from labelsmooth.study import stats as S
 from labelsmooth.study.data import Dataset, split_dataset
 from labelsmooth.study.methods import METHODS
 from labelsmooth.study.models import build_model
 
-__all__ = ["NOISE_KINDS", "PROJECTION_CLASSES", "Job", "JobResult", "TrainConfig", "breakdown_rate", "noise_rate",
-           "penultimate_projection", "run_job"]
+__all__ = [
+    "NOISE_KINDS",
+    "PROJECTION_CLASSES",
+    "Job",
+    "JobResult",
+    "TrainConfig",
+    "breakdown_rate",
+    "noise_rate",
+    "penultimate_projection",
+    "run_job",
+]
 
 #: ``--noise-kind`` choices and the labelsmooth.noise function each uses.
 NOISE_KINDS = {"symmetric": noise.symmetric, "pairflip": noise.pairflip}
@@ -149,8 +160,10 @@ class Job:
 
     def key(self, method: str) -> str:
         """Unique id of the record ``method`` makes from this job (used to skip finished runs)."""
-        return (f"{self.dataset}|{method}|eps={self.eps:g}|noise={self.noise_kind}:{self.noise_level:g}"
-                f"|seed={self.seed}|cfg={self.config.fingerprint()}")
+        return (
+            f"{self.dataset}|{method}|eps={self.eps:g}|noise={self.noise_kind}:{self.noise_level:g}"
+            f"|seed={self.seed}|cfg={self.config.fingerprint()}"
+        )
 
     def keys(self) -> list[str]:
         """Keys of all records of this job, in ``methods`` order."""
@@ -161,24 +174,25 @@ class Job:
 class JobResult:
     """What a worker sends back: the records and, per record key, the test probabilities and labels."""
 
-    records: list[dict]
+    records: list[S.Record]
     arrays: dict[str, dict[str, np.ndarray]]
 
 
 def _curve_steps(total: int, points: int) -> set[int]:
     # Evenly spaced steps, always including the first evaluation point and the last step.
-    return {int(round(e)) for e in np.linspace(total / min(points, total), total, min(points, total))}
+    return {round(float(e)) for e in np.linspace(total / min(points, total), total, min(points, total))}
 
 
 @torch.no_grad()
 def _logits(model: torch.nn.Module, x: torch.Tensor, binary: bool, batch: int = 4096) -> torch.Tensor:
-    out = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+    out = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
     return out.squeeze(-1) if binary else out
 
 
 @torch.no_grad()
-def penultimate_projection(model: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor,
-                           classes: tuple[int, int, int] = PROJECTION_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+def penultimate_projection(
+    model: torch.nn.Sequential, x: torch.Tensor, y: torch.Tensor, classes: tuple[int, int, int] = PROJECTION_CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
     """Müller et al.'s (2019) picture: penultimate activations projected onto the plane of three templates.
 
     The templates are the rows of the last linear layer for ``classes``; the plane through them is
@@ -200,23 +214,34 @@ def penultimate_projection(model: torch.nn.Sequential, x: torch.Tensor, y: torch
     """
     keep = torch.isin(y, torch.tensor(classes, device=y.device))
     h = model[:-1](x[keep]).double()
-    w = model[-1].weight.double()[list(classes)]
+    w = cast(torch.nn.Linear, model[-1]).weight.double()[list(classes)]  # build_model ends in the head
     basis, _ = torch.linalg.qr(torch.stack([w[1] - w[0], w[2] - w[0]], dim=1))  # (H, 2) orthonormal
     return (h @ basis).cpu().numpy(), y[keep].cpu().numpy()
 
 
-def _checkpoint_fields(prefix: str, logits: dict[str, torch.Tensor], y: dict[str, torch.Tensor],
-                       flipped: np.ndarray, noisy: np.ndarray, clean: np.ndarray) -> dict:
+def _checkpoint_fields(
+    prefix: str,
+    logits: dict[str, torch.Tensor],
+    y: dict[str, torch.Tensor],
+    flipped: np.ndarray,
+    noisy: np.ndarray,
+    clean: np.ndarray,
+) -> dict[str, float | None]:
     """Test, validation and training fields of one checkpoint (prefix ``""`` or ``"es_"``)."""
     test = M.evaluate(logits["test"], y["test"])
     pred = M.predictions(logits["train"]).cpu().numpy()
     n_flipped = int(flipped.sum())
     clean_acc = M.accuracy(logits["train"], y["clean"])
     out = {
-        "test_accuracy": test["accuracy"], "nll": test["nll"], "ece": test["ece"],
-        "ece_quantile": test["ece_quantile"], "classwise_ece": test["classwise_ece"], "brier": test["brier"],
+        "test_accuracy": test["accuracy"],
+        "nll": test["nll"],
+        "ece": test["ece"],
+        "ece_quantile": test["ece_quantile"],
+        "classwise_ece": test["classwise_ece"],
+        "brier": test["brier"],
         "mean_confidence": test["mean_confidence"],
-        "val_accuracy": M.accuracy(logits["val"], y["val"]), "val_nll": M.nll(logits["val"], y["val"]),
+        "val_accuracy": M.accuracy(logits["val"], y["val"]),
+        "val_nll": M.nll(logits["val"], y["val"]),
         "val_ece": M.evaluate(logits["val"], y["val"])["ece"],
         "train_accuracy": M.accuracy(logits["train"], y["noisy"]),
         "train_accuracy_clean": clean_acc,
@@ -245,8 +270,9 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
     start = time.perf_counter()
     cfg = job.config
     device = torch.device(cfg.device)
-    splits = split_dataset(ds, job.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                           max_train=cfg.max_train)
+    splits = split_dataset(
+        ds, job.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, max_train=cfg.max_train
+    )
     clean = splits.y_train
     rate = noise_rate(job.noise_kind, job.noise_level, ds.num_classes) if job.noise_level > 0 else 0.0
     if rate > 0:
@@ -261,10 +287,18 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
     np.random.seed(job.seed)
     gen = torch.Generator().manual_seed(job.seed)  # batch order: same for every eps at one seed
     binary = ds.binary
-    to = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+
+    def to(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(device)
+
     x = {"train": to(splits.x_train), "val": to(splits.x_val), "test": to(splits.x_test)}
-    y = {"noisy": to(noisy), "clean": to(clean), "val": to(splits.y_val), "val_noisy": to(val_noisy),
-         "test": to(splits.y_test)}
+    y = {
+        "noisy": to(noisy),
+        "clean": to(clean),
+        "val": to(splits.y_val),
+        "val_noisy": to(val_noisy),
+        "test": to(splits.y_test),
+    }
     target = y["noisy"].float() if binary else y["noisy"]  # BCE wants float 0/1 targets
 
     model = build_model(splits.x_train.shape[1:], ds.num_classes, cfg.hidden, augment=ds.augment).to(device)
@@ -281,7 +315,8 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
     step, running, since = 0, torch.zeros((), device=device), 0
     while step < total:
         model.train()
-        for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
+        # Tensor.split is unannotated in torch.
+        for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):  # type: ignore[no-untyped-call]
             idx = idx.to(device)
             opt.zero_grad(set_to_none=True)
             out = model(x["train"][idx])
@@ -296,11 +331,15 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
                 train_logits = _logits(model, x["train"], binary)
                 val_logits = _logits(model, x["val"], binary)
                 val_acc = M.accuracy(val_logits, y["val"])
-                for k, v in (("step", step), ("epoch", round(step / per_epoch, 3)),
-                             ("train_loss", float(running) / since),
-                             ("train_accuracy", M.accuracy(train_logits, y["noisy"])),
-                             ("train_accuracy_clean", M.accuracy(train_logits, y["clean"])),
-                             ("val_accuracy", val_acc), ("val_nll", M.nll(val_logits, y["val"]))):
+                for k, v in (
+                    ("step", step),
+                    ("epoch", round(step / per_epoch, 3)),
+                    ("train_loss", float(running) / since),
+                    ("train_accuracy", M.accuracy(train_logits, y["noisy"])),
+                    ("train_accuracy_clean", M.accuracy(train_logits, y["clean"])),
+                    ("val_accuracy", val_acc),
+                    ("val_nll", M.nll(val_logits, y["val"])),
+                ):
                     curves[k].append(v)
                 running, since = torch.zeros((), device=device), 0
                 if val_acc > best_val:  # early stopping on (clean) validation accuracy; first maximum
@@ -309,23 +348,30 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
                 model.train()
             if step >= total:
                 break
-        if hasattr(loss_fn, "epoch_end"):
-            loss_fn.epoch_end(model)
+        epoch_end = getattr(loss_fn, "epoch_end", None)  # only some losses keep per-epoch state
+        if epoch_end is not None:
+            epoch_end(model)
 
     model.eval()
     final = {k: _logits(model, x[k], binary) for k in ("train", "val", "test")}
     last_state = model.state_dict()
+    assert best_state is not None  # the last step is always evaluated, and any accuracy beats -1
     model.load_state_dict(best_state)
     early = {k: _logits(model, x[k], binary) for k in ("train", "val", "test")}
     model.load_state_dict(last_state)
     projection = None
-    if job.noise_level == 0 and job.seed == 0 and not binary and ds.num_classes >= 3 and isinstance(
-            model, torch.nn.Sequential):
+    if (
+        job.noise_level == 0
+        and job.seed == 0
+        and not binary
+        and ds.num_classes >= 3
+        and isinstance(model, torch.nn.Sequential)
+    ):
         projection = penultimate_projection(model, x["val"], y["val"])
 
     n_flipped = int(flipped.sum())
     accs = curves["train_accuracy"]
-    fifth = max(0, int(round(0.8 * len(accs))) - 1)
+    fifth = max(0, round(0.8 * len(accs)) - 1)
     shared = {
         "dataset": job.dataset,
         "parent_dataset": ds.parent,
@@ -349,18 +395,28 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
         "curves": curves,
         "splits": splits.info,
         "train_seconds": time.perf_counter() - start,
-        "config": {**asdict(cfg), "dataset": job.dataset, "loss": job.loss_id, "label_smoothing": job.eps,
-                   "noise_kind": job.noise_kind, "noise_level": job.noise_level, "noise_rate": rate,
-                   "seed": job.seed, "model": "cnn" if ds.is_image else "mlp", "optimizer": "adam",
-                   "early_stopping": "best validation accuracy (clean labels)",
-                   "fingerprint": cfg.fingerprint()},
+        "config": {
+            **asdict(cfg),
+            "dataset": job.dataset,
+            "loss": job.loss_id,
+            "label_smoothing": job.eps,
+            "noise_kind": job.noise_kind,
+            "noise_level": job.noise_level,
+            "noise_rate": rate,
+            "seed": job.seed,
+            "model": "cnn" if ds.is_image else "mlp",
+            "optimizer": "adam",
+            "early_stopping": "best validation accuracy (clean labels)",
+            "fingerprint": cfg.fingerprint(),
+        },
     }
 
     labels = {"test": y["test"], "val": y["val"], "clean": y["clean"], "noisy": y["noisy"]}
-    records, arrays = [], {}
+    records: list[S.Record] = []
+    arrays: dict[str, dict[str, np.ndarray]] = {}
     for name in job.methods:
         method = METHODS[name]
-        record = {"key": job.key(name), "method": name, **shared}
+        record: S.Record = {"key": job.key(name), "method": name, **shared}
         for prefix, logits in (("", final), ("es_", early)):
             if method.posthoc is not None:
                 fit_labels = y["val_noisy"] if method.posthoc_labels == "noisy" else y["val"]
@@ -369,8 +425,10 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
                 record.update({prefix + k: v for k, v in extra.items()})
             record.update(_checkpoint_fields(prefix, logits, labels, flipped, noisy, clean))
             if prefix == "":
-                arrays[record["key"]] = {"probs": M.probabilities(logits["test"]).cpu().numpy(),
-                                         "labels": splits.y_test}
+                arrays[record["key"]] = {
+                    "probs": M.probabilities(logits["test"]).cpu().numpy(),
+                    "labels": splits.y_test,
+                }
         if projection is not None and method.posthoc is None:
             arrays[record["key"]].update(proj=projection[0], proj_labels=projection[1])
             record["has_projection"] = True
