@@ -69,8 +69,11 @@ def test_hf_trainer_trains():
 
 def test_linear_head_matches_the_plain_head_and_trains():
     out = run_example("linear_head.py", "--smoke")
-    m = re.search(r"plain loss (\S+), fused loss (\S+), largest head-gradient difference (\S+) "
-                  r"\(largest entry (\S+)\)", out)
+    m = re.search(
+        r"plain loss (\S+), fused loss (\S+), largest head-gradient difference (\S+) "
+        r"\(largest entry (\S+)\)",
+        out,
+    )
     assert m, out
     plain, fused, diff, largest = (float(x.rstrip(",")) for x in m.groups())
     # float32 throughout: the two losses and gradients agree to a few float32 roundings.

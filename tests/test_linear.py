@@ -13,16 +13,16 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import importlib.util  # noqa: E402
-import itertools  # noqa: E402
+import importlib.util
+import itertools
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
-import labelsmooth as ls  # noqa: E402
-from labelsmooth.kernels.linear import default_chunk_rows  # noqa: E402
+import labelsmooth as ls
+from labelsmooth.kernels.linear import default_chunk_rows
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 F32 = dict(rtol=1e-5, atol=1e-6)
@@ -51,8 +51,7 @@ def torch_loss(x, w, y, b=None, cw=None, reduction="mean", eps=0.0, z_loss=0.0, 
     x2 = x.reshape(-1, x.shape[-1])
     y2 = y.reshape(-1, w.shape[0]) if probs else y.reshape(-1)
     if not z_loss and softcap is None:
-        out = F.linear_cross_entropy(x2, w, y2, linear_bias=b, weight=cw, reduction=reduction,
-                                     label_smoothing=eps)
+        out = F.linear_cross_entropy(x2, w, y2, linear_bias=b, weight=cw, reduction=reduction, label_smoothing=eps)
         return out.reshape(x.shape[:-1]) if reduction == "none" else out
     logits = F.linear(x2, w, b)
     if softcap is not None:
@@ -85,21 +84,47 @@ def losses_and_grads(fn, x, w, b, reduction, seed=1):
 
 
 def check(x, w, b, y, cw=None, reduction="mean", eps=0.0, z_loss=0.0, softcap=None, tol=F64, **kw):
-    got = losses_and_grads(lambda a, c, d: ls.linear_cross_entropy(
-        a, c, y, linear_bias=d, weight=cw, reduction=reduction, label_smoothing=eps, z_loss=z_loss,
-        softcap=softcap, **kw), x, w, b, reduction)
+    got = losses_and_grads(
+        lambda a, c, d: ls.linear_cross_entropy(
+            a,
+            c,
+            y,
+            linear_bias=d,
+            weight=cw,
+            reduction=reduction,
+            label_smoothing=eps,
+            z_loss=z_loss,
+            softcap=softcap,
+            **kw,
+        ),
+        x,
+        w,
+        b,
+        reduction,
+    )
     yw = y.double() if y.is_floating_point() else y
     cww = None if cw is None else cw.double()
-    want = losses_and_grads(lambda a, c, d: torch_loss(a, c, yw, d, cww, reduction, eps, z_loss, softcap),
-                            x.double(), w.double(), None if b is None else b.double(), reduction)
+    want = losses_and_grads(
+        lambda a, c, d: torch_loss(a, c, yw, d, cww, reduction, eps, z_loss, softcap),
+        x.double(),
+        w.double(),
+        None if b is None else b.double(),
+        reduction,
+    )
     torch.testing.assert_close(got[0], want[0], **tol, equal_nan=True)
-    for g, h in zip(got[1], want[1]):
+    for g, h in zip(got[1], want[1], strict=True):
         torch.testing.assert_close(g, h, **tol)
 
 
-@pytest.mark.parametrize("reduction,eps,weighted,probs,bias", [
-    (r, e, wt, p, bi) for r, e, wt, p, bi in itertools.product(
-        ["none", "mean", "sum"], [0.0, 0.1, 1.0], [False, True], [False, True], [False, True])])
+@pytest.mark.parametrize(
+    "reduction,eps,weighted,probs,bias",
+    [
+        (r, e, wt, p, bi)
+        for r, e, wt, p, bi in itertools.product(
+            ["none", "mean", "sum"], [0.0, 0.1, 1.0], [False, True], [False, True], [False, True]
+        )
+    ],
+)
 def test_matches_torch_float64(reduction, eps, weighted, probs, bias):
     x, w, b, y, cw = make(probs=probs, bias=bias, weighted=weighted)
     check(x, w, b, y, cw, reduction, eps, chunk_size=5)  # 12 rows in chunks of 5, 5, 2
@@ -180,8 +205,15 @@ def test_only_some_operands_require_grad(which):
     leaves[which].requires_grad_(True)
     for reduction in ("mean", "none"):
         leaves[which].grad = None
-        loss = ls.linear_cross_entropy(leaves["input"], leaves["weight"], y, linear_bias=leaves["bias"],
-                                       label_smoothing=0.1, reduction=reduction, chunk_size=5)
+        loss = ls.linear_cross_entropy(
+            leaves["input"],
+            leaves["weight"],
+            y,
+            linear_bias=leaves["bias"],
+            label_smoothing=0.1,
+            reduction=reduction,
+            chunk_size=5,
+        )
         loss.sum().backward()
         ref = {k: v.detach().clone().requires_grad_(k == which) for k, v in leaves.items()}
         torch_loss(ref["input"], ref["weight"], y, ref["bias"], reduction=reduction, eps=0.1).sum().backward()
@@ -241,7 +273,7 @@ def test_torch_func_grad_uses_the_reference():
     got = torch.func.grad(lambda v: ls.linear_cross_entropy(x, v, y, linear_bias=b, label_smoothing=0.1))(w)
     want = torch.func.grad(lambda v: F.linear_cross_entropy(x, v, y, linear_bias=b, label_smoothing=0.1))(w)
     torch.testing.assert_close(got, want, **F64)
-    with pytest.raises(ValueError, match="torch.func"):
+    with pytest.raises(ValueError, match=r"torch\.func"):
         torch.func.grad(lambda v: ls.linear_cross_entropy(x, v, y, backend="chunked"))(w)
 
 
@@ -269,8 +301,9 @@ def test_never_forms_the_full_logits():
     for reduction in ("mean", "none"):
         largest.clear()
         with Record():
-            loss = ls.linear_cross_entropy(x, w, y, linear_bias=b, label_smoothing=0.1, chunk_size=8,
-                                           reduction=reduction)
+            loss = ls.linear_cross_entropy(
+                x, w, y, linear_bias=b, label_smoothing=0.1, chunk_size=8, reduction=reduction
+            )
             loss.sum().backward()
         assert largest and max(largest) <= 8
 
@@ -288,7 +321,7 @@ def test_bf16_weights_accumulate_in_float32():
     F.linear_cross_entropy(ref[0], ref[1], y, linear_bias=ref[2], label_smoothing=0.1).backward()
     exact = [t.detach().double().requires_grad_(True) for t in (xb, wb, bb)]
     F.linear_cross_entropy(exact[0], exact[1], y, linear_bias=exact[2], label_smoothing=0.1).backward()
-    for ours, theirs, e in zip((xb, wb, bb), ref, exact):
+    for ours, theirs, e in zip((xb, wb, bb), ref, exact, strict=True):
         torch.testing.assert_close(ours.grad.double(), theirs.grad.double(), rtol=2e-2, atol=2e-3)
         assert (ours.grad.double() - e.grad).abs().max() <= (theirs.grad.double() - e.grad).abs().max() + 1e-3
 
@@ -298,15 +331,14 @@ def test_autocast_bf16():
     ours = [t.clone().requires_grad_(True) for t in (x, w, b)]
     theirs = [t.clone().requires_grad_(True) for t in (x, w, b)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = ls.linear_cross_entropy(ours[0], ours[1], y, linear_bias=ours[2], label_smoothing=0.1,
-                                       chunk_size=5)
+        loss = ls.linear_cross_entropy(ours[0], ours[1], y, linear_bias=ours[2], label_smoothing=0.1, chunk_size=5)
         logits = F.linear(theirs[0], theirs[1], theirs[2])
         want = F.cross_entropy(logits.reshape(-1, C), y.reshape(-1), label_smoothing=0.1)
     assert loss.dtype == torch.float32 == want.dtype
     loss.backward()
     want.backward()
     torch.testing.assert_close(loss, want, rtol=2e-2, atol=2e-3)
-    for o, t in zip(ours, theirs):
+    for o, t in zip(ours, theirs, strict=True):
         assert o.grad.dtype == torch.float32
         torch.testing.assert_close(o.grad, t.grad, rtol=2e-2, atol=2e-3)
 
@@ -358,9 +390,9 @@ def test_bad_arguments():
 
 
 def test_default_chunk_rows_rule():
-    assert default_chunk_rows(2048, 32000) == 256          # 32 MiB of float32 logits
-    assert default_chunk_rows(4096, 128256) == 128         # at least 128 rows on CPU
-    assert default_chunk_rows(100, 32000) == 100           # never more than N
+    assert default_chunk_rows(2048, 32000) == 256  # 32 MiB of float32 logits
+    assert default_chunk_rows(4096, 128256) == 128  # at least 128 rows on CPU
+    assert default_chunk_rows(100, 32000) == 100  # never more than N
     assert default_chunk_rows(8192, 128256, torch.bfloat16, "meta") == 1024
     assert default_chunk_rows(0, 10) == 1
 
@@ -374,12 +406,14 @@ else:
 
 
 @pytest.mark.skipif(TRITON_DEVICE is None, reason="needs triton, under TRITON_INTERPRET=1 or with a GPU")
-@pytest.mark.parametrize("reduction,probs,weighted", [
-    ("mean", False, False), ("sum", False, True), ("none", False, False), ("mean", True, False),
-    ("none", True, True)])
+@pytest.mark.parametrize(
+    "reduction,probs,weighted",
+    [("mean", False, False), ("sum", False, True), ("none", False, False), ("mean", True, False), ("none", True, True)],
+)
 def test_triton_backend(reduction, probs, weighted):
-    x, w, b, y, cw = (None if t is None else t.to(TRITON_DEVICE)
-                      for t in make(probs=probs, weighted=weighted, dtype=torch.float32))
+    x, w, b, y, cw = (
+        None if t is None else t.to(TRITON_DEVICE) for t in make(probs=probs, weighted=weighted, dtype=torch.float32)
+    )
     check(x, w, b, y, cw, reduction, 0.1, 1e-3, chunk_size=5, backend="triton", tol=F32)
 
 
@@ -415,14 +449,34 @@ def test_prior_and_negative_smoothing(eps, prior, reduction, backend):
     x, w, b, y, cw = (t.to(dev) for t in make(weighted=True, dtype=dtype))
     u = torch.rand(C, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dev)
     u = (u / u.sum()) if prior else torch.full((C,), 1.0 / C, dtype=torch.float64, device=dev)
-    got = losses_and_grads(lambda a, c, d: ls.linear_cross_entropy(
-        a, c, y, linear_bias=d, weight=cw, reduction=reduction, label_smoothing=eps, chunk_size=5,
-        smoothing_prior=u.to(dtype) if prior else None, allow_negative=eps < 0, backend=backend),
-        x, w, b, reduction)
-    want = losses_and_grads(lambda a, c, d: written_out_loss(a, c, y, d, cw.double(), eps, u, reduction),
-                            x.double(), w.double(), b.double(), reduction)
+    got = losses_and_grads(
+        lambda a, c, d: ls.linear_cross_entropy(
+            a,
+            c,
+            y,
+            linear_bias=d,
+            weight=cw,
+            reduction=reduction,
+            label_smoothing=eps,
+            chunk_size=5,
+            smoothing_prior=u.to(dtype) if prior else None,
+            allow_negative=eps < 0,
+            backend=backend,
+        ),
+        x,
+        w,
+        b,
+        reduction,
+    )
+    want = losses_and_grads(
+        lambda a, c, d: written_out_loss(a, c, y, d, cw.double(), eps, u, reduction),
+        x.double(),
+        w.double(),
+        b.double(),
+        reduction,
+    )
     torch.testing.assert_close(got[0], want[0], **tol)
-    for g, h in zip(got[1], want[1]):
+    for g, h in zip(got[1], want[1], strict=True):
         torch.testing.assert_close(g, h, **tol)
     with pytest.raises(ValueError, match="allow_negative"):
         ls.linear_cross_entropy(x, w, y, label_smoothing=-0.1)

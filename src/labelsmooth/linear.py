@@ -37,8 +37,9 @@ def _check_ignore_index(ignore_index: object) -> int | None:
     return None if ignore_index is None else V.check_index(ignore_index, "ignore_index")
 
 
-def _check_operands(input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None,
-                    weight: Tensor | None) -> None:
+def _check_operands(
+    input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None, weight: Tensor | None
+) -> None:
     """Shapes, dtypes and devices of the tensors (not their values)."""
     V.check_tensor(input, "input")
     V.check_tensor(linear_weight, "linear_weight")
@@ -48,43 +49,58 @@ def _check_operands(input: Tensor, linear_weight: Tensor, target: Tensor, linear
     if input.dim() < 1:
         raise V.ArgumentError("input must have at least one dimension (the features), got a 0-d tensor")
     if linear_weight.dim() != 2:
-        raise V.ArgumentError(f"linear_weight must be 2-D (num_classes, in_features), got shape "
-                              f"{tuple(linear_weight.shape)}")
+        raise V.ArgumentError(
+            f"linear_weight must be 2-D (num_classes, in_features), got shape {tuple(linear_weight.shape)}"
+        )
     num_classes, in_features = linear_weight.shape
     if num_classes == 0:
-        raise V.ArgumentError(f"linear_weight must have at least one class (row), got shape "
-                              f"{tuple(linear_weight.shape)}")
+        raise V.ArgumentError(
+            f"linear_weight must have at least one class (row), got shape {tuple(linear_weight.shape)}"
+        )
     if input.shape[-1] != in_features:
-        raise V.ArgumentError(f"input's last dimension ({input.shape[-1]}, shape {tuple(input.shape)}) must equal "
-                              f"linear_weight's in_features ({in_features}, shape {tuple(linear_weight.shape)})")
+        raise V.ArgumentError(
+            f"input's last dimension ({input.shape[-1]}, shape {tuple(input.shape)}) must equal "
+            f"linear_weight's in_features ({in_features}, shape {tuple(linear_weight.shape)})"
+        )
     if linear_bias is not None:
         V.check_tensor(linear_bias, "linear_bias")
         V.check_floating(linear_bias, "linear_bias")
         if tuple(linear_bias.shape) != (num_classes,):
             raise V.ArgumentError(f"linear_bias must have shape ({num_classes},), got {tuple(linear_bias.shape)}")
     V.check_weight(weight, num_classes)
-    for name, t in (("linear_weight", linear_weight), ("target", target), ("linear_bias", linear_bias),
-                    ("weight", weight)):
+    for name, t in (
+        ("linear_weight", linear_weight),
+        ("target", target),
+        ("linear_bias", linear_bias),
+        ("weight", weight),
+    ):
         if t is not None and t.device != input.device:
             raise V.ArgumentError(f"{name} is on {t.device} but input is on {input.device}")
     if not torch.is_autocast_enabled(input.device.type):
         for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
             if t is not None and t.dtype != input.dtype:
-                raise V.ArgumentTypeError(f"{name} has dtype {t.dtype} but input has {input.dtype}; outside autocast "
-                                          "they must match (as for torch.nn.functional.linear)")
+                raise V.ArgumentTypeError(
+                    f"{name} has dtype {t.dtype} but input has {input.dtype}; outside autocast "
+                    "they must match (as for torch.nn.functional.linear)"
+                )
 
 
-def _resolve(backend: str, input: Tensor, target: Tensor, weight: Tensor | None, mm_dtype: torch.dtype,
-             functorch: bool) -> str:
+def _resolve(
+    backend: str, input: Tensor, target: Tensor, weight: Tensor | None, mm_dtype: torch.dtype, functorch: bool
+) -> str:
     if functorch:
         if backend not in ("auto", "reference"):
-            raise V.ArgumentError(f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad); "
-                                  "use backend='reference' or 'auto'")
+            raise V.ArgumentError(
+                f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad); "
+                "use backend='reference' or 'auto'"
+            )
         return "reference"
     if backend == "triton":
         if not LF._triton_usable(input.device):
-            raise V.ArgumentError(f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
-                                  f"installed; input is on {input.device}")
+            raise V.ArgumentError(
+                f"backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1) and triton "
+                f"installed; input is on {input.device}"
+            )
         if mm_dtype == torch.float64:
             raise V.ArgumentTypeError("backend='triton' does not support float64; use backend='chunked'")
     if backend != "auto":
@@ -96,12 +112,23 @@ def _resolve(backend: str, input: Tensor, target: Tensor, weight: Tensor | None,
     return "triton"
 
 
-def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
-                         linear_bias: Tensor | None = None, weight: Tensor | None = None,
-                         reduction: str = "mean", ignore_index: int | None = None,
-                         label_smoothing: float = 0.0, z_loss: float = 0.0, softcap: float | None = None,
-                         chunk_size: int | None = None, backend: str = "auto",
-                         smoothing_prior: Tensor | None = None, allow_negative: bool = False) -> Tensor:
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+    smoothing_prior: Tensor | None = None,
+    allow_negative: bool = False,
+) -> Tensor:
     """``cross_entropy(linear(input, linear_weight, linear_bias), target)`` without the full logits.
 
     Same arguments and numbers as ``torch.nn.functional.linear_cross_entropy`` (torch 2.13, without its
@@ -181,16 +208,20 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     probs = target.is_floating_point()
     if probs:
         if tuple(target.shape) != (*batch_shape, num_classes):
-            raise V.ArgumentError(f"a floating-point target holds class probabilities and must have shape "
-                                  f"{(*batch_shape, num_classes)}, got {tuple(target.shape)}")
+            raise V.ArgumentError(
+                f"a floating-point target holds class probabilities and must have shape "
+                f"{(*batch_shape, num_classes)}, got {tuple(target.shape)}"
+            )
         if ignore_index is not None:
             raise V.ArgumentError(f"ignore_index must be None with class-probability targets, got {ignore_index}")
         ignore_index = -100
     else:
         V.check_integer(target, "target")
         if tuple(target.shape) != batch_shape:
-            raise V.ArgumentError(f"target of class indices must have shape {batch_shape} for input of shape "
-                                  f"{tuple(input.shape)}, got {tuple(target.shape)}")
+            raise V.ArgumentError(
+                f"target of class indices must have shape {batch_shape} for input of shape "
+                f"{tuple(input.shape)}, got {tuple(target.shape)}"
+            )
         ignore_index = -100 if ignore_index is None else ignore_index
 
     device_type = input.device.type
@@ -205,15 +236,27 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     if name in ("reference", "torch"):
         # The materialised path: the full logits, then the plain cross-entropy (autograd does the rest).
         logits = F.linear(x2, linear_weight, linear_bias)
-        out = LF.cross_entropy(logits, t2, weight, ignore_index=ignore_index, reduction=reduction,
-                               label_smoothing=eps, backend=name, z_loss=z_loss, softcap=softcap,
-                               smoothing_prior=prior, allow_negative=allow_negative)
+        out: Tensor = LF.cross_entropy(
+            logits,
+            t2,
+            weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=eps,
+            backend=name,
+            z_loss=z_loss,
+            softcap=softcap,
+            smoothing_prior=prior,
+            allow_negative=allow_negative,
+        )
         return (out.reshape(batch_shape) if reduction == "none" else out).to(out_dtype)
 
     for what, t in (("weight", weight), ("target", target)):
         if t is not None and t.requires_grad:
-            raise V.ArgumentError(f"backend={name!r} does not compute a gradient for {what}, which requires grad; "
-                                  "use backend='reference'" + (" (or detach the target)" if what == "target" else ""))
+            raise V.ArgumentError(
+                f"backend={name!r} does not compute a gradient for {what}, which requires grad; "
+                "use backend='reference'" + (" (or detach the target)" if what == "target" else "")
+            )
     if not probs:
         V.check_class_indices(t2, num_classes, ignore_index)
     cdt = compute_dtype(mm_dtype)
@@ -227,9 +270,25 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     # Autocast off inside: the kernels' float32 arithmetic must not be recast, and the matmuls run in
     # mm_dtype explicitly.
     with torch.autocast(device_type, enabled=False):
-        out = LinearCrossEntropyFunction.apply(x2, linear_weight, linear_bias, t2, w_cls, ignore_index, eps,
-                                               z_loss, softcap, reduction, name, rows, mm_dtype, denom,
-                                               torch.is_grad_enabled(), prior)
+        # torch leaves Function.apply unannotated; forward fixes what it returns.
+        out = LinearCrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
+            x2,
+            linear_weight,
+            linear_bias,
+            t2,
+            w_cls,
+            ignore_index,
+            eps,
+            z_loss,
+            softcap,
+            reduction,
+            name,
+            rows,
+            mm_dtype,
+            denom,
+            torch.is_grad_enabled(),
+            prior,
+        )
     if reduction == "none":
         out = out.reshape(batch_shape)
     return out.to(out_dtype)
@@ -256,10 +315,23 @@ class LinearCrossEntropyLoss(nn.Module):
         torch.Size([100, 16])
     """
 
-    def __init__(self, weight: Tensor | None = None, reduction: str = "mean", ignore_index: int | None = None,
-                 label_smoothing: float = 0.0, *, z_loss: float = 0.0, softcap: float | None = None,
-                 chunk_size: int | None = None, backend: str = "auto",
-                 smoothing_prior: Tensor | None = None, allow_negative: bool = False) -> None:
+    weight: Tensor | None
+    smoothing_prior: Tensor | None
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        reduction: str = "mean",
+        ignore_index: int | None = None,
+        label_smoothing: float = 0.0,
+        *,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        chunk_size: int | None = None,
+        backend: str = "auto",
+        smoothing_prior: Tensor | None = None,
+        allow_negative: bool = False,
+    ) -> None:
         super().__init__()
         self.allow_negative = V.check_bool(allow_negative, "allow_negative")
         if smoothing_prior is not None:
@@ -279,17 +351,32 @@ class LinearCrossEntropyLoss(nn.Module):
         self.chunk_size = _check_chunk_size(chunk_size)
         self.backend = LF.check_backend(backend)
 
-    def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor,
-                linear_bias: Tensor | None = None) -> Tensor:
-        return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
-                                    reduction=self.reduction, ignore_index=self.ignore_index,
-                                    label_smoothing=self.label_smoothing, z_loss=self.z_loss,
-                                    softcap=self.softcap, chunk_size=self.chunk_size, backend=self.backend,
-                                    smoothing_prior=self.smoothing_prior, allow_negative=self.allow_negative)
+    def forward(
+        self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None
+    ) -> Tensor:
+        return linear_cross_entropy(
+            input,
+            linear_weight,
+            target,
+            linear_bias=linear_bias,
+            weight=self.weight,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            chunk_size=self.chunk_size,
+            backend=self.backend,
+            smoothing_prior=self.smoothing_prior,
+            allow_negative=self.allow_negative,
+        )
 
     def extra_repr(self) -> str:
-        parts = [f"label_smoothing={self.label_smoothing}", f"reduction={self.reduction!r}",
-                 f"backend={self.backend!r}"]
+        parts = [
+            f"label_smoothing={self.label_smoothing}",
+            f"reduction={self.reduction!r}",
+            f"backend={self.backend!r}",
+        ]
         for name in ("ignore_index", "softcap", "chunk_size"):
             if getattr(self, name) is not None:
                 parts.append(f"{name}={getattr(self, name)}")

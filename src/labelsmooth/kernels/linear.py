@@ -35,6 +35,7 @@ device's memory, in multiples of 128 rows (whole tensor-core tiles).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,8 +52,9 @@ DEVICE_MEMORY_SHARE = 64
 DEVICE_ROW_MULTIPLE = 128
 
 
-def default_chunk_rows(num_rows: int, num_classes: int, dtype: torch.dtype = torch.float32,
-                       device: torch.device | str | None = None) -> int:
+def default_chunk_rows(
+    num_rows: int, num_classes: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> int:
     """Rows per chunk for ``num_rows`` rows of ``num_classes`` logits of ``dtype`` on ``device``.
 
     CPU: ``CHUNK_BYTES`` of float32 logits, rounded down to a multiple of 64 rows, at least
@@ -84,10 +86,12 @@ def default_chunk_rows(num_rows: int, num_classes: int, dtype: torch.dtype = tor
 
 def _kernel(name: str) -> Callable[..., Tensor]:
     if name == "triton":
-        from labelsmooth.kernels.triton_ce import fused_ce
-    else:
-        from labelsmooth.kernels.chunked import fused_ce
-    return fused_ce
+        from labelsmooth.kernels import triton_ce
+
+        return triton_ce.fused_ce
+    from labelsmooth.kernels import chunked
+
+    return chunked.fused_ce
 
 
 def _accumulate_mm(acc: Tensor, a: Tensor, b: Tensor, first: bool, slice_rows: int) -> None:
@@ -105,19 +109,32 @@ def _accumulate_mm(acc: Tensor, a: Tensor, b: Tensor, first: bool, slice_rows: i
             acc.addmm_(a, b)
         return
     for start in range(0, acc.shape[0], slice_rows):
-        part = torch.mm(a[start:start + slice_rows], b)
+        part = torch.mm(a[start : start + slice_rows], b)
         if first:
-            acc[start:start + slice_rows].copy_(part)
+            acc[start : start + slice_rows].copy_(part)
         else:
-            acc[start:start + slice_rows].add_(part)
+            acc[start : start + slice_rows].add_(part)
 
 
-def chunk_loop(x: Tensor, w: Tensor, b: Tensor | None, target: Tensor, weight: Tensor | None,
-               ignore_index: int, eps: float, z_loss: float, softcap: float | None, kernel: str,
-               chunk_rows: int, *, grad_scale: Tensor | None = None, grad_output: Tensor | None = None,
-               want: tuple[bool, bool, bool] = (False, False, False),
-               need_loss: bool = True, prior: Tensor | None = None,
-               ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+def chunk_loop(
+    x: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    eps: float,
+    z_loss: float,
+    softcap: float | None,
+    kernel: str,
+    chunk_rows: int,
+    *,
+    grad_scale: Tensor | None = None,
+    grad_output: Tensor | None = None,
+    want: tuple[bool, bool, bool] = (False, False, False),
+    need_loss: bool = True,
+    prior: Tensor | None = None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Row losses and the gradients of ``sum_n g_n loss_n`` for ``x`` (M, H), ``w`` (C, H), ``b`` (C,).
 
     ``x``, ``w`` and ``b`` are already in the matmul dtype. ``want`` = (input, weight, bias) says which
@@ -163,29 +180,53 @@ def chunk_loop(x: Tensor, w: Tensor, b: Tensor | None, target: Tensor, weight: T
             if kernel == "triton":
                 from labelsmooth.kernels import triton_ce
 
-                rows_loss, stats = triton_ce.forward(logits, tc, weight, ignore_index, eps, z_loss, softcap,
-                                                     save_stats=True, prior=prior)
-                triton_ce.backward(logits, tc, weight, ignore_index, eps, softcap, stats, logits,
-                                   grad_output=go, grad_scale=grad_scale, prior=prior)
+                rows_loss, stats = triton_ce.forward(
+                    logits, tc, weight, ignore_index, eps, z_loss, softcap, save_stats=True, prior=prior
+                )
+                assert stats is not None  # asked for with save_stats
+                triton_ce.backward(
+                    logits,
+                    tc,
+                    weight,
+                    ignore_index,
+                    eps,
+                    softcap,
+                    stats,
+                    logits,
+                    grad_output=go,
+                    grad_scale=grad_scale,
+                    prior=prior,
+                )
             else:
-                rows_loss = fused(logits, tc, weight, ignore_index, eps, z_loss, softcap, logits,
-                                  grad_scale=grad_scale, prior=prior)
+                rows_loss = fused(
+                    logits, tc, weight, ignore_index, eps, z_loss, softcap, logits, grad_scale=grad_scale, prior=prior
+                )
                 if not tc.is_floating_point():
                     # Ignored rows keep their exact zero whatever grad_output holds there (inf, NaN).
                     go = torch.where(tc != ignore_index, go, torch.zeros_like(go))
                 logits.mul_(go.to(logits.dtype).unsqueeze(1))
         else:
-            rows_loss = fused(logits, tc, weight, ignore_index, eps, z_loss, softcap,
-                              logits if any_grad else None, grad_scale=grad_scale, prior=prior)
+            rows_loss = fused(
+                logits,
+                tc,
+                weight,
+                ignore_index,
+                eps,
+                z_loss,
+                softcap,
+                logits if any_grad else None,
+                grad_scale=grad_scale,
+                prior=prior,
+            )
         if loss is not None:
             loss[start:end] = rows_loss
         if not any_grad:
             continue
-        if want_x:
+        if dx is not None:
             torch.mm(logits, w, out=dx[start:end])
-        if want_w:
+        if dw is not None:
             _accumulate_mm(dw, logits.t(), xc, start == 0, slice_rows)
-        if want_b:
+        if db is not None:
             db.add_(logits.sum(dim=0, dtype=db.dtype))
     return loss, dx, dw, db
 
@@ -202,8 +243,25 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w, b, target, weight, ignore_index, eps, z_loss, softcap, reduction, kernel,
-                chunk_rows, mm_dtype, denom, grad_enabled, prior):
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        w: Tensor,
+        b: Tensor | None,
+        target: Tensor,
+        weight: Tensor | None,
+        ignore_index: int,
+        eps: float,
+        z_loss: float,
+        softcap: float | None,
+        reduction: str,
+        kernel: str,
+        chunk_rows: int,
+        mm_dtype: torch.dtype,
+        denom: Tensor | None,
+        grad_enabled: bool,
+        prior: Tensor | None,
+    ) -> Tensor:
         # Forward runs under no_grad: whether gradients are wanted was read by the caller.
         want = tuple(bool(n) for n in ctx.needs_input_grad[:3]) if grad_enabled else (False,) * 3
         want = (want[0], want[1], want[2] and b is not None)
@@ -214,42 +272,76 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         xm, wm = x.to(mm_dtype), w.to(mm_dtype)
         bm = None if b is None else b.to(mm_dtype)
         if reduction == "none":
-            rows, _, _, _ = chunk_loop(xm, wm, bm, target, weight, ignore_index, eps, z_loss, softcap,
-                                       kernel, chunk_rows, prior=prior)
+            rows, _, _, _ = chunk_loop(
+                xm, wm, bm, target, weight, ignore_index, eps, z_loss, softcap, kernel, chunk_rows, prior=prior
+            )
             if any(want):
                 # Recomputed in backward: keep the operands (as given: the casts are redone there).
                 ctx.save_for_backward(x, w, b, target, weight, prior)
                 ctx.want = want
+            assert rows is not None  # need_loss
             return rows
         grad_scale = None if denom is None else denom.reciprocal()
-        rows, dx, dw, db = chunk_loop(xm, wm, bm, target, weight, ignore_index, eps, z_loss, softcap, kernel,
-                                      chunk_rows, grad_scale=grad_scale, want=want, prior=prior)
+        rows, dx, dw, db = chunk_loop(
+            xm,
+            wm,
+            bm,
+            target,
+            weight,
+            ignore_index,
+            eps,
+            z_loss,
+            softcap,
+            kernel,
+            chunk_rows,
+            grad_scale=grad_scale,
+            want=want,
+            prior=prior,
+        )
         if any(want):
             # Cast to the parameters' dtypes now, so that only their size is held until backward.
-            ctx.grads = [None if g is None else g.to(dt) for g, dt in zip((dx, dw, db), ctx.dtypes)]
+            ctx.grads = [None if g is None else g.to(dt) for g, dt in zip((dx, dw, db), ctx.dtypes, strict=True)]
+        assert rows is not None  # need_loss
         total = rows.sum()
         return total if denom is None else total / denom
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():
-            raise RuntimeError("linear_cross_entropy's fused gradient cannot be differentiated again "
-                               "(create_graph=True); use backend='reference'")
+            raise RuntimeError(
+                "linear_cross_entropy's fused gradient cannot be differentiated again "
+                "(create_graph=True); use backend='reference'"
+            )
         nones = (None,) * 13
         if ctx.reduction == "none":
             x, w, b, target, weight, prior = ctx.saved_tensors
             ignore_index, eps, z_loss, softcap, kernel, chunk_rows, mm_dtype = ctx.options
-            _, dx, dw, db = chunk_loop(x.to(mm_dtype), w.to(mm_dtype), None if b is None else b.to(mm_dtype),
-                                       target, weight, ignore_index, eps, z_loss, softcap, kernel, chunk_rows,
-                                       grad_output=grad_out.to(compute_dtype(mm_dtype)), want=ctx.want,
-                                       need_loss=False, prior=prior)
-            grads = [None if g is None else g.to(dt) for g, dt in zip((dx, dw, db), ctx.dtypes)]
+            _, dx, dw, db = chunk_loop(
+                x.to(mm_dtype),
+                w.to(mm_dtype),
+                None if b is None else b.to(mm_dtype),
+                target,
+                weight,
+                ignore_index,
+                eps,
+                z_loss,
+                softcap,
+                kernel,
+                chunk_rows,
+                grad_output=grad_out.to(compute_dtype(mm_dtype)),
+                want=ctx.want,
+                need_loss=False,
+                prior=prior,
+            )
+            grads = [None if g is None else g.to(dt) for g, dt in zip((dx, dw, db), ctx.dtypes, strict=True)]
             return (*grads, *nones)
         grads = ctx.grads
         if grads is None:
-            raise RuntimeError("linear_cross_entropy's gradients were already handed to an earlier backward: "
-                               "backward through it twice (retain_graph=True) needs backend='reference' or "
-                               "reduction='none'")
+            raise RuntimeError(
+                "linear_cross_entropy's gradients were already handed to an earlier backward: "
+                "backward through it twice (retain_graph=True) needs backend='reference' or "
+                "reduction='none'"
+            )
         # Released before returning, so that autograd can take the buffers as .grad without a copy.
         ctx.grads = None
         if grad_out.device.type != "cpu" or torch.compiler.is_compiling() or grad_out.item() != 1.0:
