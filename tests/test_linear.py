@@ -268,13 +268,19 @@ def test_class_weight_requiring_grad_goes_to_the_reference():
         ls.linear_cross_entropy(x, w, y, weight=ours, backend="chunked")
 
 
-def test_torch_func_grad_uses_the_reference():
+@pytest.mark.parametrize("backend", ["auto", "chunked"])
+def test_torch_func_and_forward_mode_use_the_reference(backend):
     x, w, b, y, _ = make()
-    got = torch.func.grad(lambda v: ls.linear_cross_entropy(x, v, y, linear_bias=b, label_smoothing=0.1))(w)
-    want = torch.func.grad(lambda v: F.linear_cross_entropy(x, v, y, linear_bias=b, label_smoothing=0.1))(w)
-    torch.testing.assert_close(got, want, **F64)
-    with pytest.raises(ValueError, match=r"torch\.func"):
-        torch.func.grad(lambda v: ls.linear_cross_entropy(x, v, y, backend="chunked"))(w)
+
+    def ours(v):
+        return ls.linear_cross_entropy(x, v, y, linear_bias=b, label_smoothing=0.1, backend=backend)
+
+    def theirs(v):
+        return F.linear_cross_entropy(x, v, y, linear_bias=b, label_smoothing=0.1)
+
+    torch.testing.assert_close(torch.func.grad(ours)(w), torch.func.grad(theirs)(w), **F64)
+    tangent = torch.randn(w.shape, generator=torch.Generator().manual_seed(5), dtype=w.dtype)
+    torch.testing.assert_close(torch.func.jvp(ours, (w,), (tangent,)), torch.func.jvp(theirs, (w,), (tangent,)), **F64)
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])

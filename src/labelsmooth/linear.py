@@ -89,11 +89,8 @@ def _resolve(
     backend: str, input: Tensor, target: Tensor, weight: Tensor | None, mm_dtype: torch.dtype, functorch: bool
 ) -> str:
     if functorch:
-        if backend not in ("auto", "reference"):
-            raise V.ArgumentError(
-                f"backend={backend!r} cannot run inside torch.func transforms (vmap, grad); "
-                "use backend='reference' or 'auto'"
-            )
+        # torch.func transforms and forward-mode dual tensors need plain torch ops, whatever was named
+        # (as for labelsmooth.cross_entropy).
         return "reference"
     if backend == "triton":
         if not LF._triton_usable(input.device):
@@ -169,10 +166,11 @@ def linear_cross_entropy(
         allow_negative: accept ``label_smoothing < 0`` (negative smoothing, as in
             :func:`labelsmooth.cross_entropy`).
         backend: ``"auto"`` (chunked kernel on CPU, Triton on CUDA when installed, reference when
-            ``weight`` or ``target`` requires grad or inside ``torch.func`` transforms),
-            ``"chunked"``, ``"triton"`` (fused, per chunk), or ``"reference"`` / ``"torch"``: the
-            materialised ``F.linear`` followed by :func:`labelsmooth.cross_entropy` with that backend
-            (full logits; any order of differentiation with ``"reference"``).
+            ``weight`` or ``target`` requires grad), ``"chunked"``, ``"triton"`` (fused, per chunk),
+            or ``"reference"`` / ``"torch"``: the materialised ``F.linear`` followed by
+            :func:`labelsmooth.cross_entropy` with that backend (full logits; any order of
+            differentiation with ``"reference"``). Inside ``torch.func`` transforms and for
+            forward-mode dual tensors every backend computes through the reference.
 
     Returns:
         The loss: a scalar, or of the batch shape for ``reduction="none"``; in the matmul's dtype
@@ -228,7 +226,7 @@ def linear_cross_entropy(
     autocast = torch.is_autocast_enabled(device_type) and input.dtype != torch.float64
     mm_dtype = torch.get_autocast_dtype(device_type) if autocast else input.dtype
     out_dtype = torch.float32 if autocast and mm_dtype in _HALF else mm_dtype
-    functorch = LF._under_functorch(input, linear_weight, target, prior)
+    functorch = LF._under_functorch(input, linear_weight, target, linear_bias, weight, prior)
     name = _resolve(backend, input, target, weight, mm_dtype, functorch)
 
     x2 = input.reshape(-1, in_features)
