@@ -251,6 +251,20 @@ def _no_double_backward() -> None:
         )
 
 
+def check_no_grad_beyond_logits(name: str, weight: Tensor | None, target: Tensor) -> None:
+    """Raise if ``weight`` or ``target`` requires grad: the fused backends ``name`` differentiate only
+    the logits (shared by every fused entry point, so the error reads the same from each)."""
+    if weight is not None and weight.requires_grad:
+        raise V.ArgumentError(
+            f"backend={name!r} does not compute a gradient for weight, which requires grad; use backend='reference'"
+        )
+    if target.requires_grad:
+        raise V.ArgumentError(
+            f"backend={name!r} does not compute a gradient for target, which requires grad; "
+            "use backend='reference' (or detach the target)"
+        )
+
+
 def _fused(apply: Callable[..., Tensor], name: str) -> Callable[..., Tensor]:
     """A backend running ``apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace,
     reduction, want_grad)`` (one of the autograd Functions here) after the checks every fused backend
@@ -268,15 +282,7 @@ def _fused(apply: Callable[..., Tensor], name: str) -> Callable[..., Tensor]:
         inplace: bool,
         reduction: str,
     ) -> Tensor:
-        if weight is not None and weight.requires_grad:
-            raise V.ArgumentError(
-                f"backend={name!r} does not compute a gradient for weight, which requires grad; use backend='reference'"
-            )
-        if t2.requires_grad:
-            raise V.ArgumentError(
-                f"backend={name!r} does not compute a gradient for target, which requires grad; "
-                "use backend='reference' (or detach the target)"
-            )
+        check_no_grad_beyond_logits(name, weight, t2)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         if inplace and x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]:

@@ -249,12 +249,7 @@ def linear_cross_entropy(
         )
         return (out.reshape(batch_shape) if reduction == "none" else out).to(out_dtype)
 
-    for what, t in (("weight", weight), ("target", target)):
-        if t is not None and t.requires_grad:
-            raise V.ArgumentError(
-                f"backend={name!r} does not compute a gradient for {what}, which requires grad; "
-                "use backend='reference'" + (" (or detach the target)" if what == "target" else "")
-            )
+    LF.check_no_grad_beyond_logits(name, weight, target)
     if not probs:
         V.check_class_indices(t2, num_classes, ignore_index)
     cdt = compute_dtype(mm_dtype)
