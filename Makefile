@@ -29,7 +29,7 @@ lint: venv
 test: venv lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# The main job: the default grid (about 905 CPU-seconds: 7 min 44 s measured on 2 idle cores); outputs in runs/latest
+# The main job: the default grid (about 905–1014 CPU-seconds: 7 min 44 s to 8 min 43 s measured on 2 idle cores); outputs in runs/latest
 # (results.json, report.html, summary.md, findings.md). Interrupted? Run it again: finished runs are skipped.
 study: venv
 	$(VENV)/bin/labelsmooth study --out runs/latest
