@@ -80,3 +80,17 @@ def test_linear_head_matches_the_plain_head_and_trains():
     assert abs(plain - fused) <= 1e-5 * plain and diff <= 1e-5 * largest, out
     losses = [float(x) for x in re.findall(r"step +\d+: loss (\S+)", out)]
     assert len(losses) == 2 and losses[-1] < losses[0], out
+
+
+def test_lightning_digits_trains_and_tests_the_chosen_epoch():
+    if importlib.util.find_spec("lightning") is None or importlib.util.find_spec("sklearn") is None:
+        pytest.skip("lightning and scikit-learn are not installed")
+    out = run_example("lightning_digits.py", "--smoke")
+    rows = re.findall(
+        r"label_smoothing=(\S+) *: best validation epoch on test: accuracy (\S+), NLL (\S+), ECE (\S+)", out
+    )
+    assert [float(r[0]) for r in rows] == [0.0, 0.1], out
+    for _, acc, nll, ece in rows:
+        # Six steps from a random start: above chance (0.1) on ten balanced classes, not yet fitted.
+        assert 0.15 < float(acc.rstrip(",")) <= 1.0 and 0.0 < float(nll.rstrip(",")) < 2.4, out
+        assert 0.0 <= float(ece) <= 1.0, out
