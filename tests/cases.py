@@ -58,3 +58,12 @@ def grid():
             if ignore_index == 1 and (len(shape) == 1 or shape[1] < 2):
                 continue
             yield shape, probs, weighted, ignore_index, eps, reduction
+
+
+def grads(fn, x, go_seed=5):
+    """Output and gradient of ``fn`` at ``x`` for a random grad_output (not 1)."""
+    x = x.detach().clone().requires_grad_(True)
+    out = fn(x)
+    go = torch.rand(out.shape, generator=torch.Generator().manual_seed(go_seed), dtype=torch.float64) + 0.5
+    (g,) = torch.autograd.grad(out, x, go.to(out.dtype))
+    return out.detach(), g

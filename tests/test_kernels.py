@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import labelsmooth as ls
-from cases import make_case
+from cases import grads, make_case
 from labelsmooth import reference
 from labelsmooth.kernels import chunked
 
@@ -38,14 +38,6 @@ def formula(x, t, w, ignore_index, eps, z_loss, softcap, reduction):
     if reduction == "none":
         return rows
     return rows.sum() if reduction == "sum" else rows.sum() / denom
-
-
-def grads(fn, x, go_seed=5):
-    x = x.detach().clone().requires_grad_(True)
-    out = fn(x)
-    go = torch.rand(out.shape, generator=torch.Generator().manual_seed(go_seed), dtype=torch.float64) + 0.5
-    (g,) = torch.autograd.grad(out, x, go.to(out.dtype))
-    return out.detach(), g
 
 
 OPTION_CASES = [

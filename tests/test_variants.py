@@ -10,20 +10,11 @@ import torch
 import torch.nn.functional as F
 
 import labelsmooth as ls
-from cases import make_case
+from cases import grads, make_case
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 FUSED = ["chunked"] + (["triton"] if HAS_TRITON else [])
 ALL = ["reference", *FUSED]
-
-
-def grads(fn, x, go_seed=5):
-    """Output and gradient of ``fn`` at ``x`` for a random grad_output (not 1)."""
-    x = x.detach().clone().requires_grad_(True)
-    out = fn(x)
-    go = torch.rand(out.shape, generator=torch.Generator().manual_seed(go_seed), dtype=torch.float64) + 0.5
-    (g,) = torch.autograd.grad(out, x, go.to(out.dtype))
-    return out.detach(), g
 
 
 def random_prior(c, seed=3, zero=None):
