@@ -36,6 +36,7 @@ References:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -53,9 +54,11 @@ if TYPE_CHECKING:
 
 __all__ = ["global_num_targets", "vocab_parallel_cross_entropy", "vocab_partition", "vocab_slice"]
 
-# (process group, local slice size) -> every rank's slice size, in rank order. Learning the sizes is a
-# collective plus a host read, so it happens once per group and local size, not per call.
-_PARTITIONS: dict[tuple[object, int], tuple[int, ...]] = {}
+# process group -> {local slice size: every rank's slice size, in rank order}. Learning the sizes is a
+# collective plus a host read, so it happens once per group and local size, not per call. Weak keys:
+# the cache must not keep a destroyed group (and its communication threads) alive until interpreter
+# shutdown, where tearing it down late can abort the process.
+_PARTITIONS: weakref.WeakKeyDictionary[ProcessGroup, dict[int, tuple[int, ...]]] = weakref.WeakKeyDictionary()
 
 
 def _dist() -> ModuleType:
@@ -140,8 +143,8 @@ def vocab_partition(
     dist = _dist()
     local_size = V.check_index(local_size, "local_size")
     group = _resolve_group(dist, group)
-    key = (group, local_size)
-    sizes = _PARTITIONS.get(key)
+    known = _PARTITIONS.setdefault(group, {})
+    sizes = known.get(local_size)
     if sizes is None:
         world = dist.get_world_size(group)
         mine = torch.tensor([local_size], dtype=torch.int64, device=device)
@@ -151,7 +154,7 @@ def vocab_partition(
         # Checked after the collective, so that every rank sees the same sizes and raises the same error.
         if min(sizes) < 1:
             raise ValueError(f"every rank must hold at least one class, got slice sizes {sizes}")
-        _PARTITIONS[key] = sizes
+        known[local_size] = sizes
     return sizes
 
 
