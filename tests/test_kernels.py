@@ -314,6 +314,20 @@ def test_mean_with_all_zero_weights_is_nan_like_torch(backend):
 
 
 @pytest.mark.parametrize("backend", FUSED)
+def test_inplace_refuses_a_parameter(backend):
+    p = torch.nn.Parameter(torch.randn(4, 7))
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match=r"inplace=True would overwrite input, an nn.Parameter"):
+        ls.cross_entropy(p, torch.tensor([0, 1, 2, 3]), backend=backend, inplace=True)
+    assert torch.equal(p.detach(), before)
+    with pytest.raises(RuntimeError, match="nn.Parameter"):  # torch's own class for this misuse
+        ls.CrossEntropyLoss(backend=backend, inplace=True)(p, torch.tensor([0, 1, 2, 3]))
+    # Logits computed from a parameter are not the parameter: in place is fine there.
+    ls.cross_entropy(p * 2.0, torch.tensor([0, 1, 2, 3]), backend=backend, inplace=True).backward()
+    torch.testing.assert_close(p.detach(), before)
+
+
+@pytest.mark.parametrize("backend", FUSED)
 def test_no_grad_computes_no_gradient_and_consumes_nothing(backend):
     x = torch.randn(4, 7, requires_grad=True)
     before = x.detach().clone()

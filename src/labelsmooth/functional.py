@@ -494,7 +494,8 @@ def cross_entropy(
         softcap: if set, logits become ``softcap * tanh(x / softcap)`` before the softmax (Gemma 2).
         inplace: allow a fused backend to write the gradient into ``input``'s storage (chunked: during
             forward; triton: during backward), so that it needs no N x C buffer of its own. The caller must
-            not use the logits after the loss.
+            not use the logits after the loss; a leaf ``input`` ends with ``.grad`` sharing its storage.
+            An ``nn.Parameter`` is refused (its data would become its gradient).
         smoothing_prior: optional (C,) probability vector u to smooth towards instead of the uniform 1/C
             (non-negative, sums to 1; on the input's device).
         allow_negative: accept ``label_smoothing < 0`` (negative label smoothing).
@@ -524,6 +525,11 @@ def cross_entropy(
     softcap = V.check_softcap(softcap)
     ignore_index = V.check_index(ignore_index, "ignore_index")
     inplace = V.check_bool(inplace, "inplace")
+    if inplace and isinstance(input, torch.nn.Parameter) and input.requires_grad and torch.is_grad_enabled():
+        # The parameter's data would become its own gradient, and an optimiser step would then use both.
+        raise V.ArgumentError(
+            "inplace=True would overwrite input, an nn.Parameter, with its gradient; pass inplace=False"
+        )
     check_backend(backend)
     if input.dim() > 0:
         V.check_weight(weight, input.shape[0 if input.dim() == 1 else 1])
