@@ -320,7 +320,7 @@ def test_inplace_refuses_a_parameter(backend):
     with pytest.raises(ValueError, match=r"inplace=True would overwrite input, an nn.Parameter"):
         ls.cross_entropy(p, torch.tensor([0, 1, 2, 3]), backend=backend, inplace=True)
     assert torch.equal(p.detach(), before)
-    with pytest.raises(RuntimeError, match="nn.Parameter"):  # torch's own class for this misuse
+    with pytest.raises(RuntimeError, match=r"nn\.Parameter"):  # torch's own class for this misuse
         ls.CrossEntropyLoss(backend=backend, inplace=True)(p, torch.tensor([0, 1, 2, 3]))
     # Logits computed from a parameter are not the parameter: in place is fine there.
     ls.cross_entropy(p * 2.0, torch.tensor([0, 1, 2, 3]), backend=backend, inplace=True).backward()
