@@ -291,6 +291,15 @@ def test_bad_arguments_are_clear_errors(capsys, args, option, value, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where no folder can be created")
+def test_an_out_folder_that_cannot_be_created_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "--quick", "--out", "/proc/labelsmooth-out"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --out: cannot create folder '/proc/labelsmooth-out'" in err and "Traceback" not in err
+
+
 def test_python_dash_m_and_help():
     res = subprocess.run(
         [sys.executable, "-m", "labelsmooth", "study", "--help"], capture_output=True, text=True, timeout=60

@@ -305,8 +305,6 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
                 f"argument --out: {str(p)!r} is a file, not a folder"
                 + ("" if p == out else f" (it is above {str(out)!r})")
             )
-    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
-        study.error(f"argument --out: folder {str(out)!r} is not writable")
     # An option given on the command line wins over the preset (--quick's, else the full grid's).
     eps: list[float] = args.eps if args.eps is not None else preset["eps"]
     noise: list[float] = args.noise if args.noise is not None else preset["noise"]
@@ -328,6 +326,13 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
         max_train=args.max_train,
         device=args.device,
     )
+    # Last of the checks, so that a rejected command leaves no folder behind.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        study.error(f"argument --out: cannot create folder {str(out)!r}: {exc.strerror or exc}")
+    if not os.access(out, os.W_OK | os.X_OK):
+        study.error(f"argument --out: folder {str(out)!r} is not writable")
     command = _canonical_command(args, datasets, out)
     return StudyConfig(
         datasets=datasets,
@@ -419,6 +424,9 @@ def _study(args: argparse.Namespace, parser: _Parser) -> int:
     console.print(f"results: {cfg.out / 'results.json'}")
     if outcome.report is not None:
         console.print(f"report:  {outcome.report}\nsummary: {outcome.summary}")
+        findings = cfg.out / "findings.md"
+        if findings.exists():
+            console.print(f"findings: {findings}  (the headline tables, for a README)")
     for what, error in outcome.failures:
         console.print(f"[red]failed:[/red] {what}: {error}")
     return 1 if outcome.failures else 0

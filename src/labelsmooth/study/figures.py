@@ -181,7 +181,10 @@ def metric_vs_eps(records: Sequence[S.Record], name: str, ylabel: str, posthoc: 
                     )
         ax.set(title=ds, xlabel="label smoothing eps (0 = ce)", ylabel=ylabel)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="x-small")
+    # The first panel's projections may be missing (load returned None): legend the first one drawn.
+    drawn = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+    if drawn:
+        drawn[0].legend(fontsize="x-small")
     return fig
 
 
@@ -252,7 +255,10 @@ def learning_curves(records: Sequence[S.Record], dataset: str) -> Figure:
     ):
         ax.set(title=f"{dataset}: {title}", xlabel="step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="x-small")
+    # The first panel's projections may be missing (load returned None): legend the first one drawn.
+    drawn = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+    if drawn:
+        drawn[0].legend(fontsize="x-small")
     return fig
 
 
@@ -283,5 +289,8 @@ def projection_figure(records: Sequence[S.Record], load: ProjectionLoader, datas
             ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.6, label=f"class {c}")
         ax.set(title=f"{dataset}: {S.label(v)}", xlabel="template plane, axis 1", ylabel="axis 2")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="x-small")
+    # The first panel's projections may be missing (load returned None): legend the first one drawn.
+    drawn = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+    if drawn:
+        drawn[0].legend(fontsize="x-small")
     return fig

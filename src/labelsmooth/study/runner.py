@@ -297,7 +297,7 @@ def _binary_names(cfg: StudyConfig) -> dict[str, bool]:
 
 def _describe(job: Job) -> str:
     noise = "clean" if job.noise_level == 0 else f"{job.noise_kind} level {job.noise_level:g}"
-    return f"{job.dataset} {'+'.join(job.methods)} eps={job.eps:g} {noise} seed={job.seed}"
+    return f"{job.dataset} {','.join(job.methods)} eps={job.eps:g} {noise} seed={job.seed}"
 
 
 def _cost(job: Job, sizes: dict[str, int]) -> float:
