@@ -291,6 +291,31 @@ def test_bad_arguments_are_clear_errors(capsys, args, option, value, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_a_data_dir_with_nothing_usable_says_what_it_found(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no data here")
+    python_version = tmp_path / "py"
+    (python_version / "cifar-10-batches-py").mkdir(parents=True)
+    (python_version / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"not read")
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "data_batch_1.bin").write_bytes(b"")
+    cases = [
+        (empty, [], f"argument --data-dir: no dataset found in {str(empty)!r}"),
+        (python_version, [], "CIFAR-10's Python version (pickled batches, which are never unpickled here)"),
+        (half, [], f"{str(half)!r} lacks test_batch.bin"),
+        (python_version, ["--datasets", "cifar10"], "argument --datasets: dataset 'cifar10' needs --data-dir"),
+    ]
+    for folder, extra, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(["study", "--quick", "--out", str(tmp_path / "never"), "--data-dir", str(folder), *extra])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "never").exists()
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where no folder can be created")
 def test_an_out_folder_that_cannot_be_created_is_a_clear_error(capsys):
     with pytest.raises(SystemExit) as exc:

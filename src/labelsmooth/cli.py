@@ -259,7 +259,7 @@ def build_parser() -> _Parser:
 
 
 def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
-    from labelsmooth.study.data import DatasetError, discover, validate_name
+    from labelsmooth.study.data import DatasetError, discover, nothing_found, validate_name
     from labelsmooth.study.methods import METHODS
     from labelsmooth.study.runner import StudyConfig
     from labelsmooth.study.train import TrainConfig
@@ -273,11 +273,11 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
     data_dir = args.data_dir
     if data_dir is not None and not data_dir.is_dir():
         study.error(f"argument --data-dir: {str(data_dir)!r} is not a folder")
-    names = (
-        args.datasets
-        if args.datasets is not None
-        else (DEFAULTS["datasets"] + (discover(data_dir) if data_dir is not None else []))
-    )
+    found = discover(data_dir) if data_dir is not None else []
+    if data_dir is not None and args.datasets is None and not found:
+        # A --data-dir given for nothing would otherwise run the built-in datasets without a word.
+        study.error(f"argument --data-dir: {nothing_found(data_dir)}")
+    names = args.datasets if args.datasets is not None else DEFAULTS["datasets"] + found
     datasets = []
     for name in names:
         try:

@@ -384,6 +384,22 @@ def _cifar_folder(data_dir: Path) -> Path | None:
     return None
 
 
+def _cifar_missing(data_dir: Path) -> str:
+    """What keeps ``data_dir`` from holding CIFAR-10's binary batches, in words, for an error message."""
+    for folder in (data_dir / "cifar-10-batches-bin", data_dir):
+        if any((folder / f).is_file() for f in (*_CIFAR_TRAIN, _CIFAR_TEST)):
+            needed = (_CIFAR_TRAIN[0], _CIFAR_TEST)
+            missing = [f for f in needed if not (folder / f).is_file()]
+            return f"{str(folder)!r} lacks {', '.join(missing)}"
+    for folder in (data_dir / "cifar-10-batches-py", data_dir):
+        if (folder / "data_batch_1").is_file():
+            return (
+                f"{str(folder)!r} holds CIFAR-10's Python version (pickled batches, which are never unpickled "
+                f"here); use the binary version, cifar-10-binary.tar.gz"
+            )
+    return f"{str(data_dir)!r} has no data_batch_1.bin or test_batch.bin, nor a cifar-10-batches-bin folder"
+
+
 def _npz_path(spec: str, data_dir: Path | None) -> Path:
     path = Path(spec[len("npz:") :]).expanduser()
     if not path.is_absolute() and not path.exists() and data_dir is not None and (data_dir / path).exists():
@@ -413,10 +429,11 @@ def validate_name(name: str, data_dir: Path | None = None) -> str:
         return name
     if name not in BUILTIN:
         raise DatasetError(f"unknown dataset {name!r}; choose from {', '.join(BUILTIN)}, BASE:AvB or npz:PATH")
-    if name == "cifar10" and (data_dir is None or _cifar_folder(data_dir) is None):
+    if name == "cifar10" and data_dir is None:
+        raise DatasetError("dataset 'cifar10' needs --data-dir with the CIFAR-10 binary batches (got no --data-dir)")
+    if name == "cifar10" and data_dir is not None and _cifar_folder(data_dir) is None:
         raise DatasetError(
-            f"dataset 'cifar10' needs --data-dir with the CIFAR-10 binary batches "
-            f"(got --data-dir {None if data_dir is None else str(data_dir)!r})"
+            f"dataset 'cifar10' needs --data-dir with the CIFAR-10 binary batches: {_cifar_missing(data_dir)}"
         )
     return name
 
@@ -434,6 +451,11 @@ def discover(data_dir: Path) -> list[str]:
     names = ["cifar10"] if _cifar_folder(data_dir) is not None else []
     names += [f"npz:{p}" for p in sorted(data_dir.glob("*.npz")) if p.is_file()]
     return names
+
+
+def nothing_found(data_dir: Path) -> str:
+    """Why :func:`discover` found no dataset in ``data_dir``, for an error message."""
+    return f"no dataset found in {str(data_dir)!r}: no *.npz file, and for CIFAR-10 {_cifar_missing(data_dir)}"
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
