@@ -40,6 +40,21 @@ def test_binary_integer_targets_and_module():
     )
 
 
+def test_binary_integer_targets_must_be_0_or_1():
+    # torch refuses integer targets outside a float dtype; we accept 0/1 labels, and only those.
+    x = torch.randn(5)
+    for bad in (torch.tensor([0, 1, 2, 1, 0]), torch.tensor([0, -1, 1, 1, 0], dtype=torch.int8)):
+        with pytest.raises(ValueError, match=r"an integer target must hold 0/1 labels, got (2|-1)"):
+            ls.binary_cross_entropy_with_logits(x, bad)
+        with pytest.raises(RuntimeError, match="0/1 labels"):
+            ls.BCEWithLogitsLoss(label_smoothing=0.1)(x, bad)
+    ok = torch.tensor([0, 1, 1, 0, 1], dtype=torch.uint8)
+    torch.testing.assert_close(
+        ls.binary_cross_entropy_with_logits(x, ok, label_smoothing=0.2),
+        ls.binary_cross_entropy_with_logits(x, ok.float(), label_smoothing=0.2),
+    )
+
+
 def test_binary_errors():
     with pytest.raises(ValueError, match="target must have the input's shape"):
         ls.binary_cross_entropy_with_logits(torch.randn(4), torch.ones(5))

@@ -574,6 +574,18 @@ def _under_functorch(*tensors: Tensor | None) -> bool:
     return any(wrapped(t) for t in present)
 
 
+def _check_binary_labels(target: Tensor) -> None:
+    """Integer targets are class labels: only 0 and 1 mean anything (on CPU checked at once, elsewhere
+    by a device-side assertion, without synchronisation)."""
+    valid = (target == 0) | (target == 1)
+    if target.device.type == "cpu":
+        if not bool(valid.all()):
+            bad = target[~valid][0].item()
+            raise V.ArgumentError(f"an integer target must hold 0/1 labels, got {bad}")
+    else:
+        torch._assert_async(valid.all(), "an integer target must hold 0/1 labels")
+
+
 def binary_cross_entropy_with_logits(
     input: Tensor,
     target: Tensor,
@@ -633,5 +645,7 @@ def binary_cross_entropy_with_logits(
                 raise V.ArgumentError(
                     f"{name} of shape {tuple(value.shape)} does not broadcast to the input's shape {tuple(input.shape)}"
                 ) from None
+    if not target.is_floating_point() and target.dtype != torch.bool and not _under_functorch(input, target):
+        _check_binary_labels(target)
     target = smooth_binary_labels(target.to(input.dtype), eps, allow_negative=allow_negative)
     return F.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction, pos_weight=pos_weight)
