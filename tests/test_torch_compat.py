@@ -106,3 +106,15 @@ def test_argument_errors_are_value_and_runtime_errors():
     assert issubclass(ls.ArgumentTypeError, TypeError) and issubclass(ls.ArgumentTypeError, RuntimeError)
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\], got 1.2"):
         ls.CrossEntropyLoss(label_smoothing=1.2)
+
+
+def test_label_smoothing_may_be_a_one_element_tensor_as_in_torch():
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 0])
+    eps = torch.tensor(0.1, dtype=torch.float64)
+    want = F.cross_entropy(x, y, label_smoothing=eps)  # torch reads the tensor's number
+    torch.testing.assert_close(ls.cross_entropy(x, y, label_smoothing=eps), want)
+    torch.testing.assert_close(ls.CrossEntropyLoss(label_smoothing=torch.tensor([0.1]))(x, y), want)
+    with pytest.raises(TypeError, match=r"one-element real tensor, got a torch.float32 tensor of shape \(2,\)"):
+        ls.cross_entropy(x, y, label_smoothing=torch.tensor([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\], got 1.5"):
+        ls.cross_entropy(x, y, label_smoothing=torch.tensor(1.5))

@@ -40,7 +40,16 @@ def check_label_smoothing(
     label_smoothing: object, name: str = "label_smoothing", *, allow_negative: bool = False
 ) -> float:
     """Return ``label_smoothing`` as a float, or raise if it is not a number in [0, 1] (any finite
-    number <= 1 with ``allow_negative``)."""
+    number <= 1 with ``allow_negative``). A one-element real tensor is read as its number, as torch's
+    ``F.cross_entropy`` does (on a GPU that reads the device: pass a Python float to avoid it)."""
+    if isinstance(label_smoothing, torch.Tensor):
+        t = label_smoothing
+        if t.numel() != 1 or t.is_complex() or t.dtype == torch.bool:
+            raise ArgumentTypeError(
+                f"{name} must be a real number or a one-element real tensor, got a {t.dtype} tensor of shape "
+                f"{tuple(t.shape)}"
+            )
+        label_smoothing = t.item()
     if not allow_negative:
         if (
             isinstance(label_smoothing, numbers.Real)
