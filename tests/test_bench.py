@@ -32,7 +32,11 @@ def test_peak_memory_child_measures_extra_memory():
 
 @pytest.mark.parametrize(
     "argv,match",
-    [(["--shapes", "10by20"], "--shapes"), (["--repeats", "0"], "--repeats"), (["--dtypes", "int8"], "--dtypes")],
+    [
+        (["--shapes", "10by20"], "argument --shapes:"),
+        (["--repeats", "0"], "argument --repeats:"),
+        (["--dtypes", "int8"], "argument --dtypes:"),
+    ],
 )
 def test_bench_bad_arguments(argv, match, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -363,10 +363,10 @@ def parse_shape(text: str) -> tuple[int, int]:
     except ValueError:
         # The int() failure adds nothing to the message, which already shows the offending text.
         raise argparse.ArgumentTypeError(
-            f"--shapes expects ROWSxCLASSES items such as 4096x32000, got {text!r}"
+            f"argument --shapes: expected ROWSxCLASSES items such as 4096x32000, got {text!r}"
         ) from None
     if rows < 1 or classes < 1:
-        raise argparse.ArgumentTypeError(f"--shapes needs positive sizes, got {text!r}")
+        raise argparse.ArgumentTypeError(f"argument --shapes: sizes must be positive, got {text!r}")
     return rows, classes
 
 
@@ -376,7 +376,10 @@ GPU_SHAPES = "16384x128256"
 
 def main(argv: list[str] | None = None) -> int:
     """``labelsmooth bench``: time forward+backward of every backend against torch, print a table."""
-    p = argparse.ArgumentParser(prog="labelsmooth bench", description=main.__doc__)
+    p = argparse.ArgumentParser(
+        prog="labelsmooth bench",
+        description="Time forward+backward of every backend against torch on this machine; print a table.",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument(
         "--shapes",
@@ -398,11 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", default=None, help="also write the table to this file")
     args = p.parse_args(argv)
     if args.repeats < 1:
-        p.error(f"--repeats must be >= 1, got {args.repeats}")
+        p.error(f"argument --repeats: must be >= 1, got {args.repeats}")
     if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available")
+        p.error("argument --device: cuda requested but no CUDA device is available")
     if args.contention and (args.device != "cpu" or not hasattr(os, "sched_setaffinity")):
-        p.error("--contention needs --device cpu on a system with os.sched_setaffinity (Linux)")
+        p.error("argument --contention: needs --device cpu on a system with os.sched_setaffinity (Linux)")
     if args.quick:
         args.shapes, args.repeats, args.no_compile = args.shapes or "1024x32000", 3, True
     shape_text = args.shapes or (CPU_SHAPES if args.device == "cpu" else GPU_SHAPES)
@@ -415,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in dtype_text.split(","):
         dt = getattr(torch, name, None)
         if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
-            p.error(f"--dtypes: unknown floating dtype {name!r}")
+            p.error(f"argument --dtypes: unknown floating dtype {name!r}")
         dtypes.append(dt)
 
     all_rows: list[Row] = []
