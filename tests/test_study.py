@@ -531,6 +531,17 @@ def test_temperature_scaling_that_worsens_nll_is_flagged():
     assert "FLAG" not in C.claim_paragraphs(better)["calibration"]
 
 
+def test_summary_table_marks_a_temperature_at_its_bound():
+    from labelsmooth.study.report import summary_rows
+
+    recs = []
+    for s in range(3):
+        recs.append(rec("ce", 0.0, seed=s))
+        recs.append(rec("ts", 0.0, seed=s, temperature=0.01 if s else 0.9, temperature_at_bound=bool(s)))
+    methods = [row["method"] for row in summary_rows(recs)]
+    assert "ts (T at bound in 2/3)" in methods and "ce" in methods
+
+
 def test_claim_noise_selects_on_validation_and_reports_early_stopping():
     recs = []
     for s in range(3):
@@ -787,3 +798,14 @@ def test_a_tiny_study_with_negative_and_online_smoothing_reports_them(tmp_path):
     assert "Online label smoothing (ols eps=0.1 3x" in text
     findings = (out / "findings.md").read_text()
     assert "Δ acc nls" in findings and "Δ acc ols" in findings
+
+
+def test_figure_rows_wrap_to_fit_a_1400px_window():
+    pytest.importorskip("matplotlib")
+    from labelsmooth.study import figures as Fg
+
+    for n in (1, 3, 5, 7):
+        fig, axes = Fg._grid(n)
+        width, height = fig.get_size_inches()
+        assert len(axes) == n == len(fig.axes)  # no empty cells left on the figure
+        assert width <= Fg.MAX_ROW_INCHES and height == pytest.approx(3.4 * -(-n // 3))

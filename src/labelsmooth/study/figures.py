@@ -37,11 +37,27 @@ def _err(e: S.Estimate | None) -> float:
     return 0.0 if e is None or e.half is None else e.half
 
 
+#: Widest figure row, in inches: at the report's 90 dpi about 1300 px, so a 1400 px window shows
+#: every figure at full size. Panels that do not fit wrap onto further rows.
+MAX_ROW_INCHES = 14.5
+
+
 def _grid(n: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, np.ndarray]:
-    # The axes come back as a (n,) object array of matplotlib Axes.
-    fig = _new_figure((width * n, height))
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    return fig, axes
+    # The axes come back as a (n,) object array of matplotlib Axes, row by row; unused cells are removed.
+    cols = max(1, min(n, int(MAX_ROW_INCHES // width)))
+    rows = -(-n // cols)
+    fig = _new_figure((width * cols, height * rows))
+    grid = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in grid[n:]:
+        fig.delaxes(ax)
+    return fig, grid[:n]
+
+
+def _legend_first_drawn(axes: np.ndarray, fontsize: str) -> None:
+    # A legend on the first panel that drew something labelled (a panel may be empty: no warning).
+    drawn = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+    if drawn:
+        drawn[0].legend(fontsize=fontsize)
 
 
 #: Reliability panels per row: four 3.6-inch panels at the report's 90 dpi fill ~1300 px, so a
@@ -137,7 +153,7 @@ def accuracy_vs_noise(records: Sequence[S.Record], checkpoint: str = "") -> Figu
                 )
         ax.set(title=ds, xlabel="noise level (fraction of the breakdown rate)", ylabel="test accuracy")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="xx-small")
+    _legend_first_drawn(axes, "xx-small")
     return fig
 
 
@@ -181,10 +197,7 @@ def metric_vs_eps(records: Sequence[S.Record], name: str, ylabel: str, posthoc: 
                     )
         ax.set(title=ds, xlabel="label smoothing eps (0 = ce)", ylabel=ylabel)
         ax.grid(alpha=0.3)
-    # The first panel's projections may be missing (load returned None): legend the first one drawn.
-    drawn = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
-    if drawn:
-        drawn[0].legend(fontsize="x-small")
+    _legend_first_drawn(axes, "x-small")
     return fig
 
 
@@ -255,10 +268,7 @@ def learning_curves(records: Sequence[S.Record], dataset: str) -> Figure:
     ):
         ax.set(title=f"{dataset}: {title}", xlabel="step")
         ax.grid(alpha=0.3)
-    # The first panel's projections may be missing (load returned None): legend the first one drawn.
-    drawn = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
-    if drawn:
-        drawn[0].legend(fontsize="x-small")
+    _legend_first_drawn(axes, "x-small")
     return fig
 
 
@@ -289,8 +299,5 @@ def projection_figure(records: Sequence[S.Record], load: ProjectionLoader, datas
             ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.6, label=f"class {c}")
         ax.set(title=f"{dataset}: {S.label(v)}", xlabel="template plane, axis 1", ylabel="axis 2")
         ax.grid(alpha=0.3)
-    # The first panel's projections may be missing (load returned None): legend the first one drawn.
-    drawn = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
-    if drawn:
-        drawn[0].legend(fontsize="x-small")
+    _legend_first_drawn(axes, "x-small")
     return fig

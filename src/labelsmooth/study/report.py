@@ -75,7 +75,12 @@ def summary_rows(records: Sequence[S.Record]) -> list[dict[str, str]]:
                 cell = S.cell(records, ds, v, r)
                 if not cell:
                     continue
-                row = {"dataset": ds, "noise": S.noise_label(r), "method": S.label(v), "seeds": str(len(cell))}
+                method = S.label(v)
+                bound = sum(bool(c.get("temperature_at_bound")) for c in cell)
+                if bound:
+                    # The temperature fit failed there (separable validation set): its NLL is not a calibration.
+                    method += f" (T at bound in {bound}/{len(cell)})"
+                row = {"dataset": ds, "noise": S.noise_label(r), "method": method, "seeds": str(len(cell))}
                 for key, header in COLUMNS:
                     row[header] = S.fmt(S.estimate(c.get(key) for c in cell))
                 rows.append(row)
