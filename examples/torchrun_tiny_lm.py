@@ -3,6 +3,7 @@
 Run on CPU (gloo) with two processes:
 
     torchrun --nproc_per_node=2 examples/torchrun_tiny_lm.py
+    torchrun --nproc_per_node=2 examples/torchrun_tiny_lm.py --smoke    # 3 steps, checked against one process
 
 The ranks form tensor-parallel groups of ``--tp`` ranks (default: all of them), each holding a
 contiguous slice of the output layer's rows (the vocabulary; uneven when ``--vocab`` does not divide),
@@ -91,7 +92,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check", action="store_true", help="compare step 0 with one process")
+    parser.add_argument("--smoke", action="store_true", help="3 steps with --check: a quick check that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.check = 3, True
 
     cuda = torch.cuda.is_available()
     if cuda:

@@ -290,8 +290,7 @@ def test_example_torchrun_tiny_lm():
         "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}",
         str(ROOT / "examples" / "torchrun_tiny_lm.py"),
-        "--steps=4",
-        "--check",
+        "--smoke",
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
