@@ -60,9 +60,11 @@ def _legend_first_drawn(axes: np.ndarray, fontsize: str) -> None:
         drawn[0].legend(fontsize=fontsize)
 
 
-#: Reliability panels per row: four 3.6-inch panels at the report's 90 dpi fill ~1300 px, so a
-#: 1400 px window shows them at full size instead of shrinking a long row until its text is unreadable.
-RELIABILITY_COLUMNS = 4
+#: Reliability panels are 3.6 inches wide, so :func:`_grid` puts four in a row (~1300 px at the report's
+#: 90 dpi): a 1400 px window shows them at full size instead of shrinking a long row until its text is
+#: unreadable.
+RELIABILITY_WIDTH = 3.6
+RELIABILITY_COLUMNS = int(MAX_ROW_INCHES // RELIABILITY_WIDTH)
 
 
 def reliability_grid(records: Sequence[S.Record], load: ProbsLoader, dataset: str, noise_rate: S.Noise) -> Figure:
@@ -89,14 +91,9 @@ def reliability_grid(records: Sequence[S.Record], load: ProbsLoader, dataset: st
     from labelsmooth.study.metrics import N_BINS
 
     vs = [v for v in S.variants(records, dataset) if S.cell(records, dataset, v, noise_rate)]
-    cols = max(1, min(len(vs), RELIABILITY_COLUMNS))
-    rows = -(-len(vs) // cols)
-    fig = _new_figure((3.6 * cols, 5.4 * rows))
-    axes = list(np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel()))
-    for ax in axes[len(vs) :]:
-        ax.remove()  # an incomplete last row
+    fig, axes = _grid(len(vs), RELIABILITY_WIDTH, 5.4)
     n_seeds = 0
-    for ax, v in zip(axes, vs, strict=False):  # the grid may hold more panels than variants
+    for ax, v in zip(axes, vs, strict=True):
         pairs = [load(r) for r in S.cell(records, dataset, v, noise_rate)]
         n_seeds = max(n_seeds, len(pairs))
         probs = np.concatenate([p for p, _ in pairs])
