@@ -455,7 +455,7 @@ def _calibration(w: _Writer) -> list[str]:
                     f"{len(rises)} seeds (by up to {max(hurt, default=0.0):.3f}), although it minimises the "
                     "validation NLL: the temperature fitted on this validation split does not always transfer."
                 )
-                bound = sum(bool(r.get("temperature_at_bound")) for r in S.cell(w.records, ds, ts, noise))
+                bound = S.temperature_at_bound(S.cell(w.records, ds, ts, noise))
                 if bound:
                     text += (
                         f" In {bound} seed(s) T hit the end of its search range: the model separated the "

@@ -76,7 +76,7 @@ def summary_rows(records: Sequence[S.Record]) -> list[dict[str, str]]:
                 if not cell:
                     continue
                 method = S.label(v)
-                bound = sum(bool(c.get("temperature_at_bound")) for c in cell)
+                bound = S.temperature_at_bound(cell)
                 if bound:
                     # The temperature fit failed there (separable validation set): its NLL is not a calibration.
                     method += f" (T at bound in {bound}/{len(cell)})"

@@ -43,6 +43,7 @@ __all__ = [
     "selected_values",
     "smoothing_variants",
     "t_quantile",
+    "temperature_at_bound",
     "variants",
     "welch_difference",
 ]
@@ -216,6 +217,12 @@ def cell(records: Sequence[Record], dataset: str, variant: Variant, noise: Noise
         and _noise(r) == tuple(noise)
     ]
     return sorted(out, key=lambda r: r["seed"])
+
+
+def temperature_at_bound(cell_records: Sequence[Record]) -> int:
+    """How many runs of a cell (see :func:`cell`) ended with the fitted temperature at the end of its
+    search range: a separable validation set, where the fit says nothing about calibration."""
+    return sum(bool(r.get("temperature_at_bound")) for r in cell_records)
 
 
 def metric(records: Sequence[Record], dataset: str, variant: Variant, noise: Noise, name: str) -> Estimate | None:
