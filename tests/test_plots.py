@@ -145,29 +145,139 @@ def _most_common_colour(fig, ax, x, y, half=4) -> np.ndarray:
     return colours[counts.argmax()].astype(float) / 255
 
 
-@pytest.mark.parametrize("confidence,accuracy", [(0.55, 1.0), (0.95, 0.5)])
-def test_gap_band_shows_the_legend_colour_for_under_and_over_confidence(confidence, accuracy):
-    from matplotlib.colors import to_rgb
-
-    # n samples all at one confidence; a share `accuracy` of them correct: one bin, a known gap.
-    n = 200
+def one_bin_diagram(confidence, accuracy, n=200):
+    """n samples all at one confidence, a share ``accuracy`` of them correct: one bin, a known gap."""
     probs = torch.tensor([[confidence, 1 - confidence]] * n, dtype=torch.float64)
     labels = torch.zeros(n, dtype=torch.long)
     labels[: round(n * (1 - accuracy))] = 1
-    fig = reliability_diagram(probs, labels, n_bins=10)
+    return reliability_diagram(probs, labels, n_bins=10)
+
+
+def legend_entry(legend, text):
+    return next(h for h, t in zip(legend.legend_handles, legend.get_texts(), strict=True) if t.get_text() == text)
+
+
+@pytest.mark.parametrize("confidence,accuracy", [(0.55, 1.0), (0.95, 0.5)])
+def test_gap_band_and_accuracy_bar_both_show_for_under_and_over_confidence(confidence, accuracy):
+    from matplotlib.colors import to_rgb
+
+    fig = one_bin_diagram(confidence, accuracy)
+    top, bottom = fig.axes
+    legend = bottom.get_legend()  # the diagram's one legend, under the histogram
+    gap_rgb = np.array(legend_entry(legend, "gap").get_facecolor()[:3])
+    bar_rgb = np.array(legend_entry(legend, "accuracy").get_facecolor()[:3])
+    assert legend_entry(legend, "gap").get_facecolor()[3] == 1.0  # opaque: nothing beneath can tint it
+    np.testing.assert_allclose(gap_rgb, to_rgb("#f4b4b4"), atol=1e-9)
+    np.testing.assert_allclose(bar_rgb, to_rgb("tab:blue"), atol=1e-9)
+    # The band between accuracy and confidence, near the bin's left edge (beside the narrower bar):
+    # the legend's colour, whether the band lies above the bar (over-confident) or within its height.
+    left = np.floor(confidence * 10) / 10
+    middle = (confidence + accuracy) / 2
+    np.testing.assert_allclose(_most_common_colour(fig, top, left + 0.01, middle, half=2), gap_rgb, atol=2 / 255)
+    # The accuracy bar is whole: its colour just below its top and in the middle of the gap's height
+    # when the gap lies within the bar.
+    centre = left + 0.05
+    np.testing.assert_allclose(_most_common_colour(fig, top, centre, accuracy - 0.03), bar_rgb, atol=2 / 255)
+    if accuracy > confidence:
+        np.testing.assert_allclose(_most_common_colour(fig, top, centre, middle), bar_rgb, atol=2 / 255)
+
+
+def test_accuracy_bars_are_drawn_above_the_gap_bands():
+    fig = reliability_diagram(*model_outputs(sharpen=0.4, seed=6), n_bins=15)  # under-confident
     top = fig.axes[0]
-    handle = next(
-        h
-        for h, t in zip(top.get_legend().legend_handles, top.get_legend().get_texts(), strict=True)
-        if t.get_text() == "gap"
-    )
-    legend_rgb = np.array(handle.get_facecolor()[:3])
-    assert handle.get_facecolor()[3] == 1.0  # opaque: nothing beneath can tint it
-    # Middle of the band between accuracy and confidence, in the middle of the bin's width.
-    bin_centre = (np.floor(confidence * 10) + 0.5) / 10
-    seen = _most_common_colour(fig, top, bin_centre, (confidence + accuracy) / 2)
-    np.testing.assert_allclose(seen, legend_rgb, atol=2 / 255)
-    np.testing.assert_allclose(legend_rgb, to_rgb("#f4b4b4"), atol=1e-9)
+    accuracy, gap = top.containers[:2]
+    assert accuracy.get_label() == "accuracy" and gap.get_label() == "gap"
+    under = 0
+    for bar, band in zip(accuracy, gap, strict=True):
+        assert bar.get_visible() and bar.get_alpha() in (None, 1.0) and bar.get_facecolor()[3] == 1.0
+        assert bar.get_zorder() > band.get_zorder()
+        # The band spans the bin; the bar is narrower and inside it, so the band shows beside the bar.
+        assert band.get_x() < bar.get_x() and bar.get_x() + bar.get_width() < band.get_x() + band.get_width()
+        under += band.get_y() < bar.get_height() - 1e-9
+    assert under >= 3  # the case that used to hide the bar's top under the band is exercised
+    # Nothing else in the panel that is opaque and filled sits above the bars.
+    for patch in top.patches:
+        if patch not in accuracy.patches and patch.get_fill() and patch.get_zorder() >= accuracy[0].get_zorder():
+            assert patch.get_facecolor()[3] == 0, patch
+
+
+# The report embeds figures at 90 dpi (report._png) and shows them unscaled in a 1400 px window, whose
+# content box (1400 px less 2 x 24 px padding, a 1 px image border and room for a scrollbar) is ~1330
+# CSS px; a wider figure is scaled down to that. A legend must be at least this tall there.
+REPORT_DPI = 90
+SHOWN_WIDTH_PX = 1330
+MIN_LEGEND_PX = 10
+
+
+def legend_text_px(fig, legend, dpi=REPORT_DPI) -> float:
+    """The smallest legend text of ``legend``, in CSS px, as the report shows ``fig``."""
+    scale = min(1.0, SHOWN_WIDTH_PX / (fig.get_figwidth() * dpi))
+    return min(t.get_fontsize() for t in legend.get_texts()) * dpi / 72 * scale
+
+
+def all_legends(fig):
+    return [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]
+
+
+def assert_legends_readable_and_off_the_data(fig):
+    """Every legend: text >= MIN_LEGEND_PX as the report shows it; inside the canvas; over no axes."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = all_legends(fig)
+    assert legends
+    for legend in legends:
+        assert legend_text_px(fig, legend) >= MIN_LEGEND_PX
+        box = legend.get_window_extent(renderer)
+        assert fig.bbox.x0 - 1 <= box.x0 and box.x1 <= fig.bbox.x1 + 1, box
+        assert fig.bbox.y0 - 1 <= box.y0 and box.y1 <= fig.bbox.y1 + 1, box
+        for ax in fig.axes:
+            # Outside every panel: it covers no bar, line or point, whatever the data.
+            assert not box.overlaps(ax.get_window_extent(renderer)), (legend, ax)
+            for label in [ax.xaxis.label, *ax.get_xticklabels()]:
+                if label.get_text() and label.get_visible():
+                    assert not box.overlaps(label.get_window_extent(renderer)), label.get_text()
+
+
+@pytest.mark.parametrize("sharpen", [0.3, 1.0, 3.0])
+def test_diagram_legend_is_readable_and_covers_no_bar(sharpen):
+    fig = reliability_diagram(*model_outputs(sharpen=sharpen, seed=7))
+    assert_legends_readable_and_off_the_data(fig)
+    (legend,) = all_legends(fig)
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert sorted(texts[:3]) == ["accuracy", "gap", "perfect calibration"]
+    assert texts[3].startswith("accuracy ") and texts[4].startswith("mean confidence ")
+
+
+def test_diagram_legends_in_given_axes_stay_off_the_data():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 6), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax in fig.subplots(1, 3):
+        reliability_diagram(*model_outputs(500, sharpen=0.3, seed=8), ax=ax)
+    assert len(all_legends(fig)) == 3
+    assert_legends_readable_and_off_the_data(fig)
+
+
+def test_overlay_legend_is_readable_and_off_the_curves():
+    fig = reliability_overlay({"under": model_outputs(sharpen=0.3, seed=9), "over": model_outputs(sharpen=3.0)})
+    assert_legends_readable_and_off_the_data(fig)
+
+
+def test_legend_size_arithmetic():
+    from matplotlib.figure import Figure
+
+    # 9 pt at 90 dpi is 11.25 px; a 20-inch figure (1800 px) is shown at 1330/1800 of that.
+    fig = Figure(figsize=(5, 3))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], label="x")
+    legend = ax.legend(fontsize=9)
+    assert legend_text_px(fig, legend) == pytest.approx(11.25)
+    fig.set_figwidth(20)
+    assert legend_text_px(fig, legend) == pytest.approx(11.25 * 1330 / 1800)
+    # The previous small sizes failed: "xx-small" (5.79 pt) was 7.2 px, "x-small" (6.94 pt) 8.7 px.
+    assert legend_text_px(fig, ax.legend(fontsize="xx-small")) < MIN_LEGEND_PX
 
 
 def test_histogram_panel_of_given_axes_stays_inside_a_constrained_figure():

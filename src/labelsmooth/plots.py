@@ -9,9 +9,9 @@ untouched. Every number drawn comes from :func:`labelsmooth.calibration.reliabil
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, NamedTuple, overload
 
 import numpy as np
 from torch import Tensor
@@ -19,8 +19,10 @@ from torch import Tensor
 from labelsmooth.calibration import expected_calibration_error, reliability_curve
 
 if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.artist import Artist
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure, SubFigure
+    from matplotlib.legend import Legend
 
 __all__ = ["reliability_diagram", "reliability_overlay"]
 
@@ -29,6 +31,15 @@ ArrayLike = Tensor | np.ndarray
 #: Fill of the accuracy bars, and of the pink band between a bin's accuracy and its confidence.
 ACCURACY_COLOR = "tab:blue"
 GAP_COLOR = "#f4b4b4"
+
+#: Legend text size in points. The study's report embeds figures at 90 dpi and shows them unscaled in
+#: a 1400 px window (no figure row is wider than ~1300 px), so 9 pt is 9 * 90 / 72 = 11.25 CSS px.
+LEGEND_FONTSIZE = 9.0
+
+#: Share of a bin's width the accuracy bar takes (centred). The gap band spans the whole bin behind
+#: it, so where a bin is under-confident (the gap lies inside the bar's height) the band still shows
+#: beside the bar instead of being painted over it.
+ACCURACY_BAR_SHARE = 0.6
 
 
 def _matplotlib() -> tuple[ModuleType, ModuleType]:
@@ -97,10 +108,12 @@ def reliability_diagram(
 
     The top panel draws one bar per non-empty bin at the bin's accuracy, the diagonal of perfect
     calibration, and a hatched pink band between each bin's accuracy and its mean confidence (the
-    gap that ECE averages), drawn over the bar where the bin is under-confident. The bottom panel
-    shows how many samples fall in each bin, with the overall accuracy and mean confidence marked. The
-    title ends in the ECE (same ``n_bins``, ``binning`` and ``binary_mode``), formatted
-    ``"ECE = 0.0123"``.
+    gap that ECE averages). The band spans the whole bin behind its accuracy bar, which is narrower
+    and on top: an over-confident bin's band rises above the bar, an under-confident bin's band shows
+    beside it, and no bar is hidden. The bottom panel shows how many samples fall in each bin, with
+    the overall accuracy and mean confidence marked. One legend, under the histogram's axis label,
+    names everything (outside the axes: it never covers a bar). The title ends in the ECE (same
+    ``n_bins``, ``binning`` and ``binary_mode``), formatted ``"ECE = 0.0123"``.
 
     Args:
         probs: ``(N, K)`` class probabilities, or ``(N,)`` P(y=1).
@@ -129,6 +142,32 @@ def reliability_diagram(
         Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern Neural Networks", ICML 2017;
         Naeini, Cooper & Hauskrecht, AAAI 2015.
     """
+    fig, top, bottom, _ = _draw_reliability(probs, labels, n_bins, title, ax, binning, binary_mode)
+    handles, texts = top.get_legend_handles_labels()
+    more_handles, more_texts = bottom.get_legend_handles_labels()
+    _legend_below(bottom, [*handles, *more_handles], [*texts, *more_texts])
+    return fig
+
+
+class _Means(NamedTuple):
+    accuracy: float
+    confidence: float
+
+
+def _draw_reliability(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    n_bins: int,
+    title: str | None,
+    ax: Axes | None,
+    binning: str,
+    binary_mode: str,
+) -> tuple[Figure | SubFigure, Axes, Axes, _Means]:
+    """The diagram of :func:`reliability_diagram` without a legend: ``(figure, top, histogram, means)``.
+
+    The artists carry their legend labels, so a caller can gather them into one legend of its own
+    (the study's grid of diagrams draws one for the whole figure).
+    """
     c = _curve_numpy(probs, labels, n_bins, binning, binary_mode)
     ece = expected_calibration_error(probs, labels, n_bins=n_bins, binning=binning, binary_mode=binary_mode)
     fig: Figure | SubFigure
@@ -142,20 +181,23 @@ def reliability_diagram(
 
     edges, widths = c["edges"][:-1], np.diff(c["edges"])
     full = c["count"] > 0
+    # The accuracy bar is drawn on top (zorder 3) of its bin's gap band (zorder 2) and is narrower
+    # than the bin, so neither hides the other: an over-confident bin's band rises above the bar, an
+    # under-confident bin's band shows at both sides of the bar's upper part.
     top.bar(
-        edges[full],
+        edges[full] + widths[full] / 2,
         c["accuracy"][full],
-        width=widths[full],
-        align="edge",
+        width=ACCURACY_BAR_SHARE * widths[full],
+        align="center",
         color=ACCURACY_COLOR,
         edgecolor="black",
         linewidth=0.5,
         label="accuracy",
+        zorder=3,
     )
     gap_low = np.minimum(c["accuracy"], c["confidence"])[full]
     gap_height = np.abs(c["accuracy"] - c["confidence"])[full]
-    # Opaque: an under-confident bin's gap lies inside its accuracy bar, and a translucent band
-    # would mix with the blue below into a colour the legend does not show.
+    # Opaque, so that the legend's swatch is the colour seen (nothing beneath can tint it).
     top.bar(
         edges[full],
         gap_height,
@@ -167,25 +209,65 @@ def reliability_diagram(
         edgecolor="tab:red",
         linewidth=0.5,
         label="gap",
+        zorder=2,
     )
-    # The accuracy bars' outlines again, above the gap bands, so each bin's accuracy stays marked.
-    top.bar(
-        edges[full], c["accuracy"][full], width=widths[full], align="edge", fill=False, edgecolor="black", linewidth=0.5
-    )
-    top.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
+    top.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration", zorder=4)
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
     top.set_title(f"{title or 'Reliability diagram'} (ECE = {ece:.4f})")
-    top.legend(loc="upper left")
 
     bottom.bar(edges, c["count"], width=widths, align="edge", color="tab:gray", edgecolor="black", linewidth=0.5)
     total = c["count"].sum()
-    mean_conf = np.nansum(c["confidence"] * c["count"]) / total
-    mean_acc = np.nansum(c["accuracy"] * c["count"]) / total
+    mean_conf = float(np.nansum(c["confidence"] * c["count"]) / total)
+    mean_acc = float(np.nansum(c["accuracy"] * c["count"]) / total)
     bottom.axvline(mean_acc, color=ACCURACY_COLOR, linestyle="-", label=f"accuracy {mean_acc:.3f}")
     bottom.axvline(mean_conf, color="tab:red", linestyle="--", label=f"mean confidence {mean_conf:.3f}")
     bottom.set(xlim=(0, 1), xlabel="confidence", ylabel="count")
-    bottom.legend(loc="best", fontsize="small")
-    return fig
+    return fig, top, bottom, _Means(mean_acc, mean_conf)
+
+
+def _points(size: float | str) -> float:
+    """A matplotlib font size (``10`` or ``"small"``) in points."""
+    from matplotlib.font_manager import FontProperties
+
+    return float(FontProperties(size=size).get_size_in_points())
+
+
+def _legend_below(ax: Axes, handles: Sequence[Artist], labels: Sequence[str], ncols: int = 0) -> Legend:
+    """A legend under ``ax``'s x label, outside the axes, so it can never cover the data.
+
+    The layout engine (``layout="constrained"``) counts it as part of ``ax`` and makes room for it.
+    ``ncols=0`` picks two columns for an axes at least 4 inches wide, else one.
+
+    Returns:
+        The ``Legend``, also ``ax.get_legend()``.
+    """
+    from matplotlib import rcParams
+    from matplotlib.transforms import ScaledTranslation
+
+    if ncols <= 0:
+        width = ax.get_window_extent().width / ax.figure.dpi  # inches
+        ncols = 2 if width >= 4.0 and len(handles) > 1 else 1
+    # Below the ticks, their labels and the axis label (sizes from the style in force), in points.
+    drop = (
+        rcParams["xtick.major.size"]
+        + rcParams["xtick.major.pad"]
+        + 1.2 * _points(rcParams["xtick.labelsize"])
+        + rcParams["axes.labelpad"]
+        + 1.2 * _points(rcParams["axes.labelsize"])
+        + 4
+    )
+    anchor = ax.transAxes + ScaledTranslation(0, -drop / 72, ax.figure.dpi_scale_trans)
+    legend: Legend = ax.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        bbox_transform=anchor,
+        ncols=ncols,
+        fontsize=LEGEND_FONTSIZE,
+        frameon=False,
+    )
+    return legend
 
 
 def _histogram_axes(ax: Axes) -> Axes:
@@ -264,5 +346,5 @@ def reliability_overlay(
     ax.set_aspect("equal")
     if title:
         ax.set_title(title)
-    ax.legend(loc="upper left")
+    _legend_below(ax, *ax.get_legend_handles_labels(), ncols=1)
     return fig

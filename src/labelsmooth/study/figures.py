@@ -11,12 +11,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from labelsmooth.plots import _new_figure, reliability_diagram
+from labelsmooth.plots import ACCURACY_COLOR, LEGEND_FONTSIZE, _draw_reliability, _new_figure
 from labelsmooth.study import stats as S
 from labelsmooth.study.claims import HEADLINE_EPS, effect_sizes
 
 if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.legend import Legend
+    from matplotlib.typing import LineStyleType
 
 __all__ = [
     "accuracy_vs_noise",
@@ -53,11 +57,40 @@ def _grid(n: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, np.n
     return fig, grid[:n]
 
 
-def _legend_first_drawn(axes: np.ndarray, fontsize: str) -> None:
-    # A legend on the first panel that drew something labelled (a panel may be empty: no warning).
-    drawn = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
-    if drawn:
-        drawn[0].legend(fontsize=fontsize)
+def _figure_legend(
+    fig: Figure, axes: Sequence[Axes] | np.ndarray, extra: Sequence[tuple[Artist, str]] = ()
+) -> Legend | None:
+    """One legend for the whole figure, in a row of its own below the panels.
+
+    It gathers the labelled artists of every panel (each label once, first seen first) and ``extra``
+    entries, at :data:`labelsmooth.plots.LEGEND_FONTSIZE`, outside every axes so it covers no data.
+    It takes as many columns as fit the figure's width, and the figure grows by the legend's height
+    so the panels keep their size. ``None`` when nothing is labelled (no empty legend, no warning).
+    """
+    entries: dict[str, Artist] = {}
+    for ax in axes:
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(text, handle)
+    for handle, text in extra:
+        entries.setdefault(text, handle)
+    if not entries:
+        return None
+    legend: Legend = fig.legend(
+        list(entries.values()),
+        list(entries),
+        loc="outside lower center",
+        ncols=len(entries),
+        fontsize=LEGEND_FONTSIZE,
+        frameon=False,
+    )
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    room = 0.95 * fig.bbox.width
+    ncols = len(entries)
+    while ncols > 1 and legend.get_window_extent(renderer).width > room:
+        ncols -= 1
+        legend.set_ncols(ncols)
+    fig.set_figheight(fig.get_figheight() + legend.get_window_extent(renderer).height / fig.dpi + 0.1)
+    return legend
 
 
 #: Reliability panels are 3.6 inches wide, so :func:`_grid` puts four in a row (~1300 px at the report's
@@ -87,6 +120,8 @@ def reliability_grid(records: Sequence[S.Record], load: ProbsLoader, dataset: st
         A matplotlib ``Figure`` with one diagram (and its count histogram) per variant, at most
         :data:`RELIABILITY_COLUMNS` per row.
     """
+    from matplotlib.lines import Line2D
+
     from labelsmooth.calibration import expected_calibration_error
     from labelsmooth.study.metrics import N_BINS
 
@@ -98,7 +133,7 @@ def reliability_grid(records: Sequence[S.Record], load: ProbsLoader, dataset: st
         n_seeds = max(n_seeds, len(pairs))
         probs = np.concatenate([p for p, _ in pairs])
         labels = np.concatenate([y for _, y in pairs])
-        reliability_diagram(probs, labels, n_bins=N_BINS, ax=ax)
+        _, _, hist, means = _draw_reliability(probs, labels, N_BINS, None, ax, "uniform", "top_label")
         pooled = expected_calibration_error(probs, labels, n_bins=N_BINS)
         per_seed = S.estimate(expected_calibration_error(p, y, n_bins=N_BINS) for p, y in pairs)
         if len(pairs) > 1:
@@ -106,29 +141,52 @@ def reliability_grid(records: Sequence[S.Record], load: ProbsLoader, dataset: st
             ece_text = f"ECE of pooled seeds {pooled:.3f}\nmean of per-seed ECEs {per_seed.mean:.3f}"
         else:
             ece_text = f"ECE {pooled:.3f} (one seed)"
-        ax.set_title(f"{S.label(v)}\n{ece_text}", fontsize=11, linespacing=1.3)
-        if ax is not axes[0] and ax.get_legend() is not None:
-            ax.get_legend().remove()  # one legend per figure is enough
+        # The histogram's two marked values go in the title (not in a legend over its bars); what
+        # the marks are is said once, in the figure's legend.
+        means_text = f"accuracy {means.accuracy:.3f}, confidence {means.confidence:.3f}"
+        ax.set_title(f"{S.label(v)}\n{ece_text}\n{means_text}", fontsize=11, linespacing=1.3)
+        for line in hist.get_lines():
+            line.set_label(f"_{line.get_label()}")  # per-panel values: not legend entries
+    marks = [
+        (Line2D([], [], color=ACCURACY_COLOR, linestyle="-"), "overall accuracy (histogram)"),
+        (Line2D([], [], color="tab:red", linestyle="--"), "mean confidence (histogram)"),
+    ]
+    _figure_legend(fig, axes[:1], marks)
     pooled_text = f"test sets of {n_seeds} seeds pooled" if n_seeds > 1 else "one seed"
     fig.suptitle(f"{dataset}: reliability, {S.noise_label(noise_rate)} labels ({pooled_text})", fontsize=13)
     return fig
 
 
+#: Line styles of the noise kinds in :func:`accuracy_vs_noise`, in order of first appearance.
+_KIND_STYLES: tuple[LineStyleType, ...] = ("-", "--", ":", "-.")
+
+
 def accuracy_vs_noise(records: Sequence[S.Record], checkpoint: str = "") -> Figure | None:
     """Test accuracy against the noise level (fraction of the breakdown rate), one line per variant and
-    noise kind, one panel per dataset. ``checkpoint="es_"`` draws the early-stopped models."""
+    noise kind, one panel per dataset. ``checkpoint="es_"`` draws the early-stopped models.
+
+    A colour is a variant and a line style a noise kind, the same in every panel; the legend below the
+    panels names each once.
+    """
     dsets = [d for d in S.datasets(records) if len(S.noise_settings(records, d)) > 1]
     if not dsets:
         return None  # no noisy runs: nothing to draw
+    from matplotlib.lines import Line2D
+
     fig, axes = _grid(len(dsets))
+    # One colour per variant and one line style per noise kind, the same in every panel, so the legend
+    # names each once (variants + kinds entries, not variants x kinds).
+    colours: dict[S.Variant, str] = {}
+    styles: dict[str, LineStyleType] = {}
+    shown: set[S.Variant | str] = set()  # the variants and kinds that drew a line
     for ax, ds in zip(axes, dsets, strict=True):
         settings = S.noise_settings(records, ds)
         kinds = sorted({k for k, lvl in settings if lvl > 0})
         # Post-hoc variants (temperature scaling) keep their model's predictions: same accuracy, not drawn.
         base = S.baseline_variant(records)
         drawn = [*([base] if base else []), *S.smoothing_variants(records, ds), *S.scheme_variants(records, ds)]
-        for i, v in enumerate(drawn):
-            color = f"C{i % 10}"  # one colour per variant, one line style per noise kind
+        for v in drawn:
+            color = colours.setdefault(v, f"C{len(colours) % 10}")
             for kind in kinds:
                 pts = [n for n in settings if n[1] == 0 or n[0] == kind]
                 es = [
@@ -138,6 +196,7 @@ def accuracy_vs_noise(records: Sequence[S.Record], checkpoint: str = "") -> Figu
                 ]
                 if not es:
                     continue
+                shown.update((v, kind))
                 ax.errorbar(
                     [x for x, _ in es],
                     [e.mean for _, e in es],
@@ -145,12 +204,15 @@ def accuracy_vs_noise(records: Sequence[S.Record], checkpoint: str = "") -> Figu
                     marker="o",
                     capsize=3,
                     color=color,
-                    linestyle="-" if kind == kinds[0] else "--",
-                    label=f"{S.label(v)}, {kind}",
+                    linestyle=styles.setdefault(kind, _KIND_STYLES[len(styles) % len(_KIND_STYLES)]),
                 )
         ax.set(title=ds, xlabel="noise level (fraction of the breakdown rate)", ylabel="test accuracy")
         ax.grid(alpha=0.3)
-    _legend_first_drawn(axes, "xx-small")
+    entries = [(Line2D([], [], color=c, marker="o"), S.label(v)) for v, c in colours.items() if v in shown]
+    entries += [
+        (Line2D([], [], color="black", linestyle=ls), f"{kind} noise") for kind, ls in styles.items() if kind in shown
+    ]
+    _figure_legend(fig, [], entries)
     return fig
 
 
@@ -161,9 +223,12 @@ def metric_vs_eps(records: Sequence[S.Record], name: str, ylabel: str, posthoc: 
     star at eps = 0 in the colour of its noise setting; leave it off for metrics a post-hoc step
     cannot change (accuracy-based ones).
     """
+    from matplotlib.lines import Line2D
+
     dsets = S.datasets(records)
     fig, axes = _grid(len(dsets))
     base = S.baseline_variant(records)
+    stars: list[tuple[Artist, str]] = []
     for ax, ds in zip(axes, dsets, strict=True):
         line_vs = ([base] if base else []) + S.smoothing_variants(records, ds)
         for n in S.noise_settings(records, ds):
@@ -190,11 +255,13 @@ def metric_vs_eps(records: Sequence[S.Record], name: str, ylabel: str, posthoc: 
                         capsize=3,
                         color=line.lines[0].get_color(),
                         linestyle="none",
-                        label=f"{S.label(pv)}, {S.noise_label(n)}",
                     )
+                    # One legend entry for every star: its colour is its noise setting's.
+                    label = f"{S.label(pv)} at eps = 0 (star, in its noise setting's colour)"
+                    stars[:] = [(Line2D([], [], color="gray", marker="*", markersize=12, linestyle="none"), label)]
         ax.set(title=ds, xlabel="label smoothing eps (0 = ce)", ylabel=ylabel)
         ax.grid(alpha=0.3)
-    _legend_first_drawn(axes, "x-small")
+    _figure_legend(fig, axes, stars)
     return fig
 
 
@@ -237,7 +304,7 @@ def effect_size_figure(records: Sequence[S.Record]) -> Figure:
         ax.set_xticks(range(len(eps_vs)), [f"eps={v[1]:g}" for v in eps_vs])
         ax.set(title=title)
         ax.grid(alpha=0.3, axis="y")
-    axes[0].legend(fontsize="x-small")
+    _figure_legend(fig, axes)
     fig.suptitle("Effect of smoothing vs ce, paired by seed (clean labels); hatched = binary")
     return fig
 
@@ -265,7 +332,7 @@ def learning_curves(records: Sequence[S.Record], dataset: str) -> Figure:
     ):
         ax.set(title=f"{dataset}: {title}", xlabel="step")
         ax.grid(alpha=0.3)
-    _legend_first_drawn(axes, "x-small")
+    _figure_legend(fig, axes)
     return fig
 
 
@@ -296,5 +363,5 @@ def projection_figure(records: Sequence[S.Record], load: ProjectionLoader, datas
             ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.6, label=f"class {c}")
         ax.set(title=f"{dataset}: {S.label(v)}", xlabel="template plane, axis 1", ylabel="axis 2")
         ax.grid(alpha=0.3)
-    _legend_first_drawn(axes, "x-small")
+    _figure_legend(fig, axes)
     return fig
