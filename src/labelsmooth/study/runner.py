@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from labelsmooth.study import progress
 from labelsmooth.study import stats as S
 from labelsmooth.study.data import Dataset, load_dataset
 from labelsmooth.study.methods import METHODS
@@ -376,19 +377,11 @@ def run_study(cfg: StudyConfig, console: Console | None = None, report: bool = T
 def _train(
     cfg: StudyConfig, store: ResultsStore, pending: list[Job], failures: list[tuple[str, str]], console: Console
 ) -> int:
-    """Train the pending jobs with a progress bar; save each as it finishes; return the records written."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    """Train the pending jobs, showing progress (:mod:`labelsmooth.study.progress`); save each as it
+    finishes; return the records written."""
     datasets = {}
     for name in dict.fromkeys(j.dataset for j in pending):
-        with console.status(f"loading {name} ..."):
+        with progress.status(console, f"loading {name} ..."):
             datasets[name] = load_dataset(name, cfg.data_dir)
     sizes = {name: ds.size for name, ds in datasets.items()}
     # Longest jobs first: with several workers this shortens the time to finish the grid.
@@ -398,22 +391,13 @@ def _train(
     # results.json is rewritten whole, so on a long grid it is rewritten at most every few seconds
     # (and always at the end, also after Ctrl-C): a killed process loses only those seconds.
     last_write = [time.monotonic()]
-    columns = [
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("runs", total=sum(len(j.methods) for j in pending))
+    with progress.track(console, sum(len(j.methods) for j in pending)) as shown:
 
         def finished(job: Job, result: JobResult | None, error: BaseException | None) -> None:
             nonlocal trained
             if error is not None:
                 failures.append((_describe(job), f"{type(error).__name__}: {error}"))
-                progress.console.print(f"[red]failed[/red] {_describe(job)}: {type(error).__name__}: {error}")
+                shown.print(f"[red]failed[/red] {_describe(job)}: {type(error).__name__}: {error}")
             else:
                 assert result is not None  # a job without an error has a result
                 for r in result.records:
@@ -423,7 +407,7 @@ def _train(
                 if now - last_write[0] >= _WRITE_EVERY_S:
                     last_write[0] = now
                 trained += len(result.records)
-            progress.update(task, advance=len(job.methods), description=f"runs (last: {_describe(job)})")
+            shown.advance(len(job.methods), last=_describe(job))
 
         try:
             if workers == 1:
