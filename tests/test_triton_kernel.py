@@ -277,16 +277,29 @@ def test_nan_and_inf_rows(kind):
 
 
 def test_default_launch_configuration():
-    # GPU defaults: 16-byte vectors, eight tile rows per iteration (four with weights or probability
-    # targets), fewer for short rows; 16 warps for fp32 and 8 for 16-bit logits (the H200 sweep).
-    assert triton_ce._launch_config(128256, 2, False, None, None, None) == (8, 2048, 8)
-    assert triton_ce._launch_config(128256, 4, False, None, None, None) == (8, 2048, 16)
-    assert triton_ce._launch_config(128256, 2, True, None, None, None) == (4, 2048, 8)
-    assert triton_ce._launch_config(32000, 2, False, None, None, None) == (8, 2048, 8)
+    # GPU defaults: 16-byte vectors, 32 fp32 values of the tile per thread (4 rows of 16-bit logits,
+    # 8 of fp32; half as many with weights or probability targets), fewer rows for short rows, 8 warps.
+    # Every one is meant to keep 16 warps resident per SM (two programs of 8): <= 128 registers.
+    assert triton_ce._launch_config(128256, 2, False, None, None, None) == (4, 2048, 8)
+    assert triton_ce._launch_config(128256, 4, False, None, None, None) == (8, 1024, 8)
+    assert triton_ce._launch_config(128256, 2, True, None, None, None) == (2, 2048, 8)
+    assert triton_ce._launch_config(128256, 4, True, None, None, None) == (4, 1024, 8)
+    assert triton_ce._launch_config(32000, 2, False, None, None, None) == (4, 2048, 8)
     assert triton_ce._launch_config(1000, 2, False, None, None, None) == (1, 1024, 4)
     assert triton_ce._launch_config(3, 4, False, None, None, None) == (1, 4, 1)
+    assert triton_ce.intended_occupancy(8) == (2, 128)
+    assert triton_ce.intended_occupancy(4) == (4, 128)
+    assert triton_ce.intended_occupancy(1) == (16, 128)
     with pytest.raises(ValueError):
         triton_ce._launch_config(257, 4, False, 96, None, None)
+
+
+def test_row_layout():
+    # 16-byte vectors where rows start at a vector boundary; SHIFT where they do not (C = 50257).
+    assert triton_ce._row_layout(2, 8192, 128256) == dict(VEC=8, SHIFT=False)
+    assert triton_ce._row_layout(2, 8192, 50257, 50257) == dict(VEC=8, SHIFT=True, G_ALIGNED=True)
+    assert triton_ce._row_layout(4, 8192, 50257, 50260) == dict(VEC=4, SHIFT=True, G_ALIGNED=False)
+    assert triton_ce._row_layout(4, 2, 3) == dict(VEC=1, SHIFT=False)  # a block of 2: scalar vectors
 
 
 def test_default_configuration_runs():
@@ -329,3 +342,60 @@ def test_check_targets_flags_an_out_of_range_class_without_reading_it_on_the_hos
     for bad in ([0, 9, -100, 3], [0, -1, 2, 3]):
         with pytest.raises(RuntimeError, match="outside"):
             triton_ce.forward(logits, torch.tensor(bad), None, -100, 0.1, 0.0, None, check_targets=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["index", "prob"])
+@pytest.mark.parametrize("num_classes", [61, 83])
+def test_rows_not_on_vector_boundaries(num_classes, kind, dtype):
+    # Rows of C = 61 or 83 start at every offset from a 16-byte boundary (row * C mod VEC takes all
+    # values): each row is read as a masked head, whole blocks of its aligned body, a block masked by
+    # whole vectors and its last partial vector. 32-column blocks of 2 rows make C = 83 two full
+    # blocks, a vector-masked one and an edge. Uniform smoothing counts
+    # each lane's elements across all of these, weights and prior read at the shifted columns.
+    logits, target, weight = make_problem(kind, rows=9, num_classes=num_classes, dtype=dtype, weighted=True)
+    cfg = dict(block_size=32, iters=2)
+    check(logits, target, None, eps=0.1, **cfg)
+    check(logits, target, weight, eps=0.1, z=1e-2, cap=5.0, **cfg)
+    check(logits, target, None, eps=0.0, **cfg)
+    check(logits, target, None, eps=0.1)  # the default launch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradient_rows_at_another_offset_than_the_logits(dtype):
+    # grad's row stride differs from the logits' modulo a vector (G_ALIGNED false): the body's loads
+    # are aligned for the logits, its stores narrower; every element still written once, nothing past C.
+    num_classes = 61
+    logits, target, weight = make_problem("index", rows=7, num_classes=num_classes, dtype=dtype, weighted=True)
+    grad_wide = torch.full((7, num_classes + 2), -7.0, dtype=dtype, device=DEVICE)
+    grad_view = grad_wide[:, :num_classes]
+    loss = triton_ce.fused_ce(logits, target, weight, -100, 0.1, 1e-2, None, grad_view, block_size=32, iters=2)
+    ref_loss, ref_grad = reference(logits, target, weight, -100, 0.1, 1e-2)
+    torch.testing.assert_close(f64(loss), ref_loss, **LOSS_TOL)
+    torch.testing.assert_close(f64(grad_view), ref_grad, **GRAD_TOL[dtype])
+    assert (grad_wide[:, num_classes:] == -7.0).all()
+
+
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_one_launch_gradient_with_grad_output(kind):
+    # fused_ce writes the gradient in the forward launch, times a per-row grad_output and grad_scale
+    # (the fused linear loss's "none" backward): the same numbers as forward + backward, and ignored
+    # rows exactly 0 whatever their grad_output (inf here).
+    logits, target, weight = make_problem(kind, num_classes=83, weighted=True)
+    go = torch.tensor([0.5, -2.0, float("inf") if kind == "index" else 1.0, 3.0, 0.0, 1.5], device=DEVICE)
+    scale = torch.tensor(0.25, device=DEVICE)
+    grad = torch.full_like(logits, float("nan"))
+    loss = triton_ce.fused_ce(
+        logits, target, weight, -100, 0.1, 1e-2, 5.0, grad, grad_output=go, grad_scale=scale, block_size=32, iters=2
+    )
+    _, stats = triton_ce.forward(logits, target, weight, -100, 0.1, 1e-2, 5.0, save_stats=True)
+    split = triton_ce.backward(
+        logits, target, weight, -100, 0.1, 5.0, stats, torch.empty_like(logits), grad_output=go, grad_scale=scale
+    )
+    ref_loss, ref_grad = reference(logits, target, weight, -100, 0.1, 1e-2, 5.0)
+    want = ref_grad * (0.25 * f64(go)).unsqueeze(1)
+    if kind == "index":
+        want[2] = 0.0
+    torch.testing.assert_close(f64(loss), ref_loss, **LOSS_TOL)
+    torch.testing.assert_close(f64(grad), want, **GRAD_TOL[torch.float32])
+    torch.testing.assert_close(grad, split, rtol=1e-6, atol=1e-7)

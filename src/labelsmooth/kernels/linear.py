@@ -175,49 +175,29 @@ def chunk_loop(
         else:
             torch.addmm(b, xc, wt, out=logits)
         tc = target[start:end]
-        if grad_output is not None and any_grad:
-            go = grad_output[start:end]
-            if kernel == "triton":
-                from labelsmooth.kernels import triton_ce
-
-                rows_loss, stats = triton_ce.forward(
-                    logits, tc, weight, ignore_index, eps, z_loss, softcap, save_stats=True, prior=prior
-                )
-                assert stats is not None  # asked for with save_stats
-                triton_ce.backward(
-                    logits,
-                    tc,
-                    weight,
-                    ignore_index,
-                    eps,
-                    softcap,
-                    stats,
-                    logits,
-                    grad_output=go,
-                    grad_scale=grad_scale,
-                    prior=prior,
-                )
-            else:
-                rows_loss = fused(
-                    logits, tc, weight, ignore_index, eps, z_loss, softcap, logits, grad_scale=grad_scale, prior=prior
-                )
-                if not tc.is_floating_point():
-                    # Ignored rows keep their exact zero whatever grad_output holds there (inf, NaN).
-                    go = torch.where(tc != ignore_index, go, torch.zeros_like(go))
-                logits.mul_(go.to(logits.dtype).unsqueeze(1))
-        else:
-            rows_loss = fused(
-                logits,
-                tc,
-                weight,
-                ignore_index,
-                eps,
-                z_loss,
-                softcap,
-                logits if any_grad else None,
-                grad_scale=grad_scale,
-                prior=prior,
-            )
+        go = grad_output[start:end] if grad_output is not None and any_grad else None
+        # Triton: one launch per chunk, each row's statistics pass then its gradient pass (times
+        # grad_output and grad_scale, read on the device) while the row is still in L2, written over
+        # the logits. The chunked kernel takes no grad_output: one more pass over the chunk.
+        extra = {"grad_output": go} if kernel == "triton" else {}
+        rows_loss = fused(
+            logits,
+            tc,
+            weight,
+            ignore_index,
+            eps,
+            z_loss,
+            softcap,
+            logits if any_grad else None,
+            grad_scale=grad_scale,
+            prior=prior,
+            **extra,
+        )
+        if go is not None and kernel != "triton":
+            if not tc.is_floating_point():
+                # Ignored rows keep their exact zero whatever grad_output holds there (inf, NaN).
+                go = torch.where(tc != ignore_index, go, torch.zeros_like(go))
+            logits.mul_(go.to(logits.dtype).unsqueeze(1))
         if loss is not None:
             loss[start:end] = rows_loss
         if not any_grad:

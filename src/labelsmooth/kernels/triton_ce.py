@@ -76,8 +76,9 @@ Float64 logits are not supported (TypeError): the fp32 accumulation here would l
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -85,19 +86,25 @@ import triton.language as tl
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# Default tile for a bandwidth-bound kernel on H100/H200-class GPUs: each thread owns one 16-byte
-# vector per tile row (8 bf16/fp16 or 4 fp32 logits) and ITERS tile rows, so each thread has ITERS
-# independent 16-byte loads in flight. fp32 rows get 16 warps per program; 16-bit rows 8 (see
-# _max_warps: measured on an H200 with the earlier single fused kernel, whose passes are these two
-# kernels' loops; to be re-checked for the split kernels). With 8 tile rows a program has 32-64 KB in
-# flight per iteration, above the ~30 KB per SM that HBM3e's bandwidth x latency asks for. ptxas
-# (sm_90) then uses <= 128 registers per thread without spilling.
-_MAX_WARPS = 16
-_MAX_WARPS_HALF = 8
-_DEFAULT_ITERS = 8
-# Weights and probability targets add fp32 tiles of their own to each iteration; half as many tile
-# rows keeps them within 128 registers without spills.
-_DEFAULT_ITERS_EXTRA_OPERANDS = 4
+# The launch table. Each thread owns one 16-byte vector per tile row (8 bf16/fp16 or 4 fp32 logits)
+# and ITERS tile rows, so it has ITERS independent 16-byte loads in flight per iteration; a program
+# has _WARPS warps. ITERS is set by the fp32 values a thread holds per tile (_TILE_VALUES: 8 rows of
+# fp32, 4 of bf16/fp16), because registers, not bytes, are what the tile costs: every logit is
+# converted to fp32 as it is loaded. Every configuration is meant to keep _RESIDENT_WARPS warps
+# resident per SM, e.g. two programs of 8 warps, so that one program's row tail (the lane fold, its
+# barriers, the stores) overlaps another's streaming: at most 65536 / (16 * 32) = 128 registers per
+# thread on sm_80 and sm_90, without spills (tests/test_triton_compile.py compiles every
+# configuration for both and fails above that; docs/kernels.md has the table). Bytes in flight per
+# SM stay those of the configurations measured on an H200 with the earlier fused kernel (one
+# program of 8 warps x 8 rows of bf16, 16 warps x 8 rows of fp32: 32 and 64 KB), now split over
+# two programs; above the ~30 KB per SM that HBM3e's bandwidth x latency asks for. The earlier
+# table (8 bf16 rows per thread) compiled to 141-201 registers: one program per SM.
+_WARPS = 8
+_RESIDENT_WARPS = 16
+_REGISTERS_PER_SM = 65536  # sm_80, sm_86, sm_89, sm_90, sm_100
+_TILE_VALUES = 32
+# Weights and probability targets add fp32 tiles of their own to each iteration: half as many rows.
+_TILE_VALUES_EXTRA_OPERANDS = 16
 
 
 # Type checking: triton ships no annotations, so @triton.jit is an untyped decorator, and the jit
@@ -205,12 +212,12 @@ def _smoothing_weights(  # type: ignore[no-untyped-def]
 
 @triton.jit  # type: ignore[untyped-decorator]
 def _stats_block(  # type: ignore[no-untyped-def]
-    x_row,
-    t_row,
-    w_ptr,
-    sw_ptr,
+    x_b,
+    t_b,
+    w_b,
+    sw_b,
     cols,
-    C,
+    mask,
     eps,
     smooth,
     cap,
@@ -228,17 +235,17 @@ def _stats_block(  # type: ignore[no-untyped-def]
     SOFTCAP: tl.constexpr,
     MASKED: tl.constexpr,
 ):
-    """Pass 1 on one [ITERS, LANES] tile of columns: the lane states updated by its logits.
+    """Pass 1 on one [ITERS, LANES] tile of columns ``cols`` (relative to the row's aligned start):
+    the lane states updated by its logits. ``n_seen``: elements each lane has seen so far (a scalar
+    while every block was full, a per-lane vector after a masked one).
 
-    Only the row's last block is MASKED; the full blocks before it skip every mask select.
+    The full blocks of the row's aligned body skip every mask select (MASKED false, ``mask`` None).
     """
     NEG_INF: tl.constexpr = float("-inf")
     if MASKED:
-        mask = cols < C
-        x = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        x = tl.load(x_b + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
     else:
-        mask = None
-        x = tl.load(x_row + cols, eviction_policy="evict_first").to(tl.float32)
+        x = tl.load(x_b + cols, eviction_policy="evict_first").to(tl.float32)
     if SOFTCAP:
         x = cap * _tanh(x * inv_cap)
     if MASKED:
@@ -260,27 +267,57 @@ def _stats_block(  # type: ignore[no-untyped-def]
         if MASKED:
             d = tl.where(mask, d, 0.0)
         if PROB_TARGET or HAS_WEIGHT or HAS_SW:
-            v = _smoothing_weights(
-                cols, mask, t_row, w_ptr, sw_ptr, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED
-            )
+            v = _smoothing_weights(cols, mask, t_b, w_b, sw_b, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED)
             g_l = g_l + v_l * shift + tl.sum(v * d, axis=0)
             v_l = v_l + tl.sum(v, axis=0)
         else:
-            # Uniform v = eps / C: g_l holds sum (x - m), the factor is applied at the end. Every
-            # block before this one was full, so each lane has seen n_seen elements: a scalar,
-            # where a per-lane count would cost a layout conversion (a shared-memory round trip)
-            # per iteration on the GPU.
+            # Uniform v = eps / C: g_l holds sum (x - m), the factor is applied at the end. In the
+            # full blocks every lane has seen the same count, a scalar: a per-lane count there would
+            # cost a layout conversion (a shared-memory round trip) per iteration on the GPU.
             g_l = g_l + n_seen * shift + tl.sum(d, axis=0)
     return m_new, s_l, r_l, v_l, g_l
 
 
+@triton.jit
+def _row_base(ptr, row, stride, a0, VEC: tl.constexpr, ALIGNED: tl.constexpr):  # type: ignore[no-untyped-def]
+    """ptr + row * stride + a0, the address of column a0 of the row. With ALIGNED the offset is
+    declared a multiple of VEC elements (a 16-byte vector), so that Triton issues 16-byte accesses
+    from there; the caller guarantees it (a0 is chosen for it, see _row_head)."""
+    off = row * stride + a0
+    if ALIGNED:
+        off = tl.multiple_of(off, VEC)
+    return ptr + off
+
+
+@triton.jit
+def _row_head(row, stride, C, VEC: tl.constexpr, SHIFT: tl.constexpr):  # type: ignore[no-untyped-def]
+    """a0, the first column of the row at a 16-byte boundary (0 when every row starts at one, i.e.
+    the row stride is a multiple of VEC: SHIFT false). Columns 0..a0-1 form the row's masked head."""
+    if SHIFT:
+        a0 = ((VEC - (row * stride) % VEC) % VEC).to(tl.int32)
+        a0 = tl.minimum(a0, C)
+    else:
+        a0 = 0
+    return a0
+
+
+@triton.jit
+def _offset(ptr, a0, PRESENT: tl.constexpr):  # type: ignore[no-untyped-def]
+    """ptr + a0 for an operand that is there (a None pointer stays None)."""
+    out = ptr
+    if PRESENT:
+        out = ptr + a0
+    return out
+
+
 @triton.jit  # type: ignore[untyped-decorator]
 def _row_stats(  # type: ignore[no-untyped-def]
-    x_row,
-    t_row,
-    w_ptr,
-    sw_ptr,
-    C,
+    x_b,
+    t_b,
+    w_b,
+    sw_b,
+    n_body,
+    a0,
     eps,
     smooth,
     cap,
@@ -292,8 +329,16 @@ def _row_stats(  # type: ignore[no-untyped-def]
     SOFTCAP: tl.constexpr,
     ITERS: tl.constexpr,
     LANES: tl.constexpr,
+    VEC: tl.constexpr,
+    SHIFT: tl.constexpr,
 ):
-    """Pass 1: returns (M, M_ref, S, S - 1, log S, V, G) of one row; M_ref is M, or 0 if M = -inf."""
+    """Pass 1: returns (M, M_ref, S, S - 1, log S, V, G) of one row; M_ref is M, or 0 if M = -inf.
+
+    The row is read as its aligned body, ``n_body`` columns from x_b (column a0 of the row, at a
+    16-byte boundary): whole blocks without masks, then one block masked at vector granularity
+    (16-byte loads still), then an edge block for the head (columns 0..a0-1, before x_b) and the last
+    partial vector, element by element. Any C, any row stride: the loop always issues 16-byte loads.
+    """
     NEG_INF: tl.constexpr = float("-inf")
     BLOCK: tl.constexpr = ITERS * LANES
     # tile[i, j] = i * LANES + j: consecutive lanes are consecutive columns (coalesced loads), and the
@@ -305,58 +350,40 @@ def _row_stats(  # type: ignore[no-untyped-def]
     v_l = tl.zeros([LANES], tl.float32)
     g_l = tl.zeros([LANES], tl.float32)
     n_seen = 0.0  # elements per lane so far (exact in fp32 below 2**24 columns)
-    n_full = (C // BLOCK) * BLOCK
+    n_full = (n_body // BLOCK) * BLOCK
     for start in range(0, n_full, BLOCK):
         m_l, s_l, r_l, v_l, g_l = _stats_block(
-            x_row,
-            t_row,
-            w_ptr,
-            sw_ptr,
-            start + tile,
-            C,
-            eps,
-            smooth,
-            cap,
-            inv_cap,
-            m_l,
-            s_l,
-            r_l,
-            v_l,
-            g_l,
-            n_seen,
-            HAS_WEIGHT,
-            HAS_SW,
-            PROB_TARGET,
-            HAS_V,
-            SOFTCAP,
-            False,
-        )
+            x_b, t_b, w_b, sw_b, start + tile, None, eps, smooth, cap, inv_cap,
+            m_l, s_l, r_l, v_l, g_l, n_seen,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False,
+        )  # fmt: skip
         n_seen += ITERS
-    if n_full < C:
+    n_l = tl.zeros([LANES], tl.float32) + n_seen
+    n_vec = (n_body // VEC) * VEC
+    if n_full < n_vec:
+        cols = n_full + tile
+        mask = cols < n_vec  # constant over each VEC-column vector: still 16-byte loads
         m_l, s_l, r_l, v_l, g_l = _stats_block(
-            x_row,
-            t_row,
-            w_ptr,
-            sw_ptr,
-            n_full + tile,
-            C,
-            eps,
-            smooth,
-            cap,
-            inv_cap,
-            m_l,
-            s_l,
-            r_l,
-            v_l,
-            g_l,
-            n_seen,
-            HAS_WEIGHT,
-            HAS_SW,
-            PROB_TARGET,
-            HAS_V,
-            SOFTCAP,
-            True,
-        )
+            x_b, t_b, w_b, sw_b, cols, mask, eps, smooth, cap, inv_cap,
+            m_l, s_l, r_l, v_l, g_l, n_l,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True,
+        )  # fmt: skip
+        n_l += tl.sum(mask.to(tl.float32), axis=0)
+    edge = n_vec < n_body
+    if SHIFT:
+        edge = edge | (a0 > 0)
+    if edge:
+        # Tile positions 0..VEC-1 take the head (relative columns -VEC..-1, those >= -a0 valid),
+        # VEC..2 VEC-1 the row's last partial vector; every other position is masked off.
+        head = tile < VEC
+        cols = tl.where(head, tile - VEC, n_vec + tile - VEC)
+        mask = tl.where(head, tile >= VEC - a0, (tile < 2 * VEC) & (cols < n_body))
+        m_l, s_l, r_l, v_l, g_l = _stats_block(
+            x_b, t_b, w_b, sw_b, cols, mask, eps, smooth, cap, inv_cap,
+            m_l, s_l, r_l, v_l, g_l, n_l,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True,
+        )  # fmt: skip
+        n_l += tl.sum(mask.to(tl.float32), axis=0)
 
     # Fold the lanes into the row.
     M = tl.max(m_l, axis=0)
@@ -374,9 +401,6 @@ def _row_stats(  # type: ignore[no-untyped-def]
         V = tl.sum(v_l, axis=0)
         G = tl.sum(g_l + v_l * lane_shift, axis=0)
     else:
-        # Lane j holds the columns j, j + LANES, ... below C: (C - j + LANES - 1) // LANES of them.
-        lane = tl.arange(0, LANES)
-        n_l = ((C - lane + LANES - 1) // LANES).to(tl.float32)
         V = tl.sum(v_l, axis=0) + eps  # sum_c eps / C, exactly (v_l is all zeros here)
         G = smooth * tl.sum(g_l + n_l * lane_shift, axis=0)
     # Without smoothing weights (HAS_V false) the caller ignores V and G.
@@ -385,13 +409,13 @@ def _row_stats(  # type: ignore[no-untyped-def]
 
 @triton.jit  # type: ignore[untyped-decorator]
 def _grad_block(  # type: ignore[no-untyped-def]
-    x_row,
-    g_row,
-    t_row,
-    w_ptr,
-    sw_ptr,
+    x_b,
+    g_b,
+    t_b,
+    w_b,
+    sw_b,
     cols,
-    C,
+    mask,
     eps,
     smooth,
     cap,
@@ -409,40 +433,37 @@ def _grad_block(  # type: ignore[no-untyped-def]
     """Pass 2 on one block: grad = (p * coef - v) * scale = exp(x - M) * a - v * scale, with
     a = coef * scale / S."""
     if MASKED:
-        mask = cols < C
-        x = tl.load(x_row + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        x = tl.load(x_b + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
     else:
-        mask = None
-        x = tl.load(x_row + cols, eviction_policy="evict_first").to(tl.float32)
+        x = tl.load(x_b + cols, eviction_policy="evict_first").to(tl.float32)
     if SOFTCAP:
         th = _tanh(x * inv_cap)
         x = cap * th
     g = _exp(x - M_ref) * a
     if HAS_V:
         if PROB_TARGET or HAS_WEIGHT or HAS_SW:
-            v = _smoothing_weights(
-                cols, mask, t_row, w_ptr, sw_ptr, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED
-            )
+            v = _smoothing_weights(cols, mask, t_b, w_b, sw_b, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED)
             g -= v * scale
         else:
             g -= smooth * scale
     if SOFTCAP:
         g = g * (1.0 - th * th)
-    g = g.to(g_row.dtype.element_ty)
+    g = g.to(g_b.dtype.element_ty)
     if MASKED:
-        tl.store(g_row + cols, g, mask=mask, eviction_policy="evict_first")
+        tl.store(g_b + cols, g, mask=mask, eviction_policy="evict_first")
     else:
-        tl.store(g_row + cols, g, eviction_policy="evict_first")
+        tl.store(g_b + cols, g, eviction_policy="evict_first")
 
 
 @triton.jit  # type: ignore[untyped-decorator]
 def _write_grad(  # type: ignore[no-untyped-def]
-    x_row,
-    g_row,
-    t_row,
-    w_ptr,
-    sw_ptr,
-    C,
+    x_b,
+    g_b,
+    t_b,
+    w_b,
+    sw_b,
+    n_body,
+    a0,
     eps,
     smooth,
     cap,
@@ -456,64 +477,50 @@ def _write_grad(  # type: ignore[no-untyped-def]
     HAS_V: tl.constexpr,
     SOFTCAP: tl.constexpr,
     BLOCK: tl.constexpr,
+    VEC: tl.constexpr,
+    SHIFT: tl.constexpr,
 ):
-    """Pass 2 over the row: full blocks without masks, then the masked tail."""
+    """Pass 2 over the row, in _row_stats' order: the aligned body's full blocks without masks, a
+    block masked at vector granularity, then the head and the last partial vector."""
     offs = tl.arange(0, BLOCK)
-    n_full = (C // BLOCK) * BLOCK
+    n_full = (n_body // BLOCK) * BLOCK
     for start in range(0, n_full, BLOCK):
         _grad_block(
-            x_row,
-            g_row,
-            t_row,
-            w_ptr,
-            sw_ptr,
-            start + offs,
-            C,
-            eps,
-            smooth,
-            cap,
-            inv_cap,
-            M_ref,
-            a,
-            scale,
-            HAS_WEIGHT,
-            HAS_SW,
-            PROB_TARGET,
-            HAS_V,
-            SOFTCAP,
-            False,
-        )
-    if n_full < C:
+            x_b, g_b, t_b, w_b, sw_b, start + offs, None, eps, smooth, cap, inv_cap, M_ref, a, scale,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False,
+        )  # fmt: skip
+    n_vec = (n_body // VEC) * VEC
+    if n_full < n_vec:
+        cols = n_full + offs
         _grad_block(
-            x_row,
-            g_row,
-            t_row,
-            w_ptr,
-            sw_ptr,
-            n_full + offs,
-            C,
-            eps,
-            smooth,
-            cap,
-            inv_cap,
-            M_ref,
-            a,
-            scale,
-            HAS_WEIGHT,
-            HAS_SW,
-            PROB_TARGET,
-            HAS_V,
-            SOFTCAP,
-            True,
-        )
+            x_b, g_b, t_b, w_b, sw_b, cols, cols < n_vec, eps, smooth, cap, inv_cap, M_ref, a, scale,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True,
+        )  # fmt: skip
+    edge = n_vec < n_body
+    if SHIFT:
+        edge = edge | (a0 > 0)
+    if edge:
+        head = offs < VEC
+        cols = tl.where(head, offs - VEC, n_vec + offs - VEC)
+        mask = tl.where(head, offs >= VEC - a0, (offs < 2 * VEC) & (cols < n_body))
+        _grad_block(
+            x_b, g_b, t_b, w_b, sw_b, cols, mask, eps, smooth, cap, inv_cap, M_ref, a, scale,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True,
+        )  # fmt: skip
 
 
 @triton.jit  # type: ignore[untyped-decorator]
-def _zero_grad(g_row, C, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+def _zero_grad(g_b, n_body, a0, BLOCK: tl.constexpr, SHIFT: tl.constexpr):  # type: ignore[no-untyped-def]
+    """Zeros over the row (an ignored one): the aligned body in whole blocks, then the rest masked."""
     offs = tl.arange(0, BLOCK)
-    for start in range(0, C, BLOCK):
-        cols = start + offs
-        tl.store(g_row + cols, tl.zeros([BLOCK], tl.float32).to(g_row.dtype.element_ty), mask=cols < C)
+    zeros = tl.zeros([BLOCK], tl.float32).to(g_b.dtype.element_ty)
+    n_full = (n_body // BLOCK) * BLOCK
+    for start in range(0, n_full, BLOCK):
+        tl.store(g_b + start + offs, zeros)
+    if n_full < n_body:
+        tl.store(g_b + n_full + offs, zeros, mask=n_full + offs < n_body)
+    if SHIFT:
+        tl.store(g_b + offs - a0, zeros, mask=offs < a0)
 
 
 @triton.jit
@@ -523,6 +530,91 @@ def _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef):  # type: ignore[no-u
     tl.store(st + 1, S)
     tl.store(st + 2, s_minus_1)
     tl.store(st + 3, coef)
+
+
+@triton.jit  # type: ignore[untyped-decorator]
+def _grad_scale(go_ptr, go_stride, scale_ptr, row, HAS_GO: tl.constexpr, HAS_SCALE: tl.constexpr):  # type: ignore[no-untyped-def]
+    """The row's grad_output (stride 0 for a scalar or an expanded one) times grad_scale, read on the
+    device."""
+    scale = 1.0
+    if HAS_GO:
+        scale = tl.load(go_ptr + row * go_stride).to(tl.float32)
+    if HAS_SCALE:
+        scale = scale * tl.load(scale_ptr).to(tl.float32)
+    return scale
+
+
+@triton.jit  # type: ignore[untyped-decorator]
+def _index_row_grad(  # type: ignore[no-untyped-def]
+    x_b,
+    g_b,
+    g_row,
+    w_ptr,
+    sw_ptr,
+    y,
+    yc,
+    x_y,
+    n_body,
+    a0,
+    C,
+    eps,
+    smooth,
+    cap,
+    inv_cap,
+    M_ref,
+    S,
+    s_minus_1,
+    coef,
+    scale,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SW: tl.constexpr,
+    HAS_V: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    TARGET_ELSEWHERE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    VEC: tl.constexpr,
+    SHIFT: tl.constexpr,
+):
+    """The gradient of a class-index row, written over the whole row. ``x_y``: the target's raw logit
+    (fp32), read by the caller before anything of the row was written (the row may be the logits)."""
+    w_b = _offset(w_ptr, a0, HAS_WEIGHT)
+    sw_b = _offset(sw_ptr, a0, HAS_SW)
+    if SOFTCAP:
+        th_y = _tanh(x_y * inv_cap)
+        x_y = cap * th_y
+    if HAS_WEIGHT:
+        w_y = tl.load(w_ptr + yc).to(tl.float32)
+    else:
+        w_y = 1.0
+    T = (1.0 - eps) * w_y
+    inv_s = 1.0 / S
+    # Every column first gets p * coef - v, right everywhere but at the target, which is overwritten
+    # below: keeping the one-hot -T out of the per-element work saves a compare and a select per
+    # element.
+    _write_grad(
+        x_b, g_b, x_b, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap, M_ref,
+        coef * inv_s * scale, scale, HAS_WEIGHT, HAS_SW, False, HAS_V, SOFTCAP, BLOCK, VEC, SHIFT,
+    )  # fmt: skip
+    # p_y - 1 = (e_y - S) / S = ((e_y - 1) - (S - 1)) / S: for a confident row e_y = 1 exactly and this
+    # is -(S - 1) / S to full fp32 relative accuracy, where p_y - 1 would keep only the rounding error
+    # of p_y.
+    e_y = _exp(x_y - M_ref)
+    g_y = e_y * inv_s * (coef - T) + T * (((e_y - 1.0) - s_minus_1) * inv_s)
+    if HAS_V:
+        if HAS_SW:
+            g_y -= smooth * tl.load(sw_ptr + yc).to(tl.float32)
+        else:
+            g_y -= smooth * w_y
+    if SOFTCAP:
+        g_y = g_y * (1.0 - th_y * th_y)
+    g_y = g_y * scale
+    # Whichever thread stored column y in the pass above must be done before this store.
+    tl.debug_barrier()
+    if TARGET_ELSEWHERE:
+        if (y >= 0) & (y < C):
+            tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
+    else:
+        tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
 
 
 @triton.jit  # type: ignore[untyped-decorator]
@@ -536,6 +628,11 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
     loss_ptr,
     stats_ptr,
     bad_ptr,
+    g_ptr,
+    g_stride,
+    go_ptr,
+    go_stride,
+    scale_ptr,
     C,
     ignore_index,
     eps,
@@ -549,14 +646,33 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
     SOFTCAP: tl.constexpr,
     SAVE_STATS: tl.constexpr,
     CHECK_TARGETS: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    HAS_GO: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     ITERS: tl.constexpr,
     LANES: tl.constexpr,
+    VEC: tl.constexpr,
+    SHIFT: tl.constexpr,
+    G_ALIGNED: tl.constexpr,
 ):
     """Forward: one read of the row; stores its loss and, with SAVE_STATS, the four numbers the
-    gradient needs (M_ref, S, S - 1, coef = d loss / d log S), 16 bytes per row."""
+    gradient needs (M_ref, S, S - 1, coef = d loss / d log S), 16 bytes per row. With WRITE_GRAD it
+    goes on to write the row's gradient (times grad_output and grad_scale) at once, re-reading the
+    row it has just read: the one-launch path for callers that always want the gradient (the fused
+    linear loss's chunks)."""
+    BLOCK: tl.constexpr = ITERS * LANES
     # int64 before any multiplication by a stride: row * stride exceeds 2**31 on large problems.
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
+    a0 = _row_head(row, x_stride, C, VEC, SHIFT)
+    n_body = C - a0
+    x_b = _row_base(x_ptr, row, x_stride, a0, VEC, True)
+    w_b = _offset(w_ptr, a0, HAS_WEIGHT)
+    sw_b = _offset(sw_ptr, a0, HAS_SW)
+    if WRITE_GRAD:
+        g_row = g_ptr + row * g_stride
+        g_b = _row_base(g_ptr, row, g_stride, a0, VEC, G_ALIGNED)
+        scale = _grad_scale(go_ptr, go_stride, scale_ptr, row, HAS_GO, HAS_SCALE)
     smooth = eps / C
     if SOFTCAP:
         inv_cap = 1.0 / cap
@@ -564,25 +680,11 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
         inv_cap = 1.0
 
     if PROB_TARGET:
-        t_row = tgt_ptr + row * tgt_stride
+        t_b = tgt_ptr + row * tgt_stride + a0
         M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
-            x_row,
-            t_row,
-            w_ptr,
-            sw_ptr,
-            C,
-            eps,
-            smooth,
-            cap,
-            inv_cap,
-            HAS_WEIGHT,
-            HAS_SW,
-            PROB_TARGET,
-            HAS_V,
-            SOFTCAP,
-            ITERS,
-            LANES,
-        )
+            x_b, t_b, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES, VEC, SHIFT,
+        )  # fmt: skip
         lse = M + log_s
         # sum_c v_c (M - x_c + log S) = V log S - G, both terms >= 0.
         loss = V * log_s - G
@@ -593,11 +695,18 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
         tl.store(loss_ptr + row, loss)
         if SAVE_STATS:
             _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef)
+        if WRITE_GRAD:
+            _write_grad(
+                x_b, g_b, t_b, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap, M_ref,
+                coef * scale / S, scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, BLOCK, VEC, SHIFT,
+            )  # fmt: skip
     else:
         y = tl.load(tgt_ptr + row * tgt_stride)
         if y == ignore_index:
-            # Nothing else to store: backward sees the ignored target and writes zeros.
+            # Without a gradient nothing else to store: backward sees the ignored target and writes zeros.
             tl.store(loss_ptr + row, 0.0)
+            if WRITE_GRAD:
+                _zero_grad(g_b, n_body, a0, BLOCK, SHIFT)
         else:
             tl.device_assert((y >= 0) & (y < C), "labelsmooth: target class index out of range")
             # Kept nested: CHECK_TARGETS is a constexpr that Triton resolves at compile time, while the
@@ -608,7 +717,8 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
                     tl.store(bad_ptr, 1)
             # Clamped so that a bad target reads in bounds even with device asserts off.
             yc = tl.minimum(tl.maximum(y, 0), C - 1).to(tl.int32)
-            x_y = tl.load(x_row + yc).to(tl.float32)
+            x_y_raw = tl.load(x_row + yc).to(tl.float32)
+            x_y = x_y_raw
             if SOFTCAP:
                 x_y = cap * _tanh(x_y * inv_cap)
             if HAS_WEIGHT:
@@ -617,23 +727,9 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
                 w_y = 1.0
             T = (1.0 - eps) * w_y
             M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
-                x_row,
-                tgt_ptr,
-                w_ptr,
-                sw_ptr,
-                C,
-                eps,
-                smooth,
-                cap,
-                inv_cap,
-                HAS_WEIGHT,
-                HAS_SW,
-                PROB_TARGET,
-                HAS_V,
-                SOFTCAP,
-                ITERS,
-                LANES,
-            )
+                x_b, tgt_ptr, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap,
+                HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES, VEC, SHIFT,
+            )  # fmt: skip
             lse = M + log_s
             # (M - x_y) >= 0 is exactly 0 when y is the argmax; no lse - x_y cancellation.
             loss = T * ((M - x_y) + log_s)
@@ -647,6 +743,14 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
             tl.store(loss_ptr + row, loss)
             if SAVE_STATS:
                 _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef)
+            if WRITE_GRAD:
+                # x_y was read before the stats pass, whose lane fold ends with barriers: no warp of
+                # this program writes the row (which may be the logits) before every warp has read it.
+                _index_row_grad(
+                    x_b, g_b, g_row, w_ptr, sw_ptr, y, yc, x_y_raw, n_body, a0, C, eps, smooth, cap,
+                    inv_cap, M_ref, S, s_minus_1, coef, scale,
+                    HAS_WEIGHT, HAS_SW, HAS_V, SOFTCAP, False, BLOCK, VEC, SHIFT,
+                )  # fmt: skip
 
 
 @triton.jit  # type: ignore[untyped-decorator]
@@ -678,6 +782,9 @@ def _ce_bwd_kernel(  # type: ignore[no-untyped-def]
     TARGET_ELSEWHERE: tl.constexpr,
     ITERS: tl.constexpr,
     LANES: tl.constexpr,
+    VEC: tl.constexpr,
+    SHIFT: tl.constexpr,
+    G_ALIGNED: tl.constexpr,
 ):
     """Backward: one read and one write of the row, the gradient already multiplied by the row's
     grad_output and by ``grad_scale`` (both read here, on the device: no host synchronisation).
@@ -689,50 +796,34 @@ def _ce_bwd_kernel(  # type: ignore[no-untyped-def]
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
     g_row = g_ptr + row * g_stride
+    a0 = _row_head(row, x_stride, C, VEC, SHIFT)
+    n_body = C - a0
+    x_b = _row_base(x_ptr, row, x_stride, a0, VEC, True)
+    w_b = _offset(w_ptr, a0, HAS_WEIGHT)
+    sw_b = _offset(sw_ptr, a0, HAS_SW)
+    g_b = _row_base(g_ptr, row, g_stride, a0, VEC, G_ALIGNED)
     smooth = eps / K
     if SOFTCAP:
         inv_cap = 1.0 / cap
     else:
         inv_cap = 1.0
-    # grad_output of this row (stride 0 for a scalar or an expanded one) times grad_scale.
-    scale = 1.0
-    if HAS_GO:
-        scale = tl.load(go_ptr + row * go_stride).to(tl.float32)
-    if HAS_SCALE:
-        scale = scale * tl.load(scale_ptr).to(tl.float32)
+    scale = _grad_scale(go_ptr, go_stride, scale_ptr, row, HAS_GO, HAS_SCALE)
     st = stats_ptr + row * 4
 
     if PROB_TARGET:
-        t_row = tgt_ptr + row * tgt_stride
+        t_b = tgt_ptr + row * tgt_stride + a0
         M_ref = tl.load(st)
         S = tl.load(st + 1)
         coef = tl.load(st + 3)
         _write_grad(
-            x_row,
-            g_row,
-            t_row,
-            w_ptr,
-            sw_ptr,
-            C,
-            eps,
-            smooth,
-            cap,
-            inv_cap,
-            M_ref,
-            coef * scale / S,
-            scale,
-            HAS_WEIGHT,
-            HAS_SW,
-            PROB_TARGET,
-            HAS_V,
-            SOFTCAP,
-            BLOCK,
-        )
+            x_b, g_b, t_b, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap, M_ref,
+            coef * scale / S, scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, BLOCK, VEC, SHIFT,
+        )  # fmt: skip
     else:
         y = tl.load(tgt_ptr + row * tgt_stride)
         if y == ignore_index:
             # Exactly 0, whatever the logits or the grad_output (NaN or inf included) hold.
-            _zero_grad(g_row, C, BLOCK)
+            _zero_grad(g_b, n_body, a0, BLOCK, SHIFT)
         else:
             yc = tl.minimum(tl.maximum(y, 0), C - 1).to(tl.int32)
             M_ref = tl.load(st)
@@ -744,72 +835,38 @@ def _ce_bwd_kernel(  # type: ignore[no-untyped-def]
             # before all of them have (bar.sync orders the CTA's global accesses too).
             x_y = tl.load(x_row + yc).to(tl.float32)
             tl.debug_barrier()
-            if SOFTCAP:
-                th_y = _tanh(x_y * inv_cap)
-                x_y = cap * th_y
-            if HAS_WEIGHT:
-                w_y = tl.load(w_ptr + yc).to(tl.float32)
-            else:
-                w_y = 1.0
-            T = (1.0 - eps) * w_y
-            inv_s = 1.0 / S
-            # Every column first gets p * coef - v, right everywhere but at the target, which is
-            # overwritten below: keeping the one-hot -T out of the per-element work saves a compare
-            # and a select per element.
-            _write_grad(
-                x_row,
-                g_row,
-                tgt_ptr,
-                w_ptr,
-                sw_ptr,
-                C,
-                eps,
-                smooth,
-                cap,
-                inv_cap,
-                M_ref,
-                coef * inv_s * scale,
-                scale,
-                HAS_WEIGHT,
-                HAS_SW,
-                PROB_TARGET,
-                HAS_V,
-                SOFTCAP,
-                BLOCK,
-            )
-            # p_y - 1 = (e_y - S) / S = ((e_y - 1) - (S - 1)) / S: for a confident row e_y = 1
-            # exactly and this is -(S - 1) / S to full fp32 relative accuracy, where p_y - 1
-            # would keep only the rounding error of p_y.
-            e_y = _exp(x_y - M_ref)
-            g_y = e_y * inv_s * (coef - T) + T * (((e_y - 1.0) - s_minus_1) * inv_s)
-            if HAS_V:
-                if HAS_SW:
-                    g_y -= smooth * tl.load(sw_ptr + yc).to(tl.float32)
-                else:
-                    g_y -= smooth * w_y
-            if SOFTCAP:
-                g_y = g_y * (1.0 - th_y * th_y)
-            g_y = g_y * scale
-            # Whichever thread stored column y in the pass above must be done before this store.
-            tl.debug_barrier()
-            if TARGET_ELSEWHERE:
-                if (y >= 0) & (y < C):
-                    tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
-            else:
-                tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
+            _index_row_grad(
+                x_b, g_b, g_row, w_ptr, sw_ptr, y, yc, x_y, n_body, a0, C, eps, smooth, cap,
+                inv_cap, M_ref, S, s_minus_1, coef, scale,
+                HAS_WEIGHT, HAS_SW, HAS_V, SOFTCAP, TARGET_ELSEWHERE, BLOCK, VEC, SHIFT,
+            )  # fmt: skip
 
 
 @triton.jit  # type: ignore[untyped-decorator]
-def _slice_stats_kernel(x_ptr, x_stride, tgt_ptr, out_ptr, rows, C, ITERS: tl.constexpr, LANES: tl.constexpr):  # type: ignore[no-untyped-def]
+def _slice_stats_kernel(  # type: ignore[no-untyped-def]
+    x_ptr,
+    x_stride,
+    tgt_ptr,
+    out_ptr,
+    rows,
+    C,
+    ITERS: tl.constexpr,
+    LANES: tl.constexpr,
+    VEC: tl.constexpr,
+    SHIFT: tl.constexpr,
+):
     """One slice of a vocabulary split over devices: per row its max m, S - 1 relative to m (summed
     without one max element, as in forward), sum_c (x_c - m) and x_y - m for a target inside the slice
     (0 otherwise); stored as out[0..3, row]."""
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
+    a0 = _row_head(row, x_stride, C, VEC, SHIFT)
+    x_b = _row_base(x_ptr, row, x_stride, a0, VEC, True)
     # eps = C makes _row_stats' uniform smoothing sum (eps / C) sum_c (x_c - m) the plain sum.
     M, M_ref, _S, s_minus_1, _log_s, _V, G = _row_stats(
-        x_row, tgt_ptr, x_ptr, x_ptr, C, C * 1.0, 1.0, 1.0, 1.0, False, False, False, True, False, ITERS, LANES
-    )
+        x_b, tgt_ptr, x_ptr, x_ptr, C - a0, a0, C * 1.0, 1.0, 1.0, 1.0,
+        False, False, False, True, False, ITERS, LANES, VEC, SHIFT,
+    )  # fmt: skip
     y = tl.load(tgt_ptr + row)
     inside = (y >= 0) & (y < C)
     yc = tl.minimum(tl.maximum(y, 0), C - 1).to(tl.int32)
@@ -842,7 +899,9 @@ def slice_stats(
         logits.device,
         num_rows,
         (logits, logits.stride(0), target, out, num_rows, num_classes),
-        dict(ITERS=it, LANES=lanes, num_warps=warps),
+        dict(
+            ITERS=it, LANES=lanes, num_warps=warps, **_row_layout(logits.element_size(), it * lanes, logits.stride(0))
+        ),
     )
     return out
 
@@ -859,11 +918,12 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _max_warps(element_size: int) -> int:
-    """Warps per program by logits dtype, from a sweep of the fused kernel on an H200 at 16384 x 128256:
-    bf16 was fastest with 8 warps (2048 lanes, 8 tile rows: 2.57 ms against 2.87 ms with 16 warps);
-    fp32 with 16 warps (2048 lanes, 8 tile rows). fp16 moves the bytes bf16 does and follows it."""
-    return _MAX_WARPS_HALF if element_size <= 2 else _MAX_WARPS
+def intended_occupancy(num_warps: int) -> tuple[int, int]:
+    """(programs per SM, registers per thread at most) that a program of ``num_warps`` warps is meant
+    to reach: _RESIDENT_WARPS warps resident per SM, in as many programs as that takes."""
+    programs = max(1, _RESIDENT_WARPS // num_warps)
+    registers = _REGISTERS_PER_SM // (programs * num_warps * 32)
+    return programs, min(255, registers // 8 * 8)  # allocated per thread in multiples of 8
 
 
 def _launch_config(
@@ -876,10 +936,9 @@ def _launch_config(
 ) -> tuple[int, int, int]:
     """(ITERS, LANES, num_warps) for a row of ``num_classes`` logits of ``element_size`` bytes."""
     vec = max(1, 16 // element_size)  # logits per 16-byte vector load
-    max_warps = _max_warps(element_size)
     if block_size is None:
-        lanes = min(_next_pow2(num_classes), max_warps * 32 * vec)
-        it = iters or (_DEFAULT_ITERS_EXTRA_OPERANDS if extra_operands else _DEFAULT_ITERS)
+        lanes = min(_next_pow2(num_classes), _WARPS * 32 * vec)
+        it = iters or (_TILE_VALUES_EXTRA_OPERANDS if extra_operands else _TILE_VALUES) // vec
         it = max(1, min(_next_pow2(it), _next_pow2(num_classes) // lanes))
     else:
         if block_size < 1 or block_size & (block_size - 1):
@@ -887,8 +946,21 @@ def _launch_config(
         it = min(_next_pow2(iters or 1), block_size)
         lanes = block_size // it
     if num_warps is None:
-        num_warps = max(1, min(max_warps, lanes // (32 * vec)))
+        num_warps = max(1, min(_WARPS, lanes // (32 * vec)))
     return it, lanes, num_warps
+
+
+def _row_layout(element_size: int, block: int, x_stride: int, g_stride: int | None = None) -> dict[str, object]:
+    """The meta-parameters of a row's aligned body: VEC logits per 16-byte vector (at most half a
+    block, so that the edge block holds a head and a tail of a row), SHIFT when rows do not all start
+    at a vector boundary (the row stride is no multiple of VEC), and G_ALIGNED when the gradient's rows
+    sit at the same offset from a boundary as the logits' (strides equal modulo VEC), so that the
+    body's stores are 16-byte too."""
+    vec = max(1, min(16 // element_size, block // 2))
+    layout: dict[str, object] = dict(VEC=vec, SHIFT=x_stride % vec != 0)
+    if g_stride is not None:
+        layout["G_ALIGNED"] = (g_stride - x_stride) % vec == 0
+    return layout
 
 
 def _check_operands(
@@ -941,11 +1013,75 @@ def _smoothing_weights_vector(
 def _launch(
     kernel: Any, device: torch.device, num_rows: int, args: tuple[object, ...], meta: Mapping[str, object]
 ) -> None:
+    if _recorders:
+        # Inside record_launches(): what the wrappers decided is kept, nothing runs.
+        _recorders[-1].append(Launch(kernel, num_rows, args, dict(meta)))
+        return
     if device.type == "cuda":
         with torch.cuda.device(device):  # launch on the tensors' device, not the current one
             kernel[(num_rows,)](*args, **meta)
     else:
         kernel[(num_rows,)](*args, **meta)
+
+
+class Launch(NamedTuple):
+    """One kernel launch as a wrapper decided it: the kernel, its grid (one program per row), its
+    arguments and its meta-parameters (constexprs and launch options such as num_warps)."""
+
+    kernel: Any
+    num_rows: int
+    args: tuple[object, ...]
+    meta: dict[str, object]
+
+
+_recorders: list[list[Launch]] = []
+
+
+@contextlib.contextmanager
+def record_launches() -> Iterator[list[Launch]]:
+    """Within the block the wrappers (and every caller of them: ``labelsmooth.cross_entropy``, the
+    linear and vocabulary-parallel losses) make every launch decision as usual but launch nothing;
+    the decisions are appended to the list this yields. Used to compile the kernels for a GPU
+    target on a machine without one (tests/test_triton_compile.py), with the wrappers' own choices
+    rather than a second copy of the launch table. The outputs of the skipped kernels are left
+    uninitialised."""
+    launches: list[Launch] = []
+    _recorders.append(launches)
+    try:
+        yield launches
+    finally:
+        _recorders.remove(launches)
+
+
+def _check_grad_operands(
+    logits: torch.Tensor,
+    grad: torch.Tensor,
+    grad_output: torch.Tensor | None,
+    grad_scale: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, int]:
+    """Validate the gradient buffer and its factors; returns (grad_output as the kernels read it, its
+    stride)."""
+    device = logits.device
+    if grad.shape != logits.shape or grad.dtype != logits.dtype:
+        raise ValueError("grad must have the logits' shape and dtype")
+    if logits.shape[1] > 1 and grad.stride(1) != 1:
+        raise ValueError("grad rows must be contiguous (stride(1) == 1)")
+    for name, t in (("grad_output", grad_output), ("grad_scale", grad_scale)):
+        if t is not None and t.device != device:
+            raise ValueError(f"{name} must be on the logits' device {device}, got {t.device}")
+    if grad_scale is not None and grad_scale.numel() != 1:
+        raise ValueError(f"grad_scale must be a one-element tensor, got shape {tuple(grad_scale.shape)}")
+    go_stride = 0
+    if grad_output is not None:
+        if grad_output.numel() == 1:
+            grad_output = grad_output.reshape(())
+        elif grad_output.shape != (logits.shape[0],):
+            raise ValueError(
+                f"grad_output must have one element or shape ({logits.shape[0]},), got {tuple(grad_output.shape)}"
+            )
+        else:
+            go_stride = grad_output.stride(0)
+    return grad_output, go_stride
 
 
 def forward(
@@ -960,6 +1096,9 @@ def forward(
     save_stats: bool = False,
     check_targets: bool = False,
     prior: torch.Tensor | None = None,
+    grad: torch.Tensor | None = None,
+    grad_output: torch.Tensor | None = None,
+    grad_scale: torch.Tensor | None = None,
     block_size: int | None = None,
     iters: int | None = None,
     num_warps: int | None = None,
@@ -971,12 +1110,20 @@ def forward(
     ``ignore_index`` lies in [0, C) (on a CPU tensor it fails at once, with a RuntimeError).
     ``prior``: the (C,) smoothing distribution u (None: uniform).
 
+    With ``grad`` (an (M, C) tensor of the logits' dtype, possibly the logits themselves) the same
+    launch goes on to write the gradient into it, times ``grad_output`` and ``grad_scale`` as in
+    :func:`backward`, re-reading each row right after its statistics pass: for callers that always
+    want the gradient (no statistics round trip, one launch).
+
     Keyword-only knobs (tests, tuning): ``block_size`` columns per iteration (a power of two), split
     into ``iters`` tile rows, and ``num_warps``. No host-device synchronisation happens here.
     """
     target, weight = _check_operands(logits, target, weight)
     num_rows, num_classes = logits.shape
     device = logits.device
+    go_stride = 0
+    if grad is not None:
+        grad_output, go_stride = _check_grad_operands(logits, grad, grad_output, grad_scale)
     loss = torch.empty(num_rows, dtype=torch.float32, device=device)
     stats = torch.empty((num_rows, 4), dtype=torch.float32, device=device) if save_stats else None
     if num_rows == 0:
@@ -990,6 +1137,7 @@ def forward(
     )
     check = check_targets and not prob
     bad = torch.zeros((), dtype=torch.int32, device=device) if check else None
+    write = grad is not None
     args = (
         logits,
         logits.stride(0),
@@ -1000,6 +1148,11 @@ def forward(
         loss,
         stats,
         bad,
+        grad,
+        grad.stride(0) if grad is not None else 0,
+        grad_output if write else None,
+        go_stride,
+        grad_scale if write else None,
         num_classes,
         int(ignore_index),
         eps,
@@ -1015,9 +1168,18 @@ def forward(
         SOFTCAP=softcap is not None,
         SAVE_STATS=save_stats,
         CHECK_TARGETS=check,
+        WRITE_GRAD=write,
+        HAS_GO=write and grad_output is not None,
+        HAS_SCALE=write and grad_scale is not None,
         ITERS=it,
         LANES=lanes,
         num_warps=warps,
+        **_row_layout(
+            logits.element_size(),
+            it * lanes,
+            logits.stride(0),
+            grad.stride(0) if grad is not None else logits.stride(0),
+        ),
     )
     _launch(_ce_fwd_kernel, device, num_rows, args, meta)
     if check:
@@ -1064,27 +1226,9 @@ def backward(
     target, weight = _check_operands(logits, target, weight)
     num_rows, num_classes = logits.shape
     device = logits.device
-    if grad.shape != logits.shape or grad.dtype != logits.dtype:
-        raise ValueError("grad must have the logits' shape and dtype")
-    if num_classes > 1 and grad.stride(1) != 1:
-        raise ValueError("grad rows must be contiguous (stride(1) == 1)")
+    grad_output, go_stride = _check_grad_operands(logits, grad, grad_output, grad_scale)
     if stats.shape != (num_rows, 4) or stats.dtype != torch.float32 or not stats.is_contiguous():
         raise ValueError(f"stats must be the contiguous ({num_rows}, 4) float32 tensor that forward returned")
-    for name, t in (("grad_output", grad_output), ("grad_scale", grad_scale)):
-        if t is not None and t.device != device:
-            raise ValueError(f"{name} must be on the logits' device {device}, got {t.device}")
-    if grad_scale is not None and grad_scale.numel() != 1:
-        raise ValueError(f"grad_scale must be a one-element tensor, got shape {tuple(grad_scale.shape)}")
-    go_stride = 0
-    if grad_output is not None:
-        if grad_output.numel() == 1:
-            grad_output = grad_output.reshape(())
-        elif grad_output.shape != (num_rows,):
-            raise ValueError(
-                f"grad_output must have one element or shape ({num_rows},), got {tuple(grad_output.shape)}"
-            )
-        else:
-            go_stride = grad_output.stride(0)
     if num_rows == 0:
         return grad
     prob = target.is_floating_point()
@@ -1125,6 +1269,7 @@ def backward(
         ITERS=it,
         LANES=lanes,
         num_warps=warps,
+        **_row_layout(logits.element_size(), it * lanes, logits.stride(0), grad.stride(0)),
     )
     _launch(_ce_bwd_kernel, device, num_rows, args, meta)
     return grad
@@ -1141,17 +1286,20 @@ def fused_ce(
     grad: torch.Tensor | None,
     *,
     grad_scale: torch.Tensor | None = None,
+    grad_output: torch.Tensor | None = None,
     prior: torch.Tensor | None = None,
     block_size: int | None = None,
     iters: int | None = None,
     num_warps: int | None = None,
 ) -> torch.Tensor:
     """The kernels' common contract (``labelsmooth.kernels``): row losses, and the gradient times
-    ``grad_scale`` written into ``grad`` when it is given; :func:`forward` then :func:`backward`.
+    ``grad_scale`` (and ``grad_output``: None, one element or (M,)) written into ``grad`` when it is
+    given, in one launch (:func:`forward` with ``grad``): a statistics pass over each row and a
+    gradient pass over the same row right after it.
 
     No host-device synchronisation happens here.
     """
-    loss, stats = forward(
+    loss, _ = forward(
         logits,
         target,
         weight,
@@ -1159,27 +1307,12 @@ def fused_ce(
         label_smoothing,
         z_loss,
         softcap,
-        save_stats=grad is not None,
         prior=prior,
+        grad=grad,
+        grad_output=grad_output,
+        grad_scale=grad_scale,
         block_size=block_size,
         iters=iters,
         num_warps=num_warps,
     )
-    if grad is not None:
-        assert stats is not None  # forward saves them whenever a gradient is asked for
-        backward(
-            logits,
-            target,
-            weight,
-            ignore_index,
-            label_smoothing,
-            softcap,
-            stats,
-            grad,
-            grad_scale=grad_scale,
-            prior=prior,
-            block_size=block_size,
-            iters=iters,
-            num_warps=num_warps,
-        )
     return loss
