@@ -25,11 +25,13 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
 from labelsmooth.cli import main
+from labelsmooth.plots import LEGEND_FONTSIZE
 from labelsmooth.study import figures as F
 from labelsmooth.study import report as R
 from labelsmooth.study import stats as S
 from labelsmooth.study.report import COLUMNS, write_report
 from labelsmooth.study.runner import ResultsStore
+from test_plots import MIN_LEGEND_PX, REPORT_DPI, all_legends, assert_legends_readable_and_off_the_data
 
 WIDTH = 1400  # the browser window the report must fit
 
@@ -212,6 +214,65 @@ def test_reliability_grid_wraps_rows_and_keeps_every_panel_inside_the_figure(stu
     assert all(any(t.get_text() for t in ax.get_xticklabels()) for ax in hist)
 
 
+# ----------------------------------------------------------------------------- legends
+
+
+def report_dpi() -> float:
+    """The dpi the report embeds figures at, read off the PNG of a one-inch figure."""
+    fig = F._new_figure((1.0, 1.0))
+    head = R._png(fig)[:24]
+    return float(struct.unpack(">II", head[16:24])[0])
+
+
+def test_the_legend_checks_use_the_reports_dpi():
+    assert report_dpi() == pytest.approx(REPORT_DPI, abs=1)
+
+
+def test_every_report_figure_has_readable_legends_that_cover_no_data(study, tmp_path, monkeypatch):
+    drawn = []
+    png = R._png
+
+    def keep(fig):
+        drawn.append(fig)
+        return png(fig)
+
+    monkeypatch.setattr(R, "_png", keep)
+    rerender(study, tmp_path)
+    assert len(drawn) == len(list((tmp_path / "figures").glob("*.png"))) >= 8
+    for fig in drawn:
+        # Text >= 10 px as a 1400 px window shows the PNG; outside every panel (so over no bar of a
+        # histogram or a bar chart, no line, no point) and off every x tick label and axis label. A
+        # figure with nothing labelled (here: projections, not loaded) has no legend.
+        assert_legends_readable_and_off_the_data(fig, require=False)
+        assert len(all_legends(fig)) <= 1  # one legend per figure, not one per panel
+    assert sum(bool(all_legends(fig)) for fig in drawn) >= 8
+    accuracy = next(f for f in drawn if any(ax.get_ylabel() == "test accuracy" for ax in f.axes))
+    # A colour per variant and a line style per noise kind, each named once (not every pair).
+    texts = [t.get_text() for t in accuracy.legends[0].get_texts()]
+    records = study[1]
+    kinds = {k for ds in S.datasets(records) for k, level in S.noise_settings(records, ds) if level > 0}
+    assert len(kinds) == 2  # ce and ls on two noise kinds: 4 lines per panel, named by 2 + 2 entries
+    assert texts == ["ce", "ls eps=0.1", *(f"{k} noise" for k in sorted(kinds))]
+
+
+def test_reliability_grid_draws_accuracy_bars_above_the_gap_bands(study):
+    _, records, load = study
+    noisy = S.noise_settings(records, "digits")[-1]
+    fig = F.reliability_grid(records, load, "digits", noisy)
+    tops = [ax for ax in fig.axes if ax.get_ylabel() == "accuracy"]
+    assert len(tops) == len(S.variants(records, "digits"))
+    for ax in tops:
+        accuracy, gap = ax.containers[:2]
+        assert accuracy.get_label() == "accuracy" and gap.get_label() == "gap"
+        assert min(p.get_zorder() for p in accuracy) > max(p.get_zorder() for p in gap)
+        assert all(p.get_visible() and p.get_facecolor()[3] == 1.0 for p in accuracy)
+        assert ax.get_legend() is None  # the figure's one legend says what the bars are
+    # The histograms' marks are named in the figure's legend, their values in each panel's title.
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "gap" in legend and "mean confidence (histogram)" in legend
+    assert all(re.search(r"accuracy \d\.\d{3}, confidence \d\.\d{3}$", ax.get_title()) for ax in tops)
+
+
 # ----------------------------------------------------------------------------- in a browser
 
 _PROBE = """<script>
@@ -303,9 +364,12 @@ def test_report_fits_a_1400px_browser_window(request, tmp_path):
     for t in layout["tables"]:
         assert t["scroll"] <= t["box"], t
     # Figures at (nearly) their own size: a shrunk PNG is a figure with unreadable text.
+    dpi = report_dpi()
     for img in layout["images"]:
         assert img["natural"] > 0, img
         assert img["shown"] >= 0.8 * img["natural"], img
+        # Legend text (LEGEND_FONTSIZE points in the PNG) as the browser shows it, in CSS px.
+        assert img["shown"] / img["natural"] * LEGEND_FONTSIZE * dpi / 72 >= MIN_LEGEND_PX, img
 
 
 @pytest.mark.parametrize("text", ["first dataset.\n\nsecond dataset.", ["first dataset.", "second dataset."]])
