@@ -271,6 +271,9 @@ def test_reliability_grid_draws_accuracy_bars_above_the_gap_bands(study):
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "gap" in legend and "mean confidence (histogram)" in legend
     assert all(re.search(r"accuracy \d\.\d{3}, confidence \d\.\d{3}$", ax.get_title()) for ax in tops)
+    fig.canvas.draw()
+    boxes = [ax.title.get_window_extent(fig.canvas.get_renderer()) for ax in tops]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])  # titles side by side
 
 
 # ----------------------------------------------------------------------------- in a browser

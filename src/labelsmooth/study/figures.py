@@ -58,7 +58,10 @@ def _grid(n: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, np.n
 
 
 def _figure_legend(
-    fig: Figure, axes: Sequence[Axes] | np.ndarray, extra: Sequence[tuple[Artist, str]] = ()
+    fig: Figure,
+    axes: Sequence[Axes] | np.ndarray,
+    extra: Sequence[tuple[Artist, str]] = (),
+    markerscale: float = 1.0,
 ) -> Legend | None:
     """One legend for the whole figure, in a row of its own below the panels.
 
@@ -81,6 +84,7 @@ def _figure_legend(
         loc="outside lower center",
         ncols=len(entries),
         fontsize=LEGEND_FONTSIZE,
+        markerscale=markerscale,
         frameon=False,
     )
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
@@ -363,5 +367,5 @@ def projection_figure(records: Sequence[S.Record], load: ProjectionLoader, datas
             ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.6, label=f"class {c}")
         ax.set(title=f"{dataset}: {S.label(v)}", xlabel="template plane, axis 1", ylabel="axis 2")
         ax.grid(alpha=0.3)
-    _figure_legend(fig, axes)
+    _figure_legend(fig, axes, markerscale=2.5)  # the points are small; their swatches need not be
     return fig
