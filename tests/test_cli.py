@@ -82,6 +82,11 @@ def test_study_end_to_end_then_resume_trains_nothing(tmp_path, capsys):
     assert main([*argv, "--workers", "2", "--no-report"]) == 0
     text = capsys.readouterr().out
     assert "2 worker(s)" in text and "24 run(s) trained" in text
+    # The time the run took, in the terms a reader compares with the documented times.
+    assert re.search(
+        r"^time: wall \d+:\d\d \(\d+ s\); CPU \d+ s \(user \d+ \+ system \d+, this process and its", text, re.M
+    )
+    assert "load average (1/5/15 min)" in text
     assert "labelsmooth study: mean ± 95% CI over seeds" in text  # the final rich table
     assert not (out / "report.html").exists()
     records = runs(out)
@@ -120,6 +125,13 @@ def test_study_end_to_end_then_resume_trains_nothing(tmp_path, capsys):
     assert "Verdicts withheld: fewer than 3 seeds" in html and "no verdict" in html
     meta = json.loads((out / "results.json").read_text())["study"]["meta"]
     assert meta["quick"] is False and meta["n_seeds"] == 2
+    # Only the invocation that trained recorded its times; the one that only wrote the report did not.
+    [first] = meta["resources"]
+    assert first["trained"] == 24 and first["workers"] == 2 and first["cpus"] == os.cpu_count()
+    # The workers' CPU time is counted: 24 trainings cannot take less than a few hundredths of a second each.
+    assert first["wall_s"] > 0 and first["cpu_s"] >= first["cpu_user_s"] > 0.5
+    assert first["cpu_s"] == pytest.approx(first["cpu_user_s"] + first["cpu_system_s"], abs=0.11)
+    assert first["load_average_start"] is None or len(first["load_average_start"]) == 3
     assert "| dataset | n_test | ECE ce |" in (out / "findings.md").read_text()
     md = (out / "summary.md").read_text()
     assert "| dataset | noise | method | seeds |" in md and "Label smoothing improves calibration" in md
@@ -131,6 +143,10 @@ def test_study_end_to_end_then_resume_trains_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Resuming: skipping 16 finished run(s)" in text and "8 run(s) trained" in text
     assert len(runs(out)) == 32
+    # A new grid rewrites the study's settings and keeps the earlier invocations' times.
+    meta = json.loads((out / "results.json").read_text())["study"]["meta"]
+    assert [r["trained"] for r in meta["resources"]] == [24, 8]
+    assert meta["config"]["eps"] == [0.0, 0.1, 0.2]
 
 
 def test_ctrl_c_keeps_finished_runs_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
@@ -279,6 +295,11 @@ def test_user_data_cifar_binary_and_npz_through_data_dir(tmp_path, capsys):
         (["--datasets", "npz:/no/such/file.npz"], "--datasets", "/no/such/file.npz"),
         (["--data-dir", "/no/such/dir"], "--data-dir", "/no/such/dir"),
         (["--hidden", "16,x"], "--hidden", "16,x"),
+        # A method that gets no value from the grid, asked for or by default, is an error, not a silent drop.
+        (["--eps", "-0.2"], "--eps", "-0.2 leaves the default methods ls, ls+ts without a value"),
+        (["--eps", "0.1"], "--eps", "the default methods nls without a value (nls needs a negative eps)"),
+        (["--methods", "ls", "--eps", "0"], "--eps", "--eps 0 leaves --methods ls without a value"),
+        (["--methods", "ce,nls", "--eps", "0,0.1"], "--eps", "leave them out: --methods ce"),
     ],
 )
 def test_bad_arguments_are_clear_errors(capsys, args, option, value, tmp_path):
@@ -289,6 +310,47 @@ def test_bad_arguments_are_clear_errors(capsys, args, option, value, tmp_path):
     assert option in err and value in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "never").exists()
+
+
+def test_a_truncated_or_unsafe_npz_is_refused_before_anything_is_written(capsys, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wine.npz", x=rng.normal(size=(200, 13)), y=np.arange(200) % 3)
+    whole = (tmp_path / "wine.npz").read_bytes()
+    (data / "corrupt.npz").write_bytes(whole[:500])  # head -c 500 wine.npz > corrupt.npz
+    np.savez(tmp_path / "objects.npz", x=np.zeros((4, 2)), y=np.array([1, "a", None, 2.0], dtype=object))
+    np.savez(tmp_path / "no_y.npz", x=np.zeros((4, 2)))
+    out = tmp_path / "run"
+    truncated = f"npz file {str(data / 'corrupt.npz')!r} is not a readable .npz archive (truncated or damaged?)"
+    cases = [
+        (["--datasets", f"npz:{data / 'corrupt.npz'}"], f"argument --datasets: {truncated}"),
+        (["--data-dir", str(data), "--datasets", "digits,npz:corrupt.npz"], f"argument --datasets: {truncated}"),
+        (["--data-dir", str(data)], f"argument --data-dir: {truncated}"),  # found there, not named
+        (["--datasets", f"npz:{tmp_path / 'objects.npz'}"], "array(s) ['y'] hold Python objects"),
+        (["--datasets", f"npz:{tmp_path / 'no_y.npz'}"], "lacks array(s) ['y']"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(["study", "--quick", "--out", str(out), *extra])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+        last = err.strip().splitlines()[-1]  # the error is one line, after argparse's usage lines
+        assert last.startswith("labelsmooth study: error: ") and message in last, err
+        assert not out.exists()  # refused before the output folder (and its probs/) is created
+
+
+def test_a_damaged_npz_member_is_a_clear_error_when_read(tmp_path):
+    from labelsmooth.study.data import DatasetError, read_npz
+
+    path = tmp_path / "mine.npz"
+    np.savez(path, x=np.arange(400.0).reshape(100, 4), y=np.arange(100) % 2)
+    raw = bytearray(path.read_bytes())
+    raw[300] ^= 0xFF  # inside x's data: the zip directory and the headers are intact, the CRC is not
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match=r"mine.npz' is not a readable .npz archive \(truncated or damaged\?\)"):
+        read_npz(path)
 
 
 def test_a_data_dir_with_nothing_usable_says_what_it_found(capsys, tmp_path):

@@ -176,3 +176,24 @@ def test_study_runs_end_to_end_on_cifar10_binary_files_with_augmentation(tmp_pat
         assert curve[-1] < 0.8 * curve[0], curve  # it learned the colours, with crops and flips on
     html = (out / "report.html").read_text()
     assert "Reliability diagrams: cifar10" in html and "figure not drawn" not in html
+
+
+@pytest.mark.parametrize("damaged", ["data_batch_3.bin", "test_batch.bin"])
+def test_a_truncated_cifar_batch_is_refused_before_anything_is_written(tmp_path, capsys, damaged):
+    data = tmp_path / "cifar-10-batches-bin"
+    data.mkdir()
+    write_cifar_batches(data, per_batch=20, n_test=10)
+    path = data / damaged
+    path.write_bytes(path.read_bytes()[:5000])  # as `head -c 5000` leaves it: not a whole number of records
+    out = tmp_path / "run"
+    for extra in (["--datasets", "cifar10"], []):  # named, or found in --data-dir
+        with pytest.raises(SystemExit) as exc:
+            main(["study", "--quick", "--data-dir", str(tmp_path), "--out", str(out), *extra])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        option = "--datasets" if extra else "--data-dir"
+        message = f"argument {option}: {str(path)!r} is not a CIFAR-10 binary batch (truncated?): its size (5000 bytes)"
+        assert message in err and "Traceback" not in err, err
+        last = err.strip().splitlines()[-1]  # the error is one line, after argparse's usage lines
+        assert last.startswith("labelsmooth study: error: ") and message in last, err
+        assert not out.exists()  # refused before the output folder (and its probs/) is created

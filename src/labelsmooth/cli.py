@@ -12,9 +12,10 @@ import math
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
     from labelsmooth.study.runner import StudyConfig
@@ -149,7 +150,7 @@ def build_parser() -> _Parser:
     study.add_argument(
         "--methods",
         type=_name_list,
-        default=DEFAULTS["methods"],
+        default=None,
         metavar="M,N",
         help=f"methods ({method_help}). Default: {','.join(DEFAULTS['methods'])}",
     )
@@ -159,7 +160,7 @@ def build_parser() -> _Parser:
         default=None,
         metavar="E,F",
         help=f"label-smoothing grid in [-1, 1); ce uses 0, ls the positive values, nls (negative "
-        f"smoothing) the negative ones. "
+        f"smoothing) the negative ones; a method (requested or default) that gets no value is an error. "
         f"Default {','.join(map(str, DEFAULTS['eps']))} "
         f"(quick: {','.join(map(str, QUICK['eps']))})",
     )
@@ -267,7 +268,8 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
     study = parser.study_parser  # errors are reported with the subcommand's usage line
     preset: _Preset = {**DEFAULTS, **QUICK} if args.quick else DEFAULTS
 
-    for m in args.methods:
+    methods: list[str] = list(args.methods) if args.methods is not None else list(preset["methods"])
+    for m in methods:
         if m not in METHODS:
             study.error(f"argument --methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
     data_dir = args.data_dir
@@ -283,7 +285,9 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
         try:
             datasets.append(validate_name(name, data_dir))
         except DatasetError as err:
-            study.error(f"argument --datasets: {err}")
+            # Files are checked here, before the output folder exists (a truncated .npz, a short batch).
+            option = "--datasets" if args.datasets is not None or name not in found else "--data-dir"
+            study.error(f"argument {option}: {err}")
     try:
         hidden = tuple(int(h) for h in args.hidden.split(","))
         if not hidden or min(hidden) < 1:
@@ -311,12 +315,7 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
     kinds: list[str] | str = args.noise_kind if args.noise_kind is not None else preset["noise_kind"]
     seeds: int = args.seeds if args.seeds is not None else preset["seeds"]
     steps: int = args.steps if args.steps is not None else preset["steps"]
-    methods = list(args.methods)
-    if not any(METHODS[m].eps_values(eps) for m in methods):
-        study.error(
-            f"arguments --methods/--eps: methods {','.join(methods)} run no value of --eps "
-            f"{','.join(map(str, eps))} (ls needs a positive eps, nls a negative one)"
-        )
+    _check_eps_for_methods(study, methods, eps, defaulted=args.methods is None)
     train = TrainConfig(
         steps=steps,
         epochs=args.epochs,
@@ -333,7 +332,7 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
         study.error(f"argument --out: cannot create folder {str(out)!r}: {exc.strerror or exc}")
     if not os.access(out, os.W_OK | os.X_OK):
         study.error(f"argument --out: folder {str(out)!r} is not writable")
-    command = _canonical_command(args, datasets, out)
+    command = _canonical_command(args, datasets, methods, out)
     return StudyConfig(
         datasets=datasets,
         methods=methods,
@@ -350,9 +349,46 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
     )
 
 
-def _canonical_command(args: argparse.Namespace, datasets: list[str], out: Path) -> str:
+def _eps_needed(name: str) -> str:
+    """What a method needs from the --eps grid, in words (read off its choice from a probe grid)."""
+    from labelsmooth.study.methods import METHODS
+
+    picked = METHODS[name].eps_values([-0.5, 0.5])
+    if picked and all(v > 0 for v in picked):
+        return "a positive eps"
+    if picked and all(v < 0 for v in picked):
+        return "a negative eps"
+    return "an eps value"
+
+
+def _check_eps_for_methods(
+    study: argparse.ArgumentParser, methods: list[str], eps: list[float], defaulted: bool
+) -> None:
+    """Every method asked for, on the command line or by default, must get a value from the grid.
+
+    A method that got none would silently vanish from the study (``--eps -0.2`` leaves ls nothing), so
+    this is an error that names the methods and says how to keep or drop them.
+    """
+    from labelsmooth.study.methods import METHODS
+
+    idle = [m for m in methods if not METHODS[m].eps_values(eps)]
+    if not idle:
+        return
+    by_need: dict[str, list[str]] = {}
+    for m in idle:
+        by_need.setdefault(_eps_needed(m), []).append(m)
+    needs = "; ".join(f"{', '.join(ms)} {'needs' if len(ms) == 1 else 'need'} {need}" for need, ms in by_need.items())
+    which = f"the default methods {', '.join(idle)}" if defaulted else f"--methods {', '.join(idle)}"
+    kept = [m for m in methods if m not in idle]
+    fix = "add such values to --eps" + (f", or leave them out: --methods {','.join(kept)}" if kept else "")
+    study.error(
+        f"argument --eps: --eps {','.join(f'{v:g}' for v in eps)} leaves {which} without a value ({needs}); {fix}"
+    )
+
+
+def _canonical_command(args: argparse.Namespace, datasets: list[str], methods: list[str], out: Path) -> str:
     # The command that resumes this study exactly (the default --out is a fresh timestamp each time).
-    parts = ["labelsmooth", "study", "--datasets", ",".join(datasets), "--methods", ",".join(args.methods)]
+    parts = ["labelsmooth", "study", "--datasets", ",".join(datasets), "--methods", ",".join(methods)]
     for opt, value in (("--eps", args.eps), ("--noise", args.noise)):
         if value is not None:
             parts += [opt, ",".join(f"{v:g}" for v in value)]
@@ -388,6 +424,7 @@ def _study(args: argparse.Namespace, parser: _Parser) -> int:
     from labelsmooth.study.runner import StudyInterrupted, run_study
 
     cfg = _resolve(args, parser)
+    usage = _Usage()
     # Not a terminal (a log file, CI): rich would wrap the table at 80 columns; give it room instead.
     console = Console() if sys.stdout.isatty() else Console(width=160)
     budget = f"{cfg.train.epochs} epochs" if cfg.train.epochs else f"{cfg.train.steps} steps"
@@ -421,6 +458,10 @@ def _study(args: argparse.Namespace, parser: _Parser) -> int:
         f"{outcome.trained} run(s) trained, {outcome.skipped} skipped (already finished), "
         f"{len(outcome.failures)} failed, in {outcome.seconds:.1f} s."
     )
+    resources = usage.finish(cfg.workers, outcome.trained)
+    console.print(_resources_line(resources), markup=False, highlight=False)
+    if outcome.trained:
+        _record_resources(cfg.out, resources)
     console.print(f"results: {cfg.out / 'results.json'}")
     if outcome.report is not None:
         console.print(f"report:  {outcome.report}\nsummary: {outcome.summary}")
@@ -430,6 +471,74 @@ def _study(args: argparse.Namespace, parser: _Parser) -> int:
     for what, error in outcome.failures:
         console.print(f"[red]failed:[/red] {what}: {error}")
     return 1 if outcome.failures else 0
+
+
+class _Usage:
+    """Wall-clock and CPU time of this invocation, and the machine's load, for comparing run times.
+
+    CPU time is user + system of this process and of its children that have ended (the worker
+    processes are joined before the study returns). Documented times were measured on idle cores; a
+    load average above the number of CPUs, or CPU time well below wall time x workers, says that
+    something else shared the machine.
+    """
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.cpu = self._cpu()
+        self.load_start = self._load()
+        self.started = _dt.datetime.now().isoformat(timespec="seconds")
+
+    @staticmethod
+    def _cpu() -> tuple[float, float]:
+        t = os.times()
+        return t.user + t.children_user, t.system + t.children_system
+
+    @staticmethod
+    def _load() -> list[float] | None:
+        try:
+            return [round(v, 2) for v in os.getloadavg()]
+        except (AttributeError, OSError):  # not on Windows, nor where the kernel does not report it
+            return None
+
+    def finish(self, workers: int, trained: int) -> dict[str, Any]:
+        user, system = (now - then for now, then in zip(self._cpu(), self.cpu, strict=True))
+        return {
+            "started": self.started,
+            "wall_s": round(time.perf_counter() - self.wall, 1),
+            "cpu_s": round(user + system, 1),
+            "cpu_user_s": round(user, 1),
+            "cpu_system_s": round(system, 1),
+            "load_average_start": self.load_start,
+            "load_average_end": self._load(),
+            "cpus": os.cpu_count(),
+            "workers": workers,
+            "trained": trained,
+        }
+
+
+def _resources_line(r: dict[str, Any]) -> str:
+    from labelsmooth.study.progress import format_duration
+
+    def load(values: list[float] | None) -> str:
+        return "n/a" if values is None else " / ".join(f"{v:.2f}" for v in values)
+
+    return (
+        f"time: wall {format_duration(r['wall_s'])} ({r['wall_s']:.0f} s); CPU {r['cpu_s']:.0f} s "
+        f"(user {r['cpu_user_s']:.0f} + system {r['cpu_system_s']:.0f}, this process and its workers) on "
+        f"{r['cpus']} CPU(s) with {r['workers']} worker(s); load average (1/5/15 min) {load(r['load_average_start'])} "
+        f"at the start, {load(r['load_average_end'])} at the end (above {r['cpus']}: other work shared the machine)"
+    )
+
+
+def _record_resources(out: Path, resources: dict[str, Any]) -> None:
+    """Append this invocation's times to ``results.json``'s study meta (``"resources"``: one entry per
+    invocation that trained, so a study resumed after an interruption lists each part)."""
+    from labelsmooth.study.runner import ResultsStore
+
+    store = ResultsStore(out)
+    earlier = store.meta.get("resources")
+    store.meta["resources"] = [*(earlier if isinstance(earlier, list) else []), resources]
+    store.save()
 
 
 def _bench(argv: list[str]) -> int:

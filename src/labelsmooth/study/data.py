@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import os
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,18 +252,33 @@ def read_cifar10_binary(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.nd
         >>> x.shape, y.tolist(), float(x[1].min())
         ((2, 3, 32, 32), [3, 7], 1.0)
     """
-    raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size == 0 or raw.size % _CIFAR_RECORD:
-        raise DatasetError(
-            f"{os.fspath(path)!r} is not a CIFAR-10 binary batch: its size ({raw.size} bytes) "
-            f"is not a positive multiple of {_CIFAR_RECORD} (1 label byte + 3072 pixel bytes)"
-        )
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise DatasetError(f"CIFAR-10 batch {os.fspath(path)!r} cannot be read: {err.strerror or err}") from err
+    _check_cifar_size(path, raw.size)
     records = raw.reshape(-1, _CIFAR_RECORD)
     y = records[:, 0].astype(np.int64)
     if y.max() > 9:
         raise DatasetError(f"{os.fspath(path)!r}: label byte {int(y.max())} is not a CIFAR-10 class (0-9)")
     x = records[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32) / np.float32(255.0)
     return x, y
+
+
+def _check_cifar_size(path: str | os.PathLike[str], size: int) -> None:
+    if size == 0 or size % _CIFAR_RECORD:
+        raise DatasetError(
+            f"{os.fspath(path)!r} is not a CIFAR-10 binary batch (truncated?): its size ({size} bytes) "
+            f"is not a positive multiple of {_CIFAR_RECORD} (1 label byte + 3072 pixel bytes)"
+        )
+
+
+def _check_cifar_files(folder: Path) -> None:
+    """The batch files' sizes, from the file system only: a truncated batch is an error before any training."""
+    for name in (*_CIFAR_TRAIN, _CIFAR_TEST):
+        path = folder / name
+        if path.is_file():
+            _check_cifar_size(path, path.stat().st_size)
 
 
 def _as_labels(y: np.ndarray, where: str) -> np.ndarray:
@@ -286,6 +303,54 @@ def _as_inputs(x: np.ndarray, where: str) -> np.ndarray:
     return out
 
 
+def _check_npz(path: Path) -> None:
+    """Check that ``path`` is a whole ``.npz`` archive with arrays ``x`` and ``y`` and no object arrays.
+
+    Reads the zip directory (at the end of the file, so a truncated file fails here) and each array's
+    ``.npy`` header, not the data: cheap enough to run on every file before the study writes anything.
+    """
+    where = f"npz file {str(path)!r}"
+    if not path.is_file():
+        raise DatasetError(f"{where} does not exist" if not path.exists() else f"{where} is not a file")
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as err:
+        raise DatasetError(f"{where} cannot be read: {err.strerror or err}") from err
+    if magic[:2] != b"PK":  # an .npz is a zip archive of .npy files (np.savez); anything else would reach pickle
+        raise DatasetError(
+            f"{where} is not an .npz archive (a zip of .npy arrays written by numpy.savez); it starts with {magic!r}"
+        )
+    dtypes: dict[str, np.dtype] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    dtypes[info.filename[: -len(".npy")]] = read_header(member)[2]
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as err:
+        raise DatasetError(f"{where} is not a readable .npz archive (truncated or damaged?): {err}") from err
+    objects = [k for k, dtype in dtypes.items() if dtype.hasobject]
+    if objects:
+        raise DatasetError(
+            f"{where}: array(s) {objects} hold Python objects, which cannot be read without unpickling "
+            "(refused); save numeric arrays"
+        )
+    names = list(dtypes)
+    missing = [k for k in ("x", "y") if k not in names]
+    if missing:
+        raise DatasetError(
+            f"{where} lacks array(s) {missing}; it must hold x (inputs) and y (labels), found {sorted(names)}"
+        )
+
+
 def read_npz(path: str | os.PathLike[str], name: str | None = None) -> Dataset:
     """Read a user's dataset from a ``.npz`` file, with ``allow_pickle=False``.
 
@@ -303,8 +368,8 @@ def read_npz(path: str | os.PathLike[str], name: str | None = None) -> Dataset:
         A :class:`Dataset`.
 
     Raises:
-        DatasetError: missing file or arrays, object arrays (pickles), wrong shapes or dtypes, fewer
-            than two classes, test labels not seen in training.
+        DatasetError: missing, truncated or damaged file, missing arrays, object arrays (pickles), wrong
+            shapes or dtypes, fewer than two classes, test labels not seen in training.
 
     Example:
         >>> import numpy as np, tempfile, os
@@ -316,29 +381,14 @@ def read_npz(path: str | os.PathLike[str], name: str | None = None) -> Dataset:
     """
     path = Path(path)
     where = f"npz file {str(path)!r}"
-    if not path.is_file():
-        raise DatasetError(f"{where} does not exist" if not path.exists() else f"{where} is not a file")
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as err:
-        raise DatasetError(f"{where} cannot be read: {err.strerror or err}") from err
-    if magic[:2] != b"PK":  # an .npz is a zip archive of .npy files (np.savez); anything else would reach pickle
-        raise DatasetError(
-            f"{where} is not an .npz archive (a zip of .npy arrays written by numpy.savez); it starts with {magic!r}"
-        )
+    _check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except ValueError as err:  # object arrays need pickle, which is refused
         raise DatasetError(f"{where} cannot be read without unpickling (object arrays are refused): {err}") from err
-    except (OSError, EOFError) as err:
-        raise DatasetError(f"{where} is not a readable .npz archive: {err}") from err
-    missing = [k for k in ("x", "y") if k not in arrays]
-    if missing:
-        raise DatasetError(
-            f"{where} lacks array(s) {missing}; it must hold x (inputs) and y (labels), found {sorted(arrays)}"
-        )
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:  # e.g. a damaged member (CRC)
+        raise DatasetError(f"{where} is not a readable .npz archive (truncated or damaged?): {err}") from err
     x, y = _as_inputs(arrays["x"], where), _as_labels(arrays["y"], where)
     if len(x) != len(y):
         raise DatasetError(f"{where}: x has {len(x)} samples but y has {len(y)}")
@@ -410,6 +460,9 @@ def _npz_path(spec: str, data_dir: Path | None) -> Path:
 def validate_name(name: str, data_dir: Path | None = None) -> str:
     """Check a dataset name without loading it; return it normalised, or raise :class:`DatasetError`.
 
+    Files are checked as far as that is cheap, so that the study can refuse them before it writes
+    anything: an ``.npz`` file's zip directory and array headers, the CIFAR-10 batches' sizes.
+
     Args:
         name: a built-in name, ``cifar10`` or ``npz:PATH``.
         data_dir: the ``--data-dir`` folder, if any.
@@ -421,8 +474,7 @@ def validate_name(name: str, data_dir: Path | None = None) -> str:
         if len(name) == 4:
             raise DatasetError("'npz:' needs a file path, e.g. npz:/data/mine.npz")
         path = _npz_path(name, data_dir)
-        if not path.is_file():
-            raise DatasetError(f"npz file {str(path)!r} does not exist")
+        _check_npz(path)
         return f"npz:{path}"
     if ":" in name:
         _carved_parts(name)
@@ -431,10 +483,13 @@ def validate_name(name: str, data_dir: Path | None = None) -> str:
         raise DatasetError(f"unknown dataset {name!r}; choose from {', '.join(BUILTIN)}, BASE:AvB or npz:PATH")
     if name == "cifar10" and data_dir is None:
         raise DatasetError("dataset 'cifar10' needs --data-dir with the CIFAR-10 binary batches (got no --data-dir)")
-    if name == "cifar10" and data_dir is not None and _cifar_folder(data_dir) is None:
-        raise DatasetError(
-            f"dataset 'cifar10' needs --data-dir with the CIFAR-10 binary batches: {_cifar_missing(data_dir)}"
-        )
+    if name == "cifar10" and data_dir is not None:
+        folder = _cifar_folder(data_dir)
+        if folder is None:
+            raise DatasetError(
+                f"dataset 'cifar10' needs --data-dir with the CIFAR-10 binary batches: {_cifar_missing(data_dir)}"
+            )
+        _check_cifar_files(folder)
     return name
 
 

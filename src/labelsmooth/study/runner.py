@@ -351,12 +351,15 @@ def run_study(cfg: StudyConfig, console: Console | None = None, report: bool = T
         meta = _meta(cfg, records, planned_keys)
 
         def same(m: dict[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in m.items() if k != "created"}
+            return {k: v for k, v in m.items() if k not in ("created", "resources")}
 
         clean_meta = _clean_json(meta)
         assert isinstance(clean_meta, dict)  # _clean_json keeps a dict a dict
         if records and same(clean_meta) != same(store.meta):
-            store.meta = meta  # the last grid's settings (quick, n_seeds, ...), for findings and banners
+            # The last grid's settings (quick, n_seeds, ...), for findings and banners; "resources" (each
+            # invocation's wall and CPU time, appended by the CLI) is kept.
+            kept = {"resources": store.meta["resources"]} if "resources" in store.meta else {}
+            store.meta = {**meta, **kept}
             store.save()
         if report and records:
             from labelsmooth.study.report import write_report
