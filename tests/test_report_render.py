@@ -255,6 +255,23 @@ def test_every_report_figure_has_readable_legends_that_cover_no_data(study, tmp_
     assert texts == ["ce", "ls eps=0.1", *(f"{k} noise" for k in sorted(kinds))]
 
 
+def test_a_long_legend_wraps_into_rows_inside_the_figure(study):
+    records = study[1]
+    # 12 variants (ce and 11 eps) on two noise kinds: 24 lines per panel, named by 12 + 2 entries.
+    many = [
+        dict(r, label_smoothing=e, key=f"{r['key']}|{e}")
+        for r in records
+        if r["method"] == "ls"
+        for e in (0.05, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    ]
+    fig = F.accuracy_vs_noise(records + many)
+    assert fig.get_size_inches()[1] > 3.4  # grown by the legend's rows: the panels keep their size
+    assert_legends_readable_and_off_the_data(fig)
+    (legend,) = all_legends(fig)
+    assert len(legend.get_texts()) == 14
+    assert 1 < legend._ncols < 14  # several rows, each as wide as fits
+
+
 def test_reliability_grid_draws_accuracy_bars_above_the_gap_bands(study):
     _, records, load = study
     noisy = S.noise_settings(records, "digits")[-1]

@@ -78,21 +78,24 @@ def _figure_legend(
         entries.setdefault(text, handle)
     if not entries:
         return None
-    legend: Legend = fig.legend(
-        list(entries.values()),
-        list(entries),
-        loc="outside lower center",
-        ncols=len(entries),
-        fontsize=LEGEND_FONTSIZE,
-        markerscale=markerscale,
-        frameon=False,
-    )
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
-    room = 0.95 * fig.bbox.width
     ncols = len(entries)
-    while ncols > 1 and legend.get_window_extent(renderer).width > room:
-        ncols -= 1
-        legend.set_ncols(ncols)
+    while True:
+        legend: Legend = fig.legend(
+            list(entries.values()),
+            list(entries),
+            loc="outside lower center",
+            ncols=ncols,
+            fontsize=LEGEND_FONTSIZE,
+            markerscale=markerscale,
+            frameon=False,
+        )
+        # Legend.set_ncols does not lay out the entries again: a narrower legend is a new one.
+        if ncols == 1 or legend.get_window_extent(renderer).width <= 0.95 * fig.bbox.width:
+            break
+        legend.remove()
+        rows = -(-len(entries) // ncols)
+        ncols = min(ncols - 1, -(-len(entries) // (rows + 1)))  # one row more, balanced
     fig.set_figheight(fig.get_figheight() + legend.get_window_extent(renderer).height / fig.dpi + 0.1)
     return legend
 
