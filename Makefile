@@ -14,9 +14,10 @@ STUDY_STAMP := $(VENV)/.installed-study
 # Which build: TORCH_BUILD=auto (default) takes PyPI's default build where an NVIDIA GPU is visible
 # (nvidia-smi, /proc/driver/nvidia) or on macOS (whose PyPI wheels have no CUDA), and otherwise the
 # CPU build, torch==$(TORCH_VERSION)+cpu: first from what pip already has (its configured find-links,
-# --no-index: no network, no timeout to wait out), then from the CPU index with a short timeout and no
-# retries. It never falls back to PyPI, whose Linux wheel is the multi-GB CUDA build; it stops with a
-# message instead. TORCH_BUILD=cpu or TORCH_BUILD=cuda (PyPI's default build) forces a choice.
+# --no-index: no network, no timeout to wait out), then from the CPU index (and pip's configured ones)
+# with a short timeout and no retries. The +cpu pin matches no CUDA build, so it can never fall back to
+# PyPI's multi-GB CUDA wheel; it stops with a message instead. TORCH_BUILD=cpu or TORCH_BUILD=cuda
+# (PyPI's default build) forces a choice.
 TORCH_VERSION   := 2.13.0
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 TORCH_BUILD     ?= auto
@@ -38,9 +39,9 @@ define install_torch
 	cpu) echo "torch: installing the CPU build, torch==$(TORCH_VERSION)+cpu"; \
 		$(PIP) install -q --no-index --no-deps torch==$(TORCH_VERSION)+cpu 2>/dev/null || { \
 		echo "torch: no local wheel for torch==$(TORCH_VERSION)+cpu; trying $(TORCH_CPU_INDEX)"; \
-		$(PIP) install -q --no-deps --retries 0 --timeout 20 --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu; } || { \
-		echo "error: cannot install the CPU build torch==$(TORCH_VERSION)+cpu: no local wheel where pip looks" \
-			"(find-links) and $(TORCH_CPU_INDEX) unreachable. Put the wheel in a folder and run" \
+		$(PIP) install -q --no-deps --retries 0 --timeout 20 --extra-index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION)+cpu; } || { \
+		echo "error: cannot install the CPU build torch==$(TORCH_VERSION)+cpu: no wheel where pip looks" \
+			"(find-links, its indexes), and $(TORCH_CPU_INDEX) unreachable or without it. Put the wheel in a folder and run" \
 			"PIP_FIND_LINKS=/that/folder make ..., or make TORCH_BUILD=cuda ... for PyPI's default (CUDA) build." >&2; \
 		exit 1; } ;; \
 	*) echo "error: TORCH_BUILD must be auto, cpu or cuda, got '$$build'" >&2; exit 1 ;; \
