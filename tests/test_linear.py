@@ -486,3 +486,59 @@ def test_prior_and_negative_smoothing(eps, prior, reduction, backend):
         torch.testing.assert_close(g, h, **tol)
     with pytest.raises(ValueError, match="allow_negative"):
         ls.linear_cross_entropy(x, w, y, label_smoothing=-0.1)
+
+
+@pytest.mark.parametrize("backend", ["chunked", "triton"])
+def test_weight_gradient_accumulated_in_the_weights_dtype(backend):
+    # accumulation_dtype=bfloat16 (Liger's memory: no float32 copy of dW) sums each chunk's bf16 GEMM
+    # into a bf16 dW: one bf16 rounding per chunk (2**-8 relative each) on top of the float32 default's
+    # single final rounding. With 8 chunks of 8 rows, |error| <= 8 * 2**-8 * max|dW| bounds the
+    # difference to the float32-accumulated gradient (typically about sqrt(8) times less).
+    if backend == "triton" and TRITON_DEVICE is None:
+        pytest.skip("needs triton, under TRITON_INTERPRET=1 or with a GPU")
+    dev = "cpu" if backend == "chunked" else TRITON_DEVICE
+    x, w, b, y, _ = (None if t is None else t.to(dev) for t in make(batch=(64,)))
+    grads = {}
+    for acc in (None, torch.bfloat16):
+        xb, wb, bb = (t.bfloat16().requires_grad_(True) for t in (x, w, b))
+        loss = ls.linear_cross_entropy(
+            xb, wb, y, linear_bias=bb, label_smoothing=0.1, chunk_size=8, backend=backend, accumulation_dtype=acc
+        )
+        loss.backward()
+        assert wb.grad.dtype == torch.bfloat16 and bb.grad.dtype == torch.bfloat16
+        grads[acc] = (wb.grad.double(), bb.grad.double())
+    for ours, default in zip(grads[torch.bfloat16], grads[None], strict=True):
+        assert (ours - default).abs().max() <= 8 * 2.0**-8 * default.abs().max()
+
+
+def test_accumulation_dtype_is_checked():
+    x, w, _, y, _ = make()
+    with pytest.raises(ValueError, match=r"accumulation_dtype must be None, torch.float32 or the matmul's dtype"):
+        ls.linear_cross_entropy(x.float(), w.float(), y, accumulation_dtype=torch.float16)
+    with pytest.raises(ValueError, match="accumulation_dtype"):
+        ls.linear_cross_entropy(x, w, y, accumulation_dtype=torch.float32)  # float64 matmul: only float64
+    with pytest.raises(TypeError, match=r"accumulation_dtype must be None or a torch\.dtype, got 'bf16'"):
+        ls.linear_cross_entropy(x, w, y, accumulation_dtype="bf16")
+    with pytest.raises(TypeError, match="accumulation_dtype"):
+        ls.LinearCrossEntropyLoss(accumulation_dtype="float32")
+    # float32 for bf16 weights is the default, said explicitly.
+    xb, wb = x.bfloat16(), w.bfloat16()
+    torch.testing.assert_close(
+        ls.linear_cross_entropy(xb, wb, y, accumulation_dtype=torch.float32), ls.linear_cross_entropy(xb, wb, y)
+    )
+
+
+def test_float32_accumulation_falls_back_to_slices_off_cuda():
+    # On CPU (no out_dtype GEMM) dW += G.T X is formed in bf16 slices and added in float32.
+    from labelsmooth.kernels import linear as KL
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(40, 16, generator=g).bfloat16()
+    bm = torch.randn(16, 24, generator=g).bfloat16()
+    acc = torch.empty(40, 24)
+    KL._accumulate_mm(acc, a, bm, True, 7)
+    KL._accumulate_mm(acc, a, bm, False, 7)
+    want = 2 * (a.double() @ bm.double())
+    # Each slice's product is rounded to bf16 once (2**-8 relative) before the float32 sum; atol for
+    # entries near 0, where the relative bound says nothing.
+    torch.testing.assert_close(acc.double(), want, rtol=2.0**-8, atol=1e-2)

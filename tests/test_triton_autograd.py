@@ -214,3 +214,67 @@ def test_auto_on_an_accelerator_without_triton(monkeypatch):
     monkeypatch.setattr(functional, "_triton_usable", lambda device: True)
     assert functional._resolve_backend("auto", x, y, None, plain=True) == "triton"
     assert functional._resolve_backend("auto", x.double(), y, None, plain=True) == "torch"
+
+
+class _NewLargeTensors(TorchDispatchMode):
+    """Records (op, dtype) of every op outside kernel launches whose output is as large as the logits."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.made, self.paused = numel, [], False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not self.paused and isinstance(out, torch.Tensor) and out.numel() >= self.numel:
+            self.made.append((func.__name__, out.dtype))
+        return out
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_autocast_reads_half_precision_logits_without_a_float32_copy(reduction, monkeypatch):
+    # Under autocast (how most GPU training runs) torch computes cross-entropy in float32: a float32
+    # loss, the gradient back in the logits' dtype. The Triton kernels compute in float32 from bf16
+    # logits anyway, so no float32 N x C copy is made (nor kept for backward): the one N x C tensor
+    # allocated is the bf16 gradient.
+    from labelsmooth.kernels import triton_ce
+
+    x, y = problem(n=6, c=64, ignored=(2,))
+    xb = x.to(torch.bfloat16)
+    a = xb.clone().requires_grad_(True)
+    mode = _NewLargeTensors(x.numel())
+    launch = triton_ce._launch
+
+    def paused(*args):
+        mode.paused = True
+        try:
+            launch(*args)
+        finally:
+            mode.paused = False
+
+    monkeypatch.setattr(triton_ce, "_launch", paused)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16), mode:
+        loss = ls.cross_entropy(a, y, label_smoothing=EPS, backend="triton", reduction=reduction)
+    with mode:
+        loss.backward()
+    assert loss.dtype == torch.float32 and a.grad.dtype == torch.bfloat16
+    views = {"view.default", "permute.default", "_unsafe_view.default", "detach.default", "alias.default"}
+    made = [m for m in mode.made if m[0] not in views]
+    assert made == [("empty_like.default", torch.bfloat16)], mode.made
+    # Same numbers as float64 torch on the same bf16 logits: the loss to fp32 accuracy, the gradient
+    # to one bf16 rounding (2**-8, or 2**-7 under the interpreter's truncating conversion) plus fp32 error.
+    b = xb.detach().cpu().double().requires_grad_(True)
+    want = F.cross_entropy(b, y.cpu(), label_smoothing=EPS, reduction=reduction)
+    want.backward()
+    torch.testing.assert_close(loss.detach().cpu().double(), want.detach(), **TOL)
+    step = 2.0**-7 if INTERPRETED else 2.0**-8
+    torch.testing.assert_close(a.grad.cpu().double(), b.grad, rtol=step + 1e-5, atol=1e-6)
+
+
+def test_autocast_on_other_backends_still_computes_in_float32():
+    # The reference (and chunked) backends get the float32 copy torch's autocast policy implies.
+    x, y = problem(n=6, c=64)
+    a = x.to(torch.bfloat16).requires_grad_(True)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        loss = ls.cross_entropy(a, y, label_smoothing=EPS, backend="reference")
+    loss.backward()
+    assert loss.dtype == torch.float32 and a.grad.dtype == torch.bfloat16

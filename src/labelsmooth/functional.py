@@ -7,6 +7,7 @@ flattened), picks a backend from the tensor's device at call time, and applies t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -539,11 +540,18 @@ def cross_entropy(
     if weight is not None and weight.device != input.device:
         raise V.ArgumentError(f"weight is on {weight.device} but input is on {input.device}")
     functorch = _under_functorch(input, target, weight, prior)
-    if torch.is_autocast_enabled(input.device.type) and input.dtype in (torch.float16, torch.bfloat16):
-        input = input.float()  # torch's autocast policy runs cross-entropy in float32
-    name = _resolve_backend(
-        backend, input, target, weight, functorch, plain=z_loss == 0 and softcap is None and prior is None and eps >= 0
-    )
+    out_dtype = input.dtype
+    half_in_autocast = autocast_enabled(input.device.type) and input.dtype in (torch.float16, torch.bfloat16)
+    plain = z_loss == 0 and softcap is None and prior is None and eps >= 0
+    name = _resolve_backend(backend, input, target, weight, functorch, plain=plain)
+    if half_in_autocast:
+        # torch's autocast policy runs cross-entropy in float32: the loss is float32, the gradient
+        # reaches the logits in their own dtype. The Triton kernels already compute in float32 from
+        # half-precision logits, so they read them as they are (no float32 N x C copy, kept for
+        # backward, and half the bytes read and written); the other backends get a float32 copy.
+        out_dtype = torch.float32
+        if name != "triton":
+            input = input.float()
     # Off the CPU the Triton forward checks class indices itself, in the same kernel.
     kernel_checks = name == "triton" and input.device.type != "cpu"
     x2, t2, batch_shape, _probs = _as_rows(
@@ -551,11 +559,24 @@ def cross_entropy(
     )
 
     # Inside autocast, matmuls and reductions of the kernels would silently run in half precision.
-    with torch.autocast(input.device.type, enabled=False):
+    with autocast_disabled(input.device.type):
         out = _BACKENDS[name](x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction)
     if reduction == "none":
         out = out.reshape(batch_shape)
-    return out.to(input.dtype)
+    return out.to(out_dtype)
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (False for device types autocast does not know, such
+    as ``meta``, where torch.is_autocast_enabled raises)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager[object]:
+    """``torch.autocast(device_type, enabled=False)``, or nothing where autocast does not exist."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _under_functorch(*tensors: Tensor | None) -> bool:

@@ -33,6 +33,18 @@ def _check_chunk_size(chunk_size: object) -> int | None:
     return int(chunk_size)
 
 
+def _check_accumulation_dtype(value: object, mm_dtype: torch.dtype) -> torch.dtype | None:
+    if value is None:
+        return None
+    if not isinstance(value, torch.dtype):
+        raise V.ArgumentTypeError(f"accumulation_dtype must be None or a torch.dtype, got {value!r}")
+    if value != mm_dtype and not (value == torch.float32 and mm_dtype in _HALF):
+        raise V.ArgumentError(
+            f"accumulation_dtype must be None, torch.float32 or the matmul's dtype {mm_dtype}, got {value}"
+        )
+    return value
+
+
 def _check_ignore_index(ignore_index: object) -> int | None:
     return None if ignore_index is None else V.check_index(ignore_index, "ignore_index")
 
@@ -76,7 +88,7 @@ def _check_operands(
     ):
         if t is not None and t.device != input.device:
             raise V.ArgumentError(f"{name} is on {t.device} but input is on {input.device}")
-    if not torch.is_autocast_enabled(input.device.type):
+    if not LF.autocast_enabled(input.device.type):
         for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
             if t is not None and t.dtype != input.dtype:
                 raise V.ArgumentTypeError(
@@ -125,6 +137,7 @@ def linear_cross_entropy(
     backend: str = "auto",
     smoothing_prior: Tensor | None = None,
     allow_negative: bool = False,
+    accumulation_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """``cross_entropy(linear(input, linear_weight, linear_bias), target)`` without the full logits.
 
@@ -165,6 +178,13 @@ def linear_cross_entropy(
             1/C (prior smoothing, as in :func:`labelsmooth.cross_entropy`).
         allow_negative: accept ``label_smoothing < 0`` (negative smoothing, as in
             :func:`labelsmooth.cross_entropy`).
+        accumulation_dtype: the dtype in which the weight and bias gradients are summed over the
+            chunks (fused backends): None (default) or ``torch.float32`` sums half-precision ones in
+            float32 (on CUDA one GEMM per chunk into the float32 sum: 8 bytes of traffic per weight
+            element per chunk, plus a float32 copy of the weight gradient until it is cast at the
+            end), or the matmul's own dtype (the weight's, or autocast's), as Liger-Kernel does: 4
+            bytes per element per chunk and no float32 copy, at the price of one rounding to bf16/fp16
+            per chunk. docs/linear.md has the numbers.
         backend: ``"auto"`` (chunked kernel on CPU, Triton on CUDA when installed, reference when
             ``weight`` or ``target`` requires grad), ``"chunked"``, ``"triton"`` (fused, per chunk),
             or ``"reference"`` / ``"torch"``: the materialised ``F.linear`` followed by
@@ -223,11 +243,12 @@ def linear_cross_entropy(
         ignore_index = -100 if ignore_index is None else ignore_index
 
     device_type = input.device.type
-    autocast = torch.is_autocast_enabled(device_type) and input.dtype != torch.float64
+    autocast = LF.autocast_enabled(device_type) and input.dtype != torch.float64
     mm_dtype = torch.get_autocast_dtype(device_type) if autocast else input.dtype
     out_dtype = torch.float32 if autocast and mm_dtype in _HALF else mm_dtype
     functorch = LF._under_functorch(input, linear_weight, target, linear_bias, weight, prior)
     name = _resolve(backend, input, target, weight, mm_dtype, functorch)
+    accumulation_dtype = _check_accumulation_dtype(accumulation_dtype, mm_dtype)
 
     x2 = input.reshape(-1, in_features)
     t2 = target.reshape(-1, num_classes) if probs else target.reshape(-1).long()
@@ -262,7 +283,7 @@ def linear_cross_entropy(
     rows = chunk_size or default_chunk_rows(x2.shape[0], num_classes, mm_dtype, input.device)
     # Autocast off inside: the kernels' float32 arithmetic must not be recast, and the matmuls run in
     # mm_dtype explicitly.
-    with torch.autocast(device_type, enabled=False):
+    with LF.autocast_disabled(device_type):
         # torch leaves Function.apply unannotated; forward fixes what it returns.
         out = LinearCrossEntropyFunction.apply(  # type: ignore[no-untyped-call]
             x2,
@@ -281,6 +302,7 @@ def linear_cross_entropy(
             denom,
             torch.is_grad_enabled(),
             prior,
+            accumulation_dtype,
         )
     if reduction == "none":
         out = out.reshape(batch_shape)
@@ -324,8 +346,12 @@ class LinearCrossEntropyLoss(nn.Module):
         backend: str = "auto",
         smoothing_prior: Tensor | None = None,
         allow_negative: bool = False,
+        accumulation_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if accumulation_dtype is not None and not isinstance(accumulation_dtype, torch.dtype):
+            raise V.ArgumentTypeError(f"accumulation_dtype must be None or a torch.dtype, got {accumulation_dtype!r}")
+        self.accumulation_dtype = accumulation_dtype
         self.allow_negative = V.check_bool(allow_negative, "allow_negative")
         if smoothing_prior is not None:
             smoothing_prior = V.check_prior(smoothing_prior, None, None)
@@ -362,6 +388,7 @@ class LinearCrossEntropyLoss(nn.Module):
             backend=self.backend,
             smoothing_prior=self.smoothing_prior,
             allow_negative=self.allow_negative,
+            accumulation_dtype=self.accumulation_dtype,
         )
 
     def extra_repr(self) -> str:

@@ -94,26 +94,52 @@ def _kernel(name: str) -> Callable[..., Tensor]:
     return chunked.fused_ce
 
 
+# Whether torch.addmm(..., out_dtype=float32) (one GEMM from half-precision operands into a float32
+# result, CUDA only) has failed here once; then the sliced fallback is used from the start.
+_dtype_gemm_failed = False
+
+
 def _accumulate_mm(acc: Tensor, a: Tensor, b: Tensor, first: bool, slice_rows: int) -> None:
     """``acc (+)= a @ b`` with ``acc`` possibly of a wider dtype than ``a`` and ``b``.
 
-    Same dtype: one (add)mm into ``acc``. Wider ``acc`` (float32 for bf16/fp16 operands): the product
-    is formed in the operands' dtype (the matmul itself accumulates in float32 over the chunk's rows and
-    rounds once) and added in float32, ``slice_rows`` rows of ``acc`` at a time so that the temporary
-    stays the size of a chunk of logits rather than of the whole weight.
+    Same dtype: one (add)mm into ``acc`` (read and write of ``acc``: 2 x its element size per element).
+    Wider ``acc`` (float32 for bf16/fp16 operands) on CUDA: one GEMM with a float32 result
+    (``out_dtype``), reading and writing the float32 accumulator: 8 bytes per element. Elsewhere (or
+    if that GEMM is refused) the product is formed in the operands' dtype (the matmul accumulates in
+    float32 over the chunk's rows and rounds once) and added in float32, ``slice_rows`` rows of ``acc``
+    at a time so that the temporary stays the size of a chunk of logits: 12 bytes per element
+    (write and read the 2-byte product, read and write the 4-byte accumulator).
     """
+    global _dtype_gemm_failed
     if acc.dtype == a.dtype:
         if first:
             torch.mm(a, b, out=acc)
         else:
             acc.addmm_(a, b)
         return
+    if acc.device.type == "cuda" and not _dtype_gemm_failed:
+        try:
+            if first:
+                torch.mm(a, b, out_dtype=acc.dtype, out=acc)
+            else:
+                torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+            return
+        except (RuntimeError, TypeError, NotImplementedError):  # an older torch or cuBLAS without it
+            _dtype_gemm_failed = True
     for start in range(0, acc.shape[0], slice_rows):
         part = torch.mm(a[start : start + slice_rows], b)
         if first:
             acc[start : start + slice_rows].copy_(part)
         else:
             acc[start : start + slice_rows].add_(part)
+
+
+def accumulation_dtype(mm_dtype: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
+    """The dtype the weight and bias gradients are accumulated in over the chunks: ``requested``, or
+    by default float32 for half-precision matmuls (the weight's dtype otherwise)."""
+    if requested is not None:
+        return requested
+    return compute_dtype(mm_dtype) if mm_dtype in (torch.float16, torch.bfloat16) else mm_dtype
 
 
 def chunk_loop(
@@ -134,6 +160,7 @@ def chunk_loop(
     want: tuple[bool, bool, bool] = (False, False, False),
     need_loss: bool = True,
     prior: Tensor | None = None,
+    accum_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Row losses and the gradients of ``sum_n g_n loss_n`` for ``x`` (M, H), ``w`` (C, H), ``b`` (C,).
 
@@ -143,7 +170,8 @@ def chunk_loop(
     can (Triton) or with one pass over the chunk (chunked). ``prior``: the smoothing prior of the
     kernels' contract (None: uniform). Returns ``(loss_rows, dx, dw, db)``:
     loss_rows (M,) in the compute dtype (None without ``need_loss``); dx (M, H) in ``x``'s dtype; dw
-    (C, H) and db (C,) in float32 for half-precision ``w`` (float64 for float64), else ``w``'s dtype.
+    (C, H) and db (C,) in ``accum_dtype`` (:func:`accumulation_dtype`: by default float32 for
+    half-precision ``w``, else ``w``'s dtype).
     """
     num_rows, _ = x.shape
     num_classes = w.shape[0]
@@ -152,7 +180,7 @@ def chunk_loop(
     fused = _kernel(kernel)
     want_x, want_w, want_b = want
     any_grad = want_x or want_w or want_b
-    acc_dt = cdt if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
+    acc_dt = accumulation_dtype(w.dtype, accum_dtype)
     loss = torch.empty(num_rows, dtype=cdt, device=dev) if need_loss else None
     dx = torch.empty_like(x) if want_x else None
     dw = torch.empty((num_classes, w.shape[1]), dtype=acc_dt, device=dev) if want_w else None
@@ -215,11 +243,12 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     """Autograd glue for :func:`chunk_loop`; see the module docstring for the design.
 
     ``forward(x, w, b, target, weight, ignore_index, eps, z_loss, softcap, reduction, kernel,
-    chunk_rows, mm_dtype, denom, grad_enabled, prior)``: ``x`` (M, H), ``w`` (C, H), ``b`` (C,) or
+    chunk_rows, mm_dtype, denom, grad_enabled, prior, accum_dtype)``: ``x`` (M, H), ``w`` (C, H), ``b`` (C,) or
     None in their own dtypes (cast to ``mm_dtype`` for the matmuls, as autocast would; the gradients
     come back in the originals' dtypes); ``denom`` the 0-d "mean" denominator or None;
-    ``grad_enabled`` the caller's grad mode; ``prior`` the smoothing prior or None. Returns the
-    reduced loss, or the (M,) row losses for "none", in the compute dtype.
+    ``grad_enabled`` the caller's grad mode; ``prior`` the smoothing prior or None; ``accum_dtype``
+    the weight and bias gradients' accumulation dtype (None: :func:`accumulation_dtype`'s default).
+    Returns the reduced loss, or the (M,) row losses for "none", in the compute dtype.
     """
 
     @staticmethod
@@ -241,12 +270,13 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         denom: Tensor | None,
         grad_enabled: bool,
         prior: Tensor | None,
+        accum_dtype: torch.dtype | None = None,
     ) -> Tensor:
         # Forward runs under no_grad: whether gradients are wanted was read by the caller.
         want = tuple(bool(n) for n in ctx.needs_input_grad[:3]) if grad_enabled else (False,) * 3
         want = (want[0], want[1], want[2] and b is not None)
         ctx.dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
-        ctx.options = (ignore_index, eps, z_loss, softcap, kernel, chunk_rows, mm_dtype)
+        ctx.options = (ignore_index, eps, z_loss, softcap, kernel, chunk_rows, mm_dtype, accum_dtype)
         ctx.reduction = reduction
         ctx.grads = None
         xm, wm = x.to(mm_dtype), w.to(mm_dtype)
@@ -277,6 +307,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             grad_scale=grad_scale,
             want=want,
             prior=prior,
+            accum_dtype=accum_dtype,
         )
         if any(want):
             # Cast to the parameters' dtypes now, so that only their size is held until backward.
@@ -292,10 +323,10 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
                 "linear_cross_entropy's fused gradient cannot be differentiated again "
                 "(create_graph=True); use backend='reference'"
             )
-        nones = (None,) * 13
+        nones = (None,) * 14
         if ctx.reduction == "none":
             x, w, b, target, weight, prior = ctx.saved_tensors
-            ignore_index, eps, z_loss, softcap, kernel, chunk_rows, mm_dtype = ctx.options
+            ignore_index, eps, z_loss, softcap, kernel, chunk_rows, mm_dtype, accum_dtype = ctx.options
             _, dx, dw, db = chunk_loop(
                 x.to(mm_dtype),
                 w.to(mm_dtype),
@@ -312,6 +343,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
                 want=ctx.want,
                 need_loss=False,
                 prior=prior,
+                accum_dtype=accum_dtype,
             )
             grads = [None if g is None else g.to(dt) for g, dt in zip((dx, dw, db), ctx.dtypes, strict=True)]
             return (*grads, *nones)

@@ -278,7 +278,7 @@ def _stats_block(  # type: ignore[no-untyped-def]
     return m_new, s_l, r_l, v_l, g_l
 
 
-@triton.jit
+@triton.jit  # type: ignore[untyped-decorator]
 def _row_base(ptr, row, stride, a0, VEC: tl.constexpr, ALIGNED: tl.constexpr):  # type: ignore[no-untyped-def]
     """ptr + row * stride + a0, the address of column a0 of the row. With ALIGNED the offset is
     declared a multiple of VEC elements (a 16-byte vector), so that Triton issues 16-byte accesses
@@ -289,7 +289,7 @@ def _row_base(ptr, row, stride, a0, VEC: tl.constexpr, ALIGNED: tl.constexpr):  
     return ptr + off
 
 
-@triton.jit
+@triton.jit  # type: ignore[untyped-decorator]
 def _row_head(row, stride, C, VEC: tl.constexpr, SHIFT: tl.constexpr):  # type: ignore[no-untyped-def]
     """a0, the first column of the row at a 16-byte boundary (0 when every row starts at one, i.e.
     the row stride is a multiple of VEC: SHIFT false). Columns 0..a0-1 form the row's masked head."""
@@ -301,7 +301,7 @@ def _row_head(row, stride, C, VEC: tl.constexpr, SHIFT: tl.constexpr):  # type: 
     return a0
 
 
-@triton.jit
+@triton.jit  # type: ignore[untyped-decorator]
 def _offset(ptr, a0, PRESENT: tl.constexpr):  # type: ignore[no-untyped-def]
     """ptr + a0 for an operand that is there (a None pointer stays None)."""
     out = ptr
@@ -669,10 +669,6 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
     x_b = _row_base(x_ptr, row, x_stride, a0, VEC, True)
     w_b = _offset(w_ptr, a0, HAS_WEIGHT)
     sw_b = _offset(sw_ptr, a0, HAS_SW)
-    if WRITE_GRAD:
-        g_row = g_ptr + row * g_stride
-        g_b = _row_base(g_ptr, row, g_stride, a0, VEC, G_ALIGNED)
-        scale = _grad_scale(go_ptr, go_stride, scale_ptr, row, HAS_GO, HAS_SCALE)
     smooth = eps / C
     if SOFTCAP:
         inv_cap = 1.0 / cap
@@ -696,6 +692,9 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
         if SAVE_STATS:
             _save_stats(stats_ptr, row, M_ref, S, s_minus_1, coef)
         if WRITE_GRAD:
+            # Formed after the statistics pass, so that they take no registers during it.
+            g_b = _row_base(g_ptr, row, g_stride, a0, VEC, G_ALIGNED)
+            scale = _grad_scale(go_ptr, go_stride, scale_ptr, row, HAS_GO, HAS_SCALE)
             _write_grad(
                 x_b, g_b, t_b, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap, M_ref,
                 coef * scale / S, scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, BLOCK, VEC, SHIFT,
@@ -706,7 +705,7 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
             # Without a gradient nothing else to store: backward sees the ignored target and writes zeros.
             tl.store(loss_ptr + row, 0.0)
             if WRITE_GRAD:
-                _zero_grad(g_b, n_body, a0, BLOCK, SHIFT)
+                _zero_grad(_row_base(g_ptr, row, g_stride, a0, VEC, G_ALIGNED), n_body, a0, BLOCK, SHIFT)
         else:
             tl.device_assert((y >= 0) & (y < C), "labelsmooth: target class index out of range")
             # Kept nested: CHECK_TARGETS is a constexpr that Triton resolves at compile time, while the
@@ -746,6 +745,9 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
             if WRITE_GRAD:
                 # x_y was read before the stats pass, whose lane fold ends with barriers: no warp of
                 # this program writes the row (which may be the logits) before every warp has read it.
+                g_row = g_ptr + row * g_stride
+                g_b = _row_base(g_ptr, row, g_stride, a0, VEC, G_ALIGNED)
+                scale = _grad_scale(go_ptr, go_stride, scale_ptr, row, HAS_GO, HAS_SCALE)
                 _index_row_grad(
                     x_b, g_b, g_row, w_ptr, sw_ptr, y, yc, x_y_raw, n_body, a0, C, eps, smooth, cap,
                     inv_cap, M_ref, S, s_minus_1, coef, scale,
