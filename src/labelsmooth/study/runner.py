@@ -364,7 +364,7 @@ def run_study(cfg: StudyConfig, console: Console | None = None, report: bool = T
         if report and records:
             from labelsmooth.study.report import write_report
 
-            with console.status("writing report ..."):
+            with progress.status(console, "writing report ..."):
                 html_path, md_path = write_report(records, cfg.out, store.load_probs, meta, store.load_projection)
     except KeyboardInterrupt:
         done = sum(store.done(k) for k in planned_keys)
