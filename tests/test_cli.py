@@ -313,6 +313,16 @@ def test_bad_arguments_are_clear_errors(capsys, args, option, value, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.parametrize("args", [["--eps", "1.0"], ["--eps", "-0.2"]])
+def test_the_errors_docs_study_md_quotes_are_the_real_ones(capsys, tmp_path, args):
+    docs = Path(__file__).resolve().parents[1] / "docs" / "study.md"
+    quoted = " ".join(docs.read_text(encoding="utf-8").split())  # the docs wrap long quotes over lines
+    with pytest.raises(SystemExit):
+        main(["study", "--out", str(tmp_path / "never"), *args])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("labelsmooth study: error: argument --eps: ") and f"`{error}`" in quoted, error
+
+
 def test_a_truncated_or_unsafe_npz_is_refused_before_anything_is_written(capsys, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
