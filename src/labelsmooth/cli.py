@@ -526,7 +526,7 @@ def _resources_line(r: dict[str, Any]) -> str:
         f"time: wall {format_duration(r['wall_s'])} ({r['wall_s']:.0f} s); CPU {r['cpu_s']:.0f} s "
         f"(user {r['cpu_user_s']:.0f} + system {r['cpu_system_s']:.0f}, this process and its workers) on "
         f"{r['cpus']} CPU(s) with {r['workers']} worker(s); load average (1/5/15 min) {load(r['load_average_start'])} "
-        f"at the start, {load(r['load_average_end'])} at the end (above {r['cpus']}: other work shared the machine)"
+        f"at the start, {load(r['load_average_end'])} at the end (the study's own workers add up to {r['workers']})"
     )
 
 
