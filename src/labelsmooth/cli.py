@@ -23,9 +23,11 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 
-#: Defaults of the full grid; ``--quick`` replaces the ones in QUICK. The budget is a number of Adam
-#: steps, the same on every dataset (docs/study.md: "Budget"). Noise levels are fractions of the
-#: breakdown rate, so 0.5 is the same severity for 2 and for 10 classes.
+#: The default grid (about 15 minutes on 2 cores); ``--full`` and ``--quick`` replace the entries they
+#: name. The budget is a number of Adam steps, the same on every dataset (docs/study.md: "Budget").
+#: Noise levels are fractions of the breakdown rate, so 0.5 is the same severity for 2 and for 10
+#: classes. The K-sweep tasks (``mnist1d:kKsS``) carve 2-, 3-, 5- and 10-class tasks of equal size
+#: from MNIST-1D for the binary claim.
 class _Preset(TypedDict, total=False):
     datasets: list[str]
     methods: list[str]
@@ -34,20 +36,58 @@ class _Preset(TypedDict, total=False):
     noise_kind: str
     seeds: int
     steps: int
+    train_fractions: list[float]
 
+
+_KSWEEP = ["mnist1d:k2s0", "mnist1d:k2s1", "mnist1d:k3s0", "mnist1d:k3s1", "mnist1d:k5s0", "mnist1d:k5s1"]
 
 DEFAULTS: _Preset = {
-    "datasets": ["digits", "mnist1d", "breast_cancer", "digits:3v8", "mnist1d:3v8"],
-    "methods": ["ce", "ls", "nls", "focal", "ts", "ts-noisyval", "ls+ts"],
-    "eps": [-0.5, -0.2, 0.0, 0.1, 0.3, 0.6],
-    "noise": [0.0, 0.5],
+    "datasets": ["digits", "mnist1d", "breast_cancer", *_KSWEEP, "mnist1d:k10s0"],
+    "methods": ["ce", "ls", "nls", "fc", "fc-est", "focal", "ts", "ts-oracle", "ls+ts"],
+    "eps": [-0.2, 0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3],
+    "noise": [0.0, 0.25, 0.5, 0.75],
     "noise_kind": "symmetric,pairflip",
-    "seeds": 10,
+    "seeds": 5,
     "steps": 1000,
+    "train_fractions": [0.1, 0.3, 1.0],
+}
+#: --full: the complete design (10 seeds, two negative eps, online smoothing, a K-sweep on digits too,
+#: three class subsets per K, and the binary tasks carved from the 10-class datasets).
+FULL: _Preset = {
+    "datasets": [
+        "digits",
+        "mnist1d",
+        "breast_cancer",
+        *_KSWEEP,
+        "mnist1d:k2s2",
+        "mnist1d:k3s2",
+        "mnist1d:k5s2",
+        "mnist1d:k10s0",
+        "digits:k2s0",
+        "digits:k2s1",
+        "digits:k3s0",
+        "digits:k3s1",
+        "digits:k5s0",
+        "digits:k5s1",
+        "digits:k10s0",
+        "digits:3v8",
+        "mnist1d:3v8",
+    ],
+    "methods": ["ce", "ls", "nls", "ols", "fc", "fc-est", "focal", "ts", "ts-oracle", "ls+ts"],
+    "eps": [-0.5, -0.2, 0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3],
+    "seeds": 10,
 }
 #: --quick is a smoke test (does it run end to end?), not a measurement: 2 seeds, a short budget, and
 #: a report that says so and makes no verdicts.
-QUICK: _Preset = {"eps": [-0.2, 0.0, 0.1], "noise": [0.0, 0.5], "noise_kind": "symmetric", "seeds": 2, "steps": 100}
+QUICK: _Preset = {
+    "datasets": ["digits", "breast_cancer", "mnist1d:k2s0", "mnist1d:k10s0"],
+    "eps": [-0.2, 0.0, 0.1],
+    "noise": [0.0, 0.5],
+    "noise_kind": "symmetric",
+    "seeds": 2,
+    "steps": 100,
+    "train_fractions": [0.3, 1.0],
+}
 
 
 def _kind_list(text: str) -> list[str]:
@@ -72,7 +112,9 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _float_list(low: float, high: float, what: str) -> Callable[[str], list[float]]:
+def _float_list(low: float, high: float, what: str, high_inclusive: bool = False) -> Callable[[str], list[float]]:
+    close = "]" if high_inclusive else ")"
+
     def parse(text: str) -> list[float]:
         values = []
         for item in text.split(","):
@@ -81,10 +123,10 @@ def _float_list(low: float, high: float, what: str) -> Callable[[str], list[floa
                 v = float(item)
             except ValueError:
                 raise argparse.ArgumentTypeError(
-                    f"{item!r} is not a number (expected a comma-separated list of {what} in [{low:g}, {high:g}))"
+                    f"{item!r} is not a number (expected a comma-separated list of {what} in [{low:g}, {high:g}{close})"
                 ) from None
-            if math.isnan(v) or not low <= v < high:
-                raise argparse.ArgumentTypeError(f"{what} {item} is outside [{low:g}, {high:g})")
+            if math.isnan(v) or not (low <= v <= high if high_inclusive else low <= v < high):
+                raise argparse.ArgumentTypeError(f"{what} {item} is outside [{low:g}, {high:g}{close}")
             values.append(v)
         if not values:
             raise argparse.ArgumentTypeError("empty list")
@@ -144,7 +186,8 @@ def build_parser() -> _Parser:
         default=None,
         metavar="A,B",
         help=f"datasets: {', '.join(BUILTIN)} (cifar10 needs --data-dir), BASE:AvB (a binary task carved "
-        "from digits or mnist1d, e.g. digits:3v8), or npz:PATH. "
+        "from digits or mnist1d, e.g. digits:3v8), BASE:kKsS (a K-class task of class subset S, the same "
+        "size for every K, e.g. mnist1d:k3s0), or npz:PATH. "
         f"Default: {','.join(DEFAULTS['datasets'])}, plus what --data-dir holds",
     )
     study.add_argument(
@@ -209,7 +252,7 @@ def build_parser() -> _Parser:
     )
     study.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 0.003)")
     study.add_argument(
-        "--hidden", type=str, default="256,256", metavar="W,W", help="MLP hidden widths (default 256,256)"
+        "--hidden", type=str, default="128,128", metavar="W,W", help="MLP hidden widths (default 128,128)"
     )
     study.add_argument(
         "--max-train",
@@ -224,6 +267,21 @@ def build_parser() -> _Parser:
         default=None,
         metavar="DIR",
         help="output folder (default runs/<timestamp>); re-running into it skips finished runs",
+    )
+    study.add_argument(
+        "--train-fractions",
+        type=_float_list(0.0, 1.0, "training fraction", high_inclusive=True),  # 0 refused in _resolve
+        default=None,
+        metavar="F,G",
+        help="shares of the training split for the overfitting claim's training-set-size sweep (ce and ls at "
+        f"eps 0.1, clean labels). Default {','.join(map(str, DEFAULTS['train_fractions']))}",
+    )
+    study.add_argument(
+        "--full",
+        action="store_true",
+        help="the complete design: 10 seeds, nls eps -0.5 and -0.2, online smoothing, K-sweeps on digits and "
+        "mnist1d with more class subsets, digits:3v8 and mnist1d:3v8 (about 45 minutes on 2 cores). "
+        "Explicit options override it",
     )
     study.add_argument(
         "--quick",
@@ -266,7 +324,9 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
     from labelsmooth.study.train import TrainConfig
 
     study = parser.study_parser  # errors are reported with the subcommand's usage line
-    preset: _Preset = {**DEFAULTS, **QUICK} if args.quick else DEFAULTS
+    if args.quick and args.full:
+        study.error("argument --full: not allowed with argument --quick")
+    preset: _Preset = {**DEFAULTS, **QUICK} if args.quick else {**DEFAULTS, **FULL} if args.full else DEFAULTS
 
     methods: list[str] = list(args.methods) if args.methods is not None else list(preset["methods"])
     for m in methods:
@@ -279,7 +339,7 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
     if data_dir is not None and args.datasets is None and not found:
         # A --data-dir given for nothing would otherwise run the built-in datasets without a word.
         study.error(f"argument --data-dir: {nothing_found(data_dir)}")
-    names = args.datasets if args.datasets is not None else DEFAULTS["datasets"] + found
+    names = args.datasets if args.datasets is not None else preset["datasets"] + found
     datasets = []
     for name in names:
         try:
@@ -315,6 +375,9 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
     kinds: list[str] | str = args.noise_kind if args.noise_kind is not None else preset["noise_kind"]
     seeds: int = args.seeds if args.seeds is not None else preset["seeds"]
     steps: int = args.steps if args.steps is not None else preset["steps"]
+    fractions: list[float] = args.train_fractions if args.train_fractions is not None else preset["train_fractions"]
+    if any(f <= 0 for f in fractions):
+        study.error(f"argument --train-fractions: each fraction must be in (0, 1], got {args.train_fractions}")
     _check_eps_for_methods(study, methods, eps, defaulted=args.methods is None)
     train = TrainConfig(
         steps=steps,
@@ -346,6 +409,7 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
         data_dir=data_dir,
         command=command,
         quick=bool(args.quick),
+        train_fractions=sorted(set(fractions) | {1.0}),
     )
 
 
@@ -401,15 +465,19 @@ def _canonical_command(args: argparse.Namespace, datasets: list[str], methods: l
     ):
         if value is not None:
             parts += [opt, str(value)]
+    if args.train_fractions is not None:
+        parts += ["--train-fractions", ",".join(f"{v:g}" for v in args.train_fractions)]
     if args.quick:
         parts.append("--quick")
+    if args.full:
+        parts.append("--full")
     if args.noise_kind is not None:
         parts += ["--noise-kind", ",".join(args.noise_kind)]
     if args.batch_size != 128:
         parts += ["--batch-size", str(args.batch_size)]
     if args.lr != 3e-3:
         parts += ["--lr", repr(args.lr)]
-    if args.hidden != "256,256":
+    if args.hidden != "128,128":
         parts += ["--hidden", args.hidden]
     parts += ["--out", str(out)]
     return " ".join(shlex.quote(p) for p in parts)

@@ -1,39 +1,63 @@
-"""The claim paragraphs: what the numbers say about each of the four claims made for label smoothing.
+"""The claims made for label smoothing, the verdicts that test them, and the paragraphs that explain them.
 
-Every sentence is generated from the run records, one short paragraph per dataset (and noise setting)
-per claim, each with its numbers, its n and its interval. The rules:
+Each claim is tested by verdicts (:class:`labelsmooth.study.verdicts.Verdict`) chosen so that they
+measure *that* claim and no other claim's number in disguise; each says what it measures and what
+would have falsified it. The rules:
 
-* **The test split is used once.** Every choice (the eps set against ce, the smoothed model set
-  against temperature scaling, the early-stopping step, the temperature) is made on the validation
-  split; the test split only scores the chosen models.
-* **A verdict needs >= 3 seeds** (:data:`MIN_SEEDS`). Below that, or in a ``--quick`` smoke test, the
-  numbers are shown and the verdict is withheld, and the text says so.
-* A difference is called better or worse only when its 95% paired t-interval over seeds excludes
-  zero **and** it is at least the practical tolerance: :data:`TOLERANCE`, raised to 2 / n_test for
-  metrics counted in test examples (one example of a 114-example test set is 0.0088).
+* **The test split is used once.** Every choice (eps, the early-stopping step, the temperature, the
+  weight decay of negative smoothing) is made on the validation split, with the validation labels a
+  user has: noisy when the training labels are. Clean validation labels appear only in labelled
+  oracle variants (``ts-oracle``, ``oracle_es_*``).
+* **Values are signed so that positive is what the claim predicts**, the same way for every metric.
+* **Multiplicity**: within each claim, Holm's correction decides (Benjamini-Hochberg shown beside);
+  a verdict needs the Holm-adjusted p below 0.05 *and* a mean of at least the practical tolerance
+  (:func:`tolerance`, at least 2 / n_test for metrics counted in test examples).
+* **No verdict below 3 seeds**, nor in a ``--quick`` smoke test.
+* **Failed runs are kept out**: a run that diverged or collapsed
+  (:func:`labelsmooth.study.train.failure_reason`), and a temperature fit at the end of its range, enter
+  no mean and no verdict; the text counts them.
 
-Claims (keys of :data:`CLAIMS`): ``noise``, ``overfitting``, ``calibration``, ``binary``. The extra key
-``statistics`` says how many comparisons the report makes and what difference it could detect.
+The claims (keys of :data:`CLAIMS`) and their verdicts:
+
+* ``noise``: clean test accuracy under noisy training labels, smoothing (eps chosen on validation) minus
+  cross-entropy, at the last step and early-stopped, at every noise kind and level (dose-response).
+* ``overfitting``: what continued training past the early-stopped step costs (test accuracy and NLL,
+  clean labels), the share of flipped training labels memorised (noisy labels), and whether the
+  benefit grows as the training set shrinks (10% and 30% of the training split against 100%).
+* ``calibration``: ECE and NLL against ce, and ECE against ce + temperature scaling and of smoothing +
+  temperature scaling against temperature scaling alone; eps chosen on validation from a grid that
+  starts at 0.01.
+* ``binary``: "less effective in binary classification" is defined once: **the binary task's benefit
+  (signed, positive = better) is smaller than the 10-class task's**. Measured on tasks carved from
+  the same data with the same number of examples (K = 2, 3, 5, 10, several class subsets), at the
+  same eps and at the same smoothed top target (:func:`labelsmooth.study.methods.matched_eps`).
+
+A further family, ``comparators``, sets negative smoothing and forward loss correction against ce
+under noise; it is reported beside claim 1 but corrected as its own family.
 """
 
 from __future__ import annotations
 
 import statistics as _st
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from labelsmooth.study import stats as S
-from labelsmooth.study.methods import METHODS
+from labelsmooth.study import verdicts as V
+from labelsmooth.study.data import is_ksweep
+from labelsmooth.study.methods import HEADLINE_EPS, METHODS, matched_eps, top_target
 from labelsmooth.study.stats import CLEAN, Estimate, Noise, Variant
 
 __all__ = [
     "CLAIMS",
+    "FAMILIES",
     "HEADLINE_EPS",
     "MIN_SEEDS",
     "TOLERANCE",
     "binary_comparison",
     "claim_paragraphs",
     "effect_sizes",
+    "study_verdicts",
     "tolerance",
     "verdict",
 ]
@@ -44,6 +68,12 @@ CLAIMS: dict[str, str] = {
     "overfitting": "Label smoothing reduces overfitting",
     "calibration": "Label smoothing improves calibration",
     "binary": "Label smoothing has less effect in binary classification",
+}
+
+#: Families of verdicts, each corrected for multiplicity on its own: the claims, then the comparators.
+FAMILIES: dict[str, str] = {
+    **CLAIMS,
+    "comparators": "Other noisy-label methods against cross-entropy (negative smoothing, forward correction)",
 }
 
 #: Smallest difference called a change, per metric (absolute).
@@ -60,16 +90,10 @@ TOLERANCE: dict[str, float] = {
 #: Metrics counted in test examples: their tolerance is at least 2 / n_test.
 _PER_EXAMPLE = {"test_accuracy", "ece", "ece_quantile", "train_test_gap"}
 
-#: Fewer seeds than this: no verdict.
-MIN_SEEDS = 3
-
-#: The pre-specified smoothing value of the headline comparisons (the grid's value closest to it).
-HEADLINE_EPS = 0.1
+MIN_SEEDS = V.MIN_SEEDS
 
 #: |mean confidence - accuracy| below this is called "close to calibrated on average".
 _CONF_TOL = 0.02
-
-_WORDS = ("better", "worse", "same")
 
 
 def tolerance(metric: str, n_test: int | None = None) -> float:
@@ -79,8 +103,8 @@ def tolerance(metric: str, n_test: int | None = None) -> float:
         >>> tolerance("test_accuracy", 114) == 2 / 114, tolerance("test_accuracy", 10000)
         (True, 0.005)
     """
-    base = TOLERANCE[metric]
-    if n_test and metric.removeprefix("es_") in _PER_EXAMPLE:
+    base = TOLERANCE[metric.removeprefix("oracle_").removeprefix("es_")]
+    if n_test and metric.removeprefix("oracle_").removeprefix("es_") in _PER_EXAMPLE:
         return max(base, 2.0 / n_test)
     return base
 
@@ -88,25 +112,19 @@ def tolerance(metric: str, n_test: int | None = None) -> float:
 def verdict(
     diff: Estimate | None, metric: str, lower_is_better: bool, n_test: int | None = None, smoke: bool = False
 ) -> str:
-    """Classify a paired difference (variant - reference).
+    """Classify one unadjusted paired difference (variant - reference); used for descriptive sentences.
 
-    Args:
-        diff: the paired difference over seeds, or ``None``.
-        metric: key of :data:`TOLERANCE` (an ``es_`` prefix is ignored).
-        lower_is_better: True for ECE, NLL, gap, memorisation; False for accuracy.
-        n_test: test-set size (raises the tolerance to 2 / n_test for per-example metrics).
-        smoke: a ``--quick`` smoke test: never a verdict.
+    The report's verdicts are :class:`~labelsmooth.study.verdicts.Verdict` objects, corrected for
+    multiplicity; this is the single-comparison rule (95% interval excludes 0 and the mean reaches the
+    tolerance).
 
     Returns:
-        ``"better"``, ``"worse"``, ``"same"`` (no clear difference), ``"withheld"`` (fewer than
-        :data:`MIN_SEEDS` seeds, or a smoke test) or ``"unknown"`` (nothing to compare).
+        ``"better"``, ``"worse"``, ``"same"``, ``"withheld"`` or ``"unknown"``.
 
     Example:
         >>> from labelsmooth.study.stats import Estimate
         >>> verdict(Estimate(0.1, 0.02, 3), "ece", lower_is_better=True)
         'worse'
-        >>> verdict(Estimate(0.1, 0.2, 3), "ece", lower_is_better=True)
-        'same'
         >>> verdict(Estimate(0.1, None, 1), "ece", lower_is_better=True)
         'withheld'
     """
@@ -114,7 +132,7 @@ def verdict(
         return "unknown"
     if smoke or diff.n < MIN_SEEDS or diff.half is None:
         return "withheld"
-    if abs(diff.mean) < tolerance(metric.removeprefix("es_"), n_test) or not diff.excludes_zero:
+    if abs(diff.mean) < tolerance(metric, n_test) or not diff.excludes_zero:
         return "same"
     improved = diff.mean < 0 if lower_is_better else diff.mean > 0
     return "better" if improved else "worse"
@@ -129,17 +147,6 @@ def _f(x: float | None, d: int = 3) -> str:
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
-
-
-def _ci(d: Estimate | None, pct: bool = False) -> str:
-    """``+0.012 (95% CI +0.004 to +0.020)``; percentages in percentage points when ``pct``."""
-    if d is None:
-        return "n/a (no paired seeds)"
-    s, u = (100.0, " pp") if pct else (1.0, "")
-    dd = 1 if pct else 3
-    if d.half is None:
-        return f"{d.mean * s:+.{dd}f}{u} (one seed, no interval)"
-    return f"{d.mean * s:+.{dd}f}{u} (95% CI {d.low * s:+.{dd}f} to {d.high * s:+.{dd}f})"
 
 
 def _headline(variants: Sequence[Variant]) -> Variant | None:
@@ -160,65 +167,78 @@ def _confidence(conf: float | None, acc: float | None) -> str:
 
 
 def _picked(picked: dict[Variant, int]) -> str:
-    return ", ".join(f"{S.label(v)} {k}x" for v, k in sorted(picked.items(), key=lambda x: -x[1]))
+    return ", ".join(f"{S.label(v)} {k}x" for v, k in sorted(picked.items(), key=lambda x: -x[1])) or "none"
 
 
-# ----------------------------------------------------------------------------- the writer
+def _anchor(*parts: str) -> str:
+    return "v-" + "-".join("".join(c if c.isalnum() else "-" for c in p) for p in parts)
+
+
+#: The verdict's place in the text is marked with this token and its id; the writers below replace it
+#: with the adjusted numbers once the whole family is known.
+_MARK = "\x00"
+
+
+# ----------------------------------------------------------------------------- the collector
 
 
 @dataclass
-class _Writer:
-    """Holds the records, the smoke flag and the ledger of every verdict made (for the statistics note)."""
+class _Collect:
+    """The records, the smoke flag, and every verdict made, by family, in order."""
 
     records: list[S.Record]
     smoke: bool = False
-    ledger: list[tuple[str, str, str]] = field(default_factory=list)  # (claim, metric, verdict)
-    spreads: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # metric -> (sd, n)
+    made: list[V.Verdict] = field(default_factory=list)
 
     @property
     def base(self) -> Variant:
-        """The baseline's variant; :func:`claim_paragraphs` writes no claim without one."""
         v = S.baseline_variant(self.records)
-        assert v is not None
+        assert v is not None  # claim_paragraphs writes no claim without the baseline
         return v
 
-    def mean(self, ds: str, v: Variant, noise: Noise, name: str) -> float | None:
-        e = S.metric(self.records, ds, v, noise, name)
+    def mean(self, ds: str, v: Variant, noise: Noise, name: str, frac: float = 1.0) -> float | None:
+        e = S.estimate(r.get(name) for r in S.cell(self.records, ds, v, noise, frac))
         return None if e is None else e.mean
-
-    def n_seeds(self, ds: str, v: Variant, noise: Noise) -> int:
-        return len(S.cell(self.records, ds, v, noise))
 
     def n_test(self, ds: str) -> int | None:
         sizes = [r["splits"]["n_test"] for r in self.records if r["dataset"] == ds and r.get("splits")]
         return min(sizes) if sizes else None
 
-    def judge(
+    def add(
         self,
         claim: str,
-        diff: Estimate | None,
-        metric: str,
-        lower_is_better: bool,
         ds: str,
-        values: Sequence[float] | None = None,
+        setting: str,
+        metric: str,
+        question: str,
+        measures: str,
+        falsified_by: str,
+        values: Sequence[float],
+        values_b: Sequence[float] | None = None,
+        note: str = "",
+        tol_metric: str | None = None,
     ) -> str:
-        v = verdict(diff, metric, lower_is_better, self.n_test(ds), self.smoke)
-        if v in _WORDS:
-            self.ledger.append((claim, metric, v))
-            if values is not None and len(values) >= 2:
-                self.spreads.setdefault(metric.removeprefix("es_"), []).append((_st.stdev(values), len(values)))
-        return v
-
-    def paired(
-        self, claim: str, ds: str, v: Variant, ref: Variant, noise: Noise, name: str, lower_is_better: bool
-    ) -> tuple[Estimate | None, str]:
-        d = S.paired_difference(self.records, ds, v, ref, noise, name)
-        vals = S.paired_values(self.records, ds, v, ref, noise, name)
-        return d, self.judge(claim, d, name, lower_is_better, ds, vals)
+        """Record a verdict; return the marker its sentence carries until the numbers are adjusted."""
+        v = V.Verdict(
+            claim=claim,
+            dataset=ds,
+            setting=setting,
+            metric=metric,
+            question=question,
+            measures=measures,
+            falsified_by=falsified_by,
+            values=tuple(float(x) for x in values),
+            values_b=None if values_b is None else tuple(float(x) for x in values_b),
+            tolerance=tolerance(tol_metric or metric, self.n_test(ds.split(" vs ")[0])),
+            smoke=self.smoke,
+            note=note,
+            anchor=_anchor(claim, ds, setting, metric, question),
+        )
+        self.made.append(v)
+        return f"{_MARK}{len(self.made) - 1}{_MARK}"
 
     def selected(
         self,
-        claim: str,
         ds: str,
         candidates: Sequence[Variant],
         ref: Variant,
@@ -226,17 +246,14 @@ class _Writer:
         select_on: str,
         higher_is_better: bool,
         name: str,
-        lower_is_better: bool,
-    ) -> tuple[Estimate | None, dict[Variant, int], str]:
-        """The candidate chosen per seed on ``select_on`` (validation) against ``ref``: estimate, picks, verdict."""
+        sign: float,
+    ) -> tuple[list[float], dict[Variant, int]]:
         vals, picked = S.selected_values(self.records, ds, candidates, ref, noise, select_on, higher_is_better, name)
-        d = S.estimate(vals)
-        return d, picked, self.judge(claim, d, name, lower_is_better, ds, vals)
+        return [sign * x for x in vals], picked
 
-    def basis(self, ds: str, v: Variant, noise: Noise, chosen: str = "") -> str:
-        n = self.n_seeds(ds, v, noise)
+    def basis(self, ds: str, v: Variant, noise: Noise, chosen: str) -> str:
+        n = len(S.cell(self.records, ds, v, noise))
         nt = self.n_test(ds)
-        test = f"{nt} test examples each" if nt else "test examples"
         why = (
             " Verdicts withheld: --quick is a smoke test."
             if self.smoke
@@ -244,266 +261,339 @@ class _Writer:
             if n < MIN_SEEDS
             else ""
         )
-        return (
-            f" [n = {n} seed(s) x {test}; intervals are 95% t-intervals over seeds of paired differences; "
-            f"{chosen or 'nothing was chosen on the test split'}; the test split only scored the models.{why}]"
-        )
+        failed = S.failed_count(self.records, ds, noise)
+        fail = f" {failed} run(s) of this setting diverged or collapsed and were left out." if failed else ""
+        return f" [n = {n} seed(s) x {nt or '?'} test examples; {chosen}.{why}{fail}]"
 
 
-def _say(v: str, better: str, worse: str, same: str = "no clear difference") -> str:
-    return {"better": better, "worse": worse, "same": same, "withheld": "no verdict", "unknown": "not comparable"}[v]
+def _sentence(mark: str, what: str) -> str:
+    return f" {what}: {mark}."
 
 
 # ----------------------------------------------------------------------------- claim 1: noisy labels
 
+_NOISE_MEASURES = (
+    "clean test accuracy after training on the noisy labels: smoothing, with eps chosen per seed on the noisy "
+    "validation labels, minus cross-entropy"
+)
+_NOISE_FALSIFIED = "a clear drop in test accuracy against cross-entropy (no clear difference leaves it unsupported)"
 
-def _noise(w: _Writer) -> list[str]:
-    base = w.base
+
+def _noise(c: _Collect) -> list[str]:
+    base = c.base
     out = []
-    for ds in S.datasets(w.records):
-        smooth = S.smoothing_variants(w.records, ds)
-        for noise in [n for n in S.noise_settings(w.records, ds) if n[1] > 0]:
-            acc = w.mean(ds, base, noise, "test_accuracy")
+    for ds in S.datasets(c.records):
+        smooth = S.smoothing_variants(c.records, ds)
+        for noise in [n for n in S.noise_settings(c.records, ds) if n[1] > 0]:
+            acc = c.mean(ds, base, noise, "test_accuracy")
             if acc is None:
                 continue
-            rate = w.mean(ds, base, noise, "noise_rate")
-            acc_es = w.mean(ds, base, noise, "es_test_accuracy")
-            acc0 = w.mean(ds, base, CLEAN, "test_accuracy")
+            rate = c.mean(ds, base, noise, "noise_rate")
+            acc0 = c.mean(ds, base, CLEAN, "test_accuracy")
+            label = S.noise_label(noise)
             text = (
                 f"{ds}, {noise[0]} noise at level {noise[1]:g} of the breakdown rate ({_pct(rate)} of training "
                 f"labels flipped): ce's test accuracy was {acc:.3f} at the last step"
                 + (f" ({acc0:.3f} with clean labels)" if acc0 is not None else "")
-                + f" and {_f(acc_es)} with early stopping on validation accuracy."
+                + f", {_f(c.mean(ds, base, noise, 'es_test_accuracy'))} early-stopped on the noisy validation "
+                f"labels and {_f(c.mean(ds, base, noise, 'oracle_es_test_accuracy'))} early-stopped on clean "
+                "ones (an oracle)."
             )
-            es_vals = [r["es_test_accuracy"] - r["test_accuracy"] for r in S.cell(w.records, ds, base, noise)]
-            d_es = S.estimate(es_vals)
-            v_es = w.judge("noise", d_es, "test_accuracy", False, ds, es_vals)
-            text += f" Early stopping changed ce's accuracy by {_ci(d_es)}: {_say(v_es, 'it helped', 'it hurt')}."
-            if not smooth:
-                out.append(text + " No smoothed model was trained." + w.basis(ds, base, noise))
-                continue
-            d, picked, v = w.selected("noise", ds, smooth, base, noise, "val_accuracy", True, "test_accuracy", False)
-            text += (
-                f" Smoothing with eps chosen per seed by validation accuracy ({_picked(picked)}) changed the "
-                f"last-step test accuracy by {_ci(d)} against ce: "
-                f"{_say(v, 'smoothing helped', 'smoothing hurt', 'no clear difference')}."
-            )
-
-            # Early-stopped smoothing vs early-stopped ce: does smoothing add anything to early stopping?
-            d2, _, v2 = w.selected("noise", ds, smooth, base, noise, "es_val_accuracy", True, "es_test_accuracy", False)
-            text += (
-                f" With early stopping on both, the difference was {_ci(d2)} "
-                f"({_say(v2, 'smoothing helped', 'smoothing hurt')})."
-            )
-            text += _schemes_vs_ce(w, ds, base, noise)
-            mem0 = w.mean(ds, base, noise, "memorized_fraction")
-            cor0 = w.mean(ds, base, noise, "flipped_corrected_fraction")
-            if mem0 is not None:
-                dm, _, vm = w.selected(
-                    "noise", ds, smooth, base, noise, "val_accuracy", True, "memorized_fraction", True
-                )
-                third = "" if _k(w, ds) <= 2 else ", the rest as a third class"
+            if smooth:
+                for prefix, where in (("", "last step"), ("es_", "early-stopped")):
+                    vals, picked = c.selected(
+                        ds, smooth, base, noise, f"{prefix}val_accuracy_noisy", True, f"{prefix}test_accuracy", 1.0
+                    )
+                    mark = c.add(
+                        "noise",
+                        ds,
+                        f"{label}, {where}",
+                        "test_accuracy",
+                        "ls (eps on validation) vs ce",
+                        _NOISE_MEASURES + f" ({where})",
+                        _NOISE_FALSIFIED,
+                        vals,
+                    )
+                    text += _sentence(mark, f"Smoothing ({_picked(picked)}) against ce, {where}, test accuracy")
+            text += _comparators(c, ds, base, noise)
+            firsts = sum(bool(r.get("es_at_first_point")) for r in S.cell(c.records, ds, base, noise))
+            if firsts:
                 text += (
-                    f" At the last step ce predicted {_pct(mem0)} of the flipped training labels as the flipped "
-                    f"label (memorised) and {_pct(cor0)} as their true class{third}; the validation-chosen "
-                    f"smoothing changed the memorised share by {_ci(dm, pct=True)}: "
-                    f"{_say(vm, 'less memorisation', 'more memorisation')}."
+                    f" ce's early-stopped step was the first evaluation point in {firsts} seed(s): the best step may "
+                    "lie before it."
                 )
-                if mem0 < 0.5:
-                    text += " With under half of the flips memorised by ce, this budget left little to prevent."
-            out.append(text + w.basis(ds, base, noise, "eps and the early-stopping step were chosen on validation"))
+            out.append(
+                text + c.basis(ds, base, noise, "eps and the early-stopping step chosen on the noisy validation labels")
+            )
     return out or ["Not measured: no run with noisy training labels."]
 
 
-def _schemes_vs_ce(w: _Writer, ds: str, base: Variant, noise: Noise) -> str:
-    """One sentence per other smoothing scheme (negative, online smoothing) against ce at the last step,
-    its eps chosen per seed on validation accuracy like uniform smoothing's."""
+def _comparators(c: _Collect, ds: str, base: Variant, noise: Noise) -> str:
+    """Negative smoothing and forward correction against ce (and smoothing against forward correction)."""
     text = ""
-    for method in dict.fromkeys(v[0] for v in S.scheme_variants(w.records, ds)):
-        cands = [v for v in S.scheme_variants(w.records, ds) if v[0] == method]
-        if not any(S.cell(w.records, ds, v, noise) for v in cands):
+    label = S.noise_label(noise)
+    for method in dict.fromkeys(v[0] for v in S.scheme_variants(c.records, ds)):
+        cands = [v for v in S.scheme_variants(c.records, ds) if v[0] == method]
+        if not any(S.cell(c.records, ds, v, noise) for v in cands):
             continue
-        d, picked, v = w.selected("noise", ds, cands, base, noise, "val_accuracy", True, "test_accuracy", False)
-        name = METHODS[method].label.split(" (")[0].capitalize()
-        text += (
-            f" {name} ({_picked(picked)}, chosen per seed on validation accuracy) changed the last-step "
-            f"test accuracy by {_ci(d)} against ce: {_say(v, 'it helped', 'it hurt', 'no clear difference')}."
+        name = METHODS[method].label.split(" (")[0]
+        for prefix, where in (("", "last step"), ("es_", "early-stopped")):
+            vals, picked = c.selected(
+                ds, cands, base, noise, f"{prefix}val_accuracy_noisy", True, f"{prefix}test_accuracy", 1.0
+            )
+            mark = c.add(
+                "comparators",
+                ds,
+                f"{label}, {where}",
+                "test_accuracy",
+                f"{method} vs ce",
+                f"clean test accuracy, {name} minus cross-entropy ({where})",
+                "(a comparator: a clear drop means the method hurt)",
+                vals,
+            )
+            what = f"{name.capitalize()}" + (f" ({_picked(picked)})" if len(cands) > 1 else "")
+            text += _sentence(mark, f"{what} against ce, {where}")
+    fc = ("fc", 0.0)
+    smooth = S.smoothing_variants(c.records, ds)
+    if smooth and S.cell(c.records, ds, fc, noise):
+        vals, picked = c.selected(ds, smooth, fc, noise, "es_val_accuracy_noisy", True, "es_test_accuracy", 1.0)
+        mark = c.add(
+            "comparators",
+            ds,
+            f"{label}, early-stopped",
+            "test_accuracy",
+            "ls vs fc",
+            "clean test accuracy, smoothing (eps on validation) minus forward correction with the true T",
+            "(a comparator: a clear drop means loss correction did better than smoothing)",
+            vals,
         )
+        text += _sentence(mark, "Smoothing against forward correction (true T), early-stopped")
     return text
-
-
-def _k(w: _Writer, ds: str) -> int:
-    return next((r["num_classes"] for r in w.records if r["dataset"] == ds), 0)
 
 
 # ----------------------------------------------------------------------------- claim 2: overfitting
 
 
-def _val_nll_rise(r: S.Record) -> float | None:
-    c = r.get("curves") or {}
-    vals = c.get("val_nll") or []
-    return vals[-1] - min(vals) if vals else None
+def _cost(r: S.Record, name: str) -> float | None:
+    last, es = r.get(name), r.get(f"es_{name}")
+    return None if last is None or es is None else last - es
 
 
-def _overfitting(w: _Writer) -> list[str]:
-    base = w.base
+def _overfitting(c: _Collect) -> list[str]:
+    base = c.base
     out = []
-    for ds in S.datasets(w.records):
-        head = _headline(S.smoothing_variants(w.records, ds))
-        for noise in S.noise_settings(w.records, ds):
-            if noise != CLEAN and noise[0] != S.noise_settings(w.records, ds)[-1][0]:
-                continue  # one noisy kind is enough for this claim (the last in the grid)
-            gap0 = w.mean(ds, base, noise, "train_test_gap")
-            if gap0 is None:
-                continue
-            where = "clean labels" if noise == CLEAN else f"{S.noise_label(noise)} noise"
-            text = (
-                f"{ds}, {where}: ce's train-test gap (accuracy on the clean training labels minus test "
-                f"accuracy) was {gap0:.3f} at the last step."
-            )
-            if head is None:
-                out.append(text + " No smoothed model was trained." + w.basis(ds, base, noise))
-                continue
-            d, v = w.paired("overfitting", ds, head, base, noise, "train_test_gap", True)
-            gap_h = w.mean(ds, head, noise, "train_test_gap")
-            text += (
-                f" With {S.label(head)} it was {_f(gap_h)}, a difference of {_ci(d)}: "
-                f"{_say(v, 'smaller with smoothing', 'larger with smoothing')}."
-            )
-            if gap0 < 0:
-                text += (
-                    " A negative gap means the model fitted flipped labels: it is wrong on those training "
-                    "examples' clean labels more often than on the test set."
+    for ds in S.datasets(c.records):
+        head = _headline(S.smoothing_variants(c.records, ds))
+        if head is None or (":" in ds and not ds.startswith("npz:")):
+            continue
+        paras = []
+        # (a) continued training, clean labels
+        cb = {r["seed"]: r for r in S.cell(c.records, ds, base, CLEAN)}
+        ch = {r["seed"]: r for r in S.cell(c.records, ds, head, CLEAN)}
+        if cb and ch:
+            text = f"{ds}, clean labels, {S.label(head)} (fixed in advance) against ce:"
+            for name, title, sign in (("test_accuracy", "test accuracy", 1.0), ("nll", "test NLL", -1.0)):
+                vals = []
+                for s, rb in cb.items():
+                    rh = ch.get(s)
+                    a, b = (None, None) if rh is None else (_cost(rh, name), _cost(rb, name))
+                    if a is not None and b is not None:
+                        vals.append(sign * (a - b))
+                cost_b = S.estimate(_cost(r, name) for r in cb.values())
+                cost_h = S.estimate(_cost(r, name) for r in ch.values())
+                mark = c.add(
+                    "overfitting",
+                    ds,
+                    "clean",
+                    name,
+                    "continued-training cost, ls vs ce",
+                    f"what training on from the early-stopped step to the last costs in {title} "
+                    f"(last minus early-stopped), ce's cost minus smoothing's, signed so that positive means "
+                    "smoothing lost less",
+                    f"smoothing losing clearly more {title} than ce by training on",
+                    vals,
                 )
-            rises: dict[Variant, dict[int, float | None]] = {}
-            for var in (base, head):
-                rises[var] = {r["seed"]: _val_nll_rise(r) for r in S.cell(w.records, ds, var, noise)}
-            vals = []
-            for s, rise_h in rises[head].items():
-                rise_b = rises[base].get(s)
-                if rise_h is not None and rise_b is not None:
-                    vals.append(rise_h - rise_b)
-            if vals:
-                dr = S.estimate(vals)
-                vr = w.judge("overfitting", dr, "nll_rise", True, ds, vals)
-                e0, eh = S.estimate(rises[base].values()), S.estimate(rises[head].values())
-                assert e0 is not None and eh is not None  # vals is not empty: both have a value
-                r0, rh = e0.mean, eh.mean
                 text += (
-                    f" The validation NLL rose after its minimum by {r0:.3f} (ce) and {rh:.3f} "
-                    f"({S.label(head)}); the paired difference was {_ci(dr)}: "
-                    f"{_say(vr, 'a smaller rise with smoothing', 'a larger rise with smoothing')}."
+                    f" continuing from the early-stopped step to the last changed {title} by "
+                    f"{_f(cost_b.mean if cost_b else None)} (ce) and {_f(cost_h.mean if cost_h else None)} "
+                    f"({S.label(head)}); {mark};"
                 )
-            out.append(text + w.basis(ds, base, noise, f"eps = {head[1]:g} was fixed in advance"))
-    return out or ["Not measured: no runs with the baseline."]
+            paras.append(text.rstrip(";") + "." + c.basis(ds, base, CLEAN, f"eps = {head[1]:g} fixed in advance"))
+        # (b) memorisation of flipped labels, noisy labels
+        smooth = S.smoothing_variants(c.records, ds)
+        mem = []
+        for noise in [n for n in S.noise_settings(c.records, ds) if n[1] > 0]:
+            m0 = c.mean(ds, base, noise, "memorized_fraction")
+            if m0 is None:
+                continue
+            vals, _ = c.selected(ds, smooth, base, noise, "val_accuracy_noisy", True, "memorized_fraction", -1.0)
+            mark = c.add(
+                "overfitting",
+                ds,
+                S.noise_label(noise),
+                "memorized_fraction",
+                "memorised flips, ls vs ce",
+                "the share of flipped training labels the last-step model predicts as the flipped label, ce minus "
+                "smoothing (eps chosen on the noisy validation labels): positive means smoothing memorised less",
+                "smoothing memorising clearly more of the flipped labels than ce",
+                vals,
+            )
+            mem.append(f"{S.noise_label(noise)}: ce memorised {_pct(m0)}, {mark}")
+        if mem:
+            paras.append(
+                f"{ds}, memorisation of the flipped training labels at the last step (ce minus smoothing, in share "
+                "of the flipped labels): "
+                + "; ".join(mem)
+                + "."
+                + c.basis(ds, base, S.noise_settings(c.records, ds)[-1], "eps chosen on the noisy validation labels")
+            )
+        # (c) training-set size
+        fracs = sorted({float(r.get("train_fraction", 1.0)) for r in c.records if r["dataset"] == ds} - {1.0})
+        if fracs:
+            full = _per_seed_delta(c, ds, head, 1.0)
+            parts = []
+            for f in fracs:
+                part = _per_seed_delta(c, ds, head, f)
+                vals = [part[s] - full[s] for s in part if s in full]
+                e = S.estimate(part.values())
+                mark = c.add(
+                    "overfitting",
+                    ds,
+                    f"{f:.0%} of the training data",
+                    "test_accuracy",
+                    "benefit with less data",
+                    f"smoothing's test-accuracy gain over ce with {f:.0%} of the training split minus its gain "
+                    "with all of it (clean labels, last step): positive means a larger benefit with less data",
+                    "a clearly smaller benefit with less data",
+                    vals,
+                )
+                parts.append(f"with {f:.0%} of the training split the gain was {_f(e.mean if e else None)}, {mark}")
+            fe = S.estimate(full.values())
+            paras.append(
+                f"{ds}, training-set size (clean labels, last step): {S.label(head)} changed test accuracy by "
+                f"{_f(fe.mean if fe else None)} against ce with the whole training split; "
+                + "; ".join(parts)
+                + "."
+                + c.basis(ds, base, CLEAN, f"eps = {head[1]:g} fixed in advance; subsamples stratified per seed")
+            )
+        out += paras
+    return out or ["Not measured: no runs with the baseline and a smoothed model."]
+
+
+def _per_seed_delta(c: _Collect, ds: str, head: Variant, frac: float) -> dict[int, float]:
+    base = {r["seed"]: r.get("test_accuracy") for r in S.cell(c.records, ds, c.base, CLEAN, frac)}
+    out = {}
+    for r in S.cell(c.records, ds, head, CLEAN, frac):
+        b = base.get(r["seed"])
+        if b is not None and r.get("test_accuracy") is not None:
+            out[r["seed"]] = r["test_accuracy"] - b
+    return out
 
 
 # ----------------------------------------------------------------------------- claim 3: calibration
 
 
-def _calibration(w: _Writer) -> list[str]:
-    base = w.base
+def _calibration(c: _Collect) -> list[str]:
+    base = c.base
     out = []
-    for ds in S.datasets(w.records):
-        noise = S.noise_settings(w.records, ds)[0]
-        ece0 = w.mean(ds, base, noise, "ece")
-        if ece0 is None:
+    for ds in S.datasets(c.records):
+        if ":" in ds and not ds.startswith("npz:"):
+            continue  # carved tasks serve claim 4
+        noise = S.noise_settings(c.records, ds)[0]
+        ece0 = c.mean(ds, base, noise, "ece")
+        smooth = S.smoothing_variants(c.records, ds)
+        if ece0 is None or not smooth:
             continue
-        smooth = S.smoothing_variants(w.records, ds)
-        confidence = _confidence(w.mean(ds, base, noise, "mean_confidence"), w.mean(ds, base, noise, "test_accuracy"))
+        conf = _confidence(c.mean(ds, base, noise, "mean_confidence"), c.mean(ds, base, noise, "test_accuracy"))
         text = (
             f"{ds}, {S.noise_label(noise)} labels: ce had test ECE {ece0:.3f} (equal-mass bins "
-            f"{_f(w.mean(ds, base, noise, 'ece_quantile'))}) and NLL {_f(w.mean(ds, base, noise, 'nll'))}, "
-            f"and was {confidence}."
+            f"{_f(c.mean(ds, base, noise, 'ece_quantile'))}) and NLL {_f(c.mean(ds, base, noise, 'nll'))}, and was "
+            f"{conf}."
         )
-        head = _headline(smooth)
-        if head is not None:
-            d, v = w.paired("calibration", ds, head, base, noise, "ece", True)
-            dq, vq = w.paired("calibration", ds, head, base, noise, "ece_quantile", True)
-            dn, vn = w.paired("calibration", ds, head, base, noise, "nll", True)
-            text += (
-                f" {S.label(head)} (fixed in advance) changed ECE by {_ci(d)} "
-                f"({_say(v, 'better calibrated', 'worse calibrated')}; equal-mass bins {_ci(dq)}, "
-                f"{_say(vq, 'better', 'worse')}) and NLL by {_ci(dn)} ({_say(vn, 'better', 'worse')}); it was "
-                f"{_confidence(w.mean(ds, head, noise, 'mean_confidence'), w.mean(ds, head, noise, 'test_accuracy'))}."
+        grid = "; ".join(f"{S.label(v)} {_f(c.mean(ds, v, noise, 'ece'))}" for v in smooth)
+        text += f" ECE over the eps grid: {grid}."
+        for name, title, sel in (("ece", "ECE", "val_ece_noisy"), ("nll", "NLL", "val_nll_noisy")):
+            vals, picked = c.selected(ds, smooth, base, noise, sel, False, name, -1.0)
+            mark = c.add(
+                "calibration",
+                ds,
+                S.noise_label(noise),
+                name,
+                "ls vs ce",
+                f"test {title} of cross-entropy minus that of smoothing with eps chosen per seed on validation "
+                f"{title}: positive means smoothing was better calibrated",
+                f"smoothing with a clearly higher test {title} than ce",
+                vals,
             )
-            de, ve = w.paired("calibration", ds, head, base, noise, "es_ece", True)
+            text += _sentence(mark, f"Smoothing (eps on validation {title}: {_picked(picked)}) against ce, {title}")
+        ts = ("ts", 0.0)
+        if S.cell(c.records, ds, ts, noise):
+            allc = S.cell(c.records, ds, ts, noise, include_failed=True)
+            bound = S.temperature_at_bound(allc)
+            temp = c.mean(ds, ts, noise, "temperature")
             text += (
-                f" Early-stopped (both models at their best validation accuracy): ECE "
-                f"{_f(w.mean(ds, base, noise, 'es_ece'))} (ce) vs {_f(w.mean(ds, head, noise, 'es_ece'))}, "
-                f"{_ci(de)} ({_say(ve, 'better', 'worse')})."
-            )
-            grid = "; ".join(f"{S.label(sv)} {_f(w.mean(ds, sv, noise, 'ece'))}" for sv in smooth)
-            text += f" ECE over the eps grid: {grid}."
-        for rv in S.reference_variants(w.records, ds):
-            d, v = w.paired("calibration", ds, rv, base, noise, "ece", True)
-            text += f" {S.label(rv)} changed ECE by {_ci(d)} against ce ({_say(v, 'better', 'worse')})."
-        ts = ("ts", 0.0) if ("ts", 0.0) in S.posthoc_variants(w.records, ds) else None
-        if ts is not None:
-            temp = w.mean(ds, ts, noise, "temperature")
-            dn, vn = w.paired("calibration", ds, ts, base, noise, "nll", True)
-            text += (
-                f" Temperature scaling of ce (T = {_f(temp, 2)}, fitted on validation) reached ECE "
-                f"{_f(w.mean(ds, ts, noise, 'ece'))} and changed NLL by {_ci(dn)} against plain ce."
-            )
-            rises = S.paired_values(w.records, ds, ts, base, noise, "nll")
-            hurt = [x for x in rises if x > TOLERANCE["nll"]]
-            if dn is not None and (vn == "worse" or dn.mean > TOLERANCE["nll"] or hurt):
-                # Flagged even without a clear mean: one seed where T ruins the NLL is a failure a user meets.
-                text += (
-                    f" FLAG: temperature scaling made the test NLL worse than plain ce in {len(hurt)} of "
-                    f"{len(rises)} seeds (by up to {max(hurt, default=0.0):.3f}), although it minimises the "
-                    "validation NLL: the temperature fitted on this validation split does not always transfer."
+                f" Temperature scaling of ce (T = {_f(temp, 2)}, fitted on validation in [0.1, 10]) reached ECE "
+                f"{_f(c.mean(ds, ts, noise, 'ece'))}"
+                + (
+                    f"; in {bound} of {len(allc)} seeds T ended at the end of its range (a separable validation "
+                    "set says nothing about the temperature) and those seeds are left out of every comparison with it"
+                    if bound
+                    else ""
                 )
-                bound = S.temperature_at_bound(S.cell(w.records, ds, ts, noise))
-                if bound:
-                    text += (
-                        f" In {bound} seed(s) T hit the end of its search range: the model separated the "
-                        "validation set perfectly, so the NLL kept falling as T shrank."
-                    )
-            if smooth:
-                d, picked, v = w.selected("calibration", ds, smooth, ts, noise, "val_ece", False, "ece", True)
-                text += (
-                    f" The smoothed model with the lowest validation ECE per seed ({_picked(picked)}) against "
-                    f"temperature scaling: ECE {_ci(d)} ({_say(v, 'smoothing better', 'temperature scaling better')})."
-                )
-            lsts = [pv for pv in S.posthoc_variants(w.records, ds) if pv[0] == "ls+ts"]
+                + "."
+            )
+            vals, picked = c.selected(ds, smooth, ts, noise, "val_ece_noisy", False, "ece", -1.0)
+            mark = c.add(
+                "calibration",
+                ds,
+                S.noise_label(noise),
+                "ece",
+                "ls vs ce+ts",
+                "test ECE of ce + temperature scaling minus that of smoothing (eps on validation ECE): positive means "
+                "smoothing beat the post-hoc baseline",
+                "temperature scaling of ce calibrating clearly better than smoothing",
+                vals,
+            )
+            text += _sentence(mark, "Smoothing against ce + temperature scaling, ECE")
+            lsts = [v for v in S.posthoc_variants(c.records, ds) if v[0] == "ls+ts"]
             if lsts:
-                d, picked, v = w.selected("calibration", ds, lsts, ts, noise, "val_ece", False, "ece", True)
-                text += (
-                    f" Smoothing followed by temperature scaling (eps chosen on validation ECE) against "
-                    f"temperature scaling alone: ECE {_ci(d)} ({_say(v, 'better', 'worse')})."
+                vals, picked = c.selected(ds, lsts, ts, noise, "val_ece_noisy", False, "ece", -1.0)
+                mark = c.add(
+                    "calibration",
+                    ds,
+                    S.noise_label(noise),
+                    "ece",
+                    "ls+ts vs ce+ts",
+                    "test ECE of ce + temperature scaling minus that of smoothing + temperature scaling (eps on "
+                    "validation ECE): positive means smoothing adds to temperature scaling",
+                    "smoothing + temperature scaling clearly worse calibrated than temperature scaling alone",
+                    vals,
                 )
-            noisy = [n for n in S.noise_settings(w.records, ds) if n[1] > 0]
-            tsn = ("ts-noisyval", 0.0)
-            if noisy and S.cell(w.records, ds, tsn, noisy[0]):
-                nz = noisy[0]
-                d, v = w.paired("calibration", ds, tsn, ts, nz, "ece", True)
-                text += (
-                    f" With {S.noise_label(nz)} noise, "
-                    f"T fitted on clean validation labels gave ECE {_f(w.mean(ds, ts, nz, 'ece'))}, on noisy "
-                    f"validation labels (what a practitioner would have) {_f(w.mean(ds, tsn, nz, 'ece'))}: "
-                    f"{_ci(d)}."
-                )
+                text += _sentence(mark, f"Smoothing + temperature scaling ({_picked(picked)}) against ce + ts, ECE")
+        for rv in S.reference_variants(c.records, ds):
+            d = S.paired_difference(c.records, ds, rv, base, noise, "ece")
+            text += f" {S.label(rv)} changed ECE by {_ci(d)} against ce (descriptive, no verdict)."
         out.append(
-            text
-            + w.basis(
-                ds, base, noise, "the compared eps, the temperature and every 'best' model were chosen on validation"
-            )
+            text + c.basis(ds, base, noise, "eps and the temperature chosen on validation; test ECE with 15 bins")
         )
-    return out or ["Not measured: no runs with the baseline."]
+    return out or ["Not measured: no runs with the baseline and a smoothed model."]
+
+
+def _ci(d: Estimate | None) -> str:
+    if d is None:
+        return "n/a"
+    if d.half is None:
+        return f"{d.mean:+.3f}"
+    return f"{d.mean:+.3f} (95% CI {d.low:+.3f} to {d.high:+.3f})"
 
 
 # ----------------------------------------------------------------------------- claim 4: binary
 
+_BIN_METRICS = (("ece", "ECE", -1.0), ("test_accuracy", "test accuracy", 1.0), ("nll", "NLL", -1.0))
+
 
 def effect_sizes(records: Sequence[S.Record], variant: Variant, noise: Noise) -> dict[str, dict[str, Estimate | None]]:
-    """Signed paired effects of ``variant`` vs the baseline per dataset: ΔECE, Δaccuracy, ΔNLL.
-
-    Args:
-        records: run records.
-        variant: the smoothing variant.
-        noise: the noise setting.
+    """Signed paired effects of ``variant`` vs the baseline per dataset: ΔECE, Δaccuracy, ΔNLL (variant - ce).
 
     Returns:
         ``{dataset: {"ece": Estimate, "test_accuracy": Estimate, "nll": Estimate}}``.
@@ -512,136 +602,176 @@ def effect_sizes(records: Sequence[S.Record], variant: Variant, noise: Noise) ->
     if base is None:
         return {}
     return {
-        ds: {m: S.paired_difference(records, ds, variant, base, noise, m) for m in ("ece", "test_accuracy", "nll")}
+        ds: {m: S.paired_difference(records, ds, variant, base, noise, m) for m, _, _ in _BIN_METRICS}
         for ds in S.datasets(records)
     }
 
 
+def _benefit(records: Sequence[S.Record], ds: str, eps: float, metric: str, sign: float) -> dict[int, float]:
+    """Per seed, smoothing's benefit over ce on one task (signed: positive = better)."""
+    base = S.baseline_variant(records)
+    if base is None:
+        return {}
+    ref = {r["seed"]: r.get(metric) for r in S.cell(records, ds, base, CLEAN)}
+    out = {}
+    for r in S.cell(records, ds, ("ls", eps), CLEAN):
+        b = ref.get(r["seed"])
+        if b is not None and r.get(metric) is not None:
+            out[r["seed"]] = sign * (r[metric] - b)
+    return out
+
+
+def _ksweep_groups(records: Sequence[S.Record]) -> dict[str, dict[int, list[str]]]:
+    """K-sweep tasks by base dataset and K: ``{"mnist1d": {2: ["mnist1d:k2s0", ...], ...}}``."""
+    out: dict[str, dict[int, list[str]]] = {}
+    for ds in S.datasets(records):
+        if is_ksweep(ds):
+            base, _, rest = ds.partition(":")
+            k = int(rest[1:].partition("s")[0])
+            out.setdefault(base, {}).setdefault(k, []).append(ds)
+    return out
+
+
+def _k_effect(
+    records: Sequence[S.Record], tasks: Sequence[str], eps_of: Callable[[int], float], metric: str, sign: float, k: int
+) -> dict[int, float]:
+    """Per seed, the benefit averaged over the class subsets of one K (tasks with a value at that seed)."""
+    per: dict[int, list[float]] = {}
+    for ds in tasks:
+        for s, v in _benefit(records, ds, eps_of(k), metric, sign).items():
+            per.setdefault(s, []).append(v)
+    return {s: sum(v) / len(v) for s, v in per.items()}
+
+
 @dataclass(frozen=True)
 class BinaryComparison:
-    """Claim 4 on one pair of tasks sharing their data: signed effects and the interval on their difference.
-
-    ``reduction`` is ``s * (effect_multi - effect_binary)`` with ``s`` the sign of the multiclass
-    effect: positive when the binary effect is smaller in the multiclass effect's direction.
-    """
+    """Claim 4 on one pair (binary task, 10-class task): per-seed benefits (positive = better)."""
 
     metric: str
     binary: Estimate | None
     multi: Estimate | None
-    reduction: Estimate | None
-    verdict: str
+    values_multi: tuple[float, ...]
+    values_binary: tuple[float, ...]
 
 
 def binary_comparison(
     records: Sequence[S.Record],
-    binary_ds: str,
-    multi_ds: str,
-    variant: Variant,
+    binary_tasks: Sequence[str],
+    multi_tasks: Sequence[str],
+    eps_binary: float,
+    eps_multi: float,
     metric: str,
-    noise: Noise = CLEAN,
-    smoke: bool = False,
 ) -> BinaryComparison:
-    """Compare the signed effect of ``variant`` (vs ce, paired by seed) on a binary task and a K-class task.
-
-    The two tasks are trained on different models and splits, so their effects are independent: the
-    interval on their difference is Welch's.
+    """The benefit of smoothing (signed, positive = better) on binary and on 10-class tasks, per seed.
 
     Args:
         records: run records.
-        binary_ds: the binary task (e.g. ``digits:3v8``).
-        multi_ds: the K-class task on the same data (``digits``).
-        variant: the smoothing variant.
+        binary_tasks: the two-class tasks (averaged per seed).
+        multi_tasks: the 10-class tasks (averaged per seed).
+        eps_binary, eps_multi: the smoothing compared with ce on each side.
         metric: ``"ece"``, ``"test_accuracy"`` or ``"nll"``.
-        noise: the noise setting.
-        smoke: a smoke test (no verdict).
 
     Returns:
-        A :class:`BinaryComparison`; its verdict is ``"smaller"``, ``"larger"``, ``"opposite"``,
-        ``"same"`` (no clear difference), ``"no multiclass effect"``, ``"withheld"`` or ``"unknown"``.
+        A :class:`BinaryComparison`.
     """
-    base = S.baseline_variant(records)
-    vb = S.paired_values(records, binary_ds, variant, base, noise, metric) if base else []
-    vm = S.paired_values(records, multi_ds, variant, base, noise, metric) if base else []
-    eb, em = S.estimate(vb), S.estimate(vm)
-    if eb is None or em is None:
-        return BinaryComparison(metric, eb, em, None, "unknown")
-    if smoke or min(len(vb), len(vm)) < MIN_SEEDS:
-        return BinaryComparison(metric, eb, em, None, "withheld")
-    s = 1.0 if em.mean >= 0 else -1.0
-    red = S.welch_difference(
-        S.estimate([s * x for x in vm]), _st.stdev(vm), S.estimate([s * x for x in vb]), _st.stdev(vb)
+    sign = next(s for m, _, s in _BIN_METRICS if m == metric)
+    vb = _k_effect(records, binary_tasks, lambda k: eps_binary, metric, sign, 2)
+    vm = _k_effect(records, multi_tasks, lambda k: eps_multi, metric, sign, 10)
+    return BinaryComparison(
+        metric, S.estimate(vb.values()), S.estimate(vm.values()), tuple(vm.values()), tuple(vb.values())
     )
-    tol = TOLERANCE[metric]
-    if not em.excludes_zero or abs(em.mean) < tol:
-        v = "no multiclass effect"
-    elif eb.excludes_zero and s * eb.mean < 0 and abs(eb.mean) >= tol:
-        v = "opposite"
-    elif red is not None and red.excludes_zero and abs(red.mean) >= tol:
-        v = "smaller" if red.mean > 0 else "larger"
-    else:
-        v = "same"
-    return BinaryComparison(metric, eb, em, red, v)
 
 
-_BIN_WORDS = {
-    "smaller": "smaller in the binary task",
-    "larger": "LARGER in the binary task",
-    "opposite": "in the OPPOSITE direction in the binary task",
-    "same": "no clear difference between the tasks",
-    "no multiclass effect": "no clear effect on the 10-class task, so nothing to be smaller than",
-    "withheld": "no verdict",
-    "unknown": "not comparable",
-}
+_LESS = (
+    "less effective in binary classification: the binary task's benefit (signed, positive = better) is smaller "
+    "than the 10-class task's; the value is the 10-class benefit minus the binary benefit"
+)
 
 
-def _binary(w: _Writer) -> list[str]:
-    base = w.base
-    dsets = S.datasets(w.records)
-    parents = {r["dataset"]: r.get("parent_dataset") for r in w.records}
-    pairs = [(d, p) for d in dsets if (p := parents.get(d)) and p in dsets]
+def _binary(c: _Collect) -> list[str]:
     out = []
-    for bds, mds in pairs:
-        shared = set(S.smoothing_variants(w.records, bds)) & set(S.smoothing_variants(w.records, mds))
-        head = _headline(sorted(shared))
-        if head is None:
+    eps_grid = sorted({e for v in S.smoothing_variants(c.records) for e in [v[1]]})
+    head = _headline([("ls", e) for e in eps_grid])
+    if head is None:
+        return ["Not measured: no smoothed model."]
+    eps = head[1]
+    for base_ds, by_k in _ksweep_groups(c.records).items():
+        if 2 not in by_k or 10 not in by_k:
             continue
-        k = _k(w, mds)
-        parts = []
-        for metric, title in (("ece", "ECE"), ("test_accuracy", "test accuracy"), ("nll", "NLL")):
-            c = binary_comparison(w.records, bds, mds, head, metric, CLEAN, w.smoke)
-            if c.verdict in ("smaller", "larger", "opposite", "same"):
-                w.ledger.append(("binary", metric, c.verdict))
-            red = (
-                ""
-                if c.reduction is None
-                else f"; |multiclass| minus binary effect in that direction {_ci(c.reduction)}"
-            )
-            parts.append(f"{title}: binary {_ci(c.binary)}, {k}-class {_ci(c.multi)}{red}: {_BIN_WORDS[c.verdict]}")
-        eps = head[1]
+        n_test = c.n_test(by_k[2][0])
+        rows = []
+        for k in sorted(by_k):
+            cells = []
+            for metric, title, sign in _BIN_METRICS:
+                same = S.estimate(_k_effect(c.records, by_k[k], lambda _k: eps, metric, sign, k).values())
+                matched = S.estimate(
+                    _k_effect(c.records, by_k[k], lambda kk: matched_eps(eps, kk), metric, sign, k).values()
+                )
+                cells.append(
+                    f"{title} {_f(same.mean if same else None)} at eps {eps:g}, "
+                    f"{_f(matched.mean if matched else None)} at eps {matched_eps(eps, k):g}"
+                )
+            rows.append(f"K = {k} ({len(by_k[k])} class subset(s)): " + "; ".join(cells))
         text = (
-            f"{bds} vs {mds} (the same data as one binary and one {k}-class task), clean labels, {S.label(head)} "
-            f"against ce, signed effects: " + "; ".join(parts) + ". "
-            f"Part of any difference is arithmetic: eps = {eps:g} caps the smoothed target at 1 - eps/2 = "
-            f"{1 - eps / 2:.3f} for one logit and at 1 - eps + eps/K = {1 - eps + eps / k:.3f} for K = {k}."
+            f"{base_ds}, tasks carved with the same number of examples for every K (n_test {n_test}), clean labels; "
+            f"benefit of smoothing over ce, signed so that positive is better. " + ". ".join(rows) + "."
         )
-        out.append(text + w.basis(bds, base, CLEAN, f"eps = {eps:g} was fixed in advance"))
-    others = [d for d in dsets if d not in parents or not parents.get(d)]
-    lone = [d for d in others if any(r["binary"] for r in w.records if r["dataset"] == d)]
-    for ds in lone:
-        head = _headline(S.smoothing_variants(w.records, ds))
-        if head is None or base is None:
-            continue
-        d = S.paired_difference(w.records, ds, head, base, CLEAN, "ece")
+        for label, eps_b in (
+            (f"same eps ({eps:g})", eps),
+            (f"same top target ({top_target(eps, 10):.3f}: eps {matched_eps(eps, 2):g} binary)", matched_eps(eps, 2)),
+        ):
+            for metric, title, _sign in _BIN_METRICS:
+                bc = binary_comparison(c.records, by_k[2], by_k[10], eps_b, eps, metric)
+                mark = c.add(
+                    "binary",
+                    f"{base_ds} K=2 vs K=10",
+                    label,
+                    metric,
+                    "10-class benefit minus binary benefit",
+                    f"{title}: " + _LESS,
+                    f"the binary task's benefit clearly larger than the 10-class task's ({title})",
+                    bc.values_multi,
+                    bc.values_binary,
+                )
+                text += _sentence(mark, f"At the {label}, {title}: 10-class minus binary benefit")
         out.append(
-            f"{ds} (binary, no K-class version of the same data): {S.label(head)} changed ECE by {_ci(d)}; "
-            "set beside other datasets it compares tasks, not only the number of classes, so it is shown "
-            "but not used for this claim." + w.basis(ds, base, CLEAN, f"eps = {head[1]:g} was fixed in advance")
+            text
+            + c.basis(
+                by_k[2][0],
+                c.base,
+                CLEAN,
+                "eps fixed in advance; the binary tasks use one logit (BCE), the others softmax",
+            )
         )
-    if not pairs:
-        out.insert(
-            0,
-            "Not measured within one dataset: add a binary task carved from a K-class dataset next to it, "
-            "e.g. --datasets digits,digits:3v8.",
+    parents = {r["dataset"]: r.get("parent_dataset") for r in c.records}
+    dsets = S.datasets(c.records)
+    for bds in dsets:
+        mds = parents.get(bds)
+        if is_ksweep(bds) or not mds or mds not in dsets:
+            continue
+        text = f"{bds} vs {mds} (a binary task carved from the 10-class data, not size-matched):"
+        for label, eps_b in ((f"same eps ({eps:g})", eps), ("same top target", matched_eps(eps, 2))):
+            for metric, title, _sign in _BIN_METRICS:
+                bc = binary_comparison(c.records, [bds], [mds], eps_b, eps, metric)
+                if not bc.values_binary:
+                    continue
+                mark = c.add(
+                    "binary",
+                    f"{bds} vs {mds}",
+                    label,
+                    metric,
+                    "10-class benefit minus binary benefit",
+                    f"{title}: " + _LESS,
+                    f"the binary task's benefit clearly larger than the 10-class task's ({title})",
+                    bc.values_multi,
+                    bc.values_binary,
+                )
+                text += _sentence(mark, f"at the {label}, {title}")
+        out.append(text + c.basis(bds, c.base, CLEAN, "eps fixed in advance"))
+    if not out:
+        out.append(
+            "Not measured: add K-sweep tasks carved from one dataset (e.g. --datasets "
+            "mnist1d:k2s0,mnist1d:k2s1,mnist1d:k10s0) or a binary task beside its parent (digits,digits:3v8)."
         )
     return out
 
@@ -649,67 +779,122 @@ def _binary(w: _Writer) -> list[str]:
 # ----------------------------------------------------------------------------- statistics note
 
 
-def _statistics(w: _Writer) -> str:
-    seeds = sorted(
-        {
-            len(S.cell(w.records, ds, v, n))
-            for ds in S.datasets(w.records)
-            for v in S.variants(w.records, ds)
-            for n in S.noise_settings(w.records, ds)
-        }
-        - {0}
-    )
-    n_seeds = seeds[-1] if seeds else 0
-    m = len(w.ledger)
-    clear = sum(1 for _, _, v in w.ledger if v in ("better", "worse", "smaller", "larger", "opposite"))
-    text = (
-        f"This report makes {m} comparisons with a verdict ({clear} of them clear). Each uses a 95% interval, "
-        f"so if nothing differed about {0.05 * m:.1f} would still come out clear by chance; no correction for "
-        "multiplicity is applied, so read single clear verdicts near the tolerance with care."
-    )
-    if w.smoke:
-        text = (
+def _statistics(c: _Collect, made: Sequence[V.Verdict]) -> str:
+    if c.smoke:
+        return (
             "This is a --quick smoke test: it checks that the study runs end to end, with a budget and a number "
             "of seeds that support no verdict. Every verdict is withheld; run the default grid for evidence."
         )
-    elif n_seeds < MIN_SEEDS:
-        text = (
-            f"With {n_seeds} seed(s) there are no intervals over seeds worth the name, so every verdict is "
-            f"withheld; run at least {MIN_SEEDS} seeds (the default is 10)."
+    tested = [v for v in made if v.outcome in ("supports", "contradicts", "same")]
+    if not tested:
+        return (
+            f"With fewer than {MIN_SEEDS} seeds there are no intervals worth the name, so every verdict is withheld; "
+            f"run at least {MIN_SEEDS} seeds."
         )
-    det = []
-    for metric, spreads in sorted(w.spreads.items()):
-        sd = _st.median(s for s, _ in spreads)
-        n = int(_st.median(k for _, k in spreads))
-        dd = S.detectable_difference(sd, n)
-        if dd is not None:
-            det.append(f"{metric} {dd:.3f}")
-    if det:
+    parts = []
+    for fam in FAMILIES:
+        fv = [v for v in tested if v.claim == fam]
+        if not fv:
+            continue
+        clear = sum(v.outcome != "same" for v in fv)
+        raw = sum(1 for v in fv if v.p is not None and v.p < V.ALPHA and abs(v.mean or 0) >= v.tolerance)
+        bh = sum(1 for v in fv if v.p_bh is not None and v.p_bh < V.ALPHA and abs(v.mean or 0) >= v.tolerance)
+        parts.append(f"{fam}: {len(fv)} verdicts, {clear} clear after Holm ({raw} unadjusted, {bh} with BH)")
+    text = (
+        "Multiplicity: within each family Holm's correction decides at a family-wise error of 5% (a verdict's "
+        "interval is at the level Holm used for it); Benjamini-Hochberg counts are shown beside. "
+        + "; ".join(parts)
+        + "."
+    )
+    # Power per dataset and metric at the tolerance, at the strictest level of its family (alpha / m).
+    power: dict[tuple[str, str], list[float]] = {}
+    for v in tested:
+        if v.sd is None or v.values_b is not None:
+            continue
+        m = sum(1 for u in tested if u.claim == v.claim)
+        pw = V.power(v.tolerance, v.sd, len(v.values), V.ALPHA / m)
+        if pw is not None:
+            power.setdefault((v.dataset, v.metric), []).append(pw)
+    if power:
         text += (
-            f" With {n_seeds} seeds and the median spread of the paired differences seen here, a true "
-            f"difference is found with 80% power when it is at least about: " + "; ".join(det) + "."
+            " Power to detect a true difference equal to the tolerance (median over the dataset's verdicts of that "
+            "metric, at the strictest Holm level of its family): "
+            + "; ".join(f"{ds} {metric} {_st.median(p):.0%}" for (ds, metric), p in sorted(power.items()))
+            + "."
         )
-    steps = sorted({r["steps"] for r in w.records if r.get("steps")})
-    moving = [r for r in w.records if (r.get("train_accuracy_gain_last_fifth") or 0) > 0.01 and r["method"] == "ce"]
-    n_ce = sum(1 for r in w.records if r["method"] == "ce")
+    # Convergence and failures, per method.
+    conv = []
+    for method in dict.fromkeys(r["method"] for r in c.records):
+        rs = [r for r in c.records if r["method"] == method and METHODS.get(method) and not METHODS[method].posthoc]
+        if not rs:
+            continue
+        moving = sum(1 for r in rs if r.get("converged") is False)
+        failed = sum(1 for r in rs if r.get("failure"))
+        conv.append(
+            f"{method} {moving}/{len(rs)} still rising" + (f", {failed} diverged or collapsed" if failed else "")
+        )
+    steps = sorted({r["steps"] for r in c.records if r.get("steps")})
     if steps:
         text += (
-            f" Budget: {', '.join(map(str, steps))} Adam steps per training, the same on every dataset; in "
-            f"{len(moving)} of {n_ce} ce trainings the accuracy on the training labels still rose by more than "
-            "1 point over the last fifth of the budget (not converged)."
+            f" Budget: {', '.join(map(str, steps))} Adam steps per training; runs whose training-label accuracy still "
+            f"rose by more than 1 point over the last fifth (not converged): " + "; ".join(conv) + "."
         )
-    text += (
-        " Tolerances: a difference smaller than the practical tolerance is 'no clear difference' even when its "
-        "interval excludes zero; for accuracy and ECE it is at least 2 / n_test."
-    )
+    firsts = sum(1 for r in c.records if r.get("es_at_first_point") and r["method"] == "ce")
+    n_ce = sum(1 for r in c.records if r["method"] == "ce")
+    text += f" ce's early-stopped step was the first evaluation point in {firsts} of {n_ce} trainings."
     return text
 
 
-# ----------------------------------------------------------------------------- entry point
+# ----------------------------------------------------------------------------- entry points
+
+
+def _collect(records: Sequence[S.Record], smoke: bool) -> tuple[_Collect, dict[str, list[str]]]:
+    c = _Collect(list(records), smoke)
+    texts = {"noise": _noise(c), "overfitting": _overfitting(c), "calibration": _calibration(c), "binary": _binary(c)}
+    return c, texts
+
+
+def _adjusted(made: Sequence[V.Verdict]) -> list[V.Verdict]:
+    out = list(made)
+    for fam in FAMILIES:
+        idx = [i for i, v in enumerate(made) if v.claim == fam]
+        for i, v in zip(idx, V.adjust([made[i] for i in idx]), strict=True):
+            out[i] = v
+    return out
+
+
+def study_verdicts(records: Sequence[S.Record], smoke: bool = False) -> list[V.Verdict]:
+    """Every verdict of the study, corrected for multiplicity within its family.
+
+    Args:
+        records: run records (as in ``results.json``) of one grid.
+        smoke: a ``--quick`` smoke test: values shown, verdicts withheld.
+
+    Returns:
+        The :class:`~labelsmooth.study.verdicts.Verdict` list, in report order.
+    """
+    records = list(records)
+    if not records or S.baseline_variant(records) is None:
+        return []
+    c, _ = _collect(records, smoke)
+    return _adjusted(c.made)
+
+
+def _fill(text: str, made: Sequence[V.Verdict]) -> str:
+    parts = text.split(_MARK)
+    for i in range(1, len(parts), 2):
+        v = made[int(parts[i])]
+        level = f"{100 * v.level:.1f}".rstrip("0").rstrip(".")
+        interval = v.text() if v.low is None else f"{v.text()} ({level}% Holm-level interval)"
+        parts[i] = f"<<{v.anchor}>>{interval}, {v.words}"
+    return "".join(parts)
 
 
 def claim_paragraphs(records: Sequence[S.Record], smoke: bool = False) -> dict[str, str]:
     """Short paragraphs per claim (separated by blank lines), generated from the run records.
+
+    A verdict's place in a sentence reads ``<<anchor>>+0.012 [+0.004, +0.020] (99.2% Holm-level interval),
+    supports the claim``; the report turns ``<<anchor>>`` into a link target and the Markdown drops it.
 
     Args:
         records: run records (as in ``results.json``) of one grid.
@@ -717,26 +902,13 @@ def claim_paragraphs(records: Sequence[S.Record], smoke: bool = False) -> dict[s
 
     Returns:
         ``{claim key: paragraphs}`` in the order of :data:`CLAIMS`, then ``"statistics"``.
-
-    Example:
-        >>> rec = lambda m, eps, ece, seed: dict(dataset="toy", method=m, label_smoothing=eps, noise_level=0.0,
-        ...     noise_kind="none", seed=seed, ece=ece, nll=0.2, mean_confidence=0.97, test_accuracy=0.97,
-        ...     train_test_gap=0.03, num_classes=10, binary=False, splits={"n_test": 1000})
-        >>> rs = [rec("ce", 0.0, 0.02, s) for s in range(3)] + [rec("ls", 0.1, 0.12 + s / 100, s) for s in range(3)]
-        >>> "ls eps=0.1 (fixed in advance) changed ECE by +0.110" in claim_paragraphs(rs)["calibration"]
-        True
     """
     records = list(records)
     if not records or S.baseline_variant(records) is None:
         why = "no finished runs." if not records else "the baseline ce is not in these runs (add it to --methods)."
         return {**{k: f"Not measured: {why}" for k in CLAIMS}, "statistics": ""}
-    w = _Writer(records, smoke)
-    out = {
-        "noise": _noise(w),
-        "overfitting": _overfitting(w),
-        "calibration": _calibration(w),
-        "binary": _binary(w),
-    }
-    result = {k: "\n\n".join(v) for k, v in out.items()}
-    result["statistics"] = _statistics(w)
+    c, texts = _collect(records, smoke)
+    made = _adjusted(c.made)
+    result = {k: "\n\n".join(_fill(t, made) for t in v) for k, v in texts.items()}
+    result["statistics"] = _statistics(c, made)
     return result

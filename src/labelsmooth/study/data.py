@@ -15,6 +15,10 @@ Dataset names accepted by :func:`load_dataset`:
 * ``BASE:AvB`` (e.g. ``digits:3v8``, ``mnist1d:3v8``): a binary task carved from a built-in K-class
   dataset, class A (label 0) against class B (label 1). It shares its inputs with ``BASE``, so
   comparing the two separates the number of classes from everything else about the data.
+* ``BASE:kKsS`` (e.g. ``mnist1d:k3s0``): the K-class task on subset S of ``BASE``'s classes (drawn
+  with a fixed seed from S and K), with the same number of examples for every K and S
+  (:data:`KSWEEP_SIZE`), so that tasks of 2, 3, 5 and 10 classes differ in K and not in how much data
+  they have. K = 2 is a binary task (one logit).
 """
 
 from __future__ import annotations
@@ -33,11 +37,15 @@ __all__ = [
     "BUILTIN",
     "CARVABLE",
     "CIFAR10_CLASSES",
+    "KSWEEP_SIZE",
     "Dataset",
     "DatasetError",
     "Splits",
     "carve_binary",
+    "carve_classes",
     "discover",
+    "is_ksweep",
+    "ksweep_classes",
     "load_dataset",
     "read_cifar10_binary",
     "read_npz",
@@ -477,7 +485,10 @@ def validate_name(name: str, data_dir: Path | None = None) -> str:
         _check_npz(path)
         return f"npz:{path}"
     if ":" in name:
-        _carved_parts(name)
+        if is_ksweep(name):
+            _ksweep_parts(name)
+        else:
+            _carved_parts(name)
         return name
     if name not in BUILTIN:
         raise DatasetError(f"unknown dataset {name!r}; choose from {', '.join(BUILTIN)}, BASE:AvB or npz:PATH")
@@ -535,6 +546,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
     name = validate_name(name, folder)
     if name.startswith("npz:"):
         return read_npz(name[4:], name=name)
+    if is_ksweep(name):
+        return carve_classes(BUILTIN[_ksweep_parts(name)[0]](folder), name)
     if ":" in name:
         return carve_binary(BUILTIN[_carved_parts(name)[0]](folder), name)
     return BUILTIN[name](folder)
@@ -585,6 +598,78 @@ def carve_binary(ds: Dataset, name: str) -> Dataset:
         2,
         standardize=ds.standardize,
         description=f"{ds.name} classes {a} (label 0) vs {b} (label 1): {int(keep.sum())} samples, binary",
+        parent=ds.name,
+    )
+
+
+#: Examples per K-sweep task (``BASE:kKsS``), the same for every K and subset: about what the smallest
+#: two-class subset of the base has (digits: 2 x ~174; MNIST-1D: 2 x ~450 after pooling its splits).
+KSWEEP_SIZE = {"digits": 340, "mnist1d": 900}
+
+
+def is_ksweep(name: str) -> bool:
+    """True for a K-sweep task name ``BASE:kKsS`` (e.g. ``mnist1d:k3s0``)."""
+    _, sep, rest = name.partition(":")
+    return bool(sep) and rest.startswith("k") and "s" in rest and not name.startswith("npz:")
+
+
+def _ksweep_parts(name: str) -> tuple[str, int, int]:
+    base, _, rest = name.partition(":")
+    k, _, s = rest[1:].partition("s")
+    if base not in CARVABLE or not (k.isdigit() and s.isdigit()) or not 2 <= int(k) <= 10:
+        raise DatasetError(
+            f"dataset {name!r}: a K-sweep task is BASE:kKsS with BASE in {', '.join(CARVABLE)}, K in 2..10 "
+            "classes and S a subset number, e.g. mnist1d:k3s0"
+        )
+    return base, int(k), int(s)
+
+
+def ksweep_classes(name: str, num_classes: int = 10) -> list[int]:
+    """The classes of the K-sweep task ``name``: K of ``num_classes``, drawn with the seed ``1000 K + S``.
+
+    Example:
+        >>> ksweep_classes("digits:k10s0")
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+        >>> len(ksweep_classes("mnist1d:k3s1"))
+        3
+    """
+    _, k, s = _ksweep_parts(name)
+    rng = np.random.default_rng(1000 * k + s)
+    return sorted(int(c) for c in rng.choice(num_classes, size=k, replace=False))
+
+
+def carve_classes(ds: Dataset, name: str) -> Dataset:
+    """The K-sweep task ``BASE:kKsS``: K classes of ``ds`` (:func:`ksweep_classes`), relabelled 0..K-1 in
+    order, subsampled (balanced over the classes, fixed seed) to :data:`KSWEEP_SIZE` examples.
+
+    Args:
+        ds: the 10-class dataset (without a predefined test split).
+        name: ``BASE:kKsS``.
+
+    Returns:
+        A K-class :class:`Dataset` whose ``parent`` is ``ds.name``.
+    """
+    base, k, _ = _ksweep_parts(name)
+    classes = ksweep_classes(name, ds.num_classes)
+    size = KSWEEP_SIZE.get(base, 2 * int(np.bincount(ds.y).min()))
+    rng = np.random.default_rng(7)
+    picked = []
+    for i, c in enumerate(classes):
+        members = np.flatnonzero(ds.y == c)
+        take = size // k + (1 if i < size % k else 0)
+        if take > members.size:
+            raise DatasetError(f"dataset {name!r}: class {c} has {members.size} examples, {take} needed")
+        picked.append(np.sort(rng.choice(members, size=take, replace=False)))
+    idx = np.concatenate(picked)
+    remap = np.full(ds.num_classes, -1, dtype=np.int64)
+    remap[classes] = np.arange(k)
+    return Dataset(
+        name,
+        ds.x[idx],
+        remap[ds.y[idx]],
+        k,
+        standardize=ds.standardize,
+        description=f"{ds.name} classes {', '.join(map(str, classes))} as a {k}-class task: {idx.size} samples",
         parent=ds.name,
     )
 

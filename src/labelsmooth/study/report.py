@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -17,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from labelsmooth.study import figures as F
 from labelsmooth.study import stats as S
-from labelsmooth.study.claims import CLAIMS, MIN_SEEDS, claim_paragraphs
-from labelsmooth.study.findings import findings_markdown
+from labelsmooth.study import verdicts as V
+from labelsmooth.study.claims import CLAIMS, MIN_SEEDS, claim_paragraphs, study_verdicts
+from labelsmooth.study.findings import advice, findings_markdown, verdicts_payload
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -76,10 +79,15 @@ def summary_rows(records: Sequence[S.Record]) -> list[dict[str, str]]:
                 if not cell:
                     continue
                 method = S.label(v)
-                bound = S.temperature_at_bound(cell)
+                every = S.cell(records, ds, v, r, include_failed=True)
+                bound = S.temperature_at_bound(every)
+                failed = sum(1 for c in every if c.get("failure"))
                 if bound:
-                    # The temperature fit failed there (separable validation set): its NLL is not a calibration.
-                    method += f" (T at bound in {bound}/{len(cell)})"
+                    # The temperature fit failed there (separable validation set): those seeds are left out.
+                    method += f" (T at bound in {bound}/{len(every)}, left out)"
+                if failed:
+                    # A diverged or collapsed training enters no mean (its NLL would be meaningless).
+                    method += f" ({failed}/{len(every)} diverged or collapsed, left out)"
                 row = {"dataset": ds, "noise": S.noise_label(r), "method": method, "seeds": str(len(cell))}
                 for key, header in COLUMNS:
                     row[header] = S.fmt(S.estimate(c.get(key) for c in cell))
@@ -172,6 +180,14 @@ p, li { max-width: 68em; }  /* long lines are hard to follow back to their start
 .banner { background: #fff4d6; border: 2px solid #d9a400; padding: 0.7em 1em; margin: 1em 0; font-size: 1.05em; }
 code { background: #f3f3f3; padding: 0 0.2em; overflow-wrap: anywhere; }
 code.opt { white-space: nowrap; overflow-wrap: normal; }
+table.grid td { text-align: center; font-size: 0.95em; }
+table.grid td:first-child { text-align: left; white-space: normal; max-width: 30em; }
+table.grid a { color: inherit; text-decoration: none; }
+.sup { background: #d7f0d2; } .con { background: #f6d0cc; }
+.same { background: #eeeeee; } .none { background: #fafafa; }
+span.sup, span.con { padding: 0 0.3em; }
+h3.grid { margin-bottom: 0.2em; }
+span.v:target + * , span.v:target { outline: 2px solid #4a6fa5; }
 """
 
 
@@ -200,7 +216,9 @@ def write_report(
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     records = list(records)
-    paragraphs = claim_paragraphs(records, smoke=bool(meta.get("quick")))
+    smoke = bool(meta.get("quick"))
+    paragraphs = claim_paragraphs(records, smoke=smoke)
+    verdicts = study_verdicts(records, smoke=smoke)
     rows = summary_rows(records)
 
     load_projection = load_projection or (lambda r: None)
@@ -244,12 +262,6 @@ def write_report(
             "ECE with equal-mass bins vs label smoothing",
             "15 bins holding equal numbers of test examples.",
             lambda: F.metric_vs_eps(records, "ece_quantile", "ECE (15 equal-mass bins)"),
-        )
-        add(
-            "gap_vs_eps",
-            "Train-test gap vs label smoothing",
-            "Accuracy on the clean training labels minus test accuracy.",
-            lambda: F.metric_vs_eps(records, "train_test_gap", "train acc - test acc", posthoc=False),
         )
         if any(r.get("memorized_fraction") is not None for r in records):
             add(
@@ -302,11 +314,15 @@ def write_report(
         f"`{meta.get('command', '')}` — {meta.get('created', '')}\n",
     ]
     md.append(_header_md(meta, records))
+    if verdicts and not smoke:
+        md.append("## What this means for your data\n")
+        md += [f"- {a}" for a in advice(verdicts)]
+        md.append("")
     md.append("## The claims\n")
     for key, claim in CLAIMS.items():
         text = paragraphs[key]
         text = "\n\n".join(map(str, text)) if isinstance(text, (list, tuple)) else text
-        md.append(f"### {claim}\n\n{text}\n")
+        md.append(f"### {claim}\n\n{_ANCHOR.sub('', text)}\n")
     md.append(f"### How much these numbers can say\n\n{paragraphs['statistics']}\n")
     md.append("## Summary (mean ± 95% t-interval over seeds)\n")
     md.append(_markdown_table(rows))
@@ -318,6 +334,7 @@ def write_report(
     md_path = out / "summary.md"
     _atomic_text(md_path, "\n".join(md))
     _atomic_text(out / "findings.md", findings_markdown(records, meta))
+    _atomic_text(out / "verdicts.json", json.dumps(verdicts_payload(records, meta), indent=1))
 
     # ---- HTML
     h = [
@@ -333,6 +350,7 @@ def write_report(
             else []
         ),
         f"<p><code>{html.escape(meta.get('command', ''))}</code> — {html.escape(meta.get('created', ''))}</p>",
+        _verdict_grid(verdicts, smoke),
         _header_html(meta, records),
         "<h2>The claims</h2>",
     ]
@@ -372,7 +390,7 @@ def _preliminary(meta: dict[str, Any], records: Sequence[S.Record]) -> tuple[str
     command = str(meta.get("command") or "")
     quick = bool(meta.get("quick") or (isinstance(cfg, dict) and cfg.get("quick")) or "--quick" in command.split())
     seeds = [
-        len(S.cell(records, ds, v, r))
+        len(S.cell(records, ds, v, r, include_failed=True))
         for ds in S.datasets(records)
         for r in S.noise_settings(records, ds)
         for v in S.variants(records, ds)
@@ -395,11 +413,70 @@ def _preliminary(meta: dict[str, Any], records: Sequence[S.Record]) -> tuple[str
     )
 
 
+#: The verdict marks of the claim paragraphs (``<<anchor>>``, see :func:`claim_paragraphs`).
+_ANCHOR = re.compile(r"<<([A-Za-z0-9-]+)>>")
+
+
 def _html_paragraphs(text: str | Sequence[str]) -> str:
     # A claim's text may hold several paragraphs (one per dataset), separated by blank lines, or
-    # come as a list of them; each becomes its own <p> so the reader sees one block per dataset.
+    # come as a list of them; each becomes its own <p> so the reader sees one block per dataset. A
+    # verdict's mark becomes the target the verdict grid links to.
     parts = list(text) if isinstance(text, (list, tuple)) else str(text).split("\n\n")
-    return "".join(f"<p>{html.escape(str(p).strip())}</p>" for p in parts if str(p).strip())
+    return "".join(
+        "<p>"
+        + _ANCHOR.sub(lambda m: f"<span class='v' id='{m.group(1)}'></span>", html.escape(str(p).strip()))
+        + "</p>"
+        for p in parts
+        if str(p).strip()
+    )
+
+
+#: Claim key -> the CSS class of an outcome in the verdict grid.
+_OUTCOME_CLASS = {"supports": "sup", "contradicts": "con", "same": "same", "withheld": "none", "unknown": "none"}
+
+
+def _verdict_grid(verdicts: Sequence[V.Verdict], smoke: bool) -> str:
+    """The one-screen answer: per claim, a table of comparison x dataset, each cell the signed effect
+    and its Holm-level interval, coloured by outcome and linked to its paragraph; then the advice."""
+    if not verdicts:
+        return ""
+    h = [
+        "<h2 id='answer'>The answer at a glance</h2>",
+        "<p class='key'>Each cell: the effect signed so that <b>positive is what the claim predicts</b>, and its "
+        "interval at the level Holm's correction used within the claim. <span class='sup'>green</span>: "
+        "supports the claim; <span class='con'>red</span>: contradicts it; grey: no clear difference (or no "
+        "verdict). Click a cell for its paragraph. Every verdict: n seeds paired by seed (split, noise, "
+        "initialisation and batch order shared), every choice made on validation labels a user would have, the "
+        "test split read once.</p>",
+    ]
+    for claim, title in CLAIMS.items():
+        vs = [v for v in verdicts if v.claim == claim]
+        if not vs:
+            continue
+        cols = list(dict.fromkeys(v.dataset for v in vs))
+        rows: dict[tuple[str, str, str], dict[str, V.Verdict]] = {}
+        for v in vs:
+            rows.setdefault((v.question, v.metric, v.setting), {})[v.dataset] = v
+        h.append(f"<h3 class='grid'>{html.escape(title)}</h3><table class='grid'><tr><th>comparison</th>")
+        h.append("".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
+        for (question, metric, setting), cells in rows.items():
+            h.append(f"<tr><td>{html.escape(f'{question}, {metric}, {setting}')}</td>")
+            for c in cols:
+                cell = cells.get(c)
+                if cell is None:
+                    h.append("<td></td>")
+                    continue
+                cls = _OUTCOME_CLASS[cell.outcome]
+                tip = html.escape(f"{cell.measures}. Falsified by: {cell.falsified_by}. n = {cell.n}.", quote=True)
+                link = f"<a href='#{cell.anchor}'>{html.escape(cell.text())}</a>"
+                h.append(f"<td class='{cls}' title='{tip}'>{link}</td>")
+            h.append("</tr>")
+        h.append("</table>")
+    if not smoke:
+        h.append("<h3>What this means for your data</h3><ul>")
+        h += [f"<li>{html.escape(a)}</li>" for a in advice(verdicts)]
+        h.append("</ul>")
+    return "".join(h)
 
 
 def _nowrap_options(escaped: str) -> str:
@@ -434,14 +511,18 @@ def _header_lines(meta: dict[str, Any], records: Sequence[S.Record]) -> list[str
         )
     lines.append(
         "How to read: ce = cross-entropy (eps = 0); ls eps=e = uniform label smoothing; focal = focal loss "
-        "(gamma 3); ts = the ce model with temperature scaling fitted on clean validation labels; "
-        "ts-noisyval = the same fitted on noisy validation labels; ls+ts = smoothing then temperature "
-        "scaling. Noise levels are fractions of the breakdown rate (1 - 1/K symmetric, 1/2 pair-flip); "
-        "noise flips training labels (and, for ts-noisyval only, validation labels); test labels are "
-        "clean. Differences are paired by seed (same split, noise, initialisation and batch order); "
-        "intervals are 95% Student-t over seeds; fewer than 3 seeds give no verdict. Two checkpoints "
-        "per training are scored on the test split: the last step and the step of best validation "
-        "accuracy (early-stopped); every choice is made on the validation split."
+        "(gamma 3); nls = negative smoothing after a cross-entropy warm-up; fc / fc-est = forward loss "
+        "correction with the true / an estimated transition matrix; ts = the ce model with temperature "
+        "scaling fitted on the validation labels a user has (noisy when the training labels are); ts-oracle = "
+        "the same fitted on clean validation labels; ls+ts = smoothing then temperature scaling. Noise levels "
+        "are fractions of the breakdown rate (1 - 1/K symmetric, 1/2 pair-flip); noise flips training labels "
+        "and, in its own draw, validation labels; test labels are clean. Differences are paired by seed (same "
+        "split, noise, initialisation and batch order); the summary table's intervals are 95% Student-t over "
+        "seeds, a verdict's interval is at its Holm level; fewer than 3 seeds give no verdict. Three "
+        "checkpoints per training are scored on the test split: the last step, the step of best accuracy on "
+        "the noisy validation labels (early-stopped) and, as an oracle, on clean ones; every choice is made "
+        "on validation. Diverged or collapsed trainings and temperatures at the end of their range enter no "
+        "mean and are counted where they occur."
     )
     return lines
 

@@ -33,8 +33,8 @@ import torch
 
 from labelsmooth.study import progress
 from labelsmooth.study import stats as S
-from labelsmooth.study.data import Dataset, load_dataset
-from labelsmooth.study.methods import METHODS
+from labelsmooth.study.data import Dataset, is_ksweep, load_dataset
+from labelsmooth.study.methods import HEADLINE_EPS, METHODS, matched_eps
 from labelsmooth.study.train import Job, JobResult, TrainConfig, run_job
 
 if TYPE_CHECKING:
@@ -74,6 +74,10 @@ class StudyConfig:
         data_dir: folder for CIFAR-10 batches and ``.npz`` files.
         command: the command line, for the report header.
         quick: the ``--quick`` smoke test (the report then makes no verdicts).
+        train_fractions: shares of the training split for the training-set-size sweep (values below 1
+            add ce and ls at the headline eps, clean labels, on every dataset that is not carved).
+        matched: on carved tasks (``BASE:AvB``, ``BASE:kKsS``) also train ls at the eps whose smoothed
+            top target equals the headline eps's on the 10-class parent.
     """
 
     datasets: list[str]
@@ -89,6 +93,8 @@ class StudyConfig:
     data_dir: Path | None = None
     command: str = ""
     quick: bool = False
+    train_fractions: list[float] = field(default_factory=lambda: [1.0])
+    matched: bool = True
 
     @property
     def noise_kinds(self) -> list[str]:
@@ -110,33 +116,49 @@ class StudyOutcome:
     seconds: float
 
 
+def _carved(dataset: str) -> bool:
+    return ":" in dataset and not dataset.startswith("npz:")
+
+
 def noise_settings(cfg: StudyConfig, dataset: str) -> list[tuple[str, float]]:
     """The ``(kind, level)`` noise settings a dataset is trained with.
 
-    Level 0 is one clean setting (kind ``"none"``) shared by every kind. A binary task carved from a
-    K-class dataset (``digits:3v8``) serves the binary-vs-multiclass comparison, which is made on clean
-    labels, so it is run clean only. For two classes pair-flip noise *is* symmetric noise, so a binary
-    dataset gets only the symmetric kind.
+    Level 0 is one clean setting (kind ``"none"``) shared by every kind. A task carved from a K-class
+    dataset (``digits:3v8``, ``mnist1d:k3s0``) serves the binary-vs-multiclass comparison, which is
+    made on clean labels, so it is run clean only. For two classes pair-flip noise *is* symmetric noise,
+    so a binary dataset gets only the symmetric kind.
     """
-    carved = ":" in dataset and not dataset.startswith("npz:")
     out: list[tuple[str, float]] = []
     for level in cfg.noise:
         if level == 0:
             out.append(("none", 0.0))
             continue
-        if carved:
+        if _carved(dataset):
             continue
         for kind in cfg.noise_kinds:
             out.append((kind, float(level)))
     return list(dict.fromkeys(out))
 
 
-def plan_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[Job]:
-    """The trainings of a grid: one per dataset x noise setting x seed x distinct (loss, eps).
+def _carved_eps(cfg: StudyConfig, num_classes: int | None) -> list[float]:
+    # A carved task runs ls at the headline eps and, if asked, at the eps matching its parent's top target.
+    head = min((e for e in cfg.eps if e > 0), key=lambda e: (abs(e - HEADLINE_EPS), e), default=None)
+    if head is None:
+        return []
+    out = [head]
+    if cfg.matched and num_classes is not None and num_classes != 10:
+        out.append(matched_eps(head, num_classes))
+    return list(dict.fromkeys(out))
 
-    Methods that share ``(loss_id, eps)`` share one job (``ce``, ``ts``, ``ts-noisyval``). Methods with
+
+def plan_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[Job]:
+    """The trainings of a grid: one per dataset x noise setting x seed x distinct (loss, eps), plus the
+    training-set-size sweep.
+
+    Methods that share ``(loss_id, eps)`` share one job (``ce``, ``ts``, ``ts-oracle``). Methods with
     ``noisy_runs=False`` (focal loss) are trained on clean labels only, those with ``clean_runs=False``
-    (negative smoothing) on noisy labels only.
+    (negative smoothing, forward correction) on noisy labels only. Carved tasks run ce and ls only (ls
+    at the headline eps and at the matched eps: :func:`labelsmooth.study.methods.matched_eps`).
 
     Args:
         cfg: the study configuration.
@@ -144,12 +166,14 @@ def plan_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[J
             duplicate of symmetric noise); unknown datasets count as multiclass.
 
     Returns:
-        The jobs, in dataset, noise, seed, registry order.
+        The jobs, in dataset, noise, seed, registry order; then the size sweep.
     """
     binary = binary or {}
     jobs = []
     for ds in cfg.datasets:
         train = replace(cfg.train, epochs=cfg.epochs[ds]) if ds in cfg.epochs else cfg.train
+        carved = _carved(ds)
+        k = _num_classes(ds, binary)
         for kind, level in noise_settings(cfg, ds):
             if kind == "pairflip" and binary.get(ds, False) and "symmetric" in cfg.noise_kinds:
                 continue
@@ -159,11 +183,33 @@ def plan_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[J
                     method = METHODS[name]
                     if (level > 0 and not method.noisy_runs) or (level == 0 and not method.clean_runs):
                         continue
-                    for eps in method.eps_values(cfg.eps):
+                    if carved and name not in ("ce", "ls"):
+                        continue
+                    values = _carved_eps(cfg, k) if carved and name == "ls" else method.eps_values(cfg.eps)
+                    for eps in values:
                         shared.setdefault((method.loss_id, float(eps)), []).append(name)
                 for (loss_id, eps), names in shared.items():
                     jobs.append(Job(ds, loss_id, eps, kind, level, seed, tuple(names), train))
+        if carved or "ce" not in cfg.methods:
+            continue
+        head = _carved_eps(cfg, None)
+        for frac in cfg.train_fractions:
+            if frac >= 1:
+                continue
+            for seed in range(cfg.seeds):
+                jobs.append(Job(ds, "ls", 0.0, "none", 0.0, seed, ("ce",), train, float(frac)))
+                if head and "ls" in cfg.methods:
+                    jobs.append(Job(ds, "ls", head[0], "none", 0.0, seed, ("ls",), train, float(frac)))
     return jobs
+
+
+def _num_classes(dataset: str, binary: dict[str, bool]) -> int | None:
+    # Known without loading: a K-sweep task names its K, a binary one has 2, the built-ins have 10.
+    if is_ksweep(dataset):
+        return int(dataset.partition(":")[2][1:].partition("s")[0])
+    if binary.get(dataset, False):
+        return 2
+    return 10 if dataset.partition(":")[0] in ("digits", "mnist1d") else None
 
 
 def _clean_json(x: object) -> object:
@@ -293,12 +339,19 @@ def _binary_names(cfg: StudyConfig) -> dict[str, bool]:
     # Which datasets are binary, without loading them: built-in and carved names are known; a user's
     # .npz counts as multiclass here (its pair-flip runs are kept; for two classes they repeat symmetric).
     known = {"digits": False, "mnist1d": False, "breast_cancer": True, "cifar10": False}
-    return {d: known.get(d, ":" in d and not d.startswith("npz:")) for d in cfg.datasets}
+
+    def two(d: str) -> bool:
+        if is_ksweep(d):
+            return d.partition(":")[2].startswith("k2s")
+        return known.get(d, _carved(d))
+
+    return {d: two(d) for d in cfg.datasets}
 
 
 def _describe(job: Job) -> str:
     noise = "clean" if job.noise_level == 0 else f"{job.noise_kind} level {job.noise_level:g}"
-    return f"{job.dataset} {','.join(job.methods)} eps={job.eps:g} {noise} seed={job.seed}"
+    frac = "" if job.train_fraction == 1 else f" {job.train_fraction:.0%} of the training split"
+    return f"{job.dataset} {','.join(job.methods)} eps={job.eps:g} {noise}{frac} seed={job.seed}"
 
 
 def _cost(job: Job, sizes: dict[str, int]) -> float:
@@ -334,7 +387,17 @@ def run_study(cfg: StudyConfig, console: Console | None = None, report: bool = T
         missing = tuple(m for m in job.methods if not store.done(job.key(m)))
         if missing:
             pending.append(
-                Job(job.dataset, job.loss_id, job.eps, job.noise_kind, job.noise_level, job.seed, missing, job.config)
+                Job(
+                    job.dataset,
+                    job.loss_id,
+                    job.eps,
+                    job.noise_kind,
+                    job.noise_level,
+                    job.seed,
+                    missing,
+                    job.config,
+                    job.train_fraction,
+                )
             )
     n_todo = sum(len(j.methods) for j in pending)
     skipped = len(planned_keys) - n_todo
@@ -498,6 +561,7 @@ def _meta(cfg: StudyConfig, records: list[S.Record], planned_keys: list[str]) ->
             "seeds": cfg.seeds,
             "noise_kind": cfg.noise_kind,
             "noise_levels (fraction of breakdown rate)": cfg.noise,
+            "train_fractions": cfg.train_fractions,
             "eps": cfg.eps,
             "methods": cfg.methods,
         },

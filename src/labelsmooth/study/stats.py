@@ -29,6 +29,8 @@ __all__ = [
     "datasets",
     "detectable_difference",
     "estimate",
+    "excluded",
+    "failed_count",
     "fmt",
     "label",
     "metric",
@@ -206,8 +208,29 @@ def label(v: Variant) -> str:
     return v[0] if v[1] == 0 else f"{v[0]} eps={v[1]:g}"
 
 
-def cell(records: Sequence[Record], dataset: str, variant: Variant, noise: Noise) -> list[Record]:
-    """All seeds of one variant on one dataset at one noise setting, sorted by seed."""
+def excluded(r: Record) -> str | None:
+    """Why a record enters no mean: its training diverged or collapsed, or its temperature fit ended at
+    the end of its range (a separable validation set); ``None`` for a usable record."""
+    if r.get("failure"):
+        return str(r["failure"])
+    if r.get("temperature_at_bound"):
+        return "temperature at the end of its range"
+    return None
+
+
+def cell(
+    records: Sequence[Record],
+    dataset: str,
+    variant: Variant,
+    noise: Noise,
+    train_fraction: float = 1.0,
+    include_failed: bool = False,
+) -> list[Record]:
+    """All seeds of one variant on one dataset at one noise setting (and training fraction), sorted by seed.
+
+    Records that :func:`excluded` names (diverged or collapsed trainings, temperatures at their bound)
+    are left out unless ``include_failed``.
+    """
     out = [
         r
         for r in records
@@ -215,8 +238,15 @@ def cell(records: Sequence[Record], dataset: str, variant: Variant, noise: Noise
         and r["method"] == variant[0]
         and r["label_smoothing"] == variant[1]
         and _noise(r) == tuple(noise)
+        and float(r.get("train_fraction", 1.0)) == train_fraction
+        and (include_failed or excluded(r) is None)
     ]
     return sorted(out, key=lambda r: r["seed"])
+
+
+def failed_count(records: Sequence[Record], dataset: str, noise: Noise) -> int:
+    """How many records of one dataset and noise setting :func:`excluded` leaves out."""
+    return sum(1 for r in records if r["dataset"] == dataset and _noise(r) == tuple(noise) and excluded(r))
 
 
 def temperature_at_bound(cell_records: Sequence[Record]) -> int:

@@ -1,16 +1,19 @@
 """One training of the study and the records it produces.
 
 A :class:`Job` is one model trained on one dataset with one loss, one label-smoothing value, one noise
-setting and one seed. Every method that shares that training (``ce``, ``ts``, ``ts-noisyval``) turns
+setting and one seed. Every method that shares that training (``ce``, ``ts``, ``ts-oracle``) turns
 it into one record. The seed fixes the split, the label noise, the initialisation and the minibatch
 order, so the models compared at one seed differ only in their loss: comparisons are paired.
 
 The training budget is a number of optimiser steps, the same on every dataset (``TrainConfig.steps``),
-not a wall-clock budget. Two checkpoints are evaluated on the test split, and nothing else reads it:
+not a wall-clock budget. Three checkpoints are evaluated on the test split, and nothing else reads it:
 
-* ``last``: the model after the whole budget (fields without prefix), which measures overfitting;
-* ``es``: the model at the evaluation point with the highest *validation* accuracy (early stopping;
-  fields prefixed ``es_``).
+* ``last``: the model after the whole budget (fields without prefix);
+* ``es``: the model at the evaluation point with the highest accuracy on the validation labels a user
+  has, noisy when the training labels are (early stopping; fields prefixed ``es_``);
+* ``oracle_es``: the same on *clean* validation labels, an oracle no user has (``oracle_es_``).
+
+What continued training past the early-stopped step costs is the overfitting claim's measure.
 
 Curves are recorded on the training and validation splits only.
 """
@@ -23,7 +26,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,16 +35,20 @@ from labelsmooth import noise
 from labelsmooth.study import metrics as M
 from labelsmooth.study import stats as S
 from labelsmooth.study.data import Dataset, split_dataset
-from labelsmooth.study.methods import METHODS
+from labelsmooth.study.methods import METHODS, LossContext, label_smoothing_loss
 from labelsmooth.study.models import build_model
 
 __all__ = [
+    "COLLAPSE_MARGIN",
+    "CONVERGENCE_GAIN",
+    "DIVERGED_LOGIT",
     "NOISE_KINDS",
     "PROJECTION_CLASSES",
     "Job",
     "JobResult",
     "TrainConfig",
     "breakdown_rate",
+    "failure_reason",
     "noise_rate",
     "penultimate_projection",
     "run_job",
@@ -52,6 +59,10 @@ NOISE_KINDS = {"symmetric": noise.symmetric, "pairflip": noise.pairflip}
 
 #: Classes whose penultimate-layer picture (Müller et al. 2019) is recorded.
 PROJECTION_CLASSES = (0, 1, 2)
+
+#: A training whose accuracy on its training labels still rose by more than this over the last fifth
+#: of the budget is counted as not converged.
+CONVERGENCE_GAIN = 0.01
 
 #: Validation labels get their own noise draw (same kind and rate as the training labels).
 _VAL_NOISE_SEED = 100_003
@@ -111,11 +122,11 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 0.0
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = (128, 128)
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     max_train: int | None = None
-    curve_points: int = 25
+    curve_points: int = 50
     device: str = "cpu"
 
     def total_steps(self, n_train: int) -> int:
@@ -147,6 +158,8 @@ class Job:
         seed: seed of split, noise, initialisation and batch order.
         methods: names of the methods evaluated on this training, e.g. ``("ce", "ts")``.
         config: the :class:`TrainConfig`.
+        train_fraction: share of the seed's training split trained on (a stratified subsample), for the
+            training-set-size sweep of the overfitting claim.
     """
 
     dataset: str
@@ -157,11 +170,13 @@ class Job:
     seed: int
     methods: tuple[str, ...]
     config: TrainConfig = field(default_factory=TrainConfig)
+    train_fraction: float = 1.0
 
     def key(self, method: str) -> str:
         """Unique id of the record ``method`` makes from this job (used to skip finished runs)."""
+        frac = "" if self.train_fraction == 1 else f"|frac={self.train_fraction:g}"
         return (
-            f"{self.dataset}|{method}|eps={self.eps:g}|noise={self.noise_kind}:{self.noise_level:g}"
+            f"{self.dataset}|{method}|eps={self.eps:g}|noise={self.noise_kind}:{self.noise_level:g}{frac}"
             f"|seed={self.seed}|cfg={self.config.fingerprint()}"
         )
 
@@ -227,7 +242,7 @@ def _checkpoint_fields(
     noisy: np.ndarray,
     clean: np.ndarray,
 ) -> dict[str, float | None]:
-    """Test, validation and training fields of one checkpoint (prefix ``""`` or ``"es_"``)."""
+    """Test, validation and training fields of one checkpoint (prefix ``""``, ``"es_"`` or ``"oracle_es_"``)."""
     test = M.evaluate(logits["test"], y["test"])
     pred = M.predictions(logits["train"]).cpu().numpy()
     n_flipped = int(flipped.sum())
@@ -240,9 +255,14 @@ def _checkpoint_fields(
         "classwise_ece": test["classwise_ece"],
         "brier": test["brier"],
         "mean_confidence": test["mean_confidence"],
+        # Validation on clean labels (an oracle under noise) and on the noisy validation labels a
+        # practitioner has (equal on clean runs): selections read the second by default.
         "val_accuracy": M.accuracy(logits["val"], y["val"]),
         "val_nll": M.nll(logits["val"], y["val"]),
         "val_ece": M.evaluate(logits["val"], y["val"])["ece"],
+        "val_accuracy_noisy": M.accuracy(logits["val"], y["val_noisy"]),
+        "val_nll_noisy": M.nll(logits["val"], y["val_noisy"]),
+        "val_ece_noisy": M.evaluate(logits["val"], y["val_noisy"])["ece"],
         "train_accuracy": M.accuracy(logits["train"], y["noisy"]),
         "train_accuracy_clean": clean_acc,
         # Of the training labels that noise flipped: the share predicted as the flipped (given) label,
@@ -250,15 +270,172 @@ def _checkpoint_fields(
         # that ignores the flips entirely has memorised 0% and corrected 100%.
         "memorized_fraction": float((pred[flipped] == noisy[flipped]).mean()) if n_flipped else None,
         "flipped_corrected_fraction": float((pred[flipped] == clean[flipped]).mean()) if n_flipped else None,
-        # Generalisation gap on the *clean* training labels: with noise, accuracy on the noisy labels
-        # mixes memorisation into the gap.
+        # Generalisation gap on the *clean* training labels (a descriptive field; no verdict reads it:
+        # with the training set fitted it is minus the test accuracy).
         "train_test_gap": clean_acc - test["accuracy"],
     }
     return {prefix + k: v for k, v in out.items()}
 
 
+#: A run whose logits on the validation split exceed this in absolute value is called diverged: the
+#: loss drove them without bound (negative smoothing without a floor), and its NLL is meaningless.
+DIVERGED_LOGIT = 1e3
+
+#: A run whose last-step accuracy on the clean training labels is below chance + this share of the
+#: way to 1 learned nothing (collapsed): 0.19 for 10 classes, 0.55 for 2.
+COLLAPSE_MARGIN = 0.1
+
+
+def failure_reason(
+    curves: dict[str, list[float]], final_logits: dict[str, torch.Tensor], num_classes: int
+) -> str | None:
+    """Why a training cannot enter an average (diverged or collapsed), or None for a usable run.
+
+    Diverged: a non-finite training loss or logit, or a validation logit beyond :data:`DIVERGED_LOGIT`.
+    Collapsed: last-step accuracy on the *clean* training labels below chance + :data:`COLLAPSE_MARGIN`
+    x (1 - chance), chance = 1/K. (Memorising flipped labels never looks like this: a model that fits
+    every noisy label still fits the unflipped majority.)
+
+    Example:
+        >>> import torch
+        >>> c = {"train_loss": [1.0, 0.5], "train_accuracy_clean": [0.5, 0.12]}
+        >>> failure_reason(c, {"val": torch.zeros(3, 10)}, 10)
+        'collapsed: accuracy on the clean training labels 0.120 at the last step (chance 0.100)'
+    """
+    losses = curves.get("train_loss") or []
+    if any(not math.isfinite(v) for v in losses):
+        return "diverged: non-finite training loss"
+    for name, z in final_logits.items():
+        if not bool(torch.isfinite(z).all()):
+            return f"diverged: non-finite {name} logits"
+    top = float(final_logits["val"].abs().max()) if final_logits["val"].numel() else 0.0
+    if top > DIVERGED_LOGIT:
+        return f"diverged: a validation logit of magnitude {top:.3g} (> {DIVERGED_LOGIT:g})"
+    acc = curves.get("train_accuracy_clean") or []
+    chance = 1.0 / num_classes
+    if acc and acc[-1] < chance + COLLAPSE_MARGIN * (1 - chance):
+        return f"collapsed: accuracy on the clean training labels {acc[-1]:.3f} at the last step (chance {chance:.3f})"
+    return None
+
+
+@dataclass
+class _Trained:
+    """One trained model: its checkpoints' logits, curves and bookkeeping."""
+
+    checkpoints: dict[str, dict[str, torch.Tensor]]  # prefix -> split -> logits
+    curves: dict[str, list[float]]
+    es_step: int
+    oracle_es_step: int
+    total: int
+    per_epoch: int
+    weight_decay: float
+    model: torch.nn.Module
+
+
+def _train_one(
+    job: Job,
+    ds: Dataset,
+    x: dict[str, torch.Tensor],
+    y: dict[str, torch.Tensor],
+    weight_decay: float,
+    context: LossContext,
+) -> _Trained:
+    """Train one model of a job with one weight decay; keep the last and two early-stopped checkpoints."""
+    cfg = job.config
+    device = x["train"].device
+    binary = ds.binary
+    method = METHODS[job.methods[0]]
+    torch.manual_seed(job.seed)
+    np.random.seed(job.seed)
+    gen = torch.Generator().manual_seed(job.seed)  # batch order: same for every eps at one seed
+    target = y["noisy"].float() if binary else y["noisy"]  # BCE wants float 0/1 targets
+
+    model = build_model(tuple(x["train"].shape[1:]), ds.num_classes, cfg.hidden, augment=ds.augment).to(device)
+    loss_fn = method.loss(job.eps, binary, context).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=weight_decay)
+
+    n = len(y["noisy"])
+    per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.total_steps(n)
+    warm_steps = round(method.warmup * total)
+    warm_fn = label_smoothing_loss(0.0, binary).to(device) if warm_steps else None
+    eval_at = _curve_steps(total, cfg.curve_points)
+    keys = (
+        "step",
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "train_accuracy_clean",
+        "val_accuracy",
+        "val_accuracy_noisy",
+        "val_nll",
+    )
+    curves: dict[str, list[float]] = {k: [] for k in keys}
+    # Early stopping on the validation labels a user has (noisy when the training labels are) and, as
+    # a labelled oracle, on clean validation labels; on the first maximum of each.
+    best: dict[str, tuple[float, int, dict[str, Any] | None]] = {"es_": (-1.0, 0, None), "oracle_es_": (-1.0, 0, None)}
+    step, running, since = 0, torch.zeros((), device=device), 0
+    while step < total:
+        model.train()
+        # Tensor.split is unannotated in torch.
+        for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):  # type: ignore[no-untyped-call]
+            idx = idx.to(device)
+            opt.zero_grad(set_to_none=True)
+            out = model(x["train"][idx])
+            fn = warm_fn if (warm_fn is not None and step < warm_steps) else loss_fn
+            loss = fn(out.squeeze(-1) if binary else out, target[idx])
+            loss.backward()
+            opt.step()
+            running += loss.detach()  # summed on device: no host sync per step
+            since += 1
+            step += 1
+            if warm_fn is not None and step == warm_steps:
+                prepare = getattr(loss_fn, "prepare", None)  # only some losses learn from the warm-up
+                if prepare is not None:
+                    model.eval()
+                    prepare(_logits(model, x["train"], binary), y["noisy"])
+                    model.train()
+            if step in eval_at:
+                model.eval()
+                train_logits = _logits(model, x["train"], binary)
+                val_logits = _logits(model, x["val"], binary)
+                accs = {"es_": M.accuracy(val_logits, y["val_noisy"]), "oracle_es_": M.accuracy(val_logits, y["val"])}
+                for k, v in (
+                    ("step", step),
+                    ("epoch", round(step / per_epoch, 3)),
+                    ("train_loss", float(running) / since),
+                    ("train_accuracy", M.accuracy(train_logits, y["noisy"])),
+                    ("train_accuracy_clean", M.accuracy(train_logits, y["clean"])),
+                    ("val_accuracy", accs["oracle_es_"]),
+                    ("val_accuracy_noisy", accs["es_"]),
+                    ("val_nll", M.nll(val_logits, y["val"])),
+                ):
+                    curves[k].append(v)
+                running, since = torch.zeros((), device=device), 0
+                for prefix, acc in accs.items():
+                    if acc > best[prefix][0]:
+                        best[prefix] = (acc, step, copy.deepcopy(model.state_dict()))
+                model.train()
+            if step >= total:
+                break
+        epoch_end = getattr(loss_fn, "epoch_end", None)  # only some losses keep per-epoch state
+        if epoch_end is not None:
+            epoch_end(model)
+
+    model.eval()
+    checkpoints = {"": {k: _logits(model, x[k], binary) for k in ("train", "val", "test")}}
+    last_state = copy.deepcopy(model.state_dict())
+    for prefix, (_, _, state) in best.items():
+        assert state is not None  # the last step is always evaluated, and any accuracy beats -1
+        model.load_state_dict(state)
+        checkpoints[prefix] = {k: _logits(model, x[k], binary) for k in ("train", "val", "test")}
+    model.load_state_dict(last_state)
+    return _Trained(checkpoints, curves, best["es_"][1], best["oracle_es_"][1], total, per_epoch, weight_decay, model)
+
+
 def run_job(job: Job, ds: Dataset) -> JobResult:
-    """Train one model and evaluate it with every method of the job.
+    """Train one model (one per weight decay of the method's grid, keeping the best on validation) and
+    evaluate it with every method of the job.
 
     Args:
         job: the :class:`Job`.
@@ -273,6 +450,12 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
     splits = split_dataset(
         ds, job.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, max_train=cfg.max_train
     )
+    if job.train_fraction < 1:
+        # A stratified subsample of this seed's training split (validation and test unchanged).
+        keep = max(2 * ds.num_classes, round(job.train_fraction * splits.info["n_train"]))
+        splits = split_dataset(
+            ds, job.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, max_train=keep
+        )
     clean = splits.y_train
     rate = noise_rate(job.noise_kind, job.noise_level, ds.num_classes) if job.noise_level > 0 else 0.0
     if rate > 0:
@@ -282,10 +465,6 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
     else:
         noisy, val_noisy = clean.copy(), splits.y_val.copy()
     flipped = noisy != clean
-
-    torch.manual_seed(job.seed)
-    np.random.seed(job.seed)
-    gen = torch.Generator().manual_seed(job.seed)  # batch order: same for every eps at one seed
     binary = ds.binary
 
     def to(a: np.ndarray) -> torch.Tensor:
@@ -299,79 +478,31 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
         "val_noisy": to(val_noisy),
         "test": to(splits.y_test),
     }
-    target = y["noisy"].float() if binary else y["noisy"]  # BCE wants float 0/1 targets
-
-    model = build_model(splits.x_train.shape[1:], ds.num_classes, cfg.hidden, augment=ds.augment).to(device)
-    loss_fn = METHODS[job.methods[0]].loss(job.eps, binary).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    n = len(clean)
-    per_epoch = math.ceil(n / cfg.batch_size)
-    total = cfg.total_steps(n)
-    eval_at = _curve_steps(total, cfg.curve_points)
-    keys = ("step", "epoch", "train_loss", "train_accuracy", "train_accuracy_clean", "val_accuracy", "val_nll")
-    curves: dict[str, list[float]] = {k: [] for k in keys}
-    best_val, best_state, best_step = -1.0, None, 0
-    step, running, since = 0, torch.zeros((), device=device), 0
-    while step < total:
-        model.train()
-        # Tensor.split is unannotated in torch.
-        for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):  # type: ignore[no-untyped-call]
-            idx = idx.to(device)
-            opt.zero_grad(set_to_none=True)
-            out = model(x["train"][idx])
-            loss = loss_fn(out.squeeze(-1) if binary else out, target[idx])
-            loss.backward()
-            opt.step()
-            running += loss.detach()  # summed on device: no host sync per step
-            since += 1
-            step += 1
-            if step in eval_at:
-                model.eval()
-                train_logits = _logits(model, x["train"], binary)
-                val_logits = _logits(model, x["val"], binary)
-                val_acc = M.accuracy(val_logits, y["val"])
-                for k, v in (
-                    ("step", step),
-                    ("epoch", round(step / per_epoch, 3)),
-                    ("train_loss", float(running) / since),
-                    ("train_accuracy", M.accuracy(train_logits, y["noisy"])),
-                    ("train_accuracy_clean", M.accuracy(train_logits, y["clean"])),
-                    ("val_accuracy", val_acc),
-                    ("val_nll", M.nll(val_logits, y["val"])),
-                ):
-                    curves[k].append(v)
-                running, since = torch.zeros((), device=device), 0
-                if val_acc > best_val:  # early stopping on (clean) validation accuracy; first maximum
-                    best_val, best_step = val_acc, step
-                    best_state = copy.deepcopy(model.state_dict())
-                model.train()
-            if step >= total:
-                break
-        epoch_end = getattr(loss_fn, "epoch_end", None)  # only some losses keep per-epoch state
-        if epoch_end is not None:
-            epoch_end(model)
-
-    model.eval()
-    final = {k: _logits(model, x[k], binary) for k in ("train", "val", "test")}
-    last_state = model.state_dict()
-    assert best_state is not None  # the last step is always evaluated, and any accuracy beats -1
-    model.load_state_dict(best_state)
-    early = {k: _logits(model, x[k], binary) for k in ("train", "val", "test")}
-    model.load_state_dict(last_state)
+    method = METHODS[job.methods[0]]
+    context = LossContext(ds.num_classes, job.noise_kind, rate)
+    candidates = [_train_one(job, ds, x, y, wd, context) for wd in (method.weight_decays or (cfg.weight_decay,))]
+    # Weight decay chosen on the early-stopped checkpoint's accuracy on the validation labels a user has.
+    trained = max(candidates, key=lambda t: M.accuracy(t.checkpoints["es_"]["val"], y["val_noisy"]))
+    final = trained.checkpoints[""]
+    failure = failure_reason(trained.curves, final, ds.num_classes)
+    model = trained.model
     projection = None
     if (
         job.noise_level == 0
         and job.seed == 0
+        and job.train_fraction == 1
         and not binary
         and ds.num_classes >= 3
         and isinstance(model, torch.nn.Sequential)
     ):
         projection = penultimate_projection(model, x["val"], y["val"])
 
+    n = len(clean)
     n_flipped = int(flipped.sum())
+    curves, total, per_epoch = trained.curves, trained.total, trained.per_epoch
     accs = curves["train_accuracy"]
     fifth = max(0, round(0.8 * len(accs)) - 1)
+    gain = accs[-1] - accs[fifth]
     shared = {
         "dataset": job.dataset,
         "parent_dataset": ds.parent,
@@ -379,6 +510,7 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
         "noise_kind": job.noise_kind,
         "noise_level": job.noise_level,
         "noise_rate": rate,
+        "train_fraction": job.train_fraction,
         "seed": job.seed,
         "num_classes": ds.num_classes,
         "binary": binary,
@@ -386,12 +518,20 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
         "realized_noise_rate": n_flipped / n,
         "steps": total,
         "epochs": round(total / per_epoch, 3),
-        "es_step": best_step,
-        "es_epoch": round(best_step / per_epoch, 3),
+        "es_step": trained.es_step,
+        "es_epoch": round(trained.es_step / per_epoch, 3),
+        "oracle_es_step": trained.oracle_es_step,
+        # The chosen step at the first evaluation point: the grid may have cut the optimum off.
+        "es_at_first_point": trained.es_step == curves["step"][0],
+        "weight_decay": trained.weight_decay,
+        "weight_decays_tried": [t.weight_decay for t in candidates],
+        "warmup_steps": round(method.warmup * total),
         # Convergence check of the budget: how much the accuracy on the labels trained on still rose
         # over the last fifth of the steps (the loss itself keeps falling towards its floor).
         "train_loss_final": curves["train_loss"][-1],
-        "train_accuracy_gain_last_fifth": accs[-1] - accs[fifth],
+        "train_accuracy_gain_last_fifth": gain,
+        "converged": bool(gain <= CONVERGENCE_GAIN),
+        "failure": failure,
         "curves": curves,
         "splits": splits.info,
         "train_seconds": time.perf_counter() - start,
@@ -403,24 +543,25 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
             "noise_kind": job.noise_kind,
             "noise_level": job.noise_level,
             "noise_rate": rate,
+            "train_fraction": job.train_fraction,
             "seed": job.seed,
             "model": "cnn" if ds.is_image else "mlp",
             "optimizer": "adam",
-            "early_stopping": "best validation accuracy (clean labels)",
+            "early_stopping": "best validation accuracy on the validation labels a user has (noisy under noise)",
             "fingerprint": cfg.fingerprint(),
         },
     }
 
-    labels = {"test": y["test"], "val": y["val"], "clean": y["clean"], "noisy": y["noisy"]}
+    labels = {"test": y["test"], "val": y["val"], "val_noisy": y["val_noisy"], "clean": y["clean"], "noisy": y["noisy"]}
     records: list[S.Record] = []
     arrays: dict[str, dict[str, np.ndarray]] = {}
     for name in job.methods:
-        method = METHODS[name]
+        meth = METHODS[name]
         record: S.Record = {"key": job.key(name), "method": name, **shared}
-        for prefix, logits in (("", final), ("es_", early)):
-            if method.posthoc is not None:
-                fit_labels = y["val_noisy"] if method.posthoc_labels == "noisy" else y["val"]
-                transform, extra = method.posthoc(logits["val"], fit_labels)
+        for prefix, logits in trained.checkpoints.items():
+            if meth.posthoc is not None:
+                fit_labels = y["val_noisy"] if meth.posthoc_labels == "noisy" else y["val"]
+                transform, extra = meth.posthoc(logits["val"], fit_labels)
                 logits = {**logits, "val": transform(logits["val"]), "test": transform(logits["test"])}
                 record.update({prefix + k: v for k, v in extra.items()})
             record.update(_checkpoint_fields(prefix, logits, labels, flipped, noisy, clean))
@@ -429,7 +570,7 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
                     "probs": M.probabilities(logits["test"]).cpu().numpy(),
                     "labels": splits.y_test,
                 }
-        if projection is not None and method.posthoc is None:
+        if projection is not None and meth.posthoc is None:
             arrays[record["key"]].update(proj=projection[0], proj_labels=projection[1])
             record["has_projection"] = True
         records.append(record)
