@@ -49,6 +49,7 @@ from labelsmooth.study.methods import HEADLINE_EPS, METHODS, matched_eps, top_ta
 from labelsmooth.study.stats import CLEAN, Estimate, Noise, Variant
 
 __all__ = [
+    "BIN_METRICS",
     "CLAIMS",
     "FAMILIES",
     "HEADLINE_EPS",
@@ -57,6 +58,8 @@ __all__ = [
     "binary_comparison",
     "claim_paragraphs",
     "effect_sizes",
+    "k_effect",
+    "ksweep_groups",
     "study_verdicts",
     "tolerance",
     "verdict",
@@ -589,7 +592,8 @@ def _ci(d: Estimate | None) -> str:
 
 # ----------------------------------------------------------------------------- claim 4: binary
 
-_BIN_METRICS = (("ece", "ECE", -1.0), ("test_accuracy", "test accuracy", 1.0), ("nll", "NLL", -1.0))
+#: Claim 4's metrics: (field, title, sign that makes a benefit positive).
+BIN_METRICS = (("ece", "ECE", -1.0), ("test_accuracy", "test accuracy", 1.0), ("nll", "NLL", -1.0))
 
 
 def effect_sizes(records: Sequence[S.Record], variant: Variant, noise: Noise) -> dict[str, dict[str, Estimate | None]]:
@@ -602,7 +606,7 @@ def effect_sizes(records: Sequence[S.Record], variant: Variant, noise: Noise) ->
     if base is None:
         return {}
     return {
-        ds: {m: S.paired_difference(records, ds, variant, base, noise, m) for m, _, _ in _BIN_METRICS}
+        ds: {m: S.paired_difference(records, ds, variant, base, noise, m) for m, _, _ in BIN_METRICS}
         for ds in S.datasets(records)
     }
 
@@ -621,7 +625,7 @@ def _benefit(records: Sequence[S.Record], ds: str, eps: float, metric: str, sign
     return out
 
 
-def _ksweep_groups(records: Sequence[S.Record]) -> dict[str, dict[int, list[str]]]:
+def ksweep_groups(records: Sequence[S.Record]) -> dict[str, dict[int, list[str]]]:
     """K-sweep tasks by base dataset and K: ``{"mnist1d": {2: ["mnist1d:k2s0", ...], ...}}``."""
     out: dict[str, dict[int, list[str]]] = {}
     for ds in S.datasets(records):
@@ -632,7 +636,7 @@ def _ksweep_groups(records: Sequence[S.Record]) -> dict[str, dict[int, list[str]
     return out
 
 
-def _k_effect(
+def k_effect(
     records: Sequence[S.Record], tasks: Sequence[str], eps_of: Callable[[int], float], metric: str, sign: float, k: int
 ) -> dict[int, float]:
     """Per seed, the benefit averaged over the class subsets of one K (tasks with a value at that seed)."""
@@ -674,9 +678,9 @@ def binary_comparison(
     Returns:
         A :class:`BinaryComparison`.
     """
-    sign = next(s for m, _, s in _BIN_METRICS if m == metric)
-    vb = _k_effect(records, binary_tasks, lambda k: eps_binary, metric, sign, 2)
-    vm = _k_effect(records, multi_tasks, lambda k: eps_multi, metric, sign, 10)
+    sign = next(s for m, _, s in BIN_METRICS if m == metric)
+    vb = k_effect(records, binary_tasks, lambda k: eps_binary, metric, sign, 2)
+    vm = k_effect(records, multi_tasks, lambda k: eps_multi, metric, sign, 10)
     return BinaryComparison(
         metric, S.estimate(vb.values()), S.estimate(vm.values()), tuple(vm.values()), tuple(vb.values())
     )
@@ -695,17 +699,17 @@ def _binary(c: _Collect) -> list[str]:
     if head is None:
         return ["Not measured: no smoothed model."]
     eps = head[1]
-    for base_ds, by_k in _ksweep_groups(c.records).items():
+    for base_ds, by_k in ksweep_groups(c.records).items():
         if 2 not in by_k or 10 not in by_k:
             continue
         n_test = c.n_test(by_k[2][0])
         rows = []
         for k in sorted(by_k):
             cells = []
-            for metric, title, sign in _BIN_METRICS:
-                same = S.estimate(_k_effect(c.records, by_k[k], lambda _k: eps, metric, sign, k).values())
+            for metric, title, sign in BIN_METRICS:
+                same = S.estimate(k_effect(c.records, by_k[k], lambda _k: eps, metric, sign, k).values())
                 matched = S.estimate(
-                    _k_effect(c.records, by_k[k], lambda kk: matched_eps(eps, kk), metric, sign, k).values()
+                    k_effect(c.records, by_k[k], lambda kk: matched_eps(eps, kk), metric, sign, k).values()
                 )
                 cells.append(
                     f"{title} {_f(same.mean if same else None)} at eps {eps:g}, "
@@ -720,7 +724,7 @@ def _binary(c: _Collect) -> list[str]:
             (f"same eps ({eps:g})", eps),
             (f"same top target ({top_target(eps, 10):.3f}: eps {matched_eps(eps, 2):g} binary)", matched_eps(eps, 2)),
         ):
-            for metric, title, _sign in _BIN_METRICS:
+            for metric, title, _sign in BIN_METRICS:
                 bc = binary_comparison(c.records, by_k[2], by_k[10], eps_b, eps, metric)
                 mark = c.add(
                     "binary",
@@ -751,7 +755,7 @@ def _binary(c: _Collect) -> list[str]:
             continue
         text = f"{bds} vs {mds} (a binary task carved from the 10-class data, not size-matched):"
         for label, eps_b in ((f"same eps ({eps:g})", eps), ("same top target", matched_eps(eps, 2))):
-            for metric, title, _sign in _BIN_METRICS:
+            for metric, title, _sign in BIN_METRICS:
                 bc = binary_comparison(c.records, [bds], [mds], eps_b, eps, metric)
                 if not bc.values_binary:
                     continue

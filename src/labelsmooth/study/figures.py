@@ -25,10 +25,12 @@ if TYPE_CHECKING:
 __all__ = [
     "accuracy_vs_noise",
     "effect_size_figure",
+    "ksweep_figure",
     "learning_curves",
     "metric_vs_eps",
     "projection_figure",
     "reliability_grid",
+    "size_sweep_figure",
 ]
 
 #: ``load(record) -> (probs, labels)`` for a record's saved test predictions.
@@ -313,6 +315,71 @@ def effect_size_figure(records: Sequence[S.Record]) -> Figure:
         ax.grid(alpha=0.3, axis="y")
     _figure_legend(fig, axes)
     fig.suptitle("Effect of smoothing vs ce, paired by seed (clean labels); hatched = binary")
+    return fig
+
+
+def ksweep_figure(records: Sequence[S.Record]) -> Figure | None:
+    """Claim 4 against the number of classes: smoothing's benefit over ce (signed, positive = better)
+    on the K-sweep tasks (``BASE:kKsS``), per K averaged over the class subsets, at the headline eps
+    and at the eps of the same smoothed top target. One panel per metric and base dataset; error bars
+    are 95% t-intervals over seeds. ``None`` without K-sweep tasks."""
+    from labelsmooth.study.claims import BIN_METRICS, k_effect, ksweep_groups
+    from labelsmooth.study.methods import matched_eps
+
+    groups = ksweep_groups(records)
+    if not groups:
+        return None
+    panels = [(base, m) for base in groups for m in BIN_METRICS]
+    fig, axes = _grid(len(panels), 4.6, 3.4)
+    for ax, (base, (metric, title, sign)) in zip(axes, panels, strict=True):
+        ks = sorted(groups[base])
+        for label, eps_of, style in (
+            (f"same eps ({HEADLINE_EPS:g})", lambda k: HEADLINE_EPS, "-o"),
+            ("same top target", lambda k: matched_eps(HEADLINE_EPS, k), "--s"),
+        ):
+            est = [S.estimate(k_effect(records, groups[base][k], eps_of, metric, sign, k).values()) for k in ks]
+            xs = [k for k, e in zip(ks, est, strict=True) if e is not None]
+            ys = [e.mean for e in est if e is not None]
+            err = [_err(e) for e in est if e is not None]
+            ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=label)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(ks)
+        ax.set(title=f"{base}: {title}", xlabel="classes K", ylabel="benefit over ce (+ = better)")
+        ax.grid(alpha=0.3)
+    _figure_legend(fig, axes)
+    fig.suptitle("Smoothing's benefit vs the number of classes (tasks of equal size, clean labels)")
+    return fig
+
+
+def size_sweep_figure(records: Sequence[S.Record]) -> Figure | None:
+    """The overfitting claim's training-set-size sweep: test accuracy of ce and of smoothing (eps 0.1)
+    against the share of the training split, one panel per dataset (clean labels, last step, mean over
+    seeds with 95% t-intervals). ``None`` without a fraction below 1."""
+    fracs = sorted({float(r.get("train_fraction", 1.0)) for r in records})
+    base = S.baseline_variant(records)
+    if len(fracs) < 2 or base is None:
+        return None
+    dsets = [
+        ds for ds in S.datasets(records) if any(r.get("train_fraction", 1.0) < 1 for r in records if r["dataset"] == ds)
+    ]
+    fig, axes = _grid(len(dsets), 4.2, 3.4)
+    for ax, ds in zip(axes, dsets, strict=True):
+        head = min(S.smoothing_variants(records, ds), key=lambda v: (abs(v[1] - HEADLINE_EPS), v[1]), default=None)
+        for v in (base, head):
+            if v is None:
+                continue
+            est = [S.estimate(r.get("test_accuracy") for r in S.cell(records, ds, v, S.CLEAN, f)) for f in fracs]
+            xs = [f for f, e in zip(fracs, est, strict=True) if e is not None]
+            ax.errorbar(
+                xs, [e.mean for e in est if e], yerr=[_err(e) for e in est if e], fmt="-o", capsize=3, label=S.label(v)
+            )
+        ax.set_xscale("log")
+        ax.minorticks_off()  # only the measured fractions are labelled
+        ax.set_xticks(fracs, [f"{f:.0%}" for f in fracs])
+        ax.set(title=ds, xlabel="share of the training split", ylabel="test accuracy (last step)")
+        ax.grid(alpha=0.3)
+    _figure_legend(fig, axes)
+    fig.suptitle("Test accuracy vs training-set size (clean labels)")
     return fig
 
 
