@@ -167,7 +167,8 @@ def build_parser() -> _Parser:
     sub = parser.add_subparsers(dest="command", metavar="{study,bench}")
     sub.required = True
 
-    method_help = "; ".join(f"{m.name}: {m.label}" for m in METHODS.values())
+    # argparse %-formats help strings: a label's "50%" must reach it as "50%%".
+    method_help = "; ".join(f"{m.name}: {m.label}" for m in METHODS.values()).replace("%", "%%")
     study = sub.add_parser(
         "study",
         help="train small models with and without label smoothing and report the four claims",

@@ -187,7 +187,7 @@ def advice(verdicts: Sequence[V.Verdict]) -> list[str]:
                 f"{_list(_datasets_with(ts, 'contradicts'))} and worse on {_list(_datasets_with(ts, 'supports'))}"
             )
         out.append(line + ". Fit a temperature on your validation split before reaching for smoothing to calibrate.")
-    noise = pick("noise", "ls vs ce (eps on validation)")
+    noise = pick("noise", "ls (eps on validation) vs ce")
     if noise:
         n = len([v for v in noise if v.outcome != "withheld"])
         out.append(
