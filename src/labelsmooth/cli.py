@@ -37,6 +37,8 @@ class _Preset(TypedDict, total=False):
     seeds: int
     steps: int
     train_fractions: list[float]
+    lrs: list[float]
+    weight_decays: list[float]
 
 
 _KSWEEP = ["mnist1d:k2s0", "mnist1d:k2s1", "mnist1d:k3s0", "mnist1d:k3s1", "mnist1d:k5s0", "mnist1d:k5s1"]
@@ -278,6 +280,21 @@ def build_parser() -> _Parser:
         f"eps 0.1, clean labels). Default {','.join(map(str, DEFAULTS['train_fractions']))}",
     )
     study.add_argument(
+        "--lrs",
+        type=_float_list(0.0, 10.0, "learning rate"),
+        default=None,
+        metavar="A,B",
+        help="Adam learning rates ce chooses from on validation, per dataset and noise setting, before every "
+        "method trains with the chosen one (with --weight-decays; default: --lr alone, no choice)",
+    )
+    study.add_argument(
+        "--weight-decays",
+        type=_float_list(0.0, 1.0, "weight decay"),
+        default=None,
+        metavar="A,B",
+        help="Adam weight decays ce chooses from on validation together with --lrs (default: 0 alone)",
+    )
+    study.add_argument(
         "--full",
         action="store_true",
         help="the complete design: 10 seeds, nls eps -0.5 and -0.2, online smoothing, K-sweeps on digits and "
@@ -377,6 +394,10 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
     seeds: int = args.seeds if args.seeds is not None else preset["seeds"]
     steps: int = args.steps if args.steps is not None else preset["steps"]
     fractions: list[float] = args.train_fractions if args.train_fractions is not None else preset["train_fractions"]
+    lrs: list[float] = args.lrs if args.lrs is not None else preset.get("lrs", [])
+    wds: list[float] = args.weight_decays if args.weight_decays is not None else preset.get("weight_decays", [])
+    if any(lr <= 0 for lr in lrs):
+        study.error(f"argument --lrs: each learning rate must be positive, got {args.lrs}")
     if any(f <= 0 for f in fractions):
         study.error(f"argument --train-fractions: each fraction must be in (0, 1], got {args.train_fractions}")
     _check_eps_for_methods(study, methods, eps, defaulted=args.methods is None)
@@ -411,6 +432,8 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
         command=command,
         quick=bool(args.quick),
         train_fractions=sorted(set(fractions) | {1.0}),
+        lrs=lrs,
+        weight_decays=wds,
     )
 
 
@@ -466,8 +489,13 @@ def _canonical_command(args: argparse.Namespace, datasets: list[str], methods: l
     ):
         if value is not None:
             parts += [opt, str(value)]
-    if args.train_fractions is not None:
-        parts += ["--train-fractions", ",".join(f"{v:g}" for v in args.train_fractions)]
+    for opt, values in (
+        ("--train-fractions", args.train_fractions),
+        ("--lrs", args.lrs),
+        ("--weight-decays", args.weight_decays),
+    ):
+        if values is not None:
+            parts += [opt, ",".join(f"{v:g}" for v in values)]
     if args.quick:
         parts.append("--quick")
     if args.full:

@@ -507,6 +507,15 @@ def _header_lines(meta: dict[str, Any], records: Sequence[S.Record]) -> list[str
     cfg = meta.get("config", {})
     if cfg:
         lines.append("Training: " + ", ".join(f"{k}={_show(v)}" for k, v in cfg.items()))
+    hp = meta.get("hyperparameters") or {}
+    if hp:
+        lines.append(
+            "Learning rate and weight decay chosen on validation by ce (best mean early-stopped accuracy on the "
+            "noisy validation labels), then used by every method: "
+            + "; ".join(
+                f"{k.replace('|', ' ')}: lr {v['lr']:g}, weight decay {v['weight_decay']:g}" for k, v in hp.items()
+            )
+        )
     for ds, desc in meta.get("datasets", {}).items():
         lines.append(f"{ds}: {desc}")
     if meta.get("versions"):

@@ -78,6 +78,10 @@ class StudyConfig:
             add ce and ls at the headline eps, clean labels, on every dataset that is not carved).
         matched: on carved tasks (``BASE:AvB``, ``BASE:kKsS``) also train ls at the eps whose smoothed
             top target equals the headline eps's on the 10-class parent.
+        lrs, weight_decays: with more than one pair between them, ce is first trained at every
+            ``(lr, weight decay)`` pair, and each dataset and noise setting then trains every method with
+            the pair whose ce reached the best mean early-stopped accuracy on the noisy validation
+            labels (:func:`choose_hyperparameters`).
     """
 
     datasets: list[str]
@@ -95,6 +99,15 @@ class StudyConfig:
     quick: bool = False
     train_fractions: list[float] = field(default_factory=lambda: [1.0])
     matched: bool = True
+    lrs: list[float] = field(default_factory=list)
+    weight_decays: list[float] = field(default_factory=list)
+
+    def hp_grid(self) -> list[tuple[float, float]]:
+        """The ``(lr, weight decay)`` pairs ce chooses from on validation (empty: no choice, ``train``'s)."""
+        lrs = self.lrs or [self.train.lr]
+        wds = self.weight_decays or [self.train.weight_decay]
+        grid = [(float(lr), float(wd)) for lr in lrs for wd in wds]
+        return grid if len(grid) > 1 else []
 
     @property
     def noise_kinds(self) -> list[str]:
@@ -151,7 +164,9 @@ def _carved_eps(cfg: StudyConfig, num_classes: int | None) -> list[float]:
     return list(dict.fromkeys(out))
 
 
-def plan_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[Job]:
+def plan_jobs(
+    cfg: StudyConfig, binary: dict[str, bool] | None = None, hp: dict[tuple[str, str, float], TrainConfig] | None = None
+) -> list[Job]:
     """The trainings of a grid: one per dataset x noise setting x seed x distinct (loss, eps), plus the
     training-set-size sweep.
 
@@ -164,6 +179,8 @@ def plan_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[J
         cfg: the study configuration.
         binary: dataset name -> whether it has two classes (pair-flip noise is then skipped as a
             duplicate of symmetric noise); unknown datasets count as multiclass.
+        hp: ``(dataset, noise kind, noise level) -> TrainConfig`` chosen on validation
+            (:func:`choose_hyperparameters`); settings not in it train with ``cfg.train``.
 
     Returns:
         The jobs, in dataset, noise, seed, registry order; then the size sweep.
@@ -174,9 +191,11 @@ def plan_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[J
         train = replace(cfg.train, epochs=cfg.epochs[ds]) if ds in cfg.epochs else cfg.train
         carved = _carved(ds)
         k = _num_classes(ds, binary)
+        clean_train = (hp or {}).get((ds, "none", 0.0), train)
         for kind, level in noise_settings(cfg, ds):
             if kind == "pairflip" and binary.get(ds, False) and "symmetric" in cfg.noise_kinds:
                 continue
+            setting_train = (hp or {}).get((ds, kind, level), train)
             for seed in range(cfg.seeds):
                 shared: dict[tuple[str, float], list[str]] = {}
                 for name in cfg.methods:
@@ -189,7 +208,7 @@ def plan_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[J
                     for eps in values:
                         shared.setdefault((method.loss_id, float(eps)), []).append(name)
                 for (loss_id, eps), names in shared.items():
-                    jobs.append(Job(ds, loss_id, eps, kind, level, seed, tuple(names), train))
+                    jobs.append(Job(ds, loss_id, eps, kind, level, seed, tuple(names), setting_train))
         if carved or "ce" not in cfg.methods:
             continue
         head = _carved_eps(cfg, None)
@@ -197,10 +216,78 @@ def plan_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[J
             if frac >= 1:
                 continue
             for seed in range(cfg.seeds):
-                jobs.append(Job(ds, "ls", 0.0, "none", 0.0, seed, ("ce",), train, float(frac)))
+                jobs.append(Job(ds, "ls", 0.0, "none", 0.0, seed, ("ce",), clean_train, float(frac)))
                 if head and "ls" in cfg.methods:
-                    jobs.append(Job(ds, "ls", head[0], "none", 0.0, seed, ("ls",), train, float(frac)))
+                    jobs.append(Job(ds, "ls", head[0], "none", 0.0, seed, ("ls",), clean_train, float(frac)))
     return jobs
+
+
+def plan_hp_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[Job]:
+    """The ce trainings that choose the learning rate and weight decay: one per dataset x noise setting x
+    seed x ``(lr, weight decay)`` pair of :meth:`StudyConfig.hp_grid` (none without a grid)."""
+    grid = cfg.hp_grid()
+    if not grid or "ce" not in cfg.methods:
+        return []
+    probe = replace(cfg, methods=["ce"], train_fractions=[1.0])
+    jobs = []
+    for lr, wd in grid:
+        jobs += plan_jobs(replace(probe, train=replace(cfg.train, lr=lr, weight_decay=wd)), binary)
+    return jobs
+
+
+def choose_hyperparameters(
+    cfg: StudyConfig, records: dict[str, S.Record], binary: dict[str, bool] | None = None
+) -> tuple[dict[tuple[str, str, float], TrainConfig], dict[str, dict[str, float]]]:
+    """Per dataset and noise setting, the ``(lr, weight decay)`` pair whose ce training reached the highest
+    mean (over seeds) early-stopped accuracy on the noisy validation labels; the first pair of the grid
+    on ties. Only validation fields are read.
+
+    Returns:
+        ``({(dataset, kind, level): TrainConfig}, {"dataset|kind:level": {"lr", "weight_decay",
+        "val_accuracy_noisy"}})`` (the second for the report).
+    """
+    chosen: dict[tuple[str, str, float], TrainConfig] = {}
+    summary: dict[str, dict[str, float]] = {}
+    for job_set in _by_setting(plan_hp_jobs(cfg, binary)).values():
+        best: tuple[float, TrainConfig] | None = None
+        for config, jobs in job_set.items():
+            vals: list[float] = []
+            for j in jobs:
+                r = records.get(j.key("ce"))
+                if r is not None and not r.get("failure") and r.get("es_val_accuracy_noisy") is not None:
+                    vals.append(float(r["es_val_accuracy_noisy"]))
+            if len(vals) < len(jobs):
+                continue  # a pair with a missing or failed seed is not compared on fewer seeds
+            mean = float(np.mean(vals))
+            if best is None or mean > best[0]:
+                best = (mean, config)
+        if best is None:
+            continue
+        j = next(iter(job_set.values()))[0]
+        chosen[(j.dataset, j.noise_kind, j.noise_level)] = best[1]
+        summary[f"{j.dataset}|{j.noise_kind}:{j.noise_level:g}"] = {
+            "lr": best[1].lr,
+            "weight_decay": best[1].weight_decay,
+            "val_accuracy_noisy": best[0],
+        }
+    return chosen, summary
+
+
+def _by_setting(jobs: list[Job]) -> dict[tuple[str, str, float], dict[TrainConfig, list[Job]]]:
+    out: dict[tuple[str, str, float], dict[TrainConfig, list[Job]]] = {}
+    for j in jobs:
+        out.setdefault((j.dataset, j.noise_kind, j.noise_level), {}).setdefault(j.config, []).append(j)
+    return out
+
+
+def _pending(jobs: list[Job], store: ResultsStore) -> list[Job]:
+    """The jobs (narrowed to their unfinished methods) that still have something to train."""
+    out = []
+    for job in jobs:
+        missing = tuple(m for m in job.methods if not store.done(job.key(m)))
+        if missing:
+            out.append(replace(job, methods=missing))
+    return out
 
 
 def _num_classes(dataset: str, binary: dict[str, bool]) -> int | None:
@@ -379,26 +466,30 @@ def run_study(cfg: StudyConfig, console: Console | None = None, report: bool = T
     console = console or Console()
     start = time.perf_counter()
     store = ResultsStore(cfg.out)
-    jobs = plan_jobs(cfg, _binary_names(cfg))
+    binary = _binary_names(cfg)
+    failures: list[tuple[str, str]] = []
+    hp_jobs = plan_hp_jobs(cfg, binary)
+    hp: dict[tuple[str, str, float], TrainConfig] = {}
+    hp_summary: dict[str, dict[str, float]] = {}
+    trained = 0
+    if hp_jobs:
+        todo = _pending(hp_jobs, store)
+        console.print(
+            f"Choosing the learning rate and weight decay on validation: {len(hp_jobs)} ce trainings "
+            f"({len(hp_jobs) - len(todo)} already done)."
+        )
+        try:
+            trained += _train(cfg, store, todo, failures, console) if todo else 0
+        except KeyboardInterrupt:
+            raise StudyInterrupted(
+                f"Interrupted while choosing hyper-parameters; finished runs are saved in {store.path}. Resume with "
+                f"the same command: {cfg.command}"
+            ) from None
+        hp, hp_summary = choose_hyperparameters(cfg, store.records, binary)
+    jobs = plan_jobs(cfg, binary, hp)
     # Job is not a mapping: Job.keys() lists the result keys of its methods, and a Job is not iterable.
     planned_keys = [k for job in jobs for k in job.keys()]  # noqa: SIM118
-    pending: list[Job] = []
-    for job in jobs:
-        missing = tuple(m for m in job.methods if not store.done(job.key(m)))
-        if missing:
-            pending.append(
-                Job(
-                    job.dataset,
-                    job.loss_id,
-                    job.eps,
-                    job.noise_kind,
-                    job.noise_level,
-                    job.seed,
-                    missing,
-                    job.config,
-                    job.train_fraction,
-                )
-            )
+    pending = _pending(jobs, store)
     n_todo = sum(len(j.methods) for j in pending)
     skipped = len(planned_keys) - n_todo
     if skipped and n_todo:
@@ -406,12 +497,13 @@ def run_study(cfg: StudyConfig, console: Console | None = None, report: bool = T
     elif not n_todo:
         console.print(f"Nothing to train: all {len(planned_keys)} runs are already in {store.path}.")
 
-    failures: list[tuple[str, str]] = []
     html_path = md_path = None
     try:
-        trained = _train(cfg, store, pending, failures, console) if pending else 0
+        trained += _train(cfg, store, pending, failures, console) if pending else 0
         records = [store.records[k] for k in planned_keys if store.done(k)]
         meta = _meta(cfg, records, planned_keys)
+        if hp_summary:
+            meta["hyperparameters"] = hp_summary
 
         def same(m: dict[str, Any]) -> dict[str, Any]:
             return {k: v for k, v in m.items() if k not in ("created", "resources")}
@@ -562,6 +654,8 @@ def _meta(cfg: StudyConfig, records: list[S.Record], planned_keys: list[str]) ->
             "noise_kind": cfg.noise_kind,
             "noise_levels (fraction of breakdown rate)": cfg.noise,
             "train_fractions": cfg.train_fractions,
+            "lr grid": cfg.lrs or [t.lr],
+            "weight decay grid": cfg.weight_decays or [t.weight_decay],
             "eps": cfg.eps,
             "methods": cfg.methods,
         },
