@@ -52,6 +52,7 @@ DEFAULTS: _Preset = {
     "seeds": 5,
     "steps": 1000,
     "train_fractions": [0.1, 0.3, 1.0],
+    "lrs": [0.001, 0.003],
 }
 #: --full: the complete design (10 seeds, two negative eps, online smoothing, a K-sweep on digits too,
 #: three class subsets per K, and the binary tasks carved from the 10-class datasets).
@@ -78,6 +79,8 @@ FULL: _Preset = {
     "methods": ["ce", "ls", "nls", "ols", "fc", "fc-est", "focal", "ts", "ts-oracle", "ls+ts"],
     "eps": [-0.5, -0.2, 0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3],
     "seeds": 10,
+    "lrs": [0.001, 0.003, 0.01],
+    "weight_decays": [0.0, 0.0001],
 }
 #: --quick is a smoke test (does it run end to end?), not a measurement: 2 seeds, a short budget, and
 #: a report that says so and makes no verdicts.
@@ -89,6 +92,7 @@ QUICK: _Preset = {
     "seeds": 2,
     "steps": 100,
     "train_fractions": [0.3, 1.0],
+    "lrs": [],
 }
 
 
@@ -253,7 +257,9 @@ def build_parser() -> _Parser:
     study.add_argument(
         "--batch-size", type=_int_at_least(1), default=128, metavar="N", help="minibatch size (default 128)"
     )
-    study.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 0.003)")
+    study.add_argument(
+        "--lr", type=float, default=3e-3, help="Adam learning rate when --lrs offers no choice (default 0.003)"
+    )
     study.add_argument(
         "--hidden", type=str, default="128,128", metavar="W,W", help="MLP hidden widths (default 128,128)"
     )
@@ -285,14 +291,15 @@ def build_parser() -> _Parser:
         default=None,
         metavar="A,B",
         help="Adam learning rates ce chooses from on validation, per dataset and noise setting, before every "
-        "method trains with the chosen one (with --weight-decays; default: --lr alone, no choice)",
+        "method trains with the chosen one (with --weight-decays). Default 0.001,0.003 (--full: 0.001,0.003,0.01; "
+        "--quick: --lr alone, no choice)",
     )
     study.add_argument(
         "--weight-decays",
         type=_float_list(0.0, 1.0, "weight decay"),
         default=None,
         metavar="A,B",
-        help="Adam weight decays ce chooses from on validation together with --lrs (default: 0 alone)",
+        help="Adam weight decays ce chooses from on validation together with --lrs. Default 0 alone (--full: 0,0.0001)",
     )
     study.add_argument(
         "--full",
