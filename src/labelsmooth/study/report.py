@@ -423,6 +423,7 @@ def _preliminary(meta: dict[str, Any], records: Sequence[S.Record]) -> tuple[str
 
 #: The verdict marks of the claim paragraphs (``<<anchor>>``, see :func:`claim_paragraphs`).
 _ANCHOR = re.compile(r"<<([A-Za-z0-9-]+)>>")
+_HTML_ANCHOR = re.compile(r"&lt;&lt;([A-Za-z0-9-]+)&gt;&gt;")  # the same mark once the text is escaped
 
 
 def _html_paragraphs(text: str | Sequence[str]) -> str:
@@ -432,7 +433,7 @@ def _html_paragraphs(text: str | Sequence[str]) -> str:
     parts = list(text) if isinstance(text, (list, tuple)) else str(text).split("\n\n")
     return "".join(
         "<p>"
-        + _ANCHOR.sub(lambda m: f"<span class='v' id='{m.group(1)}'></span>", html.escape(str(p).strip()))
+        + _HTML_ANCHOR.sub(lambda m: f"<span class='v' id='{m.group(1)}'></span>", html.escape(str(p).strip()))
         + "</p>"
         for p in parts
         if str(p).strip()
