@@ -318,6 +318,12 @@ def failure_reason(
     return None
 
 
+def _warmup_steps(share: float, total: int) -> int:
+    # At least one step when a method warms up: a loss that learns from the warm-up (the estimated
+    # forward correction) is prepared at its end, and round(0.5 * 1) == 0 would never prepare it.
+    return min(total, max(1, round(share * total))) if share > 0 else 0
+
+
 @dataclass
 class _Trained:
     """One trained model: its checkpoints' logits, curves and bookkeeping."""
@@ -357,7 +363,7 @@ def _train_one(
     n = len(y["noisy"])
     per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.total_steps(n)
-    warm_steps = round(method.warmup * total)
+    warm_steps = _warmup_steps(method.warmup, total)
     warm_fn = label_smoothing_loss(0.0, binary).to(device) if warm_steps else None
     eval_at = _curve_steps(total, cfg.curve_points)
     keys = (
@@ -525,7 +531,7 @@ def run_job(job: Job, ds: Dataset) -> JobResult:
         "es_at_first_point": trained.es_step == curves["step"][0],
         "weight_decay": trained.weight_decay,
         "weight_decays_tried": [t.weight_decay for t in candidates],
-        "warmup_steps": round(method.warmup * total),
+        "warmup_steps": _warmup_steps(method.warmup, total),
         # Convergence check of the budget: how much the accuracy on the labels trained on still rose
         # over the last fifth of the steps (the loss itself keeps falling towards its floor).
         "train_loss_final": curves["train_loss"][-1],
