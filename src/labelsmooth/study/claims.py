@@ -220,6 +220,7 @@ class _Collect:
         values_b: Sequence[float] | None = None,
         note: str = "",
         tol_metric: str | None = None,
+        tol_dataset: str | None = None,
     ) -> str:
         """Record a verdict; return the marker its sentence carries until the numbers are adjusted."""
         v = V.Verdict(
@@ -232,7 +233,7 @@ class _Collect:
             falsified_by=falsified_by,
             values=tuple(float(x) for x in values),
             values_b=None if values_b is None else tuple(float(x) for x in values_b),
-            tolerance=tolerance(tol_metric or metric, self.n_test(ds.split(" vs ")[0])),
+            tolerance=tolerance(tol_metric or metric, self.n_test(tol_dataset or ds)),
             smoke=self.smoke,
             note=note,
             anchor=_anchor(claim, ds, setting, metric, question),
@@ -736,6 +737,7 @@ def _binary(c: _Collect) -> list[str]:
                     f"the binary task's benefit clearly larger than the 10-class task's ({title})",
                     bc.values_multi,
                     bc.values_binary,
+                    tol_dataset=by_k[2][0],
                 )
                 text += _sentence(mark, f"At the {label}, {title}: 10-class minus binary benefit")
         out.append(
@@ -769,6 +771,7 @@ def _binary(c: _Collect) -> list[str]:
                     f"the binary task's benefit clearly larger than the 10-class task's ({title})",
                     bc.values_multi,
                     bc.values_binary,
+                    tol_dataset=bds,
                 )
                 text += _sentence(mark, f"at the {label}, {title}")
         out.append(text + c.basis(bds, c.base, CLEAN, "eps fixed in advance"))
