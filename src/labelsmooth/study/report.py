@@ -187,6 +187,7 @@ table.grid a { color: inherit; text-decoration: none; }
 .same { background: #eeeeee; } .none { background: #fafafa; }
 span.sup, span.con { padding: 0 0.3em; }
 h3.grid { margin-bottom: 0.2em; }
+ul.defs { font-size: 0.85em; color: #444; margin-top: 0.3em; }
 span.v:target + * , span.v:target { outline: 2px solid #4a6fa5; }
 """
 
@@ -480,7 +481,16 @@ def _verdict_grid(verdicts: Sequence[V.Verdict], smoke: bool) -> str:
                 link = f"<a href='#{cell.anchor}'>{html.escape(cell.text())}</a>"
                 h.append(f"<td class='{cls}' title='{tip}'>{link}</td>")
             h.append("</tr>")
-        h.append("</table>")
+        h.append("</table><ul class='defs'>")
+        seen: dict[tuple[str, str], V.Verdict] = {}
+        for v in vs:
+            seen.setdefault((v.question, v.metric), v)
+        for (question, metric), v in seen.items():
+            h.append(
+                f"<li><b>{html.escape(f'{question}, {metric}')}</b>: measures {html.escape(v.measures)}; "
+                f"falsified by {html.escape(v.falsified_by)}.</li>"
+            )
+        h.append("</ul>")
     if not smoke:
         h.append("<h3>What this means for your data</h3><ul>")
         h += [f"<li>{html.escape(a)}</li>" for a in advice(verdicts)]
