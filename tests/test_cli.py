@@ -22,7 +22,9 @@ pytest.importorskip("matplotlib")
 from labelsmooth.cli import main
 from labelsmooth.study.claims import CLAIMS
 
-TINY = ["--steps", "4", "--hidden", "16", "--workers", "1"]
+# One learning rate (no choice on validation) and the whole training split (no size sweep): the tests
+# below count runs of the grid they name.
+TINY = ["--steps", "4", "--hidden", "16", "--workers", "1", "--lrs", "0.003", "--train-fractions", "1"]
 FIELDS = (
     "dataset",
     "method",
@@ -133,7 +135,12 @@ def test_study_end_to_end_then_resume_trains_nothing(tmp_path, capsys):
     assert first["wall_s"] > 0 and first["cpu_s"] >= first["cpu_user_s"] > 0.5
     assert first["cpu_s"] == pytest.approx(first["cpu_user_s"] + first["cpu_system_s"], abs=0.11)
     assert first["load_average_start"] is None or len(first["load_average_start"]) == 3
-    assert "| dataset | n_test | ECE ce |" in (out / "findings.md").read_text()
+    findings = (out / "findings.md").read_text()
+    # Two seeds: the verdict tables list every comparison, each withheld.
+    assert "| dataset | setting | metric | comparison |" in findings and "| no verdict |" in findings
+    assert "| supports the claim |" not in findings and "| contradicts the claim |" not in findings
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    assert verdicts["meta"]["n_seeds"] == 2 and {v["outcome"] for v in verdicts["verdicts"]} <= {"withheld", "unknown"}
     md = (out / "summary.md").read_text()
     assert "| dataset | noise | method | seeds |" in md and "Label smoothing improves calibration" in md
     assert "digits, clean labels" in md
@@ -212,6 +219,10 @@ def test_sigkill_mid_run_leaves_valid_results_and_rerun_completes(tmp_path):
         "--hidden",
         "16",
         "--workers",
+        "1",
+        "--lrs",
+        "0.003",
+        "--train-fractions",
         "1",
         "--no-report",
         "--out",
@@ -414,9 +425,66 @@ def test_python_dash_m_and_help():
         "--epochs",
         "--out",
         "--quick",
+        "--full",
+        "--train-fractions",
         "--workers",
         "--device",
         "--data-dir",
     ):
         assert opt in res.stdout
     assert "ts:" in res.stdout and "ls:" in res.stdout  # the method registry is listed
+    assert "fc-est:" in res.stdout and "ts-oracle:" in res.stdout and "ts-noisyval" not in res.stdout
+
+
+def test_full_and_quick_are_mutually_exclusive(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "--full", "--quick", "--out", str(tmp_path / "never")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err.strip().splitlines()[-1] == "labelsmooth study: error: argument --full: not allowed with argument --quick"
+    )
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "0.3,0", "1.5", "-0.1", "x"])
+def test_train_fractions_outside_zero_one_are_refused(capsys, tmp_path, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "--train-fractions", value, "--out", str(tmp_path / "never")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --train-fractions" in err and "Traceback" not in err, err
+    assert not (tmp_path / "never").exists()
+
+
+def _resolved(tmp_path, *args):
+    from labelsmooth.cli import _resolve, build_parser
+
+    parser = build_parser()
+    return _resolve(parser.parse_args(["study", "--out", str(tmp_path / "out"), *args]), parser)
+
+
+def test_presets_are_what_the_study_runs(tmp_path):
+    from labelsmooth.cli import DEFAULTS, FULL, QUICK
+
+    def check(cfg, preset):
+        assert cfg.datasets == preset["datasets"] and cfg.methods == preset["methods"]
+        assert cfg.eps == preset["eps"] and cfg.noise == preset["noise"] and cfg.seeds == preset["seeds"]
+        assert cfg.noise_kind == preset["noise_kind"] and cfg.train.steps == preset["steps"]
+        assert cfg.train_fractions == sorted(set(preset["train_fractions"]) | {1.0})
+        assert cfg.lrs == preset.get("lrs", []) and cfg.weight_decays == preset.get("weight_decays", [])
+        assert cfg.train.hidden == (128, 128) and cfg.train.lr == 3e-3
+
+    default = _resolved(tmp_path)
+    check(default, DEFAULTS)
+    assert not default.quick
+    check(_resolved(tmp_path, "--full"), {**DEFAULTS, **FULL})
+    quick = _resolved(tmp_path, "--quick")
+    check(quick, {**DEFAULTS, **QUICK})
+    assert quick.quick
+    # An explicit option overrides the preset; the whole training split is always in the sweep.
+    cfg = _resolved(tmp_path, "--full", "--seeds", "3", "--train-fractions", "0.5")
+    assert cfg.seeds == 3 and cfg.datasets == FULL["datasets"] and cfg.train_fractions == [0.5, 1.0]
+    # The K-sweep tasks of the default grid are the same size for every K, and K = 10 is among them.
+    ks = {int(d.split(":k")[1].split("s")[0]) for d in DEFAULTS["datasets"] if ":k" in d}
+    assert ks == {2, 3, 5, 10}
