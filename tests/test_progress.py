@@ -125,6 +125,10 @@ def test_study_with_output_redirected_to_a_file_prints_progress_lines(tmp_path):
         "4",
         "--hidden",
         "16",
+        "--lrs",  # one learning rate and the whole training split: exactly the 4 runs counted below
+        "0.003",
+        "--train-fractions",
+        "1",
         "--workers",
         "1",
         "--no-report",

@@ -152,6 +152,10 @@ def test_study_runs_end_to_end_on_cifar10_binary_files_with_augmentation(tmp_pat
         "32",
         "--lr",
         "0.01",
+        "--lrs",  # one learning rate: no choice on validation, no extra trainings to count
+        "0.01",
+        "--train-fractions",  # the whole training split only: no size sweep
+        "1",
         "--workers",
         "1",
         "--out",
