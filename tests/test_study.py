@@ -506,7 +506,7 @@ def test_torch_global_seed_is_what_run_job_sets():
     assert a == b
 
 
-@pytest.mark.parametrize("name", ["claims", "stats", "train", "methods", "metrics", "data", "findings"])
+@pytest.mark.parametrize("name", ["claims", "stats", "train", "methods", "metrics", "data", "findings", "verdicts"])
 def test_study_docstring_examples(name):
     import doctest
     import importlib

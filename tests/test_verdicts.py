@@ -489,3 +489,53 @@ def test_a_smoke_test_summary_says_so_and_withholds_every_verdict():
     summary = Fi.summary_markdown(vs, payload["meta"])
     assert "Smoke test (--quick)" in summary and "every verdict withheld" in summary
     assert "What this means for your data" not in summary
+
+
+def test_calibration_verdicts_choose_eps_on_validation_not_on_test():
+    # eps 0.3 has the better test ECE and NLL but the worse validation ones: it is never the one compared.
+    def grid(poison):
+        rng = np.random.default_rng(poison)
+        out = []
+        for r in calibration_grid():
+            out.append(r)
+            if r["method"] == "ls":
+                out.append(dict(r, label_smoothing=0.3, ece=0.001, nll=0.01, val_ece_noisy=0.5, val_nll_noisy=0.9))
+        if poison is not None:
+            out = [dict(r, ece=float(rng.random()), nll=float(rng.random())) for r in out]
+        return out
+
+    for recs in (grid(None), grid(0), grid(1)):
+        by = {(r["method"], r["label_smoothing"], r["seed"]): r for r in recs}
+        vs = C.study_verdicts(recs)
+        for metric in ("ece", "nll"):
+            (v,) = pick(vs, "calibration", "ls vs ce", metric)
+            want = [by[("ce", 0.0, s)][metric] - by[("ls", 0.1, s)][metric] for s in range(5)]
+            assert v.values == pytest.approx(want)
+
+
+def test_report_verdict_grid_links_every_cell_to_its_paragraph(tmp_path):
+    pytest.importorskip("matplotlib")
+    import re
+
+    from labelsmooth.study.report import write_report
+
+    recs = calibration_grid() + noise_grid()
+    verdicts = C.study_verdicts(recs)
+    anchors = [v.anchor for v in verdicts]
+    assert len(anchors) == len(set(anchors))  # one target per verdict
+    rng = np.random.default_rng(0)
+    probs, labels = rng.dirichlet(np.ones(10), 40), rng.integers(0, 10, 40)
+    html_path, md_path = write_report(recs, tmp_path, lambda r: (probs, labels), {"command": "c", "created": "t"})
+    html = html_path.read_text(encoding="utf-8")
+    links = re.findall(r"<td class='(\w+)'[^>]*><a href='#(v-[^']+)'>", html)
+    targets = set(re.findall(r"<span class='v' id='(v-[^']+)'></span>", html))
+    outcome = {v.anchor: v.outcome for v in verdicts}
+    css = {"supports": "sup", "contradicts": "con", "same": "same", "withheld": "none", "unknown": "none"}
+    shown = [v for v in verdicts if v.claim in C.CLAIMS]  # the grid shows the claims; comparators stay in the text
+    assert sorted(a for _, a in links) == sorted(v.anchor for v in shown)
+    assert all(a in targets for _, a in links)
+    assert all(cls == css[outcome[a]] for cls, a in links)
+    md = md_path.read_text(encoding="utf-8")
+    assert "<<" not in md and "What this means for your data" in md
+    saved = Fi.load_verdicts(json.loads((tmp_path / "verdicts.json").read_text(encoding="utf-8")))
+    assert saved == verdicts
