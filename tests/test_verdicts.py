@@ -14,6 +14,7 @@ stats = pytest.importorskip("scipy.stats")
 
 from labelsmooth.study import claims as C  # noqa: E402
 from labelsmooth.study import findings as Fi  # noqa: E402
+from labelsmooth.study import methods as Me  # noqa: E402
 from labelsmooth.study import verdicts as V  # noqa: E402
 
 # ----------------------------------------------------------------------------- multiplicity
@@ -539,3 +540,22 @@ def test_report_verdict_grid_links_every_cell_to_its_paragraph(tmp_path):
     assert "<<" not in md and "What this means for your data" in md
     saved = Fi.load_verdicts(json.loads((tmp_path / "verdicts.json").read_text(encoding="utf-8")))
     assert saved == verdicts
+
+
+def test_binary_headline_is_a_grid_value_not_a_carved_tasks_matched_eps():
+    # Grid eps 0.05 (no 0.1): the binary task also runs the matched eps 0.09, which lies closer to 0.1 but was
+    # never run on the 10-class task. The comparison is at the grid's headline, 0.05, and has values.
+    recs = []
+    for s in range(5):
+        recs.append(run("ce", 0.0, dataset="mnist1d:k10s0", seed=s))
+        recs.append(run("ls", 0.05, dataset="mnist1d:k10s0", seed=s, ece=0.01 + jit(s)))
+        recs.append(run("ce", 0.0, dataset="mnist1d:k2s0", seed=s, k=2))
+        recs.append(run("ls", 0.05, dataset="mnist1d:k2s0", seed=s, k=2, ece=0.028))
+        recs.append(run("ls", Me.matched_eps(0.05, 2), dataset="mnist1d:k2s0", seed=s, k=2, ece=0.025))
+    vs = [v for v in C.study_verdicts(recs) if v.claim == "binary" and v.metric == "ece"]
+    assert [v.setting.split(" (")[0] for v in vs] == ["same eps", "same top target"]
+    assert vs[0].setting == "same eps (0.05)" and f"eps {Me.matched_eps(0.05, 2):g} binary" in vs[1].setting
+    assert vs[0].values == pytest.approx([0.02 - jit(s) for s in range(5)]) and vs[0].values_b == pytest.approx(
+        [0.002] * 5
+    )
+    assert vs[1].values_b == pytest.approx([0.005] * 5)
