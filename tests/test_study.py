@@ -620,6 +620,9 @@ def test_carved_tasks_train_ls_at_the_headline_and_the_matched_eps():
         extra = want[k]
         assert eps == pytest.approx(sorted([0.1] + ([] if extra is None else [extra]))), ds
         assert all(j.train_fraction == 1 for j in mine)
+    # A carved BASE:AvB task is binary whether or not the caller's map says so.
+    alone = plan_jobs(StudyConfig(["digits:3v8"], ["ce", "ls"], [0, 0.1], [0], seeds=1))
+    assert sorted(j.eps for j in alone if j.methods == ("ls",)) == pytest.approx([0.1, want[2]])
     # Without the matched eps: the headline alone.
     plain = plan_jobs(replace(cfg, matched=False), {"mnist1d:k2s0": True})
     assert {j.eps for j in plain if j.dataset == "mnist1d:k2s0" and j.methods == ("ls",)} == {0.1}

@@ -291,10 +291,10 @@ def _pending(jobs: list[Job], store: ResultsStore) -> list[Job]:
 
 
 def _num_classes(dataset: str, binary: dict[str, bool]) -> int | None:
-    # Known without loading: a K-sweep task names its K, a binary one has 2, the built-ins have 10.
+    # Known without loading: a K-sweep task names its K, a binary one (BASE:AvB) has 2, the built-ins 10.
     if is_ksweep(dataset):
         return int(dataset.partition(":")[2][1:].partition("s")[0])
-    if binary.get(dataset, False):
+    if binary.get(dataset, False) or _carved(dataset):  # BASE:AvB is two classes, whatever the map says
         return 2
     return 10 if dataset.partition(":")[0] in ("digits", "mnist1d") else None
 
