@@ -245,8 +245,12 @@ def cell(
 
 
 def failed_count(records: Sequence[Record], dataset: str, noise: Noise) -> int:
-    """How many records of one dataset and noise setting :func:`excluded` leaves out."""
-    return sum(1 for r in records if r["dataset"] == dataset and _noise(r) == tuple(noise) and excluded(r))
+    """How many trainings of one dataset and noise setting diverged or collapsed (``failure`` set).
+
+    A temperature fit at its bound is left out too (:func:`excluded`) but is no failed training: the
+    text that uses the temperature says so itself (:func:`temperature_at_bound`).
+    """
+    return sum(1 for r in records if r["dataset"] == dataset and _noise(r) == tuple(noise) and r.get("failure"))
 
 
 def temperature_at_bound(cell_records: Sequence[Record]) -> int:
