@@ -7,7 +7,14 @@ Contenders, all computing d loss / d input and d loss / d linear_weight:
 * torch chunked, eps=0: ``F.linear_cross_entropy(..., options=LinearCrossEntropyOptions())``, the best
   torch can do, without smoothing;
 * ls, eps=0.1 and eps=0: ``labelsmooth.linear_cross_entropy`` (default chunk size);
-* on CUDA, Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss(label_smoothing=0.1)`` when installed.
+* on CUDA: ls with ``accumulation_dtype`` = the weight's dtype (no float32 copy of dW, Liger's
+  memory); Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss`` at eps=0.1 and eps=0 when installed
+  (``pip install liger-kernel --no-deps``); Apple's Cut Cross-Entropy
+  (``cut_cross_entropy.linear_cross_entropy``, eps=0: it has no label smoothing) when it installs
+  (``pip install cut-cross-entropy --no-deps``).
+
+On CUDA the table ends with the issue's targets: labelsmooth's time against Liger's and its peak
+memory against Cut Cross-Entropy's (both at eps=0, and eps=0.1 against Liger).
 
 Timing: every contender in the same process on the same inputs, alternating order over rounds,
 medians (min and max beside them); on CPU memory is primed before each timed call as in
@@ -47,13 +54,42 @@ def contenders(device: str) -> dict:
         "ls, eps=0": lambda x, w, y: ls.linear_cross_entropy(x, w, y),
     }
     if device == "cuda":
+        out["ls, eps=0, dW accumulated in the weight's dtype"] = lambda x, w, y: ls.linear_cross_entropy(
+            x, w, y, accumulation_dtype=w.dtype)
         try:
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
         except ImportError:
             pass
         else:
             liger = LigerFusedLinearCrossEntropyLoss(label_smoothing=EPS)
+            liger0 = LigerFusedLinearCrossEntropyLoss()
             out["liger, eps=0.1"] = lambda x, w, y: liger(w, x, y)  # Liger takes the weight first
+            out["liger, eps=0"] = lambda x, w, y: liger0(w, x, y)
+        try:
+            from cut_cross_entropy import linear_cross_entropy as cce
+        except ImportError:
+            pass
+        else:
+            out["cut-cross-entropy, eps=0"] = lambda x, w, y: cce(x, w, y)
+    return out
+
+
+def targets(times: dict[str, list[float]], mem: dict[str, float | None]) -> list[str]:
+    """The issue's GPU targets, where both sides were measured: time <= Liger's, peak <= 1.1x CCE's."""
+    out = []
+
+    def med(name: str) -> float | None:
+        return statistics.median(times[name]) if name in times else None
+
+    for ours, theirs in (("ls, eps=0", "liger, eps=0"), ("ls, eps=0.1", "liger, eps=0.1")):
+        a, b = med(ours), med(theirs)
+        if a and b:
+            out.append(f"* time, {ours} / {theirs}: {a / b:.2f} (target <= 1.00: {'met' if a <= b else 'NOT met'})")
+    for ours in ("ls, eps=0", "ls, eps=0, dW accumulated in the weight's dtype"):
+        a, b = mem.get(ours), mem.get("cut-cross-entropy, eps=0")
+        if a and b:
+            ok = "met" if a <= 1.1 * b else "NOT met"
+            out.append(f"* peak memory, {ours} / cut-cross-entropy: {a / b:.2f} (target <= 1.10: {ok})")
     return out
 
 
@@ -186,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {med * 1e3:.0f} | {min(times[name]) * 1e3:.0f} | {max(times[name]) * 1e3:.0f} | "
                      f"{med / base_t:.2f}x | {statistics.median(cpu_times[name]):.2f} | "
                      f"{statistics.median(cpu_times[name]) / base_c:.2f}x | {mtxt} | {mratio} |")
+    if args.device == "cuda":
+        lines += ["", "Targets (issue 18):"] + (targets(times, mem) or ["* no peer measured (not installed)"])
     text = "\n".join(lines)
     print(text)
     if args.markdown:

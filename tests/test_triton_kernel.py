@@ -299,7 +299,12 @@ def test_row_layout():
     assert triton_ce._row_layout(2, 8192, 128256) == dict(VEC=8, SHIFT=False)
     assert triton_ce._row_layout(2, 8192, 50257, 50257) == dict(VEC=8, SHIFT=True, G_ALIGNED=True)
     assert triton_ce._row_layout(4, 8192, 50257, 50260) == dict(VEC=4, SHIFT=True, G_ALIGNED=False)
+    # A stride of 1000 is a multiple of 8 but Triton only knows multiples of 16: shifted (a0 = 0).
+    assert triton_ce._row_layout(2, 1024, 1000) == dict(VEC=8, SHIFT=True)
     assert triton_ce._row_layout(4, 2, 3) == dict(VEC=1, SHIFT=False)  # a block of 2: scalar vectors
+    # Shifted rows with extra operands get half the tile again.
+    assert triton_ce._launch_config(50257, 2, True, None, None, None, heavy_shifted=True) == (1, 2048, 8)
+    assert triton_ce._launch_config(50257, 4, False, None, None, None, heavy_shifted=True) == (4, 1024, 8)
 
 
 def test_default_configuration_runs():

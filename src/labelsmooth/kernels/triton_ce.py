@@ -15,8 +15,8 @@ with v_c = (eps / C) w_c for class-index targets and v_c = w_c ((1 - eps) t_c + 
 probability targets. A block is a [ITERS, LANES] tile whose reduction over ITERS stays inside each
 thread: the loop has no block-wide reduction and no barrier, so every warp streams on its own and the
 loads of some warps overlap the arithmetic of others. Only after the loop are the lanes folded into
-row values (max M, S = sum exp(x - M), log S, V, G). All blocks but a row's last are full and run
-without masks; only the last one pays for them. It stores the row's loss and, when a gradient will be
+row values (max M, S = sum exp(x - M), log S, V, G). The blocks of a row's aligned body (below) are
+full and run without masks; only the last two pay for them. It stores the row's loss and, when a gradient will be
 wanted, 16 bytes of statistics: M, S, S - 1 and coef = T + V + 2 z lse (d loss / d log S).
 
 The backward kernel (pass 2, gradient) re-reads the row and writes
@@ -30,17 +30,27 @@ whole N x C array has passed through the cache since forward read it. Within one
 reads x at an offset before it writes the gradient at that same offset, and the target logit is read
 before the row is written, so
 ``grad`` may be the logits themselves (``inplace``). Why two kernels rather than one that writes the
-gradient during forward: docs/kernels.md, "The Triton backend's design".
+gradient during forward: docs/kernels.md, "The Triton backend's design". Callers that always want the
+gradient (the fused linear loss, per chunk) get both passes in one launch instead: the forward kernel
+with WRITE_GRAD re-reads each row right after its statistics pass, while the row is likely still in L2,
+and writes its gradient (:func:`fused_ce`).
 
-Checked offline with Triton's sm_90 compiler and ptxas (no GPU was available to time it): no layout
-conversion (shared-memory round trip) inside either loop, <= 128 registers per thread without spills
-in every configuration, eight 16-byte loads (four with weights or probability targets) issued back
-to back per thread per iteration, and for bf16 index targets with smoothing and z-loss about 12
-instructions per element in pass 1 and 7 in pass 2 (a copy at full HBM bandwidth leaves room for
-about 25). A softcap costs a tanh per element in each pass (about 3x the instructions), so
-softcapped rows are compute-bound. Full-width vector access needs 16-byte aligned rows: a row
-stride (and C for the masked tail) divisible by 16 elements, which Triton detects by
-specialisation; other strides are correct but use narrower loads.
+Rows are read as an aligned body: column a0 of each row is the first at a 16-byte boundary (0 when
+the row stride is a multiple of a vector, as for C = 128256; any of 0..7 for bf16 rows of C = 50257),
+and the loops run from there in whole blocks without masks, then one block masked by whole vectors,
+then one edge block for the head (columns before a0) and the last partial vector, element by element.
+So the loops issue 16-byte loads and stores whatever C and the row stride are; only fewer than two
+vectors per row go element by element. Triton learns the alignment from ``tl.multiple_of`` on the row
+offset (true by construction of a0) and from the pointer's own specialisation.
+
+Compiled offline with Triton's sm_90 and sm_80 compilers and ptxas, for every configuration the
+wrappers launch (``labelsmooth.kernels.compile_check``, run by tests/test_triton_compile.py; no GPU
+was available to time the kernels): no spill, at most 128 registers per thread, so two programs of 8
+warps are resident per SM (the launch table's intent, see _WARPS), no layout conversion
+(shared-memory round trip) inside either loop, and 16-byte global loads in every row loop. A softcap
+costs a tanh per element in each pass (about 3x the instructions), so softcapped rows are
+compute-bound. Weights, a prior and probability targets are read at the shifted columns too: with
+16-byte vectors where the row stride is a multiple of 16 elements, narrower ones otherwise.
 
 Numerics (fp32 throughout, also for fp16/bf16 logits; the gradient is rounded once, at the store):
 
@@ -126,7 +136,9 @@ def _tanh(u):  # type: ignore[no-untyped-def]
     # Away from 0, (1 - e) / (1 + e) with e = exp(-2|u|) <= exp(-0.8) = 0.45: 1 - e >= 0.55, so no
     # cancellation; e -> 0 for large |u| gives exactly 1, and NaN stays NaN.
     e = _exp(-2.0 * a)
-    far = (1.0 - e) / (1.0 + e)
+    # Approximate division (div.full.f32, 2 ulp): the IEEE one calls a slow-path subroutine, whose
+    # call frame ptxas reports as spills in every loop that tanh is inlined into.
+    far = tl.fdiv(1.0 - e, 1.0 + e, ieee_rounding=False)
     far = tl.where(u < 0, -far, far)
     # Near 0, the Taylor series to u^13: at |u| = 0.4 the first omitted term is 4e-9 relative.
     u2 = u * u
@@ -234,6 +246,7 @@ def _stats_block(  # type: ignore[no-untyped-def]
     HAS_V: tl.constexpr,
     SOFTCAP: tl.constexpr,
     MASKED: tl.constexpr,
+    KEEP: tl.constexpr,
 ):
     """Pass 1 on one [ITERS, LANES] tile of columns ``cols`` (relative to the row's aligned start):
     the lane states updated by its logits. ``n_seen``: elements each lane has seen so far (a scalar
@@ -242,10 +255,18 @@ def _stats_block(  # type: ignore[no-untyped-def]
     The full blocks of the row's aligned body skip every mask select (MASKED false, ``mask`` None).
     """
     NEG_INF: tl.constexpr = float("-inf")
+    # KEEP: the same program re-reads the row right after this pass (WRITE_GRAD), so its lines should
+    # stay in L2 rather than go first.
     if MASKED:
-        x = tl.load(x_b + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        if KEEP:
+            x = tl.load(x_b + cols, mask=mask, other=0.0, eviction_policy="evict_last").to(tl.float32)
+        else:
+            x = tl.load(x_b + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
     else:
-        x = tl.load(x_b + cols, eviction_policy="evict_first").to(tl.float32)
+        if KEEP:
+            x = tl.load(x_b + cols, eviction_policy="evict_last").to(tl.float32)
+        else:
+            x = tl.load(x_b + cols, eviction_policy="evict_first").to(tl.float32)
     if SOFTCAP:
         x = cap * _tanh(x * inv_cap)
     if MASKED:
@@ -331,6 +352,7 @@ def _row_stats(  # type: ignore[no-untyped-def]
     LANES: tl.constexpr,
     VEC: tl.constexpr,
     SHIFT: tl.constexpr,
+    KEEP: tl.constexpr,
 ):
     """Pass 1: returns (M, M_ref, S, S - 1, log S, V, G) of one row; M_ref is M, or 0 if M = -inf.
 
@@ -355,7 +377,7 @@ def _row_stats(  # type: ignore[no-untyped-def]
         m_l, s_l, r_l, v_l, g_l = _stats_block(
             x_b, t_b, w_b, sw_b, start + tile, None, eps, smooth, cap, inv_cap,
             m_l, s_l, r_l, v_l, g_l, n_seen,
-            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False, KEEP,
         )  # fmt: skip
         n_seen += ITERS
     n_l = tl.zeros([LANES], tl.float32) + n_seen
@@ -366,7 +388,7 @@ def _row_stats(  # type: ignore[no-untyped-def]
         m_l, s_l, r_l, v_l, g_l = _stats_block(
             x_b, t_b, w_b, sw_b, cols, mask, eps, smooth, cap, inv_cap,
             m_l, s_l, r_l, v_l, g_l, n_l,
-            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True, KEEP,
         )  # fmt: skip
         n_l += tl.sum(mask.to(tl.float32), axis=0)
     edge = n_vec < n_body
@@ -381,7 +403,7 @@ def _row_stats(  # type: ignore[no-untyped-def]
         m_l, s_l, r_l, v_l, g_l = _stats_block(
             x_b, t_b, w_b, sw_b, cols, mask, eps, smooth, cap, inv_cap,
             m_l, s_l, r_l, v_l, g_l, n_l,
-            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True, KEEP,
         )  # fmt: skip
         n_l += tl.sum(mask.to(tl.float32), axis=0)
 
@@ -679,7 +701,7 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
         t_b = tgt_ptr + row * tgt_stride + a0
         M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
             x_b, t_b, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap,
-            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES, VEC, SHIFT,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES, VEC, SHIFT, WRITE_GRAD,
         )  # fmt: skip
         lse = M + log_s
         # sum_c v_c (M - x_c + log S) = V log S - G, both terms >= 0.
@@ -727,7 +749,7 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
             T = (1.0 - eps) * w_y
             M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
                 x_b, tgt_ptr, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap,
-                HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES, VEC, SHIFT,
+                HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES, VEC, SHIFT, WRITE_GRAD,
             )  # fmt: skip
             lse = M + log_s
             # (M - x_y) >= 0 is exactly 0 when y is the argmax; no lse - x_y cancellation.
@@ -867,7 +889,7 @@ def _slice_stats_kernel(  # type: ignore[no-untyped-def]
     # eps = C makes _row_stats' uniform smoothing sum (eps / C) sum_c (x_c - m) the plain sum.
     M, M_ref, _S, s_minus_1, _log_s, _V, G = _row_stats(
         x_b, tgt_ptr, x_ptr, x_ptr, C - a0, a0, C * 1.0, 1.0, 1.0, 1.0,
-        False, False, False, True, False, ITERS, LANES, VEC, SHIFT,
+        False, False, False, True, False, ITERS, LANES, VEC, SHIFT, False,
     )  # fmt: skip
     y = tl.load(tgt_ptr + row)
     inside = (y >= 0) & (y < C)
@@ -902,7 +924,10 @@ def slice_stats(
         num_rows,
         (logits, logits.stride(0), target, out, num_rows, num_classes),
         dict(
-            ITERS=it, LANES=lanes, num_warps=warps, **_row_layout(logits.element_size(), it * lanes, logits.stride(0))
+            ITERS=it,
+            LANES=lanes,
+            num_warps=warps,
+            **_row_layout(logits.element_size(), it * lanes, logits.stride(0)),
         ),
     )
     return out
@@ -928,6 +953,15 @@ def intended_occupancy(num_warps: int) -> tuple[int, int]:
     return programs, min(255, registers // 8 * 8)  # allocated per thread in multiples of 8
 
 
+def _register_budget(num_warps: int, heavy_shifted: bool) -> dict[str, int]:
+    """The launch option that hands ptxas the register budget of the intended occupancy (maxnreg), for
+    the heavy shifted configurations only. There, left to itself, ptxas traded a few spilled bytes for
+    an occupancy above the one intended (80 registers and 8 bytes of spills where 109 fit without
+    any); elsewhere the budget made it spill where it otherwise did not (it schedules up to the cap),
+    so it is not given. The compile check (tests/test_triton_compile.py) holds both to no spills."""
+    return {"maxnreg": intended_occupancy(num_warps)[1]} if heavy_shifted else {}
+
+
 def _launch_config(
     num_classes: int,
     element_size: int,
@@ -935,12 +969,18 @@ def _launch_config(
     block_size: int | None,
     iters: int | None,
     num_warps: int | None,
+    heavy_shifted: bool = False,
 ) -> tuple[int, int, int]:
-    """(ITERS, LANES, num_warps) for a row of ``num_classes`` logits of ``element_size`` bytes."""
+    """(ITERS, LANES, num_warps) for a row of ``num_classes`` logits of ``element_size`` bytes.
+
+    ``heavy_shifted``: rows not at a 16-byte boundary (see _row_layout) with extra operands, which
+    those rows read element by element (their per-element addresses take registers): the tile is
+    halved once more to stay within 128."""
     vec = max(1, 16 // element_size)  # logits per 16-byte vector load
     if block_size is None:
         lanes = min(_next_pow2(num_classes), _WARPS * 32 * vec)
-        it = iters or (_TILE_VALUES_EXTRA_OPERANDS if extra_operands else _TILE_VALUES) // vec
+        values = _TILE_VALUES_EXTRA_OPERANDS if extra_operands else _TILE_VALUES
+        it = iters or max(1, (values // 2 if heavy_shifted else values) // vec)
         it = max(1, min(_next_pow2(it), _next_pow2(num_classes) // lanes))
     else:
         if block_size < 1 or block_size & (block_size - 1):
@@ -959,7 +999,10 @@ def _row_layout(element_size: int, block: int, x_stride: int, g_stride: int | No
     sit at the same offset from a boundary as the logits' (strides equal modulo VEC), so that the
     body's stores are 16-byte too."""
     vec = max(1, min(16 // element_size, block // 2))
-    layout: dict[str, object] = dict(VEC=vec, SHIFT=x_stride % vec != 0)
+    # Triton's specialisation knows a stride divisible by 16 elements; any other stride takes the
+    # shifted path (a0 computed per row, 0 where the stride is a multiple of VEC), which is how the
+    # compiler learns that the body is aligned.
+    layout: dict[str, object] = dict(VEC=vec, SHIFT=x_stride % 16 != 0 and vec > 1)
     if g_stride is not None:
         layout["G_ALIGNED"] = (g_stride - x_stride) % vec == 0
     return layout
@@ -1134,8 +1177,10 @@ def forward(
     eps = float(label_smoothing)
     z = float(z_loss)
     sw = _smoothing_weights_vector(prior, weight, num_classes)
+    extra = prob or weight is not None or sw is not None
+    heavy = (extra or softcap is not None) and logits.stride(0) % 16 != 0
     it, lanes, warps = _launch_config(
-        num_classes, logits.element_size(), prob or weight is not None or sw is not None, block_size, iters, num_warps
+        num_classes, logits.element_size(), extra, block_size, iters, num_warps, heavy_shifted=heavy
     )
     check = check_targets and not prob
     bad = torch.zeros((), dtype=torch.int32, device=device) if check else None
@@ -1176,6 +1221,7 @@ def forward(
         ITERS=it,
         LANES=lanes,
         num_warps=warps,
+        **_register_budget(warps, heavy),
         **_row_layout(
             logits.element_size(),
             it * lanes,
@@ -1236,8 +1282,10 @@ def backward(
     prob = target.is_floating_point()
     eps = float(label_smoothing)
     sw = _smoothing_weights_vector(prior, weight, num_classes)
+    extra = prob or weight is not None or sw is not None
+    heavy = (extra or softcap is not None) and logits.stride(0) % 16 != 0
     it, lanes, warps = _launch_config(
-        num_classes, logits.element_size(), prob or weight is not None or sw is not None, block_size, iters, num_warps
+        num_classes, logits.element_size(), extra, block_size, iters, num_warps, heavy_shifted=heavy
     )
     k = num_classes if smoothing_classes is None else int(smoothing_classes)
     args = (
@@ -1271,6 +1319,7 @@ def backward(
         ITERS=it,
         LANES=lanes,
         num_warps=warps,
+        **_register_budget(warps, heavy),
         **_row_layout(logits.element_size(), it * lanes, logits.stride(0), grad.stride(0)),
     )
     _launch(_ce_bwd_kernel, device, num_rows, args, meta)
