@@ -542,3 +542,26 @@ def test_float32_accumulation_falls_back_to_slices_off_cuda():
     # Each slice's product is rounded to bf16 once (2**-8 relative) before the float32 sum; atol for
     # entries near 0, where the relative bound says nothing.
     torch.testing.assert_close(acc.double(), want, rtol=2.0**-8, atol=1e-2)
+
+
+@pytest.mark.skipif(TRITON_DEVICE is None, reason="needs triton, under TRITON_INTERPRET=1 or with a GPU")
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_triton_path_is_one_launch_per_chunk(reduction):
+    # The gradient is always wanted here: each chunk is one launch of the forward kernel with
+    # WRITE_GRAD (statistics pass, then the gradient pass over the same rows), not a forward and a
+    # backward launch with 16 bytes of statistics per row in between. "none" recomputes in backward,
+    # where the launch also applies the per-row grad_output.
+    from labelsmooth.kernels import triton_ce
+
+    x, w, _, y, _ = (None if t is None else t.to(TRITON_DEVICE) for t in make(dtype=torch.float32))
+    xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    with triton_ce.record_launches() as launches:
+        loss = ls.linear_cross_entropy(xs, ws, y, reduction=reduction, chunk_size=5, backend="triton")
+        (loss.sum() if reduction == "none" else loss).backward()
+    chunks = -(-x.shape[0] // 5)
+    grad_launches = [la for la in launches if la.meta.get("WRITE_GRAD")]
+    assert all(la.kernel is triton_ce._ce_fwd_kernel for la in launches)
+    assert len(grad_launches) == chunks
+    assert len(launches) == (2 * chunks if reduction == "none" else chunks)  # "none": losses first
+    if reduction == "none":
+        assert all(la.meta["HAS_GO"] for la in grad_launches)
