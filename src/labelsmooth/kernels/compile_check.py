@@ -13,7 +13,8 @@ are taken: device-side target checks, device-sized chunks) inside
 :func:`labelsmooth.kernels.triton_ce.record_launches`, which keeps each launch's kernel, arguments and
 meta-parameters instead of running it. The launch table is therefore the wrappers' own. Each launch
 is specialised as Triton specialises a call (integer arguments equal to 1 become constants; pointers
-and integers divisible by 16 are marked so), then compiled with
+and integers divisible by 16 are marked so; cross-checked against Triton's own launcher where its
+internal binder is reachable), then compiled with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``.
 
 What is measured, per configuration and architecture:
@@ -248,6 +249,7 @@ class Config:
     constants: dict[str, Any]
     attrs: dict[tuple[int, ...], list[list[Any]]]
     options: dict[str, Any]
+    mismatch: str | None = None  # how Triton's own launcher would specialise it differently
 
     @property
     def flags(self) -> str:
@@ -300,6 +302,29 @@ def _specialise(
     return signature, constants, attrs, options
 
 
+def _differs_from_triton(kernel: Any, args: Sequence[object], meta: dict[str, Any], signature: dict[str, str],
+                         attrs: Attrs) -> str | None:  # fmt: skip
+    """Where Triton's own launcher would specialise the call differently from :func:`_specialise`
+    (a type, or 16-divisibility), in a line; None if it agrees or its binder is not reachable (it is
+    Triton-internal: this only guards against Triton changing its rules under us)."""
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import make_backend
+        from triton.runtime.jit import create_function_from_signature
+
+        binder = create_function_from_signature(
+            kernel.signature, kernel.params, make_backend(GPUTarget("cuda", 90, 32))
+        )
+        _, specialization, _ = binder(*args, **meta)
+    except Exception:  # an internal API moved: nothing to compare with
+        return None
+    for index, (param, (kind, spec)) in enumerate(zip(kernel.params, specialization, strict=True)):
+        divisible = isinstance(spec, str) and "D" in spec
+        if kind != signature[param.name] or divisible != ((index,) in attrs):
+            return f"{param.name}: Triton specialises it as {kind!r}{' (16-divisible)' if divisible else ''}"
+    return None
+
+
 def record(chosen: Sequence[Scenario]) -> list[Config]:
     """Run the scenarios with launches recorded; one Config per distinct specialisation."""
     from labelsmooth.kernels import triton_ce
@@ -328,6 +353,7 @@ def record(chosen: Sequence[Scenario]) -> list[Config]:
                 constants=constants,
                 attrs=attrs,
                 options=options,
+                mismatch=_differs_from_triton(launch.kernel, launch.args, launch.meta, signature, attrs),
             )
     return list(configs.values())
 
@@ -447,6 +473,8 @@ def compile_config(config: Config, arch: int) -> Result:
         seconds=0.0,
     )
     res.intended_programs, res.max_registers = triton_ce.intended_occupancy(res.num_warps)
+    if config.mismatch:
+        res.failures.append(f"specialised unlike a launch: {config.mismatch}")
     fn = config.fn
     t0 = time.perf_counter()
     log = io.StringIO()
