@@ -145,7 +145,8 @@ def linear_cross_entropy(
     ``options``), plus labelsmooth's extras. The rows are processed in chunks: each chunk's logits are
     formed by one matmul, turned into row losses and their gradient (written over the same buffer) by a
     fused cross-entropy kernel, and folded at once into the gradients of ``input``, ``linear_weight``
-    and ``linear_bias`` (accumulated in float32 for bfloat16/float16 weights). The largest temporary is
+    and ``linear_bias`` (by default accumulated in float32 for bfloat16/float16 weights; see
+    ``accumulation_dtype``). The largest temporary is
     one chunk of logits. The loss per row is :func:`labelsmooth.cross_entropy`'s: for class index y,
     ``(1-eps) * w_y * (-log p_y) + (eps/C) * sum_c w_c * (-log p_c)``; ``"mean"`` divides by the sum of
     ``w_y`` over rows whose target is not ``ignore_index`` (by the row count for probability targets).

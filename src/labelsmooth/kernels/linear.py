@@ -5,12 +5,13 @@ For hidden states X (N, H), a classifier weight W (C, H) and bias b (C,), each c
     L   = X[chunk] @ W.T + b             (R, C), in one reused buffer
     row losses, and G = d loss / d L     written over L by a cross-entropy kernel, times grad_scale
     dX[chunk]  = G @ W                   (R, H)
-    dW        += G.T @ X[chunk]          (C, H), accumulated in float32 for half-precision weights
-    db        += sum_rows G              (C,), float32
+    dW        += G.T @ X[chunk]          (C, H), by default in float32 for half-precision weights
+    db        += sum_rows G              (C,), the same dtype (``accum_dtype``, :func:`accumulation_dtype`)
 
 so the largest temporary is the R x C chunk of logits. The kernel is either of the cross-entropy
 kernels (``labelsmooth.kernels.chunked.fused_ce`` on CPU, ``labelsmooth.kernels.triton_ce`` on CUDA),
-called through their common contract (``labelsmooth.kernels``) with ``grad`` = the chunk's logits.
+called through their common contract (``labelsmooth.kernels``) with ``grad`` = the chunk's logits:
+on CUDA one launch per chunk, each row's statistics pass followed by its gradient pass.
 
 "mean" and "sum": the gradients are computed during forward and kept until backward, which multiplies
 them by the scalar grad_output (nothing at all on CPU when it is 1). For "mean" the denominator over
