@@ -16,6 +16,8 @@ Every kernel here has the same contract, on a 2-D problem::
 * ``grad_scale``: None or a 0-d tensor (on the logits' device, compute dtype) that multiplies the
   written gradient; "mean" passes 1/denominator here so that backward often has nothing left to do.
   It is a tensor, not a float, so that computing it needs no host-device synchronisation.
+* ``grad_output`` (Triton's ``fused_ce`` only): None, a one-element or an (M,) tensor multiplying
+  each row's written gradient, read on the device (the fused linear loss's "none" backward).
 * returns ``loss_rows``: (M,) float32 (float64 for float64 logits), the row losses of
   ``labelsmooth.reference.ce_rows``.
 
