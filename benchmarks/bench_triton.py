@@ -3,7 +3,8 @@
 For each shape and dtype, in one process and in alternating order (medians of ``--repeats`` rounds):
 
 * ``kernels alone``: the forward kernel (statistics) and the backward kernel (gradient) on
-  preallocated buffers, timed with CUDA events; their GB/s against the bytes they must move (read the
+  preallocated buffers, timed with CUDA events; and the one-launch kernel the fused linear loss uses
+  per chunk (statistics pass, then the gradient pass over the same row, which may hit L2); their GB/s against the bytes they must move (read the
   logits twice, write the gradient once) and against the issue's yardstick of one read plus one write.
 * ``end to end``: ``ls.cross_entropy(...).backward()`` (reduction "mean") and
   ``(ls.cross_entropy(..., reduction="sum") / n).backward()`` with ``n`` a device tensor (how Hugging
@@ -79,7 +80,11 @@ def kernel_steps(x: torch.Tensor, t: torch.Tensor) -> dict[str, Callable[[], obj
         fwd()
         bwd()
 
-    return {"forward kernel": fwd, "backward kernel": bwd, "kernels alone": both}
+    def one_launch():  # the fused linear loss's per-chunk launch: statistics then gradient, per row
+        triton_ce.fused_ce(x, t, None, -100, EPS, 0.0, None, grad, grad_scale=scale)
+
+    return {"forward kernel": fwd, "backward kernel": bwd, "kernels alone": both,
+            "one-launch kernel (statistics + gradient)": one_launch}
 
 
 def end_to_end(device: str) -> dict[str, Callable[[torch.Tensor, torch.Tensor], object]]:
@@ -156,7 +161,7 @@ def measure(rows: int, classes: int, dtype: torch.dtype, device: str, repeats: i
     out = []
     for name in names:
         med = statistics.median(times[name])
-        moved = {"forward kernel": 1, "backward kernel": 2}.get(name, 3)
+        moved = {"forward kernel": 1, "backward kernel": 2}.get(name, 3)  # one-launch: 2 reads (1 maybe L2), 1 write
         gbps = moved * logits_bytes / med / 1e9
         out.append((f"{rows}x{classes}", str(dtype).split(".")[-1], name, med, min(times[name]),
                     max(times[name]), med / kernel_med, gbps,
