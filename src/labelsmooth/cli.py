@@ -39,6 +39,7 @@ class _Preset(TypedDict, total=False):
     train_fractions: list[float]
     lrs: list[float]
     weight_decays: list[float]
+    pairflip_noise: list[float]
 
 
 _KSWEEP = ["mnist1d:k2s0", "mnist1d:k2s1", "mnist1d:k3s0", "mnist1d:k3s1", "mnist1d:k5s0", "mnist1d:k5s1"]
@@ -46,9 +47,10 @@ _KSWEEP = ["mnist1d:k2s0", "mnist1d:k2s1", "mnist1d:k3s0", "mnist1d:k3s1", "mnis
 DEFAULTS: _Preset = {
     "datasets": ["digits", "mnist1d", "breast_cancer", *_KSWEEP, "mnist1d:k10s0"],
     "methods": ["ce", "ls", "nls", "fc", "fc-est", "focal", "ts", "ts-oracle", "ls+ts"],
-    "eps": [-0.2, 0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3],
+    "eps": [-0.2, 0.0, 0.01, 0.05, 0.1, 0.2, 0.3],
     "noise": [0.0, 0.25, 0.5, 0.75],
     "noise_kind": "symmetric,pairflip",
+    "pairflip_noise": [0.5],
     "seeds": 5,
     "steps": 1000,
     "train_fractions": [0.1, 0.3, 1.0],
@@ -78,6 +80,7 @@ FULL: _Preset = {
     ],
     "methods": ["ce", "ls", "nls", "ols", "fc", "fc-est", "focal", "ts", "ts-oracle", "ls+ts"],
     "eps": [-0.5, -0.2, 0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3],
+    "pairflip_noise": [0.25, 0.5, 0.75],
     "seeds": 10,
     "lrs": [0.001, 0.003, 0.01],
     "weight_decays": [0.0, 0.0001],
@@ -222,6 +225,14 @@ def build_parser() -> _Parser:
         help=f"training-label noise levels as fractions of the breakdown rate (1 - 1/K for symmetric "
         f"noise, 1/2 for pair-flip), in [0, 1): 0.5 flips 45%% of 10-class labels and 25%% of "
         f"binary ones. Default {','.join(map(str, DEFAULTS['noise']))}",
+    )
+    study.add_argument(
+        "--pairflip-noise",
+        type=_float_list(0.0, 1.0, "noise level"),
+        default=None,
+        metavar="L,M",
+        help="the levels of --noise at which pair-flip noise runs (symmetric noise runs at every level). Default "
+        f"{','.join(map(str, DEFAULTS['pairflip_noise']))} (--full: every level)",
     )
     study.add_argument(
         "--noise-kind",
@@ -402,6 +413,11 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
     steps: int = args.steps if args.steps is not None else preset["steps"]
     fractions: list[float] = args.train_fractions if args.train_fractions is not None else preset["train_fractions"]
     lrs: list[float] = args.lrs if args.lrs is not None else preset.get("lrs", [])
+    pairflip: list[float] | None = (
+        args.pairflip_noise if args.pairflip_noise is not None else preset.get("pairflip_noise")
+    )
+    if args.noise is not None and args.pairflip_noise is None:
+        pairflip = None  # --noise alone: every kind at every level given
     wds: list[float] = args.weight_decays if args.weight_decays is not None else preset.get("weight_decays", [])
     if any(lr <= 0 for lr in lrs):
         study.error(f"argument --lrs: each learning rate must be positive, got {args.lrs}")
@@ -431,6 +447,7 @@ def _resolve(args: argparse.Namespace, parser: _Parser) -> StudyConfig:
         eps=eps,
         noise=noise,
         noise_kind=",".join(kinds) if isinstance(kinds, list) else kinds,
+        kind_levels={"pairflip": [*pairflip, 0.0]} if pairflip is not None else {},
         seeds=seeds,
         train=train,
         out=out,
@@ -497,6 +514,7 @@ def _canonical_command(args: argparse.Namespace, datasets: list[str], methods: l
         if value is not None:
             parts += [opt, str(value)]
     for opt, values in (
+        ("--pairflip-noise", args.pairflip_noise),
         ("--train-fractions", args.train_fractions),
         ("--lrs", args.lrs),
         ("--weight-decays", args.weight_decays),

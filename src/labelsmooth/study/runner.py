@@ -78,6 +78,8 @@ class StudyConfig:
             add ce and ls at the headline eps, clean labels, on every dataset that is not carved).
         matched: on carved tasks (``BASE:AvB``, ``BASE:kKsS``) also train ls at the eps whose smoothed
             top target equals the headline eps's on the 10-class parent.
+        kind_levels: noise kind -> the levels of ``noise`` it runs at (a kind not named runs at all of
+            them), e.g. ``{"pairflip": [0.5]}`` for a dose-response on symmetric noise alone.
         lrs, weight_decays: with more than one pair between them, ce is first trained at every
             ``(lr, weight decay)`` pair, and each dataset and noise setting then trains every method with
             the pair whose ce reached the best mean early-stopped accuracy on the noisy validation
@@ -101,6 +103,7 @@ class StudyConfig:
     matched: bool = True
     lrs: list[float] = field(default_factory=list)
     weight_decays: list[float] = field(default_factory=list)
+    kind_levels: dict[str, list[float]] = field(default_factory=dict)
 
     def hp_grid(self) -> list[tuple[float, float]]:
         """The ``(lr, weight decay)`` pairs ce chooses from on validation (empty: no choice, ``train``'s)."""
@@ -149,6 +152,8 @@ def noise_settings(cfg: StudyConfig, dataset: str) -> list[tuple[str, float]]:
         if _carved(dataset):
             continue
         for kind in cfg.noise_kinds:
+            if kind in cfg.kind_levels and level not in cfg.kind_levels[kind]:
+                continue
             out.append((kind, float(level)))
     return list(dict.fromkeys(out))
 

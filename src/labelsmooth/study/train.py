@@ -358,7 +358,9 @@ def _train_one(
 
     model = build_model(tuple(x["train"].shape[1:]), ds.num_classes, cfg.hidden, augment=ds.augment).to(device)
     loss_fn = method.loss(job.eps, binary, context).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=weight_decay)
+    # foreach: one fused update over all parameters instead of a Python loop per tensor (about 10% of a
+    # small model's training time on a CPU); the same Adam.
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=weight_decay, foreach=True)
 
     n = len(y["noisy"])
     per_epoch = math.ceil(n / cfg.batch_size)
