@@ -63,6 +63,15 @@ def test_a_pair_with_a_failed_or_missing_seed_is_not_compared_on_fewer_seeds():
     assert chosen[("digits", "none", 0.0)].lr == 0.003
 
 
+def test_hp_jobs_carry_the_methods_that_share_ce_training():
+    # ts and ts-oracle are post-hoc steps on ce's model: trained once, in the choosing phase.
+    cfg = _cfg(methods=["ce", "ls", "ts", "ts-oracle", "ls+ts", "focal"], lrs=[0.001, 0.003])
+    assert {j.methods for j in plan_hp_jobs(cfg)} == {("ce", "ts", "ts-oracle")}
+    hp_keys = {k for j in plan_hp_jobs(cfg) for k in j.keys()}  # noqa: SIM118
+    main = [j for j in plan_jobs(cfg) if "ce" in j.methods]
+    assert all(set(j.keys()) <= hp_keys for j in main)
+
+
 def test_the_default_config_is_shared_with_the_main_grid():
     # The grid pair equal to the study's own TrainConfig trains the very ce job the main grid plans,
     # so choosing costs only the other pairs.

@@ -229,11 +229,16 @@ def plan_jobs(
 
 def plan_hp_jobs(cfg: StudyConfig, binary: dict[str, bool] | None = None) -> list[Job]:
     """The ce trainings that choose the learning rate and weight decay: one per dataset x noise setting x
-    seed x ``(lr, weight decay)`` pair of :meth:`StudyConfig.hp_grid` (none without a grid)."""
+    seed x ``(lr, weight decay)`` pair of :meth:`StudyConfig.hp_grid` (none without a grid), with the
+    methods that share ce's training (``ts``, ``ts-oracle``)."""
     grid = cfg.hp_grid()
     if not grid or "ce" not in cfg.methods:
         return []
-    probe = replace(cfg, methods=["ce"], train_fractions=[1.0])
+    # The methods that share ce's training (its post-hoc temperature scalings) come along: the chosen
+    # pair's job is then the main grid's, and nothing is trained twice.
+    base = METHODS["ce"]
+    shared = [m for m in cfg.methods if METHODS[m].loss_id == base.loss_id and METHODS[m].eps_values([0.0]) == [0.0]]
+    probe = replace(cfg, methods=shared, train_fractions=[1.0])
     jobs = []
     for lr, wd in grid:
         jobs += plan_jobs(replace(probe, train=replace(cfg.train, lr=lr, weight_decay=wd)), binary)
