@@ -187,7 +187,7 @@ def test_power_matches_a_monte_carlo_t_test():
 
 def test_verdict_words_and_text():
     v = V.adjust([verdict(with_p(0.001, n=4), tol=0.001, claim="comparators")])[0]
-    assert v.outcome == "supports" and v.words == "better than ce"
+    assert v.outcome == "supports" and v.words == "first better"
     assert replace(v, claim="noise").words == "supports the claim"
     assert v.text().startswith(f"{v.mean:+.3f} [") and verdict((0.1,)).text() == "+0.100"
     assert verdict(()).text() == "n/a"

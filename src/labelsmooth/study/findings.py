@@ -90,13 +90,19 @@ def _where(v: V.Verdict) -> str:
     return f"{v.dataset} {v.setting}".strip()
 
 
-def _counts(vs: Sequence[V.Verdict]) -> str:
+def _counts(vs: Sequence[V.Verdict], comparators: bool = False) -> str:
     n = {o: sum(v.outcome == o for v in vs) for o in ("supports", "contradicts", "same", "withheld")}
     if n["withheld"] == len(vs):
         return f"{len(vs)} comparisons, every verdict withheld"
+    if comparators:
+        pro, con = "with the first-named method clearly better", "clearly worse"
+    else:
+        pro = "supports the claim" if n["supports"] == 1 else "support the claim"
+        con = "contradicts it" if n["contradicts"] == 1 else "contradict it"
+    same = "shows" if n["same"] == 1 else "show"
     return (
-        f"{len(vs)} verdicts: {n['supports']} support the claim, {n['contradicts']} contradict it, "
-        f"{n['same']} show no clear difference" + (f", {n['withheld']} withheld" if n["withheld"] else "")
+        f"{len(vs)} verdicts: {n['supports']} {pro}, {n['contradicts']} {con}, "
+        f"{n['same']} {same} no clear difference" + (f", {n['withheld']} withheld" if n["withheld"] else "")
     )
 
 
@@ -132,10 +138,10 @@ def summary_markdown(verdicts: Sequence[V.Verdict], meta: dict[str, Any]) -> str
         vs = [v for v in verdicts if v.claim == fam]
         if not vs:
             continue
-        text = f"* **{title}** ({_counts(vs)})."
+        text = f"* **{title}** ({_counts(vs, fam == 'comparators')})."
         pro = [v for v in vs if v.outcome == "supports"]
         con = [v for v in vs if v.outcome == "contradicts"]
-        word = ("better than ce", "worse than ce") if fam == "comparators" else ("Supported", "Contradicted")
+        word = ("first-named better", "first-named worse") if fam == "comparators" else ("Supported", "Contradicted")
         if pro:
             text += f" {word[0].capitalize()}: {_named(pro)}."
         if con:
@@ -316,6 +322,9 @@ def fill(document: str, payload: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m labelsmooth.study.findings DIR [--into FILE ...]``: rewrite ``DIR/findings.md`` and
     ``DIR/verdicts.json`` from ``DIR/results.json``, print the findings, and fill the blocks of each FILE.
+
+    The records are the runs of the last grid run into ``DIR`` (``study.meta.keys``), or every run of a
+    ``results.json`` written before that list existed.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     into: list[Path] = []
@@ -334,7 +343,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = Path(rest[0])
     data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     meta = data.get("study", {}).get("meta", {})
-    payload = verdicts_payload(data["runs"], meta)
+    runs = data["runs"]
+    if isinstance(meta.get("keys"), list):
+        # Only the last grid's runs (not other grids', nor the choosing phase's unchosen ce runs).
+        wanted = set(meta["keys"])
+        runs = [r for r in runs if r.get("key") in wanted]
+    payload = verdicts_payload(runs, meta)
     (folder / "verdicts.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
     text = _from_payload(payload)
     (folder / "findings.md").write_text(text, encoding="utf-8")

@@ -514,6 +514,9 @@ def run_study(cfg: StudyConfig, console: Console | None = None, report: bool = T
         meta = _meta(cfg, records, planned_keys)
         if hp_summary:
             meta["hyperparameters"] = hp_summary
+        # The runs of this grid: results.json may also hold other grids' runs and the choosing phase's
+        # ce runs at the pairs not chosen, which must not enter this grid's cells.
+        meta["keys"] = planned_keys
 
         def same(m: dict[str, Any]) -> dict[str, Any]:
             return {k: v for k, v in m.items() if k not in ("created", "resources")}

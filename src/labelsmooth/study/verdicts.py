@@ -55,8 +55,8 @@ OUTCOMES = {
 }
 
 
-#: The words of a comparison that tests no claim (another method against cross-entropy).
-COMPARATOR_OUTCOMES = {"supports": "better than ce", "contradicts": "worse than ce"}
+#: The words of a comparison that tests no claim ("A vs B": the first-named method against the second).
+COMPARATOR_OUTCOMES = {"supports": "first better", "contradicts": "first worse"}
 
 
 @dataclass(frozen=True)
