@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from labelsmooth.study.runner import StudyConfig, choose_hyperparameters, plan_hp_jobs, plan_jobs
 from labelsmooth.study.train import TrainConfig
 
@@ -81,3 +83,41 @@ def test_the_default_config_is_shared_with_the_main_grid():
     assert main_keys <= hp_keys
     other = replace(cfg.train, lr=0.001)
     assert {j.config for j in plan_hp_jobs(cfg)} == {cfg.train, other}
+
+
+def test_findings_read_only_the_grids_own_runs(tmp_path):
+    # results.json also holds the choosing phase's ce runs at the pair not chosen: with the grid's keys
+    # in its meta, the findings command leaves them out (otherwise a cell holds each seed twice).
+    import json
+
+    from labelsmooth.study import findings as FND
+
+    def rec(key: str, method: str, eps: float, seed: int, ece: float) -> dict:
+        return dict(
+            key=key,
+            dataset="toy",
+            method=method,
+            label_smoothing=eps,
+            noise_kind="none",
+            noise_level=0.0,
+            seed=seed,
+            ece=ece,
+            nll=0.3,
+            test_accuracy=0.9,
+            mean_confidence=0.9,
+            num_classes=10,
+            binary=False,
+            splits={"n_test": 1000},
+            val_ece_noisy=ece,
+            val_nll_noisy=0.3,
+            train_fraction=1.0,
+        )
+
+    grid = [rec(f"ce{s}", "ce", 0.0, s, 0.02) for s in range(4)] + [rec(f"ls{s}", "ls", 0.1, s, 0.05) for s in range(4)]
+    unchosen = [rec(f"ce-other{s}", "ce", 0.0, s, 0.30) for s in range(4)]
+    meta = {"command": "labelsmooth study", "n_seeds": 4, "keys": [r["key"] for r in grid]}
+    (tmp_path / "results.json").write_text(json.dumps({"study": {"meta": meta}, "runs": grid + unchosen}))
+    assert FND.main([str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "verdicts.json").read_text())
+    ece = next(v for v in FND.load_verdicts(payload) if v.claim == "calibration" and v.metric == "ece")
+    assert payload["meta"]["runs"] == 8 and ece.mean == pytest.approx(-0.03) and len(ece.values) == 4
