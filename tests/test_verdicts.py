@@ -467,7 +467,8 @@ def test_verdicts_json_round_trip_and_the_summary_is_a_function_of_the_verdicts(
     # Counts per claim come from the outcomes.
     cal = [v for v in verdicts if v.claim == "calibration"]
     sup = sum(v.outcome == "supports" for v in cal)
-    assert f"{len(cal)} verdicts: {sup} support the claim" in summary
+    verb = "supports" if sup == 1 else "support"
+    assert f"{len(cal)} verdicts: {sup} {verb} the claim" in summary
     # Changing a verdict's outcome changes the summary; the records play no further part.
     flipped = [replace(v, outcome="contradicts") if v.claim == "calibration" else v for v in again]
     assert Fi.summary_markdown(flipped, payload["meta"]) != summary
