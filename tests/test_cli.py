@@ -488,3 +488,30 @@ def test_presets_are_what_the_study_runs(tmp_path):
     # The K-sweep tasks of the default grid are the same size for every K, and K = 10 is among them.
     ks = {int(d.split(":k")[1].split("s")[0]) for d in DEFAULTS["datasets"] if ":k" in d}
     assert ks == {2, 3, 5, 10}
+
+
+def test_results_json_rewrites_are_spaced_by_how_long_a_rewrite_takes(tmp_path, monkeypatch):
+    # On a grid of thousands of runs results.json is tens of MB and its rewrite takes seconds: rewriting
+    # it every few seconds kept a core busy. A rewrite may take at most _WRITE_SHARE of the time between
+    # rewrites, so a (pretend) 1000 s rewrite is not repeated after each finished job.
+    from labelsmooth.study import runner
+
+    real = runner.ResultsStore._write
+    monkeypatch.setattr(runner, "_WRITE_EVERY_S", 0.0)
+    counts = []
+    for write_s in (0.0, 1000.0):
+        writes = []
+
+        def timed(self, write_s=write_s, writes=writes):
+            real(self)
+            writes.append(1)
+            self.last_write_s = write_s
+
+        monkeypatch.setattr(runner.ResultsStore, "_write", timed)
+        out = tmp_path / f"run{write_s}"
+        argv = ["study", "--datasets", "breast_cancer", "--eps", "0,0.1,0.2,0.3", "--noise", "0", "--seeds", "1"]
+        assert main([*argv, "--methods", "ce,ls", "--out", str(out), "--no-report", *TINY]) == 0
+        assert len(runs(out)) == 4
+        counts.append(len(writes))
+    # Fast rewrites follow every finished job (3 ls jobs at least); slow ones skip those.
+    assert counts[0] >= counts[1] + 3, counts

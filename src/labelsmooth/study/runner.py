@@ -47,8 +47,12 @@ __all__ = ["ResultsStore", "StudyConfig", "StudyInterrupted", "StudyOutcome", "p
 
 RESULTS = "results.json"
 
-#: Seconds between rewrites of results.json while a grid trains.
+#: Seconds between rewrites of results.json while a grid trains (at least; see _WRITE_SHARE).
 _WRITE_EVERY_S = 3.0
+#: A rewrite may take at most this share of the time between rewrites: on a grid of thousands of
+#: runs results.json grows to tens of MB, whose rewrite takes seconds, and every 3 s it kept a core half
+#: busy while the workers trained.
+_WRITE_SHARE = 0.05
 
 
 class StudyInterrupted(Exception):
@@ -350,6 +354,8 @@ class ResultsStore:
         self.path = self.out / RESULTS
         self.records: dict[str, S.Record] = {}
         self.meta: dict[str, Any] = {}
+        #: Seconds the last rewrite of results.json took (spaces the rewrites of a long grid).
+        self.last_write_s = 0.0
         # Temporary files of a process killed mid-write are never valid results: remove them.
         for stale in [*self.out.glob(f"{RESULTS}.tmp-*"), *(self.out / "probs").glob("*.tmp-*")]:
             stale.unlink(missing_ok=True)
@@ -400,8 +406,10 @@ class ResultsStore:
             },
             "runs": [_clean_json(r) for r in self.records.values()],
         }
+        start = time.monotonic()
         text = json.dumps(payload, indent=1, allow_nan=False).encode("utf-8")
         _atomic_write(self.path, lambda f: f.write(text))
+        self.last_write_s = time.monotonic() - start
 
     def load_projection(self, record: S.Record) -> tuple[np.ndarray, np.ndarray] | None:
         """The saved penultimate-layer projection ``(coords, labels)`` of a record, if it has one."""
@@ -574,9 +582,10 @@ def _train(
                 for r in result.records:
                     r["dataset_description"] = datasets[job.dataset].description
                 now = time.monotonic()
-                store.add(result, write=now - last_write[0] >= _WRITE_EVERY_S)
-                if now - last_write[0] >= _WRITE_EVERY_S:
-                    last_write[0] = now
+                due = now - last_write[0] >= max(_WRITE_EVERY_S, store.last_write_s / _WRITE_SHARE)
+                store.add(result, write=due)
+                if due:
+                    last_write[0] = time.monotonic()
                 trained += len(result.records)
             shown.advance(len(job.methods), last=_describe(job))
 
