@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labelsmooth import _options as O
 from labelsmooth import _validate as V
 from labelsmooth import reference
 from labelsmooth.kernels._memory import empty_for_grad
@@ -73,16 +74,8 @@ def _torch(
 
 
 def _mean_denominator(t2: Tensor, weight: Tensor | None, ignore_index: int, dtype: torch.dtype) -> Tensor:
-    """What ``reduction="mean"`` divides by: the row count for probability targets, else the sum of
-    the target-class weights (or the count) over the rows that are not ignored."""
-    if t2.is_floating_point():
-        # Filled on the device: torch.tensor(n, device=...) would be a synchronising host-to-device copy.
-        return torch.full((), float(t2.shape[0]), dtype=dtype, device=t2.device)
-    keep = t2 != ignore_index
-    if weight is None:
-        return keep.sum(dtype=dtype)
-    safe = torch.where(keep, t2, torch.zeros_like(t2)).long()
-    return torch.where(keep, weight.to(dtype)[safe], torch.zeros((), dtype=dtype, device=t2.device)).sum()
+    """What ``reduction="mean"`` divides by without row weights (see :func:`labelsmooth._options.mean_denominator`)."""
+    return O.mean_denominator(t2, weight, ignore_index, dtype)
 
 
 class _FusedCrossEntropy(torch.autograd.Function):
