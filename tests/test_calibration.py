@@ -501,3 +501,40 @@ def test_cuda_inputs_give_the_cpu_numbers():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bootstrap_interval(brier_score, *cuda, n=20)
+
+
+def test_rows_that_do_not_sum_to_one_are_refused_by_every_probability_metric():
+    from labelsmooth import calibration as C
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(50, 4, generator=g), dim=1)
+    labels = torch.randint(0, 4, (50,), generator=g)
+    scores = probs.clone()
+    scores[7] *= 0.5  # in [0, 1], but not a distribution
+    for fn in (C.expected_calibration_error, C.classwise_calibration_error, C.brier_score, C.negative_log_likelihood):
+        fn(probs, labels)  # normalised rows pass
+        with pytest.raises(ValueError, match="probs rows must sum to 1, got row 7 summing to 0.5"):
+            fn(scores, labels)
+    # Half-precision probabilities sum to 1 only to their rounding, and pass.
+    C.expected_calibration_error(probs.half(), labels)
+
+
+def test_fit_temperature_refuses_probabilities_given_as_logits():
+    from labelsmooth import calibration as C
+
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(400, 5, generator=g)
+    labels = torch.distributions.Categorical(logits=logits / 3).sample()
+    C.fit_temperature(logits, labels)
+    with pytest.raises(ValueError, match="logits look like probabilities"):
+        C.fit_temperature(torch.softmax(logits, dim=1), labels)
+    # log-probabilities are logits up to a per-row constant: accepted, same temperature.
+    assert C.fit_temperature(torch.log_softmax(logits, dim=1), labels) == pytest.approx(
+        C.fit_temperature(logits, labels), rel=1e-4
+    )
+    # Binary: P(y=1) passed as log-odds would predict class 1 everywhere, although both classes occur.
+    z = 4 * torch.randn(400, generator=g)
+    y = (torch.rand(400, generator=g) < torch.sigmoid(z)).long()
+    C.fit_temperature(z, y)
+    with pytest.raises(ValueError, match="pass torch.logit"):
+        C.fit_temperature(torch.sigmoid(z), y)

@@ -134,10 +134,28 @@ def _check_scores_labels(scores: object, labels: object, name: str, what: str) -
 def _check_probs_labels(probs: object, labels: object) -> tuple[Tensor, Tensor]:
     """Validate and return ``(probs, labels)`` as tensors on the device of ``probs``."""
     p, y = _check_scores_labels(probs, labels, "probs", " of probabilities")
+    half = p.dtype in (torch.float16, torch.bfloat16)
     p = p.to(_float_dtype(p))
     y = y.to(device=p.device, dtype=torch.long)
     num_classes = 2 if p.dim() == 1 else p.shape[1]
-    if _bad_values(~((p >= 0) & (p <= 1)).all(), y, num_classes):  # also catches NaN
+    in_range = ((p >= 0) & (p <= 1)).all()
+    if p.dim() == 2:
+        # Rows of probabilities sum to 1 up to rounding: half-precision storage moves a row's sum by up to
+        # ~2**-11, probabilities computed in half precision and cast up (or written with a few decimals)
+        # by a few times that; un-normalised scores are off by far more.
+        tol = 2.0**-8 if half else 1e-3
+        sums = p.sum(dim=1)
+        rows_ok = ((sums - 1).abs() <= tol).all()
+    else:
+        rows_ok = torch.ones((), dtype=torch.bool, device=p.device)
+    if _bad_values(~(in_range & rows_ok), y, num_classes):  # also catches NaN
+        if bool(in_range) and p.dim() == 2:
+            bad = int(((sums - 1).abs() > tol).nonzero()[0, 0])
+            raise ValueError(
+                f"probs rows must sum to 1, got row {bad} summing to {sums[bad].item():.6g} "
+                f"(values in [0, 1] that are not a distribution: scores, or probabilities of a subset "
+                f"of classes); normalise them, or apply softmax if they are logits"
+            )
         nan = torch.isnan(p)
         seen = p[~nan]
         span = f"values in [{seen.min().item():.4g}, {seen.max().item():.4g}]" if seen.numel() else "no numbers"
@@ -292,7 +310,8 @@ def expected_calibration_error(
 
     Raises:
         TypeError: non-array input, non-float ``probs``, non-integer ``labels`` or ``n_bins``.
-        ValueError: empty input, wrong shapes, length mismatch, probabilities outside [0, 1], labels
+        ValueError: empty input, wrong shapes, length mismatch, probabilities outside [0, 1] or rows of
+            ``(N, K)`` probabilities that do not sum to 1 (within 1e-3; 2**-8 for half precision), labels
             out of range, ``n_bins < 1``, unknown ``norm``/``binning``/``binary_mode``.
 
     Example:
@@ -589,6 +608,11 @@ def fit_temperature(
     Binary logits of shape ``(N,)`` (log-odds of y = 1) are supported: the loss is then
     ``binary_cross_entropy_with_logits(logits / T, labels)``.
 
+    Probabilities passed as logits are refused with a ValueError rather than fitted (they would give a
+    meaningless T at the search bound): rows that all lie in [0, 1] and sum to 1, or binary values all
+    in [0, 1] while both labels occur (log-odds that would predict class 1 for every example).
+    Log-probabilities are fine: they differ from logits by a per-row constant.
+
     Args:
         logits: ``(N, K)`` logits, or ``(N,)`` binary log-odds.
         labels: ``(N,)`` integer labels in ``[0, K)`` (binary: ``{0, 1}``).
@@ -622,6 +646,18 @@ def fit_temperature(
         raise ValueError(f"tol must be a positive number, got {tol!r}")
     z, y = _check_logits_labels(logits, labels)
     z = z.to(torch.float64)
+    looks_like_probs = bool(((z >= 0) & (z <= 1)).all())
+    if looks_like_probs and z.dim() == 2 and bool(((z.sum(dim=1) - 1).abs() <= 1e-3).all()):
+        raise ValueError(
+            "logits look like probabilities (every row lies in [0, 1] and sums to 1); fit_temperature "
+            "needs logits: pass the model's logits, or torch.log(probs)"
+        )
+    if looks_like_probs and z.dim() == 1 and bool((y == 0).any()) and bool((y == 1).any()):
+        # Log-odds that are all in [0, 1] predict class 1 for every example, although both classes occur.
+        raise ValueError(
+            "binary logits look like probabilities (every value lies in [0, 1], so every example would "
+            "be predicted as class 1); fit_temperature needs log-odds: pass torch.logit(probs)"
+        )
     if z.dim() == 1:
         target = y.to(torch.float64)
 
