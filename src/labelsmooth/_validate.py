@@ -51,16 +51,21 @@ def check_label_smoothing(
             )
         label_smoothing = t.item()
     if not allow_negative:
-        if (
-            isinstance(label_smoothing, numbers.Real)
-            and not isinstance(label_smoothing, bool)
-            and float(label_smoothing) < 0
-        ):
-            raise ArgumentError(
-                f"{name} must be in [0, 1], got {float(label_smoothing)!r} (negative label "
-                "smoothing needs allow_negative=True)"
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+            raise ArgumentTypeError(
+                f"{name} must be a real number in [0, 1], got {label_smoothing!r} of type "
+                f"{type(label_smoothing).__name__}"
             )
-        return check_unit_interval(label_smoothing, name)
+        value = float(label_smoothing)
+        if math.isnan(value) or not 0.0 <= value <= 1.0:
+            # torch's own wording first, so that a message matched for torch matches ours too.
+            hint = (
+                "negative label smoothing needs allow_negative=True"
+                if value < 0
+                else "allow_negative=True also admits any finite value <= 1, none above 1"
+            )
+            raise ArgumentError(f"{name} must be between 0.0 and 1.0. Got: {value!r} ({hint})")
+        return value
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise ArgumentTypeError(
             f"{name} must be a real number <= 1, got {label_smoothing!r} of type {type(label_smoothing).__name__}"
