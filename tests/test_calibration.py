@@ -513,7 +513,7 @@ def test_rows_that_do_not_sum_to_one_are_refused_by_every_probability_metric():
     scores[7] *= 0.5  # in [0, 1], but not a distribution
     for fn in (C.expected_calibration_error, C.classwise_calibration_error, C.brier_score, C.negative_log_likelihood):
         fn(probs, labels)  # normalised rows pass
-        with pytest.raises(ValueError, match="probs rows must sum to 1, got row 7 summing to 0.5"):
+        with pytest.raises(ValueError, match=r"probs rows must sum to 1, got row 7 summing to 0\.5"):
             fn(scores, labels)
     # Half-precision probabilities sum to 1 only to their rounding, and pass.
     C.expected_calibration_error(probs.half(), labels)
@@ -536,5 +536,5 @@ def test_fit_temperature_refuses_probabilities_given_as_logits():
     z = 4 * torch.randn(400, generator=g)
     y = (torch.rand(400, generator=g) < torch.sigmoid(z)).long()
     C.fit_temperature(z, y)
-    with pytest.raises(ValueError, match="pass torch.logit"):
+    with pytest.raises(ValueError, match=r"pass torch\.logit"):
         C.fit_temperature(torch.sigmoid(z), y)
