@@ -18,6 +18,8 @@ Every kernel here has the same contract, on a 2-D problem::
   It is a tensor, not a float, so that computing it needs no host-device synchronisation.
 * ``grad_output`` (Triton's ``fused_ce`` only): None, a one-element or an (M,) tensor multiplying
   each row's written gradient, read on the device (the fused linear loss's "none" backward).
+* ``logit_scale``, ``dscale``, ``aux`` (and ``grad_scale`` as an (M,) per-row factor): the options of
+  the language-model losses, each free when off; see ``labelsmooth.kernels.chunked.fused_ce``.
 * returns ``loss_rows``: (M,) float32 (float64 for float64 logits), the row losses of
   ``labelsmooth.reference.ce_rows``.
 

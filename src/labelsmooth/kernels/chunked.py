@@ -34,6 +34,7 @@ few: 16384 x 128256 runs as 32 blocks instead of 2048.
 from __future__ import annotations
 
 import threading
+from collections.abc import Set as AbstractSet
 
 import torch
 from torch import Tensor
@@ -124,21 +125,46 @@ def fused_ce(
     *,
     grad_scale: Tensor | None = None,
     prior: Tensor | None = None,
+    logit_scale: float | Tensor | None = None,
+    dscale: Tensor | None = None,
+    aux: AbstractSet[str] = frozenset(),
     block_rows: int | None = None,
     workers: int | None = None,
     masked: bool | None = None,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """Row losses of (M, C) logits; writes d loss_row / d logits into ``grad`` when it is given.
 
-    See ``labelsmooth.kernels`` for the contract. Overrides (tests, benchmarks): ``block_rows`` the
-    block height, ``workers`` the number of CPU worker threads, ``masked`` whether to avoid reading
-    tensor values on the host (default: off CPU), which accelerators need to stay asynchronous.
+    See ``labelsmooth.kernels`` for the contract. The language-model options, each free when off:
+
+    * ``grad_scale`` may also be an (M,) tensor: a per-row factor on the written gradient (row weights
+      r_n, times 1/D for "mean").
+    * ``logit_scale`` s (a float or a 0-d tensor on the logits' device): the logits become s * x as they
+      are loaded (no scaled copy of the logits); the written gradient is d loss / d x = s * ghat, with
+      ghat the gradient with respect to the scaled logits.
+    * ``dscale``: an (M,) buffer of the compute dtype (needs ``grad``); row n receives
+      sum_c ghat_nc * x_nc (times the row's grad_scale, without s), so that d loss / d s is a sum of it;
+      ignored rows 0. Computed while the block is in cache.
+    * ``aux``: a subset of {"lse", "predicted", "entropy"}; then the return is
+      ``(loss_rows, {name: (M,) tensor})``: the log-sum-exp and entropy of the final logits (compute
+      dtype) and their first argmax (int64), computed inside the block pass. Their values on ignored
+      rows are unspecified (the caller masks them).
+
+    Overrides (tests, benchmarks): ``block_rows`` the block height, ``workers`` the number of CPU worker
+    threads, ``masked`` whether to avoid reading tensor values on the host (default: off CPU), which
+    accelerators need to stay asynchronous.
     """
     num_rows, num_classes = logits.shape
     cdt = compute_dtype(logits.dtype)
     device = logits.device
     loss = torch.empty(num_rows, dtype=cdt, device=device)
+    unknown = set(aux) - {"lse", "predicted", "entropy"}
+    if unknown:
+        raise ValueError(f"aux must be a subset of {{'lse', 'predicted', 'entropy'}}, got {sorted(unknown)}")
+    if dscale is not None and grad is None:
+        raise ValueError("dscale needs grad: d loss / d logit_scale is computed in the gradient pass")
     if num_rows == 0:
+        if aux:
+            return loss, {n: torch.empty(0, dtype=torch.int64 if n == "predicted" else cdt, device=device) for n in aux}
         return loss
     masked = device.type != "cpu" if masked is None else masked
     eps = float(label_smoothing)
@@ -157,12 +183,28 @@ def fused_ce(
     blocks = -(-num_rows // rows)
     if workers is None:
         workers = default_workers(num_rows, num_classes, rows, device)
-    gs: Tensor | float | None = None
+    # The logit scale s: a Python float where it can be (plain loops), else a 0-d tensor (accelerators).
+    scale: Tensor | float | None = None
+    if isinstance(logit_scale, Tensor):
+        scale = logit_scale.to(device=device, dtype=cdt) if masked else float(logit_scale.item())
+    elif logit_scale is not None:
+        scale = float(logit_scale)
+    gs: Tensor | float | None = None  # a scalar factor, folded into the row coefficients
+    row_gs: Tensor | None = None  # an (M, 1) per-row factor, one multiply at the end of each block
     if grad_scale is not None:
-        # A Python scalar keeps the passes plain loops; on the host reading it costs nothing.
-        gs = grad_scale.to(cdt) if masked else grad_scale.to(cdt).item()
-    # A float32 block of our own is needed unless the gradient buffer can serve as the work space.
-    own_work = grad is None or grad.dtype != cdt
+        if grad_scale.dim() == 0:
+            # A Python scalar keeps the passes plain loops; on the host reading it costs nothing.
+            gs = grad_scale.to(cdt) if masked else grad_scale.to(cdt).item()
+        else:
+            row_gs = grad_scale.to(cdt).reshape(num_rows, 1)
+    # The written gradient carries s. Folded into the scalar factor, it costs nothing; with dscale the
+    # block needs ghat without s first (its dot product with x), and multiplies by s after.
+    late_scale = scale if dscale is not None else None
+    if scale is not None and dscale is None:
+        gs = scale if gs is None else gs * scale
+    # A float32 block of our own is needed unless the gradient buffer can serve as the work space;
+    # dscale reads the unscaled logits after the gradient is computed, so it never writes over them early.
+    own_work = grad is None or grad.dtype != cdt or dscale is not None
     scratch = threading.local()
 
     def col() -> Tensor:  # one per-row statistic, kept as a column so that blocks can broadcast it
@@ -170,7 +212,11 @@ def fused_ce(
 
     sum_exp, s_rest = col(), col()
     sum_wz = col() if eps != 0 else None
-    row_max = col() if z_loss else None
+    row_max = col() if z_loss or "lse" in aux else None
+    predicted = torch.empty((num_rows, 1), dtype=torch.int64, device=device) if "predicted" in aux else None
+    sum_ez = col() if "entropy" in aux else None  # U = sum_c exp(z_c) z_c: entropy = log S - U / S
+    dot = col() if dscale is not None else None
+    x_y = col() if dscale is not None and not target.is_floating_point() else None
     if probs:
         t_sum, t_dot_z = col(), col()
     else:
@@ -213,15 +259,31 @@ def fused_ce(
             buf = grad[start:end]
         tanh_b = None
         if softcap is not None:
-            tanh_b = torch.tanh(xb.to(cdt) / softcap)
+            if scale is None:
+                tanh_b = torch.tanh(xb.to(cdt) / softcap)
+            else:
+                tanh_b = torch.tanh(xb.to(cdt) * (scale / softcap))
             torch.mul(tanh_b, softcap, out=buf)
+            src = buf
+        elif scale is not None:
+            # s * x on load, into the work buffer (in float32/64: never rounded to a half dtype).
+            if xb.dtype != cdt:
+                buf.copy_(xb)
+                buf.mul_(scale)
+            else:
+                torch.mul(xb, scale, out=buf)
             src = buf
         elif xb.dtype != cdt:
             buf.copy_(xb)
             src = buf
         else:
             src = xb  # float32/64 logits are read in place; buf may even be xb itself (inplace)
-        m = src.amax(dim=1, keepdim=True)
+        if predicted is not None:
+            # max with indices: the first maximal index on ties, in the same pass as the max.
+            m, top = torch.max(src, dim=1, keepdim=True)
+            predicted[start:end] = top
+        else:
+            m = src.amax(dim=1, keepdim=True)
         torch.sub(src, m, out=buf)  # z = x - m <= 0, in place when src is buf
         if row_max is not None:
             row_max[start:end] = m
@@ -244,12 +306,27 @@ def fused_ce(
             else:
                 torch.matmul(buf, sw.unsqueeze(1), out=sum_wz[start:end])
 
+        zb = None
+        if sum_ez is not None:
+            # z kept beside exp(z) for U; clamped so that a -inf logit gives exp(z) * z = 0 * finite = 0.
+            zb = getattr(scratch, "zb", None)
+            if zb is None:
+                zb = scratch.zb = torch.empty((min(rows, num_rows), num_classes), dtype=cdt, device=device)
+            zb = zb[: end - start]
+            torch.clamp(buf, min=torch.finfo(cdt).min, out=zb)
+        if x_y is not None:
+            # The unscaled target logit, read before any write (inplace may write over the logits).
+            x_y[start:end] = xb.gather(1, safe[start:end]).to(cdt)
+
         if cdt == torch.float32:
             # exp2 is about twice as fast as exp on CPU; z is exact (x - m, Sterbenz), and scaling it by
             # log2(e) perturbs exp(z) by ~1e-7 * |z| relative, far below float32 accumulation noise.
             buf.mul_(_LOG2E).exp2_()
         else:
             buf.exp_()
+        if sum_ez is not None:
+            assert zb is not None  # allocated above with sum_ez
+            sum_ez[start:end] = torch.linalg.vecdot(buf, zb).unsqueeze(1)
         s_b = sum_exp[start:end]
         if probs:
             # S - 1 rather than S: the max element contributes exactly 1, and a confident row's loss is
@@ -289,6 +366,19 @@ def fused_ce(
             buf.sub_(tw if gs is None else tw * gs, alpha=1.0 - eps)
         if tanh_b is not None:
             buf.mul_(1.0 - tanh_b * tanh_b)
+        if dot is not None:
+            # ghat . x while both are in cache; the target column is rewritten (and added) at the end.
+            if not probs:
+                buf.scatter_(1, sb, 0.0)
+            d = torch.linalg.vecdot(buf, xb.to(cdt)).unsqueeze(1)
+            dot[start:end] = d if row_gs is None else d * row_gs[start:end]
+        if row_gs is not None or late_scale is not None:
+            if row_gs is None:
+                assert late_scale is not None
+                buf.mul_(late_scale)
+            else:
+                rb = row_gs[start:end]
+                buf.mul_(rb if late_scale is None else rb * late_scale)
         if masked and not probs:
             # Ignored rows get exactly 0 (set, not multiplied: their logits may be NaN/Inf). On the host
             # this happens once at the end, for the ignored rows only.
@@ -305,6 +395,13 @@ def fused_ce(
     if not probs:
         torch.where(z_y == 0, rest, sum_exp - 1.0, out=s_rest)
     log_s = torch.log1p(s_rest)
+    aux_out: dict[str, Tensor] = {}
+    if row_max is not None and "lse" in aux:
+        aux_out["lse"] = (row_max + log_s).squeeze(1)
+    if predicted is not None:
+        aux_out["predicted"] = predicted.squeeze(1)
+    if sum_ez is not None:
+        aux_out["entropy"] = (log_s - sum_ez / sum_exp).squeeze(1)
     if probs:
         row_loss = (1.0 - eps) * (t_sum * log_s - t_dot_z)
     else:
@@ -335,10 +432,24 @@ def fused_ce(
             grad_y = grad_y * gs
         if dsoft_y is not None:
             grad_y = grad_y * dsoft_y
+        if row_gs is not None:
+            grad_y = grad_y * row_gs
+        if dot is not None:
+            assert x_y is not None  # allocated with dot for class-index targets
+            dot.add_(grad_y * x_y)
+        if late_scale is not None:
+            grad_y = grad_y * late_scale
         grad_y = torch.where(keep, grad_y, torch.zeros_like(grad_y))
         # index_put_, not scatter_: on CPU a bf16 scatter_ works on a float32 copy of the whole buffer
         rows_idx = torch.arange(num_rows, device=device)
         grad.index_put_((rows_idx, safe.squeeze(1)), grad_y.squeeze(1).to(grad.dtype))
         if not masked:
             grad.index_fill_(0, (~keep).squeeze(1).nonzero().squeeze(1), 0.0)
+    if dscale is not None:
+        assert dot is not None  # allocated whenever dscale is given
+        if not probs:
+            torch.where(keep, dot, torch.zeros_like(dot), out=dot)
+        dscale.copy_(dot.squeeze(1))
+    if aux:
+        return loss, aux_out
     return loss
