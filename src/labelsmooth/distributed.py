@@ -36,10 +36,11 @@ References:
 
 from __future__ import annotations
 
+import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 from torch import Tensor
@@ -173,7 +174,15 @@ def _partition_tensors(sizes: tuple[int, ...], device: torch.device) -> tuple[Te
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
-    """Row losses (M,) of vocabulary-parallel logits (M, C_r); backward writes this rank's slice."""
+    """Row losses (M,) of vocabulary-parallel logits; backward writes this rank's slice.
+
+    ``x2`` (N, C_r) holds this rank's logits of N >= M rows, of which the first M are scored against
+    ``t2`` (M,) (``shift`` passes all N rows and M = N - 1 targets; the rows beyond M get gradient 0).
+    ``row_mask`` (M,) bool or None: rows where it is False are treated exactly as ignored ones.
+    ``scale``: None, a float or a 0-d tensor s; the logits are s * x (multiplied on load). ``aux``: which
+    of "predicted", "entropy" to compute (their per-rank pieces ride on the one all-gather).
+    Returns ``(loss, keep, lse, predicted, entropy)``, the last two empty when not asked for.
+    """
 
     @staticmethod
     def forward(
@@ -187,45 +196,71 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         ignore_index: int,
         group: ProcessGroup,
         use_triton: bool,
-    ) -> tuple[Tensor, Tensor]:
-        rows, cols = x2.shape
+        row_mask: Tensor | None = None,
+        scale: Tensor | float | None = None,
+        aux: frozenset[str] = frozenset(),
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        rows = t2.shape[0]
+        cols = x2.shape[1]
         cdt = compute_dtype(x2.dtype)
         num_classes = sum(sizes)
         keep = t2 != ignore_index
+        if row_mask is not None:
+            keep = keep & row_mask
         local = t2 - start
         owned = keep & (local >= 0) & (local < cols)
         safe = torch.where(owned, local, torch.zeros_like(local))
+        want_pred, want_ent = "predicted" in aux, "entropy" in aux
+        s = scale.to(cdt) if isinstance(scale, Tensor) else scale
 
-        stats = torch.empty(3, rows, dtype=cdt, device=x2.device)
+        # Per row: m_r, S_r - 1, the loss part a_r; then (if asked) the local argmax and
+        # U_r = sum_c exp(z_c) z_c (z = x - m_r), so that the one all-gather carries them too.
+        k = 3 + want_pred + want_ent
+        i_pred, i_ent = 3, 3 + want_pred
+        stats = torch.empty(k, rows, dtype=cdt, device=x2.device)
         masked = x2.device.type != "cpu"
         step = default_block_rows(cols, x2.device)
-        if use_triton:
+        # Triton's statistics pass knows neither a logit scale nor the argmax and entropy pieces; with
+        # any of them the pass is the torch block loop below (still one read of the slice).
+        triton_stats = use_triton and s is None and not want_pred and not want_ent
+        if triton_stats:
             from labelsmooth.kernels import triton_ce
 
             # The Triton kernels' pass over the slice: max, S - 1, sum (x - m) and x_y - m in one read.
-            st = triton_ce.slice_stats(x2, torch.where(owned, local, torch.full_like(local, -1)))
+            st = triton_ce.slice_stats(x2[:rows], torch.where(owned, local, torch.full_like(local, -1)))
             stats[0] = st[0]
             stats[1] = st[1]
             stats[2] = st[3].mul(-(1.0 - eps))
             if eps > 0:
                 stats[2].sub_(st[2], alpha=eps / num_classes)
         # One scratch block reused by every chunk: a fresh block each time costs page faults on CPU.
-        scratch = None if use_triton else torch.empty(min(step, rows), cols, dtype=cdt, device=x2.device)
-        for a in range(0, 0 if use_triton else rows, step):
+        scratch = None if triton_stats else torch.empty(min(step, rows), cols, dtype=cdt, device=x2.device)
+        scratch_e = torch.empty_like(scratch) if want_ent and scratch is not None else None
+        for a in range(0, 0 if triton_stats else rows, step):
             b = min(rows, a + step)
+            assert scratch is not None  # this loop runs only without Triton's pass, which allocates it
             x = x2[a:b].to(cdt)
+            if s is not None:
+                x = torch.mul(x, s, out=scratch[: b - a])  # the scaled block, never a scaled N x C copy
             m = torch.amax(x, dim=1, out=stats[0, a:b])
+            if want_pred:
+                stats[i_pred, a:b] = x.argmax(dim=1)  # first index on ties, as torch.argmax
             # A slice whose logits are all -inf (padding of the vocabulary) has S_r = 0; shifting it by
             # 0 instead of m keeps its z at -inf rather than NaN.
             shift = torch.where(m == float("-inf"), 0.0, m)
-            assert scratch is not None  # this loop runs only without Triton, which allocates it
             z = torch.sub(x, shift.unsqueeze(1), out=scratch[: b - a])
             z_y = z.gather(1, safe[a:b].unsqueeze(1)).squeeze(1)
             part = torch.where(owned[a:b], z_y, 0.0).mul_(-(1.0 - eps))
             if eps > 0:
                 part.sub_(z.sum(dim=1), alpha=eps / num_classes)
             stats[2, a:b] = part
-            e = z.exp_()
+            if scratch_e is not None:
+                # -inf logits: exp(z) z would be 0 * -inf; the lowest finite z gives the same exp (0).
+                z.clamp_(min=torch.finfo(cdt).min)
+                e = torch.exp(z, out=scratch_e[: b - a])
+                stats[i_ent, a:b] = torch.linalg.vecdot(e, z)
+            else:
+                e = z.exp_()
             rest = e.sum(dim=1, keepdim=True).sub_(1.0)
             # A confident row's S_r - 1 is about its loss, mostly rounded away in 1 + (S_r - 1): those
             # rows get it summed again without one max element (whose exp is exactly 1).
@@ -233,11 +268,11 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             stats[1, a:b] = rest.squeeze(1)
 
         world = len(sizes)
-        every = torch.empty(world, 3, rows, dtype=cdt, device=x2.device)
+        every = torch.empty(world, k, rows, dtype=cdt, device=x2.device)
         _all_gather(every, stats, group)
 
         # From here on every rank computes the same numbers from the same gathered statistics.
-        m_r, rest_r, part_r = every.unbind(1)  # each (P, M)
+        m_r, rest_r, part_r = every[:, 0], every[:, 1], every[:, 2]  # each (P, M)
         big_m = m_r.amax(dim=0)
         d = m_r - big_m  # <= 0; -inf for an all -inf slice
         first = m_r.argmax(dim=0, keepdim=True)  # the first rank holding the max
@@ -256,54 +291,80 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         lse = big_m + log_s
         if z_loss:
             loss = loss + z_loss * lse * lse
-        loss = torch.where(keep, loss, torch.zeros_like(loss))
+        zero = torch.zeros_like(loss)
+        loss = torch.where(keep, loss, zero)
 
-        ctx.save_for_backward(x2, big_m, s_m1, lse, keep, owned, safe)
+        none = torch.empty(0, device=x2.device)
+        predicted = entropy = none
+        if want_pred:
+            # The global argmax: the first rank holding the row max (ranks hold their classes in order),
+            # at its own first maximal index; ties therefore go to the lowest global index.
+            where = every[:, i_pred].gather(0, first).squeeze(0).long()
+            predicted = (bounds - size_t).gather(0, first.squeeze(0)) + where
+            predicted = torch.where(keep, predicted, torch.full_like(predicted, ignore_index))
+        if want_ent:
+            # sum_c exp(x_c - M)(x_c - M) = sum_r exp(d_r) (U_r + d_r S_r); H = log S - that / S, both
+            # terms >= 0 (nothing cancels). An all -inf slice (d_r = -inf) contributes nothing.
+            u_r = every[:, i_ent]
+            piece = torch.exp(d) * (u_r + d * (rest_r + 1.0))
+            u = torch.where(d == float("-inf"), 0.0, piece).sum(dim=0)
+            entropy = torch.where(keep, log_s - u / (s_m1 + 1.0), zero)
+
+        ctx.rows = rows
+        ctx.save_for_backward(x2, big_m, s_m1, lse, keep, owned, safe, *([s] if isinstance(s, Tensor) else []))
         ctx.eps, ctx.z_loss, ctx.num_classes, ctx.use_triton = eps, z_loss, num_classes, use_triton
-        ctx.mark_non_differentiable(keep)
-        return loss, keep
+        ctx.scale = s if not isinstance(s, Tensor) else None
+        ctx.scale_is_tensor = isinstance(s, Tensor)
+        ctx.group = group
+        lse = torch.where(keep, lse, zero)
+        ctx.mark_non_differentiable(keep, lse, predicted, entropy)
+        return loss, keep, lse, predicted, entropy
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor, _grad_keep: Tensor | None) -> tuple[Tensor | None, ...]:
-        x2, big_m, s_m1, lse, keep, owned, safe = ctx.saved_tensors
+    def backward(ctx: Any, grad_loss: Tensor, *_unused: Tensor | None) -> tuple[Tensor | None, ...]:
+        x2, big_m, s_m1, lse, keep, owned, safe, *maybe_s = ctx.saved_tensors
+        s = maybe_s[0] if ctx.scale_is_tensor else ctx.scale
+        want_ds = ctx.scale_is_tensor and ctx.needs_input_grad[10]
+        nones = (None,) * 9
         eps, z_loss, num_classes = ctx.eps, ctx.z_loss, ctx.num_classes
-        if ctx.use_triton:
-            return (
-                _triton_backward(x2, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_loss, num_classes),
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-            )
+        rows = ctx.rows
+        if ctx.use_triton and s is None:
+            grad = _triton_backward(x2, rows, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_loss, num_classes)
+            return (grad, *nones, None, None)
         cdt = big_m.dtype
-        rows, cols = x2.shape
+        cols = x2.shape[1]
         g = torch.where(keep, grad_loss.to(cdt), torch.zeros_like(big_m))
-        s = s_m1 + 1.0
-        scale = g * (1.0 + 2.0 * z_loss * lse) / s if z_loss else g / s
+        sp1 = s_m1 + 1.0
+        scale = g * (1.0 + 2.0 * z_loss * lse) / sp1 if z_loss else g / sp1
         off = g * (eps / num_classes)
         grad = empty_for_grad(x2)  # advised for huge pages: first-touch faults of a large buffer are slow
+        if rows < x2.shape[0]:
+            grad[rows:].zero_()  # rows no target scores (shift's last row) are never read
         in_place = x2.dtype == cdt  # float32/float64 logits: compute straight into the gradient
         masked = x2.device.type != "cpu"
         step = default_block_rows(cols, x2.device)
         scratch = None if in_place else torch.empty(min(step, rows), cols, dtype=cdt, device=x2.device)
+        ds_rows = torch.empty(rows, dtype=cdt, device=x2.device) if want_ds else None
         for a in range(0, rows, step):
             b = min(rows, a + step)
             out = grad[a:b]
-            if in_place:
-                z = torch.sub(x2[a:b], big_m[a:b].unsqueeze(1), out=out)
-            else:
+            if not in_place:
                 assert scratch is not None  # allocated above whenever the gradient is not in place
-                z = torch.sub(x2[a:b].to(cdt), big_m[a:b].unsqueeze(1), out=scratch[: b - a])
+                out = scratch[: b - a]
+                torch.sub(
+                    x2[a:b].to(cdt) if s is None else torch.mul(x2[a:b].to(cdt), s), big_m[a:b].unsqueeze(1), out=out
+                )
+            elif s is None:
+                torch.sub(x2[a:b], big_m[a:b].unsqueeze(1), out=out)
+            else:
+                torch.mul(x2[a:b], s, out=out).sub_(big_m[a:b].unsqueeze(1))
+            z = out
             idx = safe[a:b].unsqueeze(1)
             z_y = z.gather(1, idx).squeeze(1)
             gr = z.exp_().mul_(scale[a:b].unsqueeze(1)).sub_(off[a:b].unsqueeze(1))
             # Target column: p_y - 1 = (expm1(z_y) - (S - 1)) / S keeps a confident row's small gradient,
             # which p_y - 1 computed directly would round to 0 in float32.
-            s_b = s[a:b]
+            s_b = sp1[a:b]
             g_y = (torch.expm1(z_y) - s_m1[a:b]) / s_b + (eps - eps / num_classes)
             if z_loss:
                 g_y = g_y + (2.0 * z_loss) * lse[a:b] * torch.exp(z_y) / s_b
@@ -316,9 +377,23 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                 drop = (~keep[a:b]).nonzero().squeeze(1)  # on CPU reading it costs no synchronisation
                 if drop.numel():
                     gr.index_fill_(0, drop, 0.0)
+            if ds_rows is not None:
+                # d loss / d s = sum_c ghat_c x_c; where ghat is 0 (ignored rows, p = 0 at -inf logits)
+                # the term is 0 whatever x holds.
+                xb = x2[a:b].to(cdt)
+                ds_rows[a:b] = torch.linalg.vecdot(gr, torch.where(gr == 0, 0.0, xb))
+            if s is not None:
+                gr.mul_(s)  # the gradient w.r.t. x carries s
             if not in_place:
-                out.copy_(gr)
-        return grad, None, None, None, None, None, None, None, None
+                grad[a:b].copy_(gr)
+        ds = None
+        if ds_rows is not None:
+            # The logit scale acts on every slice: its gradient is the sum over the group's ranks, the
+            # same on each (one all-reduce of one number).
+            ds = ds_rows.sum()
+            _dist().all_reduce(ds, group=ctx.group)
+            ds = ds.to(maybe_s[0].dtype)
+        return (grad, *nones, ds, None)
 
 
 #: Local class index the Triton backward reads as "ignored row" (local indices are -1 or in [0, C)).
@@ -327,6 +402,7 @@ _IGNORED = -2
 
 def _triton_backward(
     x2: Tensor,
+    rows: int,
     big_m: Tensor,
     s_m1: Tensor,
     lse: Tensor,
@@ -349,20 +425,114 @@ def _triton_backward(
     stats = torch.stack([ref, s_m1 + 1.0, s_m1, coef], dim=1).float().contiguous()
     local = torch.where(keep, torch.where(owned, safe, torch.full_like(safe, -1)), torch.full_like(safe, _IGNORED))
     grad = torch.empty_like(x2)
+    if rows < x2.shape[0]:
+        grad[rows:].zero_()  # rows no target scores (shift's last row) are never read
     triton_ce.backward(
-        x2,
+        x2[:rows],
         local,
         None,
         _IGNORED,
         eps,
         None,
         stats,
-        grad,
+        grad[:rows],
         grad_output=grad_loss.float(),
         smoothing_classes=num_classes,
         target_elsewhere=True,
     )
     return grad
+
+
+AUX_NAMES = ("z_loss", "lse", "accuracy", "predicted", "entropy")
+
+
+def _aux_names(return_aux: object) -> tuple[str, ...]:
+    """The aux items asked for, in AUX_NAMES order; () for False."""
+    if return_aux is False or return_aux is None:
+        return ()
+    if return_aux is True:
+        return AUX_NAMES
+    if isinstance(return_aux, (str, bytes)) or not hasattr(return_aux, "__iter__"):
+        raise V.ArgumentTypeError(
+            f"return_aux must be a bool or an iterable of names from {AUX_NAMES}, got {return_aux!r}"
+        )
+    names = set()
+    for name in return_aux:
+        if name not in AUX_NAMES:
+            raise V.ArgumentError(f"return_aux names must be from {AUX_NAMES}, got {name!r}")
+        names.add(name)
+    return tuple(n for n in AUX_NAMES if n in names)
+
+
+def _check_logit_scale(value: object, device: torch.device) -> float | Tensor | None:
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        if value.dim() != 0 or not value.is_floating_point():
+            raise V.ArgumentError(
+                f"logit_scale must be a float or a 0-dim floating tensor, got a {value.dtype} tensor of "
+                f"shape {tuple(value.shape)}"
+            )
+        if value.device != device:
+            raise V.ArgumentError(f"logit_scale is on {value.device} but local_logits is on {device}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise V.ArgumentTypeError(f"logit_scale must be a float or a 0-dim floating tensor, got {value!r}")
+    if not math.isfinite(value):
+        raise V.ArgumentError(f"logit_scale must be finite, got {value!r}")
+    return float(value)
+
+
+def _check_token_weight(token_weight: Tensor | None, target: Tensor, rows: int) -> Tensor | None:
+    """The (rows,) view of ``token_weight`` (of ``target``'s shape, or 1-D of length ``rows``)."""
+    if token_weight is None:
+        return None
+    V.check_tensor(token_weight, "token_weight")
+    V.check_floating(token_weight, "token_weight")
+    if token_weight.device != target.device:
+        raise V.ArgumentError(f"token_weight is on {token_weight.device} but target is on {target.device}")
+    if tuple(token_weight.shape) not in (tuple(target.shape), (rows,)):
+        raise V.ArgumentError(
+            f"token_weight must have the target's shape {tuple(target.shape)} or ({rows},), got "
+            f"{tuple(token_weight.shape)}"
+        )
+    return token_weight.reshape(-1)
+
+
+@overload
+def vocab_parallel_cross_entropy(
+    local_logits: Tensor,
+    target: Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    group: ProcessGroup | None = None,
+    backend: str = "auto",
+    token_weight: Tensor | None = None,
+    shift: bool = False,
+    logit_scale: float | Tensor | None = None,
+    return_aux: Literal[False] = False,
+) -> Tensor: ...
+
+
+@overload
+def vocab_parallel_cross_entropy(
+    local_logits: Tensor,
+    target: Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    z_loss: float = 0.0,
+    group: ProcessGroup | None = None,
+    backend: str = "auto",
+    token_weight: Tensor | None = None,
+    shift: bool = False,
+    logit_scale: float | Tensor | None = None,
+    return_aux: Literal[True] | Iterable[str],
+) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
 def vocab_parallel_cross_entropy(
@@ -375,7 +545,11 @@ def vocab_parallel_cross_entropy(
     z_loss: float = 0.0,
     group: ProcessGroup | None = None,
     backend: str = "auto",
-) -> Tensor:
+    token_weight: Tensor | None = None,
+    shift: bool = False,
+    logit_scale: float | Tensor | None = None,
+    return_aux: bool | Iterable[str] = False,
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """Label-smoothed cross-entropy of logits split over the vocabulary across the ranks of ``group``.
 
     Rank r of ``group`` holds the logits of a contiguous slice of the K classes, the slices in rank order
@@ -383,11 +557,13 @@ def vocab_parallel_cross_entropy(
     same ``target`` (global class indices). The loss, identical on every rank, and each rank's
     gradient equal those of ``labelsmooth.cross_entropy`` (and ``torch.nn.functional.cross_entropy``)
     on the gathered logits, with the smoothing spread as eps/K over all K classes. Forward makes one
-    all-gather of 3 numbers per row per rank (never logits); backward communicates nothing. The first
-    call for a group and slice size makes one more small collective to learn the slice sizes.
+    all-gather of 3 numbers per row per rank (5 with ``predicted`` and ``entropy``; never logits);
+    backward communicates nothing (one all-reduce of one number when a ``logit_scale`` tensor needs its
+    gradient). The first call for a group and slice size makes one more small collective to learn the
+    slice sizes.
 
     Args:
-        local_logits: this rank's logits, shape (*, C_r), classes last.
+        local_logits: this rank's logits, shape (*, C_r), classes last; (B, T, C_r) with ``shift``.
         target: class indices of shape (*) (any integer dtype), in [0, K) or ``ignore_index``.
         label_smoothing: eps in [0, 1], spread over the global K classes.
         ignore_index: target value whose rows give loss 0 and gradient 0 and are left out of "mean".
@@ -397,10 +573,26 @@ def vocab_parallel_cross_entropy(
         backend: the local work's kernels: ``"triton"`` (the Triton kernels' statistics pass and their
             backward with the whole row's statistics; CUDA, or CPU tensors under TRITON_INTERPRET=1),
             ``"chunked"`` (torch ops over cache-sized blocks of rows, any device), or ``"auto"``: triton
-            for float16/bfloat16/float32 logits on CUDA when Triton is installed, else chunked.
+            for float16/bfloat16/float32 logits on CUDA when Triton is installed, else chunked. With
+            ``logit_scale``, ``predicted`` or ``entropy`` the statistics pass is chunked's on every
+            backend, and with ``logit_scale`` the backward too (Triton's slice kernels take neither).
+        token_weight: a floating per-row weight r_n of the target's shape (or 1-D, one per row): row
+            losses and gradients are multiplied by it, and ``"mean"`` divides by the sum of r_n over the
+            rows not ignored. Differentiable.
+        shift: next-token prediction on (B, T, C_r) logits and (B, T) targets: row (b, t) is scored
+            against ``target[b, t + 1]`` (views, no copies), and the last position of each sequence
+            is ignored (loss 0, gradient 0, not counted by ``"mean"``).
+        logit_scale: a float or 0-dim tensor s: the logits are ``s * x`` (multiplied on load). A tensor
+            that requires grad gets d loss / d s, summed over the group's ranks.
+        return_aux: True or names from ``("z_loss", "lse", "accuracy", "predicted", "entropy")``:
+            return ``(loss, aux)`` with ``aux`` a dict of detached tensors: ``lse`` the global
+            log-sum-exp per row; ``predicted`` the global argmax (the lowest index on ties);
+            ``entropy`` of the softmax over all K classes; ``accuracy`` and ``z_loss`` reduced like
+            the loss. Ignored rows: lse 0, entropy 0, predicted ``ignore_index``.
 
     Returns:
         The loss: a scalar, or of the target's shape for ``reduction="none"``; in the logits' dtype.
+        With ``return_aux``, ``(loss, aux)``.
 
     Example:
         >>> import torch, torch.distributed as dist
@@ -409,6 +601,9 @@ def vocab_parallel_cross_entropy(
         >>> torch.allclose(vocab_parallel_cross_entropy(x, y, label_smoothing=0.1),
         ...                torch.nn.functional.cross_entropy(x, y, label_smoothing=0.1))
         True
+        >>> loss, aux = vocab_parallel_cross_entropy(x, y, return_aux=("predicted", "accuracy"))
+        >>> aux["predicted"], aux["accuracy"]
+        (tensor([   0, -100]), tensor(1.))
         >>> dist.destroy_process_group()
 
     References:
@@ -423,6 +618,8 @@ def vocab_parallel_cross_entropy(
     ignore_index = V.check_index(ignore_index, "ignore_index")
     reduction = V.check_reduction(reduction)
     z_loss = V.check_nonnegative_float(z_loss, "z_loss")
+    shift = V.check_bool(shift, "shift")
+    aux_names = _aux_names(return_aux)
     if local_logits.dim() < 1:
         raise ValueError("local_logits must have a class dimension (the last), got a 0-d tensor")
     if tuple(target.shape) != tuple(local_logits.shape[:-1]):
@@ -432,6 +629,11 @@ def vocab_parallel_cross_entropy(
         )
     if target.device != local_logits.device:
         raise ValueError(f"target is on {target.device} but local_logits is on {local_logits.device}")
+    if shift and target.dim() != 2:
+        raise V.ArgumentError(
+            f"shift=True needs (B, T) targets and (B, T, C_r) local_logits, got target of shape {tuple(target.shape)}"
+        )
+    scale = _check_logit_scale(logit_scale, local_logits.device)
     if backend not in ("auto", "chunked", "triton"):
         raise V.ArgumentError(f"backend must be one of ('auto', 'chunked', 'triton'), got {backend!r}")
     from labelsmooth.functional import _triton_usable
@@ -456,24 +658,74 @@ def vocab_parallel_cross_entropy(
         V.check_class_indices(target, sum(sizes), ignore_index)
 
     x2 = local_logits.reshape(-1, cols)
+    num_rows = x2.shape[0]
+    tw = _check_token_weight(token_weight, target, num_rows)
     t2 = target.reshape(-1)
+    row_mask = None
+    if shift:
+        # Row i is scored against label i + 1 (views); a sequence's last row, whose view-label is the
+        # next sequence's first, is masked (treated as ignored). The last row is never read.
+        seq = target.shape[1]
+        t2 = t2[1:]
+        tw = None if tw is None else tw[1:]
+        row_mask = (torch.arange(1, num_rows, device=t2.device) % seq) != 0
+    wanted = frozenset(
+        n for n in ("predicted", "entropy") if n in aux_names or (n == "predicted" and "accuracy" in aux_names)
+    )
     with torch.autocast(local_logits.device.type, enabled=False):
         if use_triton and x2.stride(-1) != 1:
             x2 = x2.contiguous()
         # torch leaves Function.apply unannotated; forward above fixes what it returns.
         rows: Tensor
         keep: Tensor
-        rows, keep = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
-            x2, t2, start, sizes, eps, z_loss, ignore_index, group, use_triton
+        rows, keep, lse, predicted, entropy = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
+            x2, t2, start, sizes, eps, z_loss, ignore_index, group, use_triton, row_mask, scale, wanted
         )
+        cdt = rows.dtype
+        # The row weights r_n: token_weight where the row counts, else 0 (set, not multiplied: an
+        # ignored row's token weight may be anything).
+        r = None
+        if tw is not None:
+            r = torch.where(keep, tw.to(cdt), torch.zeros((), dtype=cdt, device=rows.device))
+            rows = rows * r
         if reduction == "none":
-            out = rows.reshape(target.shape)
-        elif reduction == "sum":
-            out = rows.sum()
+            out = _full_rows(rows, shift, 0.0).reshape(target.shape)
+            denom = None
         else:
             # A device tensor, not a Python number: the count needs no host synchronisation.
-            out = rows.sum() / keep.sum().to(rows.dtype)
-    return out.to(local_logits.dtype)
+            denom = (keep.sum().to(cdt) if r is None else r.sum()) if reduction == "mean" else None
+            out = rows.sum() if denom is None else rows.sum() / denom
+        out = out.to(local_logits.dtype)
+        if not aux_names:
+            return out
+        aux: dict[str, Tensor] = {}
+        weights = keep.to(cdt) if r is None else r.detach()
+        for name in aux_names:
+            if name == "z_loss":
+                value = z_loss * lse * lse * weights
+            elif name == "accuracy":
+                hit = (predicted == t2) & keep
+                value = hit.to(cdt) if reduction == "none" else hit.to(cdt) * weights
+            elif name == "lse":
+                value = lse
+            elif name == "predicted":
+                value = predicted
+            else:
+                value = entropy
+            if reduction != "none" and name in ("z_loss", "accuracy"):
+                value = value.sum() if denom is None else value.sum() / denom
+            elif value.dim() == 1:
+                fill = ignore_index if name == "predicted" else 0.0
+                value = _full_rows(value, shift, fill).reshape(target.shape)
+            aux[name] = value.detach()
+    return out, aux
+
+
+def _full_rows(values: Tensor, shift: bool, fill: float | int) -> Tensor:
+    """Per-row values of every row: with ``shift`` the last row (no target) gets ``fill``."""
+    if not shift:
+        return values
+    return torch.cat([values, values.new_full((1,), fill)])
 
 
 def global_num_targets(
