@@ -329,7 +329,7 @@ def test_argument_errors():
         D.vocab_parallel_cross_entropy(x, y, token_weight=torch.ones(5))
     with pytest.raises(TypeError, match="token_weight"):
         D.vocab_parallel_cross_entropy(x, y, token_weight=torch.ones(2, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="logit_scale"):
+    with pytest.raises(TypeError, match="logit_scale"):
         D.vocab_parallel_cross_entropy(x, y, logit_scale=torch.ones(1))
     with pytest.raises(ValueError, match="logit_scale"):
         D.vocab_parallel_cross_entropy(x, y, logit_scale=float("inf"))
@@ -338,4 +338,4 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="return_aux"):
         D.vocab_parallel_cross_entropy(x, y, return_aux=("lse", "perplexity"))
     with pytest.raises(TypeError, match="return_aux"):
-        D.vocab_parallel_cross_entropy(x, y, return_aux="lse")
+        D.vocab_parallel_cross_entropy(x, y, return_aux=3)

@@ -36,7 +36,6 @@ References:
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Iterable, Sequence
 from types import ModuleType
@@ -45,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import torch
 from torch import Tensor
 
+from labelsmooth import _options as O
 from labelsmooth import _validate as V
 from labelsmooth.kernels._memory import empty_for_grad
 from labelsmooth.kernels.chunked import _refine_confident_rows, default_block_rows
@@ -443,62 +443,6 @@ def _triton_backward(
     return grad
 
 
-AUX_NAMES = ("z_loss", "lse", "accuracy", "predicted", "entropy")
-
-
-def _aux_names(return_aux: object) -> tuple[str, ...]:
-    """The aux items asked for, in AUX_NAMES order; () for False."""
-    if return_aux is False or return_aux is None:
-        return ()
-    if return_aux is True:
-        return AUX_NAMES
-    if isinstance(return_aux, (str, bytes)) or not hasattr(return_aux, "__iter__"):
-        raise V.ArgumentTypeError(
-            f"return_aux must be a bool or an iterable of names from {AUX_NAMES}, got {return_aux!r}"
-        )
-    names = set()
-    for name in return_aux:
-        if name not in AUX_NAMES:
-            raise V.ArgumentError(f"return_aux names must be from {AUX_NAMES}, got {name!r}")
-        names.add(name)
-    return tuple(n for n in AUX_NAMES if n in names)
-
-
-def _check_logit_scale(value: object, device: torch.device) -> float | Tensor | None:
-    if value is None:
-        return None
-    if isinstance(value, Tensor):
-        if value.dim() != 0 or not value.is_floating_point():
-            raise V.ArgumentError(
-                f"logit_scale must be a float or a 0-dim floating tensor, got a {value.dtype} tensor of "
-                f"shape {tuple(value.shape)}"
-            )
-        if value.device != device:
-            raise V.ArgumentError(f"logit_scale is on {value.device} but local_logits is on {device}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise V.ArgumentTypeError(f"logit_scale must be a float or a 0-dim floating tensor, got {value!r}")
-    if not math.isfinite(value):
-        raise V.ArgumentError(f"logit_scale must be finite, got {value!r}")
-    return float(value)
-
-
-def _check_token_weight(token_weight: Tensor | None, target: Tensor, rows: int) -> Tensor | None:
-    """The (rows,) view of ``token_weight`` (of ``target``'s shape, or 1-D of length ``rows``)."""
-    if token_weight is None:
-        return None
-    V.check_tensor(token_weight, "token_weight")
-    V.check_floating(token_weight, "token_weight")
-    if token_weight.device != target.device:
-        raise V.ArgumentError(f"token_weight is on {token_weight.device} but target is on {target.device}")
-    if tuple(token_weight.shape) not in (tuple(target.shape), (rows,)):
-        raise V.ArgumentError(
-            f"token_weight must have the target's shape {tuple(target.shape)} or ({rows},), got "
-            f"{tuple(token_weight.shape)}"
-        )
-    return token_weight.reshape(-1)
-
-
 @overload
 def vocab_parallel_cross_entropy(
     local_logits: Tensor,
@@ -618,8 +562,6 @@ def vocab_parallel_cross_entropy(
     ignore_index = V.check_index(ignore_index, "ignore_index")
     reduction = V.check_reduction(reduction)
     z_loss = V.check_nonnegative_float(z_loss, "z_loss")
-    shift = V.check_bool(shift, "shift")
-    aux_names = _aux_names(return_aux)
     if local_logits.dim() < 1:
         raise ValueError("local_logits must have a class dimension (the last), got a 0-d tensor")
     if tuple(target.shape) != tuple(local_logits.shape[:-1]):
@@ -629,11 +571,16 @@ def vocab_parallel_cross_entropy(
         )
     if target.device != local_logits.device:
         raise ValueError(f"target is on {target.device} but local_logits is on {local_logits.device}")
-    if shift and target.dim() != 2:
-        raise V.ArgumentError(
-            f"shift=True needs (B, T) targets and (B, T, C_r) local_logits, got target of shape {tuple(target.shape)}"
-        )
-    scale = _check_logit_scale(logit_scale, local_logits.device)
+    opts = O.parse_options(
+        token_weight=token_weight,
+        shift=shift,
+        logit_scale=logit_scale,
+        return_aux=return_aux,
+        target=target,
+        batch_shape=tuple(target.shape),
+        probs=False,
+        device=local_logits.device,
+    )
     if backend not in ("auto", "chunked", "triton"):
         raise V.ArgumentError(f"backend must be one of ('auto', 'chunked', 'triton'), got {backend!r}")
     from labelsmooth.functional import _triton_usable
@@ -658,74 +605,50 @@ def vocab_parallel_cross_entropy(
         V.check_class_indices(target, sum(sizes), ignore_index)
 
     x2 = local_logits.reshape(-1, cols)
-    num_rows = x2.shape[0]
-    tw = _check_token_weight(token_weight, target, num_rows)
-    t2 = target.reshape(-1)
-    row_mask = None
-    if shift:
-        # Row i is scored against label i + 1 (views); a sequence's last row, whose view-label is the
-        # next sequence's first, is masked (treated as ignored). The last row is never read.
-        seq = target.shape[1]
-        t2 = t2[1:]
-        tw = None if tw is None else tw[1:]
-        row_mask = (torch.arange(1, num_rows, device=t2.device) % seq) != 0
-    wanted = frozenset(
-        n for n in ("predicted", "entropy") if n in aux_names or (n == "predicted" and "accuracy" in aux_names)
-    )
+    num_rows, seq = x2.shape[0], opts.seq_len
+    cdt = compute_dtype(x2.dtype)
+    # Shift: the kernel rows are the first N - 1 rows against target.reshape(-1)[1:] (views); the
+    # sequence ends are masked like ignored rows, and the last row is never read.
+    _, t2 = O.shift_views(x2, target.reshape(-1), seq)
+    keep = O.keep_rows(t2, ignore_index, seq) if seq is not None else None
+    r = O.row_weights(opts.token_weight, num_rows, seq, cdt, x2.device)
+    wanted = O.kernel_aux(opts.aux, z_loss)
     with torch.autocast(local_logits.device.type, enabled=False):
         if use_triton and x2.stride(-1) != 1:
             x2 = x2.contiguous()
         # torch leaves Function.apply unannotated; forward above fixes what it returns.
         rows: Tensor
-        keep: Tensor
-        rows, keep, lse, predicted, entropy = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
-            x2, t2, start, sizes, eps, z_loss, ignore_index, group, use_triton, row_mask, scale, wanted
+        kept: Tensor
+        rows, kept, lse, predicted, entropy = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
+            x2, t2, start, sizes, eps, z_loss, ignore_index, group, use_triton, keep, opts.logit_scale, wanted
         )
-        cdt = rows.dtype
-        # The row weights r_n: token_weight where the row counts, else 0 (set, not multiplied: an
-        # ignored row's token weight may be anything).
-        r = None
-        if tw is not None:
-            r = torch.where(keep, tw.to(cdt), torch.zeros((), dtype=cdt, device=rows.device))
-            rows = rows * r
+        # r_n * loss_n, exactly 0 on ignored rows and sequence ends whatever their weight holds.
+        rows = O.weight_rows(rows, r, kept if r is not None else None)
+        # A device tensor, not a Python number: the denominator needs no host synchronisation.
+        denom = O.mean_denominator(t2, None, ignore_index, cdt, r) if reduction == "mean" else None
         if reduction == "none":
-            out = _full_rows(rows, shift, 0.0).reshape(target.shape)
-            denom = None
+            out = O.pad_rows(rows, num_rows).reshape(target.shape)
         else:
-            # A device tensor, not a Python number: the count needs no host synchronisation.
-            denom = (keep.sum().to(cdt) if r is None else r.sum()) if reduction == "mean" else None
-            out = rows.sum() if denom is None else rows.sum() / denom
+            out = O.reduce_rows(rows, reduction, denom)
         out = out.to(local_logits.dtype)
-        if not aux_names:
+        if opts.aux is None:
             return out
-        aux: dict[str, Tensor] = {}
-        weights = keep.to(cdt) if r is None else r.detach()
-        for name in aux_names:
-            if name == "z_loss":
-                value = z_loss * lse * lse * weights
-            elif name == "accuracy":
-                hit = (predicted == t2) & keep
-                value = hit.to(cdt) if reduction == "none" else hit.to(cdt) * weights
-            elif name == "lse":
-                value = lse
-            elif name == "predicted":
-                value = predicted
-            else:
-                value = entropy
-            if reduction != "none" and name in ("z_loss", "accuracy"):
-                value = value.sum() if denom is None else value.sum() / denom
-            elif value.dim() == 1:
-                fill = ignore_index if name == "predicted" else 0.0
-                value = _full_rows(value, shift, fill).reshape(target.shape)
-            aux[name] = value.detach()
+        aux = O.build_aux(
+            opts.aux,
+            {"lse": lse, "predicted": predicted, "entropy": entropy},
+            target=t2,
+            ignore_index=ignore_index,
+            weight=None,
+            row_weight=r,
+            keep=kept,
+            reduction=reduction,
+            denom=denom,
+            z_loss=z_loss,
+            num_rows=num_rows,
+            batch_shape=tuple(target.shape),
+            dtype=cdt,
+        )
     return out, aux
-
-
-def _full_rows(values: Tensor, shift: bool, fill: float | int) -> Tensor:
-    """Per-row values of every row: with ``shift`` the last row (no target) gets ``fill``."""
-    if not shift:
-        return values
-    return torch.cat([values, values.new_full((1,), fill)])
 
 
 def global_num_targets(
