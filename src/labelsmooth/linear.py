@@ -10,11 +10,14 @@ is passed in (typically the output embedding, ``model.lm_head.weight``).
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable
+from typing import Any, Literal, cast, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labelsmooth import _options as O
 from labelsmooth import _validate as V
 from labelsmooth import functional as LF
 from labelsmooth.kernels.linear import LinearCrossEntropyFunction, default_chunk_rows
@@ -98,7 +101,13 @@ def _check_operands(
 
 
 def _resolve(
-    backend: str, input: Tensor, target: Tensor, weight: Tensor | None, mm_dtype: torch.dtype, functorch: bool
+    backend: str,
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    mm_dtype: torch.dtype,
+    functorch: bool,
+    token_weight: Tensor | None = None,
 ) -> str:
     if functorch:
         # torch.func transforms and forward-mode dual tensors need plain torch ops, whatever was named
@@ -114,11 +123,125 @@ def _resolve(
             raise V.ArgumentTypeError("backend='triton' does not support float64; use backend='chunked'")
     if backend != "auto":
         return backend
-    if target.requires_grad or (weight is not None and weight.requires_grad):
-        return "reference"  # the only backend that differentiates through target and weight
+    if (
+        target.requires_grad
+        or (weight is not None and weight.requires_grad)
+        or (token_weight is not None and token_weight.requires_grad)
+    ):
+        return "reference"  # the only backend that differentiates through target, weight and token_weight
     if input.device.type == "cpu" or mm_dtype == torch.float64 or not LF._triton_usable(input.device):
         return "chunked"  # with device-sized blocks off the CPU
     return "triton"
+
+
+def _materialised_with_options(
+    x2: Tensor,
+    linear_weight: Tensor,
+    linear_bias: Tensor | None,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    eps: float,
+    z_loss: float,
+    softcap: float | None,
+    prior: Tensor | None,
+    allow_negative: bool,
+    opts: O.Options,
+    token_weight: Tensor | None,
+    shift: bool,
+    logit_scale: float | Tensor | None,
+    return_aux: object,
+    out_dtype: torch.dtype,
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    """backend="reference" with the language-model options: the full logits, then
+    :func:`labelsmooth.cross_entropy`'s reference with the same options (autograd does the rest)."""
+    logits = F.linear(x2, linear_weight, linear_bias)
+    batch_shape = tuple(target.shape) if not target.is_floating_point() else tuple(target.shape[:-1])
+    if opts.seq_len is not None:
+        # cross_entropy's layout: (B, C, T) logits, a view of the (B, T, C) ones.
+        logits = logits.reshape(*batch_shape, -1).transpose(1, 2)
+        t = target
+    else:
+        t = target.reshape(-1, logits.shape[-1]) if target.is_floating_point() else target.reshape(-1)
+        token_weight = None if token_weight is None else token_weight.reshape(-1)
+    # The options' own checks ran on the caller's shapes; cross_entropy repeats them on these views.
+    result = cast(Any, LF.cross_entropy)(
+        logits,
+        t,
+        weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=eps,
+        backend="reference",
+        z_loss=z_loss,
+        softcap=softcap,
+        smoothing_prior=prior,
+        allow_negative=allow_negative,
+        token_weight=token_weight,
+        shift=shift,
+        logit_scale=logit_scale,
+        return_aux=return_aux,
+    )
+    out: Tensor
+    aux: dict[str, Tensor] | None
+    out, aux = result if opts.aux is not None else (result, None)
+    if reduction == "none":
+        out = out.reshape(batch_shape)
+    out = out.to(out_dtype)
+    if aux is None:
+        return out
+    return out, {k: v if v.dim() == 0 else v.reshape(batch_shape) for k, v in aux.items()}
+
+
+@overload
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+    smoothing_prior: Tensor | None = None,
+    allow_negative: bool = False,
+    accumulation_dtype: torch.dtype | None = None,
+    token_weight: Tensor | None = None,
+    shift: bool = False,
+    logit_scale: float | Tensor | None = None,
+    return_aux: Literal[False] = False,
+) -> Tensor: ...
+
+
+@overload
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+    smoothing_prior: Tensor | None = None,
+    allow_negative: bool = False,
+    accumulation_dtype: torch.dtype | None = None,
+    token_weight: Tensor | None = None,
+    shift: bool = False,
+    logit_scale: float | Tensor | None = None,
+    return_aux: Literal[True] | Iterable[str],
+) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
 def linear_cross_entropy(
@@ -138,7 +261,11 @@ def linear_cross_entropy(
     smoothing_prior: Tensor | None = None,
     allow_negative: bool = False,
     accumulation_dtype: torch.dtype | None = None,
-) -> Tensor:
+    token_weight: Tensor | None = None,
+    shift: bool = False,
+    logit_scale: float | Tensor | None = None,
+    return_aux: bool | Iterable[str] = False,
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """``cross_entropy(linear(input, linear_weight, linear_bias), target)`` without the full logits.
 
     Same arguments and numbers as ``torch.nn.functional.linear_cross_entropy`` (torch 2.13, without its
@@ -192,10 +319,23 @@ def linear_cross_entropy(
             :func:`labelsmooth.cross_entropy` with that backend (full logits; any order of
             differentiation with ``"reference"``). Inside ``torch.func`` transforms and for
             forward-mode dual tensors every backend computes through the reference.
+        token_weight: per-row weights r_n of the batch shape (or 1-D, one per row): row losses and
+            their gradients are multiplied by r_n, and ``"mean"`` divides by sum_n r_n w_{y_n} over the
+            rows not ignored. The fused backends do not differentiate it (use ``"reference"``).
+        shift: next-token prediction: input (B, T, H) and target (B, T); row (b, t) is scored against
+            ``target[b, t + 1]`` and each sequence's last row is ignored (loss 0, gradient 0, not in
+            ``"mean"``). Views only: the hidden states and labels are not copied.
+        logit_scale: a float or a 0-dim tensor s: the logits are ``s * (input @ W.T + b)`` (before
+            softcap and smoothing), multiplied inside each chunk; a tensor that requires grad gets
+            its gradient.
+        return_aux: True, or names from ``("z_loss", "lse", "accuracy", "predicted", "entropy")``:
+            returns ``(loss, aux)`` with ``aux`` a dict of detached tensors computed in the same
+            pass over each chunk (see ``docs/lm-options.md``).
 
     Returns:
         The loss: a scalar, or of the batch shape for ``reduction="none"``; in the matmul's dtype
-        (float32 under autocast, where torch computes cross-entropy in float32).
+        (float32 under autocast, where torch computes cross-entropy in float32). With ``return_aux``,
+        ``(loss, aux)``.
 
     Example:
         >>> import torch, labelsmooth as ls
@@ -242,17 +382,37 @@ def linear_cross_entropy(
                 f"{tuple(input.shape)}, got {tuple(target.shape)}"
             )
         ignore_index = -100 if ignore_index is None else ignore_index
+    opts = O.parse_options(
+        token_weight=token_weight,
+        shift=shift,
+        logit_scale=logit_scale,
+        return_aux=return_aux,
+        target=target,
+        batch_shape=batch_shape,
+        probs=probs,
+        device=input.device,
+    )
 
     device_type = input.device.type
     autocast = LF.autocast_enabled(device_type) and input.dtype != torch.float64
     mm_dtype = torch.get_autocast_dtype(device_type) if autocast else input.dtype
     out_dtype = torch.float32 if autocast and mm_dtype in _HALF else mm_dtype
-    functorch = LF._under_functorch(input, linear_weight, target, linear_bias, weight, prior)
-    name = _resolve(backend, input, target, weight, mm_dtype, functorch)
+    scale_t = opts.logit_scale if isinstance(opts.logit_scale, Tensor) else None
+    functorch = LF._under_functorch(
+        input, linear_weight, target, linear_bias, weight, prior, opts.token_weight, scale_t
+    )
+    name = _resolve(backend, input, target, weight, mm_dtype, functorch, opts.token_weight)
+    if name == "torch":
+        O.reject_options(name, opts)
     accumulation_dtype = _check_accumulation_dtype(accumulation_dtype, mm_dtype)
 
     x2 = input.reshape(-1, in_features)
     t2 = target.reshape(-1, num_classes) if probs else target.reshape(-1).long()
+    if name == "reference" and opts.active:
+        return _materialised_with_options(
+            x2, linear_weight, linear_bias, target, weight, ignore_index, reduction, eps, z_loss, softcap, prior,
+            allow_negative, opts, token_weight, shift, logit_scale, return_aux, out_dtype,
+        )  # fmt: skip
     if name in ("reference", "torch"):
         # The materialised path: the full logits, then the plain cross-entropy (autograd does the rest).
         logits = F.linear(x2, linear_weight, linear_bias)
@@ -272,6 +432,7 @@ def linear_cross_entropy(
         return (out.reshape(batch_shape) if reduction == "none" else out).to(out_dtype)
 
     LF.check_no_grad_beyond_logits(name, weight, target)
+    O.check_no_token_weight_grad(name, opts.token_weight)
     if not probs:
         V.check_class_indices(t2, num_classes, ignore_index)
     cdt = compute_dtype(mm_dtype)
@@ -280,7 +441,21 @@ def linear_cross_entropy(
         t2 = t2.contiguous()
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    denom = LF._mean_denominator(t2, w_cls, ignore_index, cdt) if reduction == "mean" else None
+    num_rows, seq = x2.shape[0], opts.seq_len
+    # Shift: the first N - 1 hidden states are scored against target.reshape(-1)[1:] (views, no copy);
+    # sequence ends get row weight 0 and their gradient rows are zeroed in each chunk.
+    _, t2 = O.shift_views(x2, t2, seq)
+    keep = r = None
+    if opts.active:
+        keep = O.keep_rows(t2, ignore_index, seq)
+        r = O.row_weights(opts.token_weight, num_rows, seq, cdt, input.device)
+        if r is not None and keep is not None:
+            r = torch.where(
+                keep, r, torch.zeros((), dtype=cdt, device=r.device)
+            )  # an ignored row's weight may be anything
+    denom = O.mean_denominator(t2, w_cls, ignore_index, cdt, r) if reduction == "mean" else None
+    aux_pieces: dict[str, Tensor] = {}
+    kaux = O.kernel_aux(opts.aux, z_loss)
     rows = chunk_size or default_chunk_rows(x2.shape[0], num_classes, mm_dtype, input.device)
     # Autocast off inside: the kernels' float32 arithmetic must not be recast, and the matmuls run in
     # mm_dtype explicitly.
@@ -304,10 +479,36 @@ def linear_cross_entropy(
             torch.is_grad_enabled(),
             prior,
             accumulation_dtype,
+            opts.logit_scale,
+            r,
+            keep,
+            seq,
+            kaux,
+            aux_pieces,
         )
-    if reduction == "none":
-        out = out.reshape(batch_shape)
-    return out.to(out_dtype)
+        if reduction == "none":
+            if opts.active:
+                out = O.pad_rows(O.weight_rows(out, r, keep), num_rows)
+            out = out.reshape(batch_shape)
+    out = out.to(out_dtype)
+    if opts.aux is None:
+        return out
+    aux = O.build_aux(
+        opts.aux,
+        aux_pieces,
+        target=t2,
+        ignore_index=ignore_index,
+        weight=w_cls,
+        row_weight=r,
+        keep=keep,
+        reduction=reduction,
+        denom=denom,
+        z_loss=z_loss,
+        num_rows=num_rows,
+        batch_shape=batch_shape,
+        dtype=cdt,
+    )
+    return out, aux
 
 
 class LinearCrossEntropyLoss(nn.Module):

@@ -36,11 +36,13 @@ device's memory, in multiples of 128 rows (whole tensor-core tiles).
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from labelsmooth._options import zero_sequence_ends
 from labelsmooth.reference import compute_dtype
 
 # CPU: bytes of float32 logits per chunk, and the fewest rows a chunk may have (matmul efficiency).
@@ -85,7 +87,7 @@ def default_chunk_rows(
     return max(1, min(rows, num_rows))
 
 
-def _kernel(name: str) -> Callable[..., Tensor]:
+def _kernel(name: str) -> Callable[..., Any]:
     if name == "triton":
         from labelsmooth.kernels import triton_ce
 
@@ -162,6 +164,12 @@ def chunk_loop(
     need_loss: bool = True,
     prior: Tensor | None = None,
     accum_dtype: torch.dtype | None = None,
+    num_rows: int | None = None,
+    logit_scale: float | Tensor | None = None,
+    dscale: Tensor | None = None,
+    aux: AbstractSet[str] = frozenset(),
+    aux_out: dict[str, Tensor] | None = None,
+    seq_len: int | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Row losses and the gradients of ``sum_n g_n loss_n`` for ``x`` (M, H), ``w`` (C, H), ``b`` (C,).
 
@@ -173,17 +181,38 @@ def chunk_loop(
     loss_rows (M,) in the compute dtype (None without ``need_loss``); dx (M, H) in ``x``'s dtype; dw
     (C, H) and db (C,) in ``accum_dtype`` (:func:`accumulation_dtype`: by default float32 for
     half-precision ``w``, else ``w``'s dtype).
+
+    The language-model options (``labelsmooth._options``; each costs nothing when off):
+    ``num_rows`` M <= len(x): only the first M rows are scored against ``target`` (M,) (shift passes
+    every hidden state and the shifted target view), and dx's remaining rows are 0. ``grad_scale`` may
+    be an (M,) tensor (row weights, times 1/D for "mean"). ``logit_scale`` goes to the kernel, which
+    multiplies each chunk's logits on load. ``dscale`` (M,): the kernel's per-row sums for d loss / d s.
+    ``aux``: the kernel's per-row pieces, written into ``aux_out`` ({name: (M,) tensor}, allocated here).
+    ``seq_len``: with shift, the sequence-end rows of each chunk's gradient (and of ``dscale``) are set
+    to exactly 0 after the kernel (their row weight is 0; this keeps NaN/Inf logits there out).
     """
-    num_rows, _ = x.shape
+    num_rows = x.shape[0] if num_rows is None else num_rows
     num_classes = w.shape[0]
     cdt = compute_dtype(x.dtype)
     dev = x.device
     fused = _kernel(kernel)
     want_x, want_w, want_b = want
-    any_grad = want_x or want_w or want_b
+    # dscale alone (only a logit-scale tensor wants a gradient) still needs the kernel's gradient pass.
+    any_grad = want_x or want_w or want_b or dscale is not None
     acc_dt = accumulation_dtype(w.dtype, accum_dtype)
     loss = torch.empty(num_rows, dtype=cdt, device=dev) if need_loss else None
     dx = torch.empty_like(x) if want_x else None
+    if dx is not None and num_rows < x.shape[0]:
+        dx[num_rows:].zero_()  # rows no target scores (shift's last hidden state)
+    if aux and aux_out is not None:
+        for name in aux:
+            aux_out[name] = torch.empty(num_rows, dtype=torch.int64 if name == "predicted" else cdt, device=dev)
+    per_row_scale = grad_scale is not None and grad_scale.dim() == 1
+    opts: dict[str, Any] = {}
+    if logit_scale is not None:
+        opts["logit_scale"] = logit_scale
+    if aux:
+        opts["aux"] = aux
     dw = torch.empty((num_classes, w.shape[1]), dtype=acc_dt, device=dev) if want_w else None
     db = torch.zeros(num_classes, dtype=acc_dt, device=dev) if want_b else None
     if num_rows == 0:
@@ -209,7 +238,9 @@ def chunk_loop(
         # grad_output and grad_scale, read on the device) while the row is still in L2, written over
         # the logits. The chunked kernel takes no grad_output: one more pass over the chunk.
         extra = {"grad_output": go} if kernel == "triton" else {}
-        rows_loss = fused(
+        if dscale is not None and any_grad:
+            extra["dscale"] = dscale[start:end]
+        result = fused(
             logits,
             tc,
             weight,
@@ -218,10 +249,22 @@ def chunk_loop(
             z_loss,
             softcap,
             logits if any_grad else None,
-            grad_scale=grad_scale,
+            grad_scale=grad_scale[start:end] if per_row_scale else grad_scale,  # type: ignore[index]
             prior=prior,
             **extra,
+            **opts,
         )
+        if aux:
+            rows_loss, pieces = result
+            if aux_out is not None:
+                for name in aux:
+                    aux_out[name][start:end] = pieces[name]
+        else:
+            rows_loss = result
+        if seq_len is not None and any_grad:
+            zero_sequence_ends(logits, seq_len, start)
+            if dscale is not None:
+                zero_sequence_ends(dscale[start:end], seq_len, start)
         if go is not None and kernel != "triton":
             if not tc.is_floating_point():
                 # Ignored rows keep their exact zero whatever grad_output holds there (inf, NaN).
@@ -244,12 +287,20 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     """Autograd glue for :func:`chunk_loop`; see the module docstring for the design.
 
     ``forward(x, w, b, target, weight, ignore_index, eps, z_loss, softcap, reduction, kernel,
-    chunk_rows, mm_dtype, denom, grad_enabled, prior, accum_dtype)``: ``x`` (M, H), ``w`` (C, H), ``b`` (C,) or
+    chunk_rows, mm_dtype, denom, grad_enabled, prior, accum_dtype, scale, row_weight, keep, seq_len,
+    aux, aux_out)``: ``x`` (N, H), ``w`` (C, H), ``b`` (C,) or
     None in their own dtypes (cast to ``mm_dtype`` for the matmuls, as autocast would; the gradients
     come back in the originals' dtypes); ``denom`` the 0-d "mean" denominator or None;
     ``grad_enabled`` the caller's grad mode; ``prior`` the smoothing prior or None; ``accum_dtype``
     the weight and bias gradients' accumulation dtype (None: :func:`accumulation_dtype`'s default).
-    Returns the reduced loss, or the (M,) row losses for "none", in the compute dtype.
+
+    The language-model options (all None/empty when off): ``target`` may have M < N rows (shift: the
+    first M rows of ``x`` are scored); ``scale`` the logit scale (float or 0-d tensor, differentiable);
+    ``row_weight`` (M,) r_n, already 0 where ``keep`` (M,) bool is False; ``seq_len`` T with shift;
+    ``aux`` the kernel's per-row pieces, written into the dict ``aux_out``.
+    Returns the reduced loss sum_n r_n loss_n (/ denom), or for "none" the (M,) unweighted row losses
+    (the caller weights them, so that autograd carries r_n to backward's grad_output), in the compute
+    dtype.
     """
 
     @staticmethod
@@ -272,27 +323,62 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         grad_enabled: bool,
         prior: Tensor | None,
         accum_dtype: torch.dtype | None = None,
+        scale: float | Tensor | None = None,
+        row_weight: Tensor | None = None,
+        keep: Tensor | None = None,
+        seq_len: int | None = None,
+        aux: AbstractSet[str] = frozenset(),
+        aux_out: dict[str, Tensor] | None = None,
     ) -> Tensor:
         # Forward runs under no_grad: whether gradients are wanted was read by the caller.
         want = tuple(bool(n) for n in ctx.needs_input_grad[:3]) if grad_enabled else (False,) * 3
         want = (want[0], want[1], want[2] and b is not None)
+        want_ds = grad_enabled and isinstance(scale, Tensor) and bool(ctx.needs_input_grad[17])
         ctx.dtypes = (x.dtype, w.dtype, None if b is None else b.dtype)
         ctx.options = (ignore_index, eps, z_loss, softcap, kernel, chunk_rows, mm_dtype, accum_dtype)
         ctx.reduction = reduction
         ctx.grads = None
+        ctx.ds = None
+        ctx.want_ds = want_ds
+        ctx.seq_len = seq_len
+        ctx.scale_dtype = scale.dtype if isinstance(scale, Tensor) else None
+        ctx.float_scale = None if isinstance(scale, Tensor) else scale
+        num_rows = target.shape[0]
+        cdt = compute_dtype(mm_dtype)
+        kscale = _kernel_scale(scale, kernel, x.device, cdt)
+        lm: dict[str, Any] = dict(num_rows=num_rows, logit_scale=kscale, seq_len=seq_len)
         xm, wm = x.to(mm_dtype), w.to(mm_dtype)
         bm = None if b is None else b.to(mm_dtype)
         if reduction == "none":
             rows, _, _, _ = chunk_loop(
-                xm, wm, bm, target, weight, ignore_index, eps, z_loss, softcap, kernel, chunk_rows, prior=prior
+                xm,
+                wm,
+                bm,
+                target,
+                weight,
+                ignore_index,
+                eps,
+                z_loss,
+                softcap,
+                kernel,
+                chunk_rows,
+                prior=prior,
+                aux=aux,
+                aux_out=aux_out,
+                **lm,
             )
-            if any(want):
+            if any(want) or want_ds:
                 # Recomputed in backward: keep the operands (as given: the casts are redone there).
-                ctx.save_for_backward(x, w, b, target, weight, prior)
+                ctx.save_for_backward(
+                    x, w, b, target, weight, prior, keep, *([scale] if isinstance(scale, Tensor) else [])
+                )
                 ctx.want = want
             assert rows is not None  # need_loss
             return rows
         grad_scale = None if denom is None else denom.reciprocal()
+        if row_weight is not None:
+            grad_scale = row_weight if grad_scale is None else row_weight * grad_scale
+        dscale = torch.zeros(num_rows, dtype=cdt, device=x.device) if want_ds else None
         rows, dx, dw, db = chunk_loop(
             xm,
             wm,
@@ -309,11 +395,22 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             want=want,
             prior=prior,
             accum_dtype=accum_dtype,
+            dscale=dscale,
+            aux=aux,
+            aux_out=aux_out,
+            **lm,
         )
         if any(want):
             # Cast to the parameters' dtypes now, so that only their size is held until backward.
             ctx.grads = [None if g is None else g.to(dt) for g, dt in zip((dx, dw, db), ctx.dtypes, strict=True)]
+        if dscale is not None:
+            ctx.ds = dscale.sum()
         assert rows is not None  # need_loss
+        if row_weight is not None:
+            rows = rows * row_weight
+        if keep is not None:
+            # Ignored rows and sequence ends: exactly 0, whatever the kernel's row (or its weight) holds.
+            rows = torch.where(keep, rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
         total = rows.sum()
         return total if denom is None else total / denom
 
@@ -325,9 +422,23 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
                 "(create_graph=True); use backend='reference'"
             )
         nones = (None,) * 14
+        after = (None,) * 5  # row_weight, keep, seq_len, aux, aux_out
         if ctx.reduction == "none":
-            x, w, b, target, weight, prior = ctx.saved_tensors
+            x, w, b, target, weight, prior, keep, *maybe_s = ctx.saved_tensors
             ignore_index, eps, z_loss, softcap, kernel, chunk_rows, mm_dtype, accum_dtype = ctx.options
+            cdt = compute_dtype(mm_dtype)
+            go = grad_out.to(cdt)
+            lm: dict[str, Any] = {}
+            if ctx.want_ds or ctx.seq_len is not None or keep is not None:
+                # The options' path: the per-row grad_output goes in as the kernels' (M,) grad_scale, so
+                # that dscale carries it too; unkept rows get 0 (their grad_output may be anything).
+                if keep is not None:
+                    go = torch.where(keep, go, torch.zeros((), dtype=cdt, device=go.device))
+                lm = dict(grad_scale=go, num_rows=target.shape[0], seq_len=ctx.seq_len)
+            else:
+                lm = dict(grad_output=go)
+            scale = maybe_s[0] if maybe_s else ctx.float_scale
+            dscale = torch.zeros(target.shape[0], dtype=cdt, device=go.device) if ctx.want_ds else None
             _, dx, dw, db = chunk_loop(
                 x.to(mm_dtype),
                 w.to(mm_dtype),
@@ -340,25 +451,48 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
                 softcap,
                 kernel,
                 chunk_rows,
-                grad_output=grad_out.to(compute_dtype(mm_dtype)),
                 want=ctx.want,
                 need_loss=False,
                 prior=prior,
                 accum_dtype=accum_dtype,
+                logit_scale=_kernel_scale(scale, kernel, x.device, cdt),
+                dscale=dscale,
+                **lm,
             )
             grads = [None if g is None else g.to(dt) for g, dt in zip((dx, dw, db), ctx.dtypes, strict=True)]
-            return (*grads, *nones)
+            ds = None if dscale is None else dscale.sum().to(ctx.scale_dtype)
+            return (*grads, *nones, ds, *after)
         grads = ctx.grads
-        if grads is None:
+        if grads is None and not ctx.want_ds:
             raise RuntimeError(
                 "linear_cross_entropy's gradients were already handed to an earlier backward: "
                 "backward through it twice (retain_graph=True) needs backend='reference' or "
                 "reduction='none'"
             )
+        grads = grads if grads is not None else [None, None, None]
         # Released before returning, so that autograd can take the buffers as .grad without a copy.
         ctx.grads = None
+        ds = ctx.ds
+        ctx.ds = None
         if grad_out.device.type != "cpu" or torch.compiler.is_compiling() or grad_out.item() != 1.0:
             for g in grads:  # reading a CPU scalar costs no device synchronisation
                 if g is not None:
                     g.mul_(grad_out.to(g.dtype))
-        return (*grads, *nones)
+        if ds is not None:
+            ds = (ds * grad_out.to(ds.dtype)).to(ctx.scale_dtype)
+        return (*grads, *nones, ds, *after)
+
+
+def _kernel_scale(
+    scale: float | Tensor | None, kernel: str, device: torch.device, cdt: torch.dtype
+) -> float | Tensor | None:
+    """The logit scale as the kernel takes it: Triton a 0-d float32 tensor (a float is filled on the
+    device: no host-to-device copy), chunked a float or a 0-d tensor of the compute dtype; detached
+    (the kernels' dscale carries its gradient)."""
+    if scale is None:
+        return None
+    if kernel == "triton":
+        if isinstance(scale, Tensor):
+            return scale.detach().to(torch.float32)
+        return torch.full((), scale, dtype=torch.float32, device=device)
+    return scale.detach().to(cdt) if isinstance(scale, Tensor) else scale
