@@ -108,3 +108,293 @@ def test_none_rows_weighted_by_the_caller_give_the_reference_gradients(backend, 
     # Ignored rows: exactly 0 loss and input gradient.
     ignored = y == -100
     assert (rows[ignored] == 0).all() and (leaves[0].grad[ignored] == 0).all()
+
+
+# ---- the language-model options ------------------------------------------------------------------------
+
+AUX = ("z_loss", "lse", "accuracy", "predicted", "entropy")
+
+
+def make_seq(batch=(3, 5), seed=0, weighted=True, bias=True, probs=False):
+    g = torch.Generator().manual_seed(seed)
+    x, w, b, y, cw = make(batch=batch, seed=seed, weighted=weighted, bias=bias)
+    if probs:
+        y = torch.rand(*batch, C, generator=g, dtype=torch.float64)
+        y = y / y.sum(-1, keepdim=True)
+    else:
+        y.view(-1)[2] = -100  # (0, 2): under shift, row (0, 1) is ignored
+        y[1, 0] = 4  # the next sequence's first label: scored by no row under shift
+    tw = torch.rand(batch, generator=g, dtype=torch.float64) * 2
+    if not probs:
+        tw[y == -100] = float("nan")  # an ignored row's weight must not leak
+    return x, w, b, y, cw, tw
+
+
+def reference(
+    x, w, b, y, cw, *, reduction, label_smoothing=0.0, z_loss=0.0, softcap=None, tw=None, shift=False, scale=None
+):
+    """(loss, aux) of the materialised logits, from the definitions (labelsmooth.reference.ce_rows)."""
+    probs = y.is_floating_point()
+    batch = y.shape[:-1] if probs else y.shape
+    logits = F.linear(x.reshape(-1, H), w, b)
+    if scale is not None:
+        logits = logits * scale
+    n = logits.shape[0]
+    yk = y.reshape(-1, C) if probs else y.reshape(-1)
+    twk = None if tw is None else tw.reshape(-1)
+    keep = torch.ones(n, dtype=torch.bool) if probs else yk != -100
+    if shift:
+        logits, yk = logits[:-1], yk[1:]
+        twk = None if twk is None else twk[1:]
+        keep = (yk != -100) & (torch.arange(1, n) % y.shape[1] != 0)
+        yk = torch.where(keep, yk, -100)
+    r = keep.double() if twk is None else torch.where(keep, twk, 0.0)
+    rows = ce_rows(logits, yk, cw, -100, label_smoothing, z_loss, softcap) * r
+    final = logits if softcap is None else softcap * torch.tanh(logits / softcap)
+    lse = torch.where(keep, torch.logsumexp(final, -1), 0.0)
+    logp = torch.log_softmax(final, -1)
+    entropy = torch.where(keep, -(logp.exp() * logp).sum(-1), 0.0)
+    predicted = torch.where(keep, final.argmax(-1), -100)
+    truth = yk.argmax(-1) if probs else yk
+    hit = ((predicted == truth) & keep).double()
+    cls = torch.ones(()) if cw is None or probs else cw[yk.clamp(min=0)]
+    den = (r * cls).sum()
+    zl = torch.where(keep, z_loss * lse * lse, 0.0) * r
+
+    def per_row(v, fill=0):
+        if shift:
+            v = torch.cat([v, torch.full((1,), fill, dtype=v.dtype)])
+        return v.reshape(batch)
+
+    if reduction == "none":
+        loss, acc, zl_out = per_row(rows), per_row(hit), per_row(zl)
+    elif reduction == "sum":
+        loss, acc, zl_out = rows.sum(), (hit * r * cls).sum(), zl.sum()
+    else:
+        loss, acc, zl_out = rows.sum() / den, (hit * r * cls).sum() / den, zl.sum() / den
+    aux = dict(
+        z_loss=zl_out, lse=per_row(lse), accuracy=acc, predicted=per_row(predicted, -100), entropy=per_row(entropy)
+    )
+    return loss, {k: v.detach() for k, v in aux.items()}
+
+
+def run_both(
+    backend,
+    x,
+    w,
+    b,
+    y,
+    cw,
+    *,
+    reduction,
+    tw=None,
+    shift=False,
+    scale=None,
+    aux=True,
+    chunk_size=4,
+    label_smoothing=0.1,
+    **kw,
+):
+    """Ours and the reference's loss, gradients (input, weight, bias, tensor scale) and aux."""
+    dt = dtype_for(backend)
+    ours = [t.to(dt).clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
+    s_ours = scale.to(dt).clone().requires_grad_() if isinstance(scale, torch.Tensor) else scale
+    result = ls.linear_cross_entropy(
+        ours[0],
+        ours[1],
+        y.to(dt) if y.is_floating_point() else y,
+        linear_bias=ours[2] if b is not None else None,
+        weight=None if cw is None else cw.to(dt),
+        reduction=reduction,
+        token_weight=None if tw is None else tw.to(dt),
+        shift=shift,
+        logit_scale=s_ours,
+        return_aux=aux,
+        chunk_size=chunk_size,
+        backend=backend,
+        label_smoothing=label_smoothing,
+        **kw,
+    )
+    out, got = result if aux is not False else (result, {})
+    theirs = [t.detach().double().requires_grad_() for t in ours]
+    s_ref = s_ours.detach().double().requires_grad_() if isinstance(scale, torch.Tensor) else scale
+    ref, want = reference(
+        theirs[0],
+        theirs[1],
+        theirs[2] if b is not None else None,
+        y.to(dt).double() if y.is_floating_point() else y,
+        None if cw is None else cw.to(dt).double(),
+        reduction=reduction,
+        tw=None if tw is None else tw.to(dt).double(),
+        shift=shift,
+        scale=s_ref,
+        label_smoothing=label_smoothing,
+        **kw,
+    )
+    g = torch.rand(ref.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64) + 0.5
+    leaves = ours + ([s_ours] if isinstance(scale, torch.Tensor) else [])
+    ref_leaves = theirs + ([s_ref] if isinstance(scale, torch.Tensor) else [])
+    grads = torch.autograd.grad(out, leaves, g.to(out.dtype))
+    ref_grads = torch.autograd.grad(ref, ref_leaves, g)
+    return (out, grads, got), (ref, ref_grads, want)
+
+
+def compare(got, want, backend, aux_names, what=""):
+    (out, grads, aux), (ref, ref_grads, ref_aux) = got, want
+    tol = tolerance(backend)
+    assert out.shape == ref.shape, what
+    torch.testing.assert_close(out.double(), ref.detach(), **tol, msg=lambda m: f"{what} loss: {m}")
+    names = ("input", "linear_weight", "linear_bias", "logit_scale")
+    for a, b_, name in zip(grads, ref_grads, names, strict=False):
+        # Sums over rows (weight, bias, scale) round in float32 at ~1e-7 of the summed terms' size.
+        t = (
+            tol
+            if backend == "chunked" or name == "input"
+            else dict(rtol=1e-5, atol=2e-5 * max(1.0, float(b_.abs().max())))
+        )
+        torch.testing.assert_close(a.double(), b_, **t, msg=lambda m, n=name: f"{what} d {n}: {m}")
+    assert set(aux) == set(aux_names), what
+    for name in aux_names:
+        assert not aux[name].requires_grad
+        if name == "predicted":
+            assert aux[name].dtype == torch.int64 and torch.equal(aux[name], ref_aux[name]), f"{what} predicted"
+        else:
+            torch.testing.assert_close(
+                aux[name].double(), ref_aux[name], **tol, msg=lambda m, n=name: f"{what} {n}: {m}"
+            )
+
+
+REDUCTIONS = ("none", "sum", "mean")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("option", ["token_weight", "shift", "scale_tensor", "scale_float", "aux"])
+def test_each_option_alone(backend, reduction, option):
+    x, w, b, y, cw, tw = make_seq()
+    kw = dict(
+        token_weight=dict(tw=tw),
+        shift=dict(shift=True),
+        scale_tensor=dict(scale=torch.tensor(0.7, dtype=torch.float64)),
+        scale_float=dict(scale=-1.3),
+        aux=dict(aux=True, z_loss=1e-2),
+    )[option]
+    aux = kw.pop("aux", False)
+    got, want = run_both(backend, x, w, b, y, cw, reduction=reduction, aux=aux, **kw)
+    compare(got, want, backend, AUX if aux else (), option)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted,bias", [(True, True), (False, False)])
+def test_all_options_together(backend, reduction, weighted, bias):
+    x, w, b, y, cw, tw = make_seq(weighted=weighted, bias=bias)
+    s = torch.tensor(0.8, dtype=torch.float64)
+    got, want = run_both(
+        backend, x, w, b, y, cw, reduction=reduction, tw=tw, shift=True, scale=s, z_loss=1e-2, softcap=3.0
+    )
+    compare(got, want, backend, AUX, "all")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_probability_targets_with_token_weight_scale_and_aux(reduction):
+    x, w, b, y, cw, tw = make_seq(probs=True)
+    got, want = run_both(
+        "chunked", x, w, b, y, cw, reduction=reduction, tw=tw, scale=torch.tensor(1.2, dtype=torch.float64)
+    )
+    compare(got, want, "chunked", AUX, "probs")
+
+
+@pytest.mark.parametrize("name", AUX)
+def test_each_aux_item_alone(name):
+    x, w, b, y, cw, tw = make_seq()
+    got, want = run_both("chunked", x, w, b, y, cw, reduction="mean", tw=tw, shift=True, aux=(name,), z_loss=1e-2)
+    compare(got, want, "chunked", (name,), name)
+
+
+def test_reference_backend_with_options():
+    # The materialised path (cross_entropy's reference with the same options) agrees with the fused one.
+    x, w, b, y, cw, tw = make_seq()
+    s = torch.tensor(0.8, dtype=torch.float64)
+    for reduction in REDUCTIONS:
+        got, want = run_both(
+            "reference", x, w, b, y, cw, reduction=reduction, tw=tw, shift=True, scale=s, z_loss=1e-2, softcap=3.0
+        )
+        compare(got, want, "chunked", AUX, f"reference {reduction}")
+
+
+def test_sequence_ends_and_ignored_rows_cannot_leak():
+    # Hidden states so large that their logits overflow to inf, on rows that score nothing: the last
+    # position of each sequence under shift, and an ignored row. Nothing of them reaches the loss or
+    # the weight gradient; their input-gradient rows are exactly 0.
+    x, w, b, y, cw, tw = make_seq()
+    big = x.clone()
+    big[:, -1] = 1e308
+    big[0, 1] = 1e308  # scored against y[0, 2] = -100
+    kw = dict(weight=cw, token_weight=tw, shift=True, logit_scale=torch.tensor(0.9, dtype=torch.float64), chunk_size=4)
+    res = []
+    for inp in (x, big):
+        leaves = [inp.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()]
+        s = kw["logit_scale"].clone().requires_grad_()
+        loss, aux = ls.linear_cross_entropy(
+            leaves[0], leaves[1], y, linear_bias=leaves[2], **{**kw, "logit_scale": s}, return_aux=True
+        )
+        loss.backward()
+        res.append((loss, [t.grad for t in leaves] + [s.grad], aux))
+    (l0, g0, _), (l1, g1, a1) = res
+    assert torch.isfinite(l1) and all(torch.isfinite(g).all() for g in g1)
+    torch.testing.assert_close(l1, l0, **F64)
+    for a, b_ in zip(g0[1:], g1[1:], strict=True):
+        torch.testing.assert_close(b_, a, **F64)
+    assert (g1[0][:, -1] == 0).all() and (g1[0][0, 1] == 0).all()
+    torch.testing.assert_close(g1[0][0, 2:], g0[0][0, 2:], **F64)
+    for name in ("lse", "entropy"):
+        assert (a1[name][:, -1] == 0).all() and a1[name][0, 1] == 0
+
+
+def test_never_holds_more_than_one_chunk_of_logits_with_every_option():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    x, w, b, y, cw, tw = make_seq(batch=(4, 16))
+    largest = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[-1] == C:
+                    largest.append(t.numel() // C)
+            return out
+
+    for reduction in REDUCTIONS:
+        leaves = [x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()]
+        s = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+        largest.clear()
+        with Record():
+            loss, _ = ls.linear_cross_entropy(
+                leaves[0], leaves[1], y, linear_bias=leaves[2], weight=cw, reduction=reduction,
+                token_weight=tw, shift=True, logit_scale=s, return_aux=True, z_loss=1e-3, softcap=5.0,
+                label_smoothing=0.1, chunk_size=8, backend="chunked",
+            )  # fmt: skip
+            loss.sum().backward()
+        # (C,) vectors (class weights, the bias and its gradient) count as one row.
+        assert largest and max(largest) <= 8, (reduction, max(largest))
+
+
+def test_option_errors():
+    x, w, _, y, _, tw = make_seq()
+    with pytest.raises(ValueError, match="backend='torch' supports none of"):
+        ls.linear_cross_entropy(x, w, y, shift=True, backend="torch")
+    with pytest.raises(ValueError, match="shift"):
+        ls.linear_cross_entropy(x[0], w, y[0], shift=True)
+    with pytest.raises(ValueError, match="token_weight"):
+        ls.linear_cross_entropy(x, w, y, token_weight=torch.ones(4))
+    with pytest.raises(ValueError, match="token_weight"):
+        ls.linear_cross_entropy(x, w, y, token_weight=tw.requires_grad_(), backend="chunked")
+    with pytest.raises(ValueError, match="return_aux"):
+        ls.linear_cross_entropy(x, w, y, return_aux=("lse", "perplexity"))
+    # token_weight requiring grad goes to the reference under "auto", which differentiates it.
+    tw = tw.detach().nan_to_num().requires_grad_()
+    loss = ls.linear_cross_entropy(x, w, y, token_weight=tw)
+    (d,) = torch.autograd.grad(loss, tw)
+    assert torch.isfinite(d).all() and (d != 0).any()
