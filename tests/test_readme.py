@@ -46,11 +46,19 @@ def test_summary_block_is_generated_not_typed():
         assert VERDICTS.exists(), "the README's summary needs its source: docs/verdicts.json"
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/study.md"])
-def test_documented_findings_say_what_the_committed_verdicts_say(page):
+@pytest.mark.parametrize(
+    ("page", "source"),
+    [
+        ("README.md", "docs/verdicts.json"),
+        ("docs/study.md", "docs/verdicts.json"),
+        ("docs/study-full.md", "docs/verdicts-full.json"),
+    ],
+)
+def test_documented_findings_say_what_the_committed_verdicts_say(page, source):
     # The summary and findings blocks are pure functions of verdicts.json: filling them again changes nothing.
     from labelsmooth.study import findings as Fi
 
+    VERDICTS = README.parent / source
     text = (README.parent / page).read_text(encoding="utf-8")
     blocks = [
         Fi.block(text, Fi.SUMMARY_START, Fi.SUMMARY_END),
@@ -59,11 +67,11 @@ def test_documented_findings_say_what_the_committed_verdicts_say(page):
     assert any(b is not None for b in blocks), f"{page} has neither study block"
     if not VERDICTS.exists():
         assert all(not (b or "").strip() for b in blocks), (
-            f"{page}'s study blocks have no docs/verdicts.json behind them"
+            f"{page}'s study blocks have no {source} behind them"
         )
         return
     payload = json.loads(VERDICTS.read_text(encoding="utf-8"))
-    assert Fi.load_verdicts(payload), "docs/verdicts.json holds no verdict"
+    assert Fi.load_verdicts(payload), f"{source} holds no verdict"
     assert Fi.fill(text, payload) == text, (
-        f"{page} no longer says what docs/verdicts.json says; run the findings command"
+        f"{page} no longer says what {source} says; run the findings command"
     )

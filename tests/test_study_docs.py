@@ -19,12 +19,11 @@ from labelsmooth.study import findings as FND
 from labelsmooth.study import verdicts as V
 
 ROOT = Path(__file__).resolve().parents[1]
-VERDICTS = ROOT / "docs" / "verdicts.json"
 
 
-@pytest.fixture(scope="module")
-def payload() -> dict:
-    return json.loads(VERDICTS.read_text(encoding="utf-8"))
+@pytest.fixture(scope="module", params=["verdicts.json", "verdicts-full.json"])
+def payload(request) -> dict:
+    return json.loads((ROOT / "docs" / request.param).read_text(encoding="utf-8"))
 
 
 def test_the_committed_verdicts_are_a_real_run(payload):
@@ -47,11 +46,19 @@ def test_the_committed_verdicts_are_a_real_run(payload):
                 assert a.p_holm == pytest.approx(v.p_holm) and a.low == pytest.approx(v.low)
 
 
-def test_prose_numbers_in_study_md_come_from_the_verdicts(payload):
+@pytest.mark.parametrize(
+    ("page", "source", "heading"),
+    [
+        ("study.md", "verdicts.json", "## What the default grid showed"),
+        ("study-full.md", "verdicts-full.json", "## What the full design showed"),
+    ],
+)
+def test_prose_numbers_in_the_study_pages_come_from_their_verdicts(page, source, heading):
     # Every signed three-decimal effect quoted in the discussion above the generated block is one of the
     # verdicts' own values or interval ends: prose cannot carry a number the run did not produce.
-    text = (ROOT / "docs" / "study.md").read_text(encoding="utf-8")
-    start = text.index("## What the default grid showed")
+    payload = json.loads((ROOT / "docs" / source).read_text(encoding="utf-8"))
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    start = text.index(heading)
     prose = text[start : text.index(FND.START, start)]
     known = set()
     for v in FND.load_verdicts(payload):
@@ -60,4 +67,4 @@ def test_prose_numbers_in_study_md_come_from_the_verdicts(payload):
                 known.add(f"{x:+.3f}")
     quoted = re.findall(r"[+\u2212-]\d\.\d{3}", prose)
     for q in quoted:
-        assert q.replace("\u2212", "-") in known, f"{q} in docs/study.md is not a value of docs/verdicts.json"
+        assert q.replace("\u2212", "-") in known, f"{q} in docs/{page} is not a value of docs/{source}"
