@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import io
 import json
 import os
@@ -87,6 +88,11 @@ _FLAGS = {
     "HAS_SCALE": "sc",
     "TARGET_ELSEWHERE": "slice",
     "SHIFT": "shift",
+    "HAS_LS": "ls",
+    "DSCALE": "ds",
+    "AUX_LSE": "lse",
+    "AUX_PRED": "argmax",
+    "AUX_ENT": "ent",
 }
 
 
@@ -173,9 +179,50 @@ def _vocab_slice(name: str, dtype: torch.dtype, num_classes: int) -> Scenario:
         triton_ce.slice_stats(x, local)
         vec = torch.empty(rows, device="meta")
         keep = torch.empty(rows, dtype=torch.bool, device="meta")
-        distributed._triton_backward(x, vec, vec, vec, keep, keep, local, vec, 0.1, 1e-4, 4 * num_classes)
+        kw: dict[str, Any] = dict(
+            x2=x, big_m=vec, s_m1=vec, lse=vec, keep=keep, owned=keep, safe=local, grad_loss=vec,
+            eps=0.1, z_loss=1e-4, num_classes=4 * num_classes,
+        )  # fmt: skip
+        if "rows" in inspect.signature(distributed._triton_backward).parameters:
+            kw["rows"] = rows  # the rows that score a target (all of them here)
+        distributed._triton_backward(**kw)
 
     return Scenario(f"vocab/{name}", run)
+
+
+def _options(name: str, dtype: torch.dtype, num_classes: int, *, aux: bool = True, dscale: bool = True,
+             one_launch: bool = False, prob: bool = False, weight: bool = False, eps: float = 0.1,
+             z_loss: float = 0.0, softcap: float | None = None) -> Scenario:  # fmt: skip
+    """The kernel options behind the LM-trainer features (a logit scale s read on the device, the
+    per-row d loss / d s sums, the statistics pass's aux outputs), driven through the kernel wrappers
+    as the losses call them: forward with saved statistics then backward, or (``one_launch``) the
+    forward that writes the gradient, as the fused linear loss does per chunk."""
+
+    def run() -> None:
+        from labelsmooth.kernels import triton_ce
+
+        rows = 4
+        x = torch.empty(rows, num_classes, dtype=dtype, device="meta")
+        if prob:
+            t = torch.empty(rows, num_classes, device="meta")
+        else:
+            t = torch.empty(rows, dtype=torch.long, device="meta")
+        w = torch.empty(num_classes, device="meta") if weight else None
+        s = torch.empty((), device="meta")
+        items = triton_ce.AUX_ITEMS if aux else frozenset()
+        ds = torch.empty(rows, device="meta") if dscale else None
+        go = torch.empty(rows, device="meta")
+        if one_launch:
+            triton_ce.fused_ce(x, t, w, -100, eps, z_loss, softcap, x, grad_output=go, grad_scale=s,
+                               logit_scale=s, dscale=ds, aux=items)  # fmt: skip
+            return
+        _, stats, *_ = triton_ce.forward(x, t, w, -100, eps, z_loss, softcap, save_stats=True,
+                                         check_targets=not prob, logit_scale=s, aux=items)  # fmt: skip
+        assert stats is not None
+        triton_ce.backward(x, t, w, -100, eps, softcap, stats, torch.empty_like(x), grad_output=go,
+                           grad_scale=s, logit_scale=s, dscale=ds)  # fmt: skip
+
+    return Scenario(f"opts/{name}", run)
 
 
 def scenarios(full: bool = False) -> list[Scenario]:
@@ -212,7 +259,31 @@ def scenarios(full: bool = False) -> list[Scenario]:
                     _ce(f"{tag}/ls-sum", dtype, num_classes, label_smoothing=0.1, reduction="sum"),
                     _ce(f"{tag}/no-grad", dtype, num_classes, label_smoothing=0.1, grad=False),
                     _linear(f"{tag}/ls+z-none", dtype, num_classes, "none", label_smoothing=0.1, z_loss=1e-4),
+                    _options(f"{tag}/scale", dtype, num_classes, aux=False, dscale=False),
+                    _options(f"{tag}/aux", dtype, num_classes, dscale=False),
+                    _options(f"{tag}/aux+ds", dtype, num_classes),
+                    _options(f"{tag}/aux+ds+all", dtype, num_classes, weight=True, z_loss=1e-4, softcap=30.0),
+                    _options(f"{tag}/prob+aux+ds", dtype, num_classes, prob=True, weight=True, softcap=30.0),
+                    _options(f"{tag}/one-launch", dtype, num_classes, one_launch=True),
                 ]
+    # The kernel options, CI's share: the unaligned fp32 rows and the aligned bf16 ones, forward with
+    # every aux output and backward with the d/ds sums; the one-launch gradient with them; every
+    # feature at once on the bf16 rows.
+    if not full:
+        out += [
+            _options("f32/C50257/aux+ds", torch.float32, 50257),
+            _options("bf16/C128256/aux+ds", torch.bfloat16, 128256),
+            _options(
+                "bf16/C128256/prob+aux+ds+all",
+                torch.bfloat16,
+                128256,
+                prob=True,
+                weight=True,
+                z_loss=1e-4,
+                softcap=30.0,
+            ),
+            _options("bf16/C50257/one-launch", torch.bfloat16, 50257, one_launch=True),
+        ]
     return out
 
 

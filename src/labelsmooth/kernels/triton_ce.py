@@ -87,8 +87,8 @@ Float64 logits are not supported (TypeError): the fp32 accumulation here would l
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple, overload
 
 import torch
 import triton
@@ -234,12 +234,16 @@ def _stats_block(  # type: ignore[no-untyped-def]
     smooth,
     cap,
     inv_cap,
+    ls,
     m_l,
     s_l,
     r_l,
     v_l,
     g_l,
+    p_l,
+    u_l,
     n_seen,
+    col0,
     HAS_WEIGHT: tl.constexpr,
     HAS_SW: tl.constexpr,
     PROB_TARGET: tl.constexpr,
@@ -247,12 +251,22 @@ def _stats_block(  # type: ignore[no-untyped-def]
     SOFTCAP: tl.constexpr,
     MASKED: tl.constexpr,
     KEEP: tl.constexpr,
+    HAS_LS: tl.constexpr,
+    ARGMAX: tl.constexpr,
+    ENTROPY: tl.constexpr,
+    ITERS: tl.constexpr,
+    LANES: tl.constexpr,
+    AFFINE: tl.constexpr,
 ):
     """Pass 1 on one [ITERS, LANES] tile of columns ``cols`` (relative to the row's aligned start):
     the lane states updated by its logits. ``n_seen``: elements each lane has seen so far (a scalar
     while every block was full, a per-lane vector after a masked one).
 
     The full blocks of the row's aligned body skip every mask select (MASKED false, ``mask`` None).
+    With HAS_LS the logits are multiplied by ``ls`` as they are loaded (before the softcap). ARGMAX
+    keeps p_l, the lowest column holding the lane's max (AFFINE: the tile's columns are
+    col0 + tile, so a column is found from its tile row alone); ENTROPY keeps
+    u_l = sum exp(x - m) (x - m).
     """
     NEG_INF: tl.constexpr = float("-inf")
     # KEEP: the same program re-reads the row right after this pass (WRITE_GRAD), so its lines should
@@ -267,17 +281,38 @@ def _stats_block(  # type: ignore[no-untyped-def]
             x = tl.load(x_b + cols, eviction_policy="evict_last").to(tl.float32)
         else:
             x = tl.load(x_b + cols, eviction_policy="evict_first").to(tl.float32)
+    if HAS_LS:
+        x = x * ls
     if SOFTCAP:
         x = cap * _tanh(x * inv_cap)
     if MASKED:
         x = tl.where(mask, x, NEG_INF)  # padding never wins the max and adds exp(-inf) = 0
-    m_new = tl.maximum(m_l, tl.max(x, axis=0))
+    if ARGMAX:
+        # The tile's max with the first tile row holding it (the lowest column of the lane).
+        b_max, b_row = tl.max(x, axis=0, return_indices=True, return_indices_tie_break_left=True)
+    else:
+        b_max = tl.max(x, axis=0)
+    m_new = tl.maximum(m_l, b_max)
     # A lane that has only seen -inf so far has m = -inf; shifting by 0 instead keeps
     # exp(-inf - m) at 0 rather than exp(NaN).
     m_ref = tl.where(m_new == NEG_INF, 0.0, m_new)
     d = x - m_ref[None, :]  # <= 0; -inf on padding
     e = _exp(d)
     s_old = s_l * _exp(m_l - m_ref)
+    if ENTROPY:
+        # u re-based to the new max like s: sum e' (d' + m_old - m_new), every term <= 0, so confident
+        # rows keep their tiny entropy. max(d, -3e38) keeps 0 * -inf (e = 0 at d = -inf) out.
+        u_l = u_l * _exp(m_l - m_ref) + tl.where(m_l == NEG_INF, 0.0, m_l - m_ref) * s_old
+        u_l = u_l + tl.sum(e * tl.maximum(d, -3.0e38), axis=0)
+    if ARGMAX:
+        # The column of the tile's max, kept against the lane's: columns are not visited in order
+        # (the head comes last), so ties take the lower column explicitly. A padding position can win
+        # only a lane whose values are all -inf, which matters only for an all -inf row (_row_stats).
+        if AFFINE:
+            cand = col0 + b_row * LANES + tl.arange(0, LANES)
+        else:
+            cand = tl.sum(tl.where(tl.arange(0, ITERS)[:, None] == b_row[None, :], cols, 0), axis=0)
+        p_l = tl.where(b_max > m_l, cand, tl.where(b_max == m_l, tl.minimum(p_l, cand), p_l))
     s_l = s_old + tl.sum(e, axis=0)
     # If the lane max grew, everything seen before is now strictly below it.
     below = tl.sum(tl.where(x < m_new[None, :], e, 0.0), axis=0)
@@ -296,7 +331,7 @@ def _stats_block(  # type: ignore[no-untyped-def]
             # full blocks every lane has seen the same count, a scalar: a per-lane count there would
             # cost a layout conversion (a shared-memory round trip) per iteration on the GPU.
             g_l = g_l + n_seen * shift + tl.sum(d, axis=0)
-    return m_new, s_l, r_l, v_l, g_l
+    return m_new, s_l, r_l, v_l, g_l, p_l, u_l
 
 
 @triton.jit  # type: ignore[untyped-decorator]
@@ -343,6 +378,7 @@ def _row_stats(  # type: ignore[no-untyped-def]
     smooth,
     cap,
     inv_cap,
+    ls,
     HAS_WEIGHT: tl.constexpr,
     HAS_SW: tl.constexpr,
     PROB_TARGET: tl.constexpr,
@@ -353,8 +389,14 @@ def _row_stats(  # type: ignore[no-untyped-def]
     VEC: tl.constexpr,
     SHIFT: tl.constexpr,
     KEEP: tl.constexpr,
+    HAS_LS: tl.constexpr,
+    ARGMAX: tl.constexpr,
+    ENTROPY: tl.constexpr,
 ):
-    """Pass 1: returns (M, M_ref, S, S - 1, log S, V, G) of one row; M_ref is M, or 0 if M = -inf.
+    """Pass 1: returns (M, M_ref, S, S - 1, log S, V, G, P, U) of one row; M_ref is M, or 0 if M = -inf.
+    With ARGMAX, P is the first column (relative to x_b) holding M; with ENTROPY,
+    U = sum_c exp(x_c - M) (x_c - M) <= 0, so that the entropy is log S - U / S. Otherwise P and U
+    are placeholders the caller ignores.
 
     The row is read as its aligned body, ``n_body`` columns from x_b (column a0 of the row, at a
     16-byte boundary): whole blocks without masks, then one block masked at vector granularity
@@ -371,13 +413,17 @@ def _row_stats(  # type: ignore[no-untyped-def]
     r_l = tl.zeros([LANES], tl.float32)
     v_l = tl.zeros([LANES], tl.float32)
     g_l = tl.zeros([LANES], tl.float32)
+    # Carried through the loops unchanged (and so compiled away) unless ARGMAX / ENTROPY.
+    p_l = tl.full([LANES], 1 << 30, tl.int32)
+    u_l = tl.zeros([LANES], tl.float32)
     n_seen = 0.0  # elements per lane so far (exact in fp32 below 2**24 columns)
     n_full = (n_body // BLOCK) * BLOCK
     for start in range(0, n_full, BLOCK):
-        m_l, s_l, r_l, v_l, g_l = _stats_block(
-            x_b, t_b, w_b, sw_b, start + tile, None, eps, smooth, cap, inv_cap,
-            m_l, s_l, r_l, v_l, g_l, n_seen,
-            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False, KEEP,
+        m_l, s_l, r_l, v_l, g_l, p_l, u_l = _stats_block(
+            x_b, t_b, w_b, sw_b, start + tile, None, eps, smooth, cap, inv_cap, ls,
+            m_l, s_l, r_l, v_l, g_l, p_l, u_l, n_seen, start,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False, KEEP, HAS_LS, ARGMAX, ENTROPY,
+            ITERS, LANES, True,
         )  # fmt: skip
         n_seen += ITERS
     n_l = tl.zeros([LANES], tl.float32) + n_seen
@@ -385,10 +431,11 @@ def _row_stats(  # type: ignore[no-untyped-def]
     if n_full < n_vec:
         cols = n_full + tile
         mask = cols < n_vec  # constant over each VEC-column vector: still 16-byte loads
-        m_l, s_l, r_l, v_l, g_l = _stats_block(
-            x_b, t_b, w_b, sw_b, cols, mask, eps, smooth, cap, inv_cap,
-            m_l, s_l, r_l, v_l, g_l, n_l,
-            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True, KEEP,
+        m_l, s_l, r_l, v_l, g_l, p_l, u_l = _stats_block(
+            x_b, t_b, w_b, sw_b, cols, mask, eps, smooth, cap, inv_cap, ls,
+            m_l, s_l, r_l, v_l, g_l, p_l, u_l, n_l, n_full,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True, KEEP, HAS_LS, ARGMAX, ENTROPY,
+            ITERS, LANES, True,
         )  # fmt: skip
         n_l += tl.sum(mask.to(tl.float32), axis=0)
     edge = n_vec < n_body
@@ -400,10 +447,11 @@ def _row_stats(  # type: ignore[no-untyped-def]
         head = tile < VEC
         cols = tl.where(head, tile - VEC, n_vec + tile - VEC)
         mask = tl.where(head, tile >= VEC - a0, (tile < 2 * VEC) & (cols < n_body))
-        m_l, s_l, r_l, v_l, g_l = _stats_block(
-            x_b, t_b, w_b, sw_b, cols, mask, eps, smooth, cap, inv_cap,
-            m_l, s_l, r_l, v_l, g_l, n_l,
-            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True, KEEP,
+        m_l, s_l, r_l, v_l, g_l, p_l, u_l = _stats_block(
+            x_b, t_b, w_b, sw_b, cols, mask, eps, smooth, cap, inv_cap, ls,
+            m_l, s_l, r_l, v_l, g_l, p_l, u_l, n_l, 0,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True, KEEP, HAS_LS, ARGMAX, ENTROPY,
+            ITERS, LANES, False,
         )  # fmt: skip
         n_l += tl.sum(mask.to(tl.float32), axis=0)
 
@@ -419,6 +467,14 @@ def _row_stats(  # type: ignore[no-untyped-def]
     # An all -inf row has no max to be relative to: NaN, as in the reference.
     log_s = tl.where(M == NEG_INF, float("nan"), _log1p(s_minus_1))
     lane_shift = tl.where(m_l == NEG_INF, 0.0, m_l - M_ref)
+    P = 0
+    if ARGMAX:
+        P = tl.min(tl.where(m_l == M, p_l, 1 << 30), axis=0)
+        # An all -inf row: column 0, as torch.argmax (a padding position may have won a lane).
+        P = tl.where(M == NEG_INF, -a0, P)
+    U = 0.0
+    if ENTROPY:
+        U = tl.sum(u_l * _exp(m_l - M_ref) + lane_shift * sc_l, axis=0)
     if PROB_TARGET or HAS_WEIGHT or HAS_SW:
         V = tl.sum(v_l, axis=0)
         G = tl.sum(g_l + v_l * lane_shift, axis=0)
@@ -426,7 +482,7 @@ def _row_stats(  # type: ignore[no-untyped-def]
         V = tl.sum(v_l, axis=0) + eps  # sum_c eps / C, exactly (v_l is all zeros here)
         G = smooth * tl.sum(g_l + n_l * lane_shift, axis=0)
     # Without smoothing weights (HAS_V false) the caller ignores V and G.
-    return M, M_ref, S, s_minus_1, log_s, V, G
+    return M, M_ref, S, s_minus_1, log_s, V, G, P, U
 
 
 @triton.jit  # type: ignore[untyped-decorator]
@@ -445,23 +501,39 @@ def _grad_block(  # type: ignore[no-untyped-def]
     M_ref,
     a,
     scale,
+    ls,
+    y_rel,
+    g_y,
+    acc,
     HAS_WEIGHT: tl.constexpr,
     HAS_SW: tl.constexpr,
     PROB_TARGET: tl.constexpr,
     HAS_V: tl.constexpr,
     SOFTCAP: tl.constexpr,
     MASKED: tl.constexpr,
+    HAS_LS: tl.constexpr,
+    DSCALE: tl.constexpr,
+    TARGET_SEL: tl.constexpr,
 ):
     """Pass 2 on one block: grad = (p * coef - v) * scale = exp(x - M) * a - v * scale, with
-    a = coef * scale / S."""
+    a = coef * scale / S, x the logits times ``ls`` with HAS_LS.
+
+    Without DSCALE the caller has folded ``ls`` (d x' / d x) into ``a`` and ``scale``. With DSCALE
+    it has not: the block forms ghat (the gradient w.r.t. the scaled logits), adds ghat * x (raw x)
+    into the per-lane ``acc`` (cols is then an [ITERS, LANES] tile) and stores ghat * ls. With
+    TARGET_SEL the column ``y_rel`` takes ``g_y`` (the target's final ghat) there too, so that the
+    sum holds the value the row ends with."""
     if MASKED:
         x = tl.load(x_b + cols, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
     else:
         x = tl.load(x_b + cols, eviction_policy="evict_first").to(tl.float32)
+    xs = x
+    if HAS_LS:
+        xs = x * ls
     if SOFTCAP:
-        th = _tanh(x * inv_cap)
-        x = cap * th
-    g = _exp(x - M_ref) * a
+        th = _tanh(xs * inv_cap)
+        xs = cap * th
+    g = _exp(xs - M_ref) * a
     if HAS_V:
         if PROB_TARGET or HAS_WEIGHT or HAS_SW:
             v = _smoothing_weights(cols, mask, t_b, w_b, sw_b, eps, smooth, HAS_WEIGHT, HAS_SW, PROB_TARGET, MASKED)
@@ -470,11 +542,21 @@ def _grad_block(  # type: ignore[no-untyped-def]
             g -= smooth * scale
     if SOFTCAP:
         g = g * (1.0 - th * th)
+    if DSCALE:
+        if TARGET_SEL:
+            g = tl.where(cols == y_rel, g_y, g)
+        gx = g * x
+        if MASKED:
+            gx = tl.where(mask, gx, 0.0)  # masked columns read 0 but g there may be inf
+        acc += tl.sum(gx, axis=0)
+        if HAS_LS:
+            g = g * ls
     g = g.to(g_b.dtype.element_ty)
     if MASKED:
         tl.store(g_b + cols, g, mask=mask, eviction_policy="evict_first")
     else:
         tl.store(g_b + cols, g, eviction_policy="evict_first")
+    return acc
 
 
 @triton.jit  # type: ignore[untyped-decorator]
@@ -493,30 +575,49 @@ def _write_grad(  # type: ignore[no-untyped-def]
     M_ref,
     a,
     scale,
+    ls,
+    y_rel,
+    g_y,
     HAS_WEIGHT: tl.constexpr,
     HAS_SW: tl.constexpr,
     PROB_TARGET: tl.constexpr,
     HAS_V: tl.constexpr,
     SOFTCAP: tl.constexpr,
-    BLOCK: tl.constexpr,
+    ITERS: tl.constexpr,
+    LANES: tl.constexpr,
     VEC: tl.constexpr,
     SHIFT: tl.constexpr,
+    HAS_LS: tl.constexpr,
+    DSCALE: tl.constexpr,
+    TARGET_SEL: tl.constexpr,
 ):
     """Pass 2 over the row, in _row_stats' order: the aligned body's full blocks without masks, a
-    block masked at vector granularity, then the head and the last partial vector."""
-    offs = tl.arange(0, BLOCK)
+    block masked at vector granularity, then the head and the last partial vector. Returns, with
+    DSCALE, sum_c ghat_c x_c over the row (see _grad_block); else a placeholder.
+
+    With DSCALE the blocks are [ITERS, LANES] tiles, as in pass 1, so that the sum is folded per lane
+    inside each thread (VEC accumulators per thread rather than BLOCK / threads of a flat block) and
+    across the block only once, after the loop."""
+    BLOCK: tl.constexpr = ITERS * LANES
+    if DSCALE:
+        offs = tl.arange(0, ITERS)[:, None] * LANES + tl.arange(0, LANES)[None, :]
+    else:
+        offs = tl.arange(0, BLOCK)
+    acc = tl.zeros([LANES], tl.float32)  # compiled away without DSCALE
     n_full = (n_body // BLOCK) * BLOCK
     for start in range(0, n_full, BLOCK):
-        _grad_block(
+        acc = _grad_block(
             x_b, g_b, t_b, w_b, sw_b, start + offs, None, eps, smooth, cap, inv_cap, M_ref, a, scale,
-            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False,
+            ls, y_rel, g_y, acc,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, False, HAS_LS, DSCALE, TARGET_SEL,
         )  # fmt: skip
     n_vec = (n_body // VEC) * VEC
     if n_full < n_vec:
         cols = n_full + offs
-        _grad_block(
+        acc = _grad_block(
             x_b, g_b, t_b, w_b, sw_b, cols, cols < n_vec, eps, smooth, cap, inv_cap, M_ref, a, scale,
-            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True,
+            ls, y_rel, g_y, acc,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True, HAS_LS, DSCALE, TARGET_SEL,
         )  # fmt: skip
     edge = n_vec < n_body
     if SHIFT:
@@ -525,10 +626,24 @@ def _write_grad(  # type: ignore[no-untyped-def]
         head = offs < VEC
         cols = tl.where(head, offs - VEC, n_vec + offs - VEC)
         mask = tl.where(head, offs >= VEC - a0, (offs < 2 * VEC) & (cols < n_body))
-        _grad_block(
+        acc = _grad_block(
             x_b, g_b, t_b, w_b, sw_b, cols, mask, eps, smooth, cap, inv_cap, M_ref, a, scale,
-            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True,
+            ls, y_rel, g_y, acc,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, True, HAS_LS, DSCALE, TARGET_SEL,
         )  # fmt: skip
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit  # type: ignore[untyped-decorator]
+def _grad_factor(scale, ls, HAS_LS: tl.constexpr, DSCALE: tl.constexpr):  # type: ignore[no-untyped-def]
+    """The factor the gradient pass applies to ghat inside the loop: with a logit scale and no
+    DSCALE, d x'/d x = ls is folded into it (no per-element multiply); with DSCALE the block applies
+    it after forming ghat."""
+    out = scale
+    if HAS_LS:  # noqa: SIM102 (two constexpr flags; kept as the two cases they are)
+        if not DSCALE:
+            out = scale * ls
+    return out
 
 
 @triton.jit  # type: ignore[untyped-decorator]
@@ -567,6 +682,67 @@ def _grad_scale(go_ptr, go_stride, scale_ptr, row, HAS_GO: tl.constexpr, HAS_SCA
 
 
 @triton.jit  # type: ignore[untyped-decorator]
+def _logit_scale(ls_ptr, HAS_LS: tl.constexpr):  # type: ignore[no-untyped-def]
+    """The logit scale s, read on the device (1 without one)."""
+    ls = 1.0
+    if HAS_LS:
+        ls = tl.load(ls_ptr).to(tl.float32)
+    return ls
+
+
+@triton.jit  # type: ignore[untyped-decorator]
+def _store_aux(  # type: ignore[no-untyped-def]
+    lse_ptr, pred_ptr, ent_ptr, row, M, log_s, S, P, U, a0, C,
+    AUX_LSE: tl.constexpr, AUX_PRED: tl.constexpr, AUX_ENT: tl.constexpr,
+):  # fmt: skip
+    """The row's requested by-products of the statistics pass: lse = M + log S, the argmax column
+    (P is relative to the aligned start a0; clamped into [0, C) for rows holding NaN) and the entropy
+    log S - U / S (both terms >= 0: no cancellation for confident rows)."""
+    if AUX_LSE:
+        tl.store(lse_ptr + row, M + log_s)
+    if AUX_PRED:
+        tl.store(pred_ptr + row, tl.minimum(tl.maximum(P + a0, 0), C - 1).to(tl.int64))
+    if AUX_ENT:
+        # Approximate division (2 ulp): the IEEE one calls a slow-path subroutine (see _tanh).
+        tl.store(ent_ptr + row, log_s - tl.fdiv(U, S, ieee_rounding=False))
+
+
+@triton.jit  # type: ignore[untyped-decorator]
+def _store_aux_ignored(  # type: ignore[no-untyped-def]
+    lse_ptr, pred_ptr, ent_ptr, row, y, AUX_LSE: tl.constexpr, AUX_PRED: tl.constexpr, AUX_ENT: tl.constexpr
+):  # fmt: skip
+    """An ignored row's by-products: lse 0, entropy 0, predicted = the ignore_index it holds."""
+    if AUX_LSE:
+        tl.store(lse_ptr + row, 0.0)
+    if AUX_PRED:
+        tl.store(pred_ptr + row, y.to(tl.int64))
+    if AUX_ENT:
+        tl.store(ent_ptr + row, 0.0)
+
+
+@triton.jit  # type: ignore[untyped-decorator]
+def _target_grad(  # type: ignore[no-untyped-def]
+    x_y, th_y, w_y, T, sw_ptr, yc, smooth, M_ref, inv_s, s_minus_1, coef,
+    HAS_SW: tl.constexpr, HAS_V: tl.constexpr, SOFTCAP: tl.constexpr,
+):  # fmt: skip
+    """d loss / d x'_y of a class-index row (x_y after scale and softcap, th_y its tanh), before the
+    row's gradient factor."""
+    # p_y - 1 = (e_y - S) / S = ((e_y - 1) - (S - 1)) / S: for a confident row e_y = 1 exactly and this
+    # is -(S - 1) / S to full fp32 relative accuracy, where p_y - 1 would keep only the rounding error
+    # of p_y.
+    e_y = _exp(x_y - M_ref)
+    g_y = e_y * inv_s * (coef - T) + T * (((e_y - 1.0) - s_minus_1) * inv_s)
+    if HAS_V:
+        if HAS_SW:
+            g_y -= smooth * tl.load(sw_ptr + yc).to(tl.float32)
+        else:
+            g_y -= smooth * w_y
+    if SOFTCAP:
+        g_y = g_y * (1.0 - th_y * th_y)
+    return g_y
+
+
+@triton.jit  # type: ignore[untyped-decorator]
 def _index_row_grad(  # type: ignore[no-untyped-def]
     x_b,
     g_b,
@@ -588,19 +764,27 @@ def _index_row_grad(  # type: ignore[no-untyped-def]
     s_minus_1,
     coef,
     scale,
+    ls,
     HAS_WEIGHT: tl.constexpr,
     HAS_SW: tl.constexpr,
     HAS_V: tl.constexpr,
     SOFTCAP: tl.constexpr,
     TARGET_ELSEWHERE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    ITERS: tl.constexpr,
+    LANES: tl.constexpr,
     VEC: tl.constexpr,
     SHIFT: tl.constexpr,
+    HAS_LS: tl.constexpr,
+    DSCALE: tl.constexpr,
 ):
     """The gradient of a class-index row, written over the whole row. ``x_y``: the target's raw logit
-    (fp32), read by the caller before anything of the row was written (the row may be the logits)."""
+    (fp32), read by the caller before anything of the row was written (the row may be the logits).
+    Returns, with DSCALE, sum_c ghat_c x_c over the row (the target column at its final value)."""
     w_b = _offset(w_ptr, a0, HAS_WEIGHT)
     sw_b = _offset(sw_ptr, a0, HAS_SW)
+    if HAS_LS:
+        x_y = x_y * ls
+    th_y = 0.0
     if SOFTCAP:
         th_y = _tanh(x_y * inv_cap)
         x_y = cap * th_y
@@ -610,26 +794,39 @@ def _index_row_grad(  # type: ignore[no-untyped-def]
         w_y = 1.0
     T = (1.0 - eps) * w_y
     inv_s = 1.0 / S
-    # Every column first gets p * coef - v, right everywhere but at the target, which is overwritten
-    # below: keeping the one-hot -T out of the per-element work saves a compare and a select per
-    # element.
-    _write_grad(
-        x_b, g_b, x_b, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap, M_ref,
-        coef * inv_s * scale, scale, HAS_WEIGHT, HAS_SW, False, HAS_V, SOFTCAP, BLOCK, VEC, SHIFT,
-    )  # fmt: skip
-    # p_y - 1 = (e_y - S) / S = ((e_y - 1) - (S - 1)) / S: for a confident row e_y = 1 exactly and this
-    # is -(S - 1) / S to full fp32 relative accuracy, where p_y - 1 would keep only the rounding error
-    # of p_y.
-    e_y = _exp(x_y - M_ref)
-    g_y = e_y * inv_s * (coef - T) + T * (((e_y - 1.0) - s_minus_1) * inv_s)
-    if HAS_V:
-        if HAS_SW:
-            g_y -= smooth * tl.load(sw_ptr + yc).to(tl.float32)
+    if DSCALE:
+        # The target's final ghat goes into the pass, which writes it at column y too and adds it
+        # (not p_y coef - v_y, the value the other columns' formula gives there) into the sum.
+        g_y = (
+            _target_grad(x_y, th_y, w_y, T, sw_ptr, yc, smooth, M_ref, inv_s, s_minus_1, coef, HAS_SW, HAS_V, SOFTCAP)
+            * scale
+        )
+        if TARGET_ELSEWHERE:
+            y_rel = tl.where((y >= 0) & (y < C), yc - a0, -(1 << 30))
         else:
-            g_y -= smooth * w_y
-    if SOFTCAP:
-        g_y = g_y * (1.0 - th_y * th_y)
-    g_y = g_y * scale
+            y_rel = yc - a0
+        part = _write_grad(
+            x_b, g_b, x_b, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap, M_ref,
+            coef * inv_s * scale, scale, ls, y_rel, g_y,
+            HAS_WEIGHT, HAS_SW, False, HAS_V, SOFTCAP, ITERS, LANES, VEC, SHIFT, HAS_LS, True, True,
+        )  # fmt: skip
+        if HAS_LS:
+            g_y = g_y * ls
+    else:
+        gs = _grad_factor(scale, ls, HAS_LS, False)
+        # Every column first gets p * coef - v, right everywhere but at the target, which is
+        # overwritten below: keeping the one-hot -T out of the per-element work saves a compare and a
+        # select per element.
+        _write_grad(
+            x_b, g_b, x_b, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap, M_ref,
+            coef * inv_s * gs, gs, ls, 0, 0.0,
+            HAS_WEIGHT, HAS_SW, False, HAS_V, SOFTCAP, ITERS, LANES, VEC, SHIFT, HAS_LS, False, False,
+        )  # fmt: skip
+        g_y = (
+            _target_grad(x_y, th_y, w_y, T, sw_ptr, yc, smooth, M_ref, inv_s, s_minus_1, coef, HAS_SW, HAS_V, SOFTCAP)
+            * gs
+        )
+        part = 0.0
     # Whichever thread stored column y in the pass above must be done before this store.
     tl.debug_barrier()
     if TARGET_ELSEWHERE:
@@ -637,6 +834,7 @@ def _index_row_grad(  # type: ignore[no-untyped-def]
             tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
     else:
         tl.store(g_row + yc, g_y.to(g_row.dtype.element_ty))
+    return part
 
 
 @triton.jit  # type: ignore[untyped-decorator]
@@ -655,6 +853,11 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
     go_ptr,
     go_stride,
     scale_ptr,
+    ls_ptr,
+    dscale_ptr,
+    lse_ptr,
+    pred_ptr,
+    ent_ptr,
     C,
     ignore_index,
     eps,
@@ -676,12 +879,21 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
     VEC: tl.constexpr,
     SHIFT: tl.constexpr,
     G_ALIGNED: tl.constexpr,
+    HAS_LS: tl.constexpr,
+    DSCALE: tl.constexpr,
+    AUX_LSE: tl.constexpr,
+    AUX_PRED: tl.constexpr,
+    AUX_ENT: tl.constexpr,
 ):
     """Forward: one read of the row; stores its loss and, with SAVE_STATS, the four numbers the
     gradient needs (M_ref, S, S - 1, coef = d loss / d log S), 16 bytes per row. With WRITE_GRAD it
     goes on to write the row's gradient (times grad_output and grad_scale) at once, re-reading the
     row it has just read: the one-launch path for callers that always want the gradient (the fused
-    linear loss's chunks)."""
+    linear loss's chunks).
+
+    HAS_LS: the logits are multiplied by the device scalar at ls_ptr as they are loaded, in both
+    passes. DSCALE (with WRITE_GRAD): dscale[row] = sum_c ghat_c x_c. AUX_*: per-row lse, argmax and
+    entropy from the statistics pass."""
     BLOCK: tl.constexpr = ITERS * LANES
     # int64 before any multiplication by a stride: row * stride exceeds 2**31 on large problems.
     row = tl.program_id(0).to(tl.int64)
@@ -696,14 +908,17 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
         inv_cap = 1.0 / cap
     else:
         inv_cap = 1.0
+    ls = _logit_scale(ls_ptr, HAS_LS)
 
     if PROB_TARGET:
         t_b = tgt_ptr + row * tgt_stride + a0
-        M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
-            x_b, t_b, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap,
+        M, M_ref, S, s_minus_1, log_s, V, G, P, U = _row_stats(
+            x_b, t_b, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap, ls,
             HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES, VEC, SHIFT, WRITE_GRAD,
+            HAS_LS, AUX_PRED, AUX_ENT,
         )  # fmt: skip
         lse = M + log_s
+        _store_aux(lse_ptr, pred_ptr, ent_ptr, row, M, log_s, S, P, U, a0, C, AUX_LSE, AUX_PRED, AUX_ENT)
         # sum_c v_c (M - x_c + log S) = V log S - G, both terms >= 0.
         loss = V * log_s - G
         coef = V
@@ -716,18 +931,24 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
         if WRITE_GRAD:
             # Formed after the statistics pass, so that they take no registers during it.
             g_b = _row_base(g_ptr, row, g_stride, a0, VEC, G_ALIGNED)
-            scale = _grad_scale(go_ptr, go_stride, scale_ptr, row, HAS_GO, HAS_SCALE)
-            _write_grad(
+            scale = _grad_factor(_grad_scale(go_ptr, go_stride, scale_ptr, row, HAS_GO, HAS_SCALE), ls, HAS_LS, DSCALE)
+            part = _write_grad(
                 x_b, g_b, t_b, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap, M_ref,
-                coef * scale / S, scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, BLOCK, VEC, SHIFT,
+                coef * scale / S, scale, ls, 0, 0.0,
+                HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES, VEC, SHIFT, HAS_LS, DSCALE, False,
             )  # fmt: skip
+            if DSCALE:
+                tl.store(dscale_ptr + row, part)
     else:
         y = tl.load(tgt_ptr + row * tgt_stride)
         if y == ignore_index:
             # Without a gradient nothing else to store: backward sees the ignored target and writes zeros.
             tl.store(loss_ptr + row, 0.0)
+            _store_aux_ignored(lse_ptr, pred_ptr, ent_ptr, row, y, AUX_LSE, AUX_PRED, AUX_ENT)
             if WRITE_GRAD:
                 _zero_grad(_row_base(g_ptr, row, g_stride, a0, VEC, G_ALIGNED), n_body, a0, BLOCK, SHIFT)
+                if DSCALE:
+                    tl.store(dscale_ptr + row, 0.0)
         else:
             tl.device_assert((y >= 0) & (y < C), "labelsmooth: target class index out of range")
             # Kept nested: CHECK_TARGETS is a constexpr that Triton resolves at compile time, while the
@@ -740,6 +961,8 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
             yc = tl.minimum(tl.maximum(y, 0), C - 1).to(tl.int32)
             x_y_raw = tl.load(x_row + yc).to(tl.float32)
             x_y = x_y_raw
+            if HAS_LS:
+                x_y = x_y * ls
             if SOFTCAP:
                 x_y = cap * _tanh(x_y * inv_cap)
             if HAS_WEIGHT:
@@ -747,11 +970,13 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
             else:
                 w_y = 1.0
             T = (1.0 - eps) * w_y
-            M, M_ref, S, s_minus_1, log_s, V, G = _row_stats(
-                x_b, tgt_ptr, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap,
+            M, M_ref, S, s_minus_1, log_s, V, G, P, U = _row_stats(
+                x_b, tgt_ptr, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap, ls,
                 HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES, VEC, SHIFT, WRITE_GRAD,
+                HAS_LS, AUX_PRED, AUX_ENT,
             )  # fmt: skip
             lse = M + log_s
+            _store_aux(lse_ptr, pred_ptr, ent_ptr, row, M, log_s, S, P, U, a0, C, AUX_LSE, AUX_PRED, AUX_ENT)
             # (M - x_y) >= 0 is exactly 0 when y is the argmax; no lse - x_y cancellation.
             loss = T * ((M - x_y) + log_s)
             coef = T
@@ -770,11 +995,13 @@ def _ce_fwd_kernel(  # type: ignore[no-untyped-def]
                 g_row = g_ptr + row * g_stride
                 g_b = _row_base(g_ptr, row, g_stride, a0, VEC, G_ALIGNED)
                 scale = _grad_scale(go_ptr, go_stride, scale_ptr, row, HAS_GO, HAS_SCALE)
-                _index_row_grad(
+                part = _index_row_grad(
                     x_b, g_b, g_row, w_ptr, sw_ptr, y, yc, x_y_raw, n_body, a0, C, eps, smooth, cap,
-                    inv_cap, M_ref, S, s_minus_1, coef, scale,
-                    HAS_WEIGHT, HAS_SW, HAS_V, SOFTCAP, False, BLOCK, VEC, SHIFT,
+                    inv_cap, M_ref, S, s_minus_1, coef, scale, ls,
+                    HAS_WEIGHT, HAS_SW, HAS_V, SOFTCAP, False, ITERS, LANES, VEC, SHIFT, HAS_LS, DSCALE,
                 )  # fmt: skip
+                if DSCALE:
+                    tl.store(dscale_ptr + row, part)
 
 
 @triton.jit  # type: ignore[untyped-decorator]
@@ -791,6 +1018,8 @@ def _ce_bwd_kernel(  # type: ignore[no-untyped-def]
     go_ptr,
     go_stride,
     scale_ptr,
+    ls_ptr,
+    dscale_ptr,
     C,
     K,
     ignore_index,
@@ -809,13 +1038,16 @@ def _ce_bwd_kernel(  # type: ignore[no-untyped-def]
     VEC: tl.constexpr,
     SHIFT: tl.constexpr,
     G_ALIGNED: tl.constexpr,
+    HAS_LS: tl.constexpr,
+    DSCALE: tl.constexpr,
 ):
     """Backward: one read and one write of the row, the gradient already multiplied by the row's
     grad_output and by ``grad_scale`` (both read here, on the device: no host synchronisation).
 
     K is the class count eps is spread over (C, except for a vocabulary slice, where it is the global
     count). With TARGET_ELSEWHERE a class index outside [0, C) means that the target lies in another
-    slice: the row is written without a target column."""
+    slice: the row is written without a target column. HAS_LS and DSCALE as in the forward kernel
+    (``stats`` are then those of the scaled logits)."""
     BLOCK: tl.constexpr = ITERS * LANES
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * x_stride
@@ -832,6 +1064,7 @@ def _ce_bwd_kernel(  # type: ignore[no-untyped-def]
     else:
         inv_cap = 1.0
     scale = _grad_scale(go_ptr, go_stride, scale_ptr, row, HAS_GO, HAS_SCALE)
+    ls = _logit_scale(ls_ptr, HAS_LS)
     st = stats_ptr + row * 4
 
     if PROB_TARGET:
@@ -839,15 +1072,21 @@ def _ce_bwd_kernel(  # type: ignore[no-untyped-def]
         M_ref = tl.load(st)
         S = tl.load(st + 1)
         coef = tl.load(st + 3)
-        _write_grad(
+        gs = _grad_factor(scale, ls, HAS_LS, DSCALE)
+        part = _write_grad(
             x_b, g_b, t_b, w_b, sw_b, n_body, a0, eps, smooth, cap, inv_cap, M_ref,
-            coef * scale / S, scale, HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, BLOCK, VEC, SHIFT,
+            coef * gs / S, gs, ls, 0, 0.0,
+            HAS_WEIGHT, HAS_SW, PROB_TARGET, HAS_V, SOFTCAP, ITERS, LANES, VEC, SHIFT, HAS_LS, DSCALE, False,
         )  # fmt: skip
+        if DSCALE:
+            tl.store(dscale_ptr + row, part)
     else:
         y = tl.load(tgt_ptr + row * tgt_stride)
         if y == ignore_index:
             # Exactly 0, whatever the logits or the grad_output (NaN or inf included) hold.
             _zero_grad(g_b, n_body, a0, BLOCK, SHIFT)
+            if DSCALE:
+                tl.store(dscale_ptr + row, 0.0)
         else:
             yc = tl.minimum(tl.maximum(y, 0), C - 1).to(tl.int32)
             M_ref = tl.load(st)
@@ -859,11 +1098,13 @@ def _ce_bwd_kernel(  # type: ignore[no-untyped-def]
             # before all of them have (bar.sync orders the CTA's global accesses too).
             x_y = tl.load(x_row + yc).to(tl.float32)
             tl.debug_barrier()
-            _index_row_grad(
+            part = _index_row_grad(
                 x_b, g_b, g_row, w_ptr, sw_ptr, y, yc, x_y, n_body, a0, C, eps, smooth, cap,
-                inv_cap, M_ref, S, s_minus_1, coef, scale,
-                HAS_WEIGHT, HAS_SW, HAS_V, SOFTCAP, TARGET_ELSEWHERE, BLOCK, VEC, SHIFT,
+                inv_cap, M_ref, S, s_minus_1, coef, scale, ls,
+                HAS_WEIGHT, HAS_SW, HAS_V, SOFTCAP, TARGET_ELSEWHERE, ITERS, LANES, VEC, SHIFT, HAS_LS, DSCALE,
             )  # fmt: skip
+            if DSCALE:
+                tl.store(dscale_ptr + row, part)
 
 
 @triton.jit  # type: ignore[untyped-decorator]
@@ -887,9 +1128,9 @@ def _slice_stats_kernel(  # type: ignore[no-untyped-def]
     a0 = _row_head(row, x_stride, C, VEC, SHIFT)
     x_b = _row_base(x_ptr, row, x_stride, a0, VEC, True)
     # eps = C makes _row_stats' uniform smoothing sum (eps / C) sum_c (x_c - m) the plain sum.
-    M, M_ref, _S, s_minus_1, _log_s, _V, G = _row_stats(
-        x_b, tgt_ptr, x_ptr, x_ptr, C - a0, a0, C * 1.0, 1.0, 1.0, 1.0,
-        False, False, False, True, False, ITERS, LANES, VEC, SHIFT, False,
+    M, M_ref, _S, s_minus_1, _log_s, _V, G, _P, _U = _row_stats(
+        x_b, tgt_ptr, x_ptr, x_ptr, C - a0, a0, C * 1.0, 1.0, 1.0, 1.0, 1.0,
+        False, False, False, True, False, ITERS, LANES, VEC, SHIFT, False, False, False, False,
     )  # fmt: skip
     y = tl.load(tgt_ptr + row)
     inside = (y >= 0) & (y < C)
@@ -970,17 +1211,23 @@ def _launch_config(
     iters: int | None,
     num_warps: int | None,
     heavy_shifted: bool = False,
+    lane_state: int = 0,
 ) -> tuple[int, int, int]:
     """(ITERS, LANES, num_warps) for a row of ``num_classes`` logits of ``element_size`` bytes.
 
     ``heavy_shifted``: rows not at a 16-byte boundary (see _row_layout) with extra operands, which
     those rows read element by element (their per-element addresses take registers): the tile is
-    halved once more to stay within 128."""
+    halved once more to stay within 128. ``lane_state``: how many times more to halve it for the
+    per-lane state the kernel options keep across the loops (the argmax column and the entropy sum in
+    pass 1, the d/ds sums in pass 2: once; the one-launch forward with either aux output: twice)."""
     vec = max(1, 16 // element_size)  # logits per 16-byte vector load
     if block_size is None:
         lanes = min(_next_pow2(num_classes), _WARPS * 32 * vec)
         values = _TILE_VALUES_EXTRA_OPERANDS if extra_operands else _TILE_VALUES
-        it = iters or max(1, (values // 2 if heavy_shifted else values) // vec)
+        if heavy_shifted:
+            values //= 2
+        values = max(1, values >> lane_state)
+        it = iters or max(1, values // vec)
         it = max(1, min(_next_pow2(it), _next_pow2(num_classes) // lanes))
     else:
         if block_size < 1 or block_size & (block_size - 1):
@@ -1129,6 +1376,97 @@ def _check_grad_operands(
     return grad_output, go_stride
 
 
+#: The per-row by-products the forward statistics pass can return (``aux=``).
+AUX_ITEMS = frozenset({"lse", "predicted", "entropy"})
+
+
+def _check_aux(aux: Iterable[str]) -> frozenset[str]:
+    items = frozenset(aux)
+    unknown = items - AUX_ITEMS
+    if unknown:
+        raise ValueError(f"aux: unknown item(s) {sorted(unknown)}; the kernel computes {sorted(AUX_ITEMS)}")
+    return items
+
+
+def _logit_scale_tensor(logit_scale: torch.Tensor | float | None, device: torch.device) -> torch.Tensor | None:
+    """The logit scale as the kernels read it: a 0-d float32 tensor on the logits' device (a float is
+    put there with one fill, no host read; a tensor is viewed, and converted only if not float32)."""
+    if logit_scale is None:
+        return None
+    if isinstance(logit_scale, torch.Tensor):
+        if logit_scale.numel() != 1 or not logit_scale.is_floating_point():
+            raise ValueError(
+                f"logit_scale must be a one-element floating tensor, got {logit_scale.dtype} "
+                f"of shape {tuple(logit_scale.shape)}"
+            )
+        if logit_scale.device != device:
+            raise ValueError(f"logit_scale must be on the logits' device {device}, got {logit_scale.device}")
+        return logit_scale.detach().reshape(()).to(torch.float32)
+    return torch.full((), float(logit_scale), dtype=torch.float32, device=device)
+
+
+def _check_dscale(dscale: torch.Tensor | None, logits: torch.Tensor) -> None:
+    if dscale is None:
+        return
+    num_rows = logits.shape[0]
+    if dscale.shape != (num_rows,) or dscale.dtype != torch.float32 or (num_rows > 1 and dscale.stride(0) != 1):
+        raise ValueError(
+            f"dscale must be a contiguous ({num_rows},) float32 tensor, got {dscale.dtype} of shape "
+            f"{tuple(dscale.shape)}"
+        )
+    if dscale.device != logits.device:
+        raise ValueError(f"dscale must be on the logits' device {logits.device}, got {dscale.device}")
+
+
+@overload
+def forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    *,
+    save_stats: bool = ...,
+    check_targets: bool = ...,
+    prior: torch.Tensor | None = ...,
+    grad: torch.Tensor | None = ...,
+    grad_output: torch.Tensor | None = ...,
+    grad_scale: torch.Tensor | None = ...,
+    logit_scale: torch.Tensor | float | None = ...,
+    dscale: torch.Tensor | None = ...,
+    block_size: int | None = ...,
+    iters: int | None = ...,
+    num_warps: int | None = ...,
+) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+@overload
+def forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    *,
+    save_stats: bool = ...,
+    check_targets: bool = ...,
+    prior: torch.Tensor | None = ...,
+    grad: torch.Tensor | None = ...,
+    grad_output: torch.Tensor | None = ...,
+    grad_scale: torch.Tensor | None = ...,
+    logit_scale: torch.Tensor | float | None = ...,
+    dscale: torch.Tensor | None = ...,
+    aux: Iterable[str],
+    block_size: int | None = ...,
+    iters: int | None = ...,
+    num_warps: int | None = ...,
+) -> tuple[torch.Tensor, torch.Tensor | None] | tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]: ...
+
+
 def forward(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -1144,21 +1482,38 @@ def forward(
     grad: torch.Tensor | None = None,
     grad_output: torch.Tensor | None = None,
     grad_scale: torch.Tensor | None = None,
+    logit_scale: torch.Tensor | float | None = None,
+    dscale: torch.Tensor | None = None,
+    aux: Iterable[str] = frozenset(),
     block_size: int | None = None,
     iters: int | None = None,
     num_warps: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None] | tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
     """Row losses of (M, C) logits in one read of them; with ``save_stats`` also the (M, 4) float32
-    row statistics that :func:`backward` needs. Returns ``(loss_rows, stats or None)``.
+    row statistics that :func:`backward` needs. Returns ``(loss_rows, stats or None)``, or
+    ``(loss_rows, stats or None, aux_rows)`` when ``aux`` names anything.
 
     ``check_targets`` queues a device-side assertion that every class index other than
     ``ignore_index`` lies in [0, C) (on a CPU tensor it fails at once, with a RuntimeError).
     ``prior``: the (C,) smoothing distribution u (None: uniform).
 
+    ``logit_scale``: None, or s as a one-element tensor on the logits' device (a float is accepted
+    and put there): the kernels read s * x wherever they read a logit x (before the softcap), with s
+    read on the device. The saved statistics are those of the scaled logits, so :func:`backward`
+    must get the same ``logit_scale``.
+
+    ``aux``: any of ``"lse"`` (log-sum-exp of the final, scaled and capped, logits; float32),
+    ``"predicted"`` (the first column holding the final logits' max, int64: the argmax of the raw
+    logits for s > 0 unless scaling or capping rounds two of them to the same float32 value; on a row
+    holding NaN an unspecified column in [0, C)) and ``"entropy"`` (of softmax of the final logits,
+    float32), computed in the statistics pass, returned as a dict of (M,) tensors. Ignored rows get
+    lse 0, entropy 0 and predicted = ignore_index.
+
     With ``grad`` (an (M, C) tensor of the logits' dtype, possibly the logits themselves) the same
     launch goes on to write the gradient into it, times ``grad_output`` and ``grad_scale`` as in
     :func:`backward`, re-reading each row right after its statistics pass: for callers that always
-    want the gradient (no statistics round trip, one launch).
+    want the gradient (no statistics round trip, one launch). ``dscale`` (only with ``grad``) as in
+    :func:`backward`.
 
     Keyword-only knobs (tests, tuning): ``block_size`` columns per iteration (a power of two), split
     into ``iters`` tile rows, and ``num_warps``. No host-device synchronisation happens here.
@@ -1166,21 +1521,42 @@ def forward(
     target, weight = _check_operands(logits, target, weight)
     num_rows, num_classes = logits.shape
     device = logits.device
+    items = _check_aux(aux)
     go_stride = 0
     if grad is not None:
         grad_output, go_stride = _check_grad_operands(logits, grad, grad_output, grad_scale)
+    elif dscale is not None:
+        raise ValueError("dscale needs grad: its sums are formed in the pass that writes the gradient")
+    _check_dscale(dscale, logits)
+    ls = _logit_scale_tensor(logit_scale, device)
     loss = torch.empty(num_rows, dtype=torch.float32, device=device)
     stats = torch.empty((num_rows, 4), dtype=torch.float32, device=device) if save_stats else None
+    extras = {
+        name: torch.empty(num_rows, dtype=torch.int64 if name == "predicted" else torch.float32, device=device)
+        for name in sorted(items)
+    }
     if num_rows == 0:
-        return loss, stats
+        return (loss, stats, extras) if items else (loss, stats)
     prob = target.is_floating_point()
     eps = float(label_smoothing)
     z = float(z_loss)
     sw = _smoothing_weights_vector(prior, weight, num_classes)
     extra = prob or weight is not None or sw is not None
     heavy = (extra or softcap is not None) and logits.stride(0) % 16 != 0
+    # The argmax and entropy states of pass 1 and the d/ds sums of pass 2 take registers the tile
+    # gives up (halved; quartered where one launch holds pass 1's states and then runs pass 2, whose
+    # budget is then also handed to ptxas, as for the heavy shifted rows): compile_check's numbers.
+    aux_state = "predicted" in items or "entropy" in items
+    lane_state = int(aux_state or dscale is not None) + int(aux_state and grad is not None)
     it, lanes, warps = _launch_config(
-        num_classes, logits.element_size(), extra, block_size, iters, num_warps, heavy_shifted=heavy
+        num_classes,
+        logits.element_size(),
+        extra,
+        block_size,
+        iters,
+        num_warps,
+        heavy_shifted=heavy,
+        lane_state=lane_state,
     )
     check = check_targets and not prob
     bad = torch.zeros((), dtype=torch.int32, device=device) if check else None
@@ -1200,6 +1576,11 @@ def forward(
         grad_output if write else None,
         go_stride,
         grad_scale if write else None,
+        ls,
+        dscale,
+        extras.get("lse"),
+        extras.get("predicted"),
+        extras.get("entropy"),
         num_classes,
         int(ignore_index),
         eps,
@@ -1221,13 +1602,18 @@ def forward(
         ITERS=it,
         LANES=lanes,
         num_warps=warps,
-        **_register_budget(warps, heavy),
+        **_register_budget(warps, heavy or lane_state > 1),
         **_row_layout(
             logits.element_size(),
             it * lanes,
             logits.stride(0),
             grad.stride(0) if grad is not None else logits.stride(0),
         ),
+        HAS_LS=ls is not None,
+        DSCALE=dscale is not None,
+        AUX_LSE="lse" in items,
+        AUX_PRED="predicted" in items,
+        AUX_ENT="entropy" in items,
     )
     _launch(_ce_fwd_kernel, device, num_rows, args, meta)
     if check:
@@ -1236,7 +1622,7 @@ def forward(
             bad == 0,
             f"target contains a class index outside [0, {num_classes - 1}] (and not ignore_index={ignore_index})",
         )
-    return loss, stats
+    return (loss, stats, extras) if items else (loss, stats)
 
 
 def backward(
@@ -1252,6 +1638,8 @@ def backward(
     grad_output: torch.Tensor | None = None,
     grad_scale: torch.Tensor | None = None,
     prior: torch.Tensor | None = None,
+    logit_scale: torch.Tensor | float | None = None,
+    dscale: torch.Tensor | None = None,
     smoothing_classes: int | None = None,
     target_elsewhere: bool = False,
     block_size: int | None = None,
@@ -1267,9 +1655,17 @@ def backward(
     gradient is scaled with no extra pass over it and no host-device synchronisation. Ignored rows get
     exactly 0 whatever their logits and grad_output hold.
 
+    ``logit_scale`` s (as in :func:`forward`, which must have had the same one): the gradient written
+    is s * ghat, ghat = d loss / d (s x) times grad_output[n] and grad_scale. ``dscale``: None, or a
+    contiguous (M,) float32 tensor that receives sum_c ghat_nc x_nc per row (d loss_n / d s with the
+    same factors), 0 on ignored rows, summed in the pass that writes the gradient. In float32, so
+    to about 1e-7 of sum_c |ghat_nc x_nc| (a sum that cancels, e.g. large logits of nearly equal
+    values, keeps that absolute error).
+
     For one slice of a vocabulary split over devices (``labelsmooth.distributed``): ``stats`` holds the
     whole row's statistics, ``smoothing_classes`` the global class count K (eps/K per class), and with
-    ``target_elsewhere`` a class index outside [0, C) marks a target held by another slice.
+    ``target_elsewhere`` a class index outside [0, C) marks a target held by another slice (the
+    slice's ``dscale`` is then its part of the row's sum).
     """
     target, weight = _check_operands(logits, target, weight)
     num_rows, num_classes = logits.shape
@@ -1277,6 +1673,8 @@ def backward(
     grad_output, go_stride = _check_grad_operands(logits, grad, grad_output, grad_scale)
     if stats.shape != (num_rows, 4) or stats.dtype != torch.float32 or not stats.is_contiguous():
         raise ValueError(f"stats must be the contiguous ({num_rows}, 4) float32 tensor that forward returned")
+    _check_dscale(dscale, logits)
+    ls = _logit_scale_tensor(logit_scale, device)
     if num_rows == 0:
         return grad
     prob = target.is_floating_point()
@@ -1285,7 +1683,14 @@ def backward(
     extra = prob or weight is not None or sw is not None
     heavy = (extra or softcap is not None) and logits.stride(0) % 16 != 0
     it, lanes, warps = _launch_config(
-        num_classes, logits.element_size(), extra, block_size, iters, num_warps, heavy_shifted=heavy
+        num_classes,
+        logits.element_size(),
+        extra,
+        block_size,
+        iters,
+        num_warps,
+        heavy_shifted=heavy,
+        lane_state=int(dscale is not None),
     )
     k = num_classes if smoothing_classes is None else int(smoothing_classes)
     args = (
@@ -1301,6 +1706,8 @@ def backward(
         grad_output,
         go_stride,
         grad_scale,
+        ls,
+        dscale,
         num_classes,
         k,
         int(ignore_index),
@@ -1321,9 +1728,56 @@ def backward(
         num_warps=warps,
         **_register_budget(warps, heavy),
         **_row_layout(logits.element_size(), it * lanes, logits.stride(0), grad.stride(0)),
+        HAS_LS=ls is not None,
+        DSCALE=dscale is not None,
     )
     _launch(_ce_bwd_kernel, device, num_rows, args, meta)
     return grad
+
+
+@overload
+def fused_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    grad: torch.Tensor | None,
+    *,
+    grad_scale: torch.Tensor | None = ...,
+    grad_output: torch.Tensor | None = ...,
+    prior: torch.Tensor | None = ...,
+    logit_scale: torch.Tensor | float | None = ...,
+    dscale: torch.Tensor | None = ...,
+    block_size: int | None = ...,
+    iters: int | None = ...,
+    num_warps: int | None = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def fused_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    grad: torch.Tensor | None,
+    *,
+    grad_scale: torch.Tensor | None = ...,
+    grad_output: torch.Tensor | None = ...,
+    prior: torch.Tensor | None = ...,
+    logit_scale: torch.Tensor | float | None = ...,
+    dscale: torch.Tensor | None = ...,
+    aux: Iterable[str],
+    block_size: int | None = ...,
+    iters: int | None = ...,
+    num_warps: int | None = ...,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 def fused_ce(
@@ -1339,18 +1793,30 @@ def fused_ce(
     grad_scale: torch.Tensor | None = None,
     grad_output: torch.Tensor | None = None,
     prior: torch.Tensor | None = None,
+    logit_scale: torch.Tensor | float | None = None,
+    dscale: torch.Tensor | None = None,
+    aux: Iterable[str] = frozenset(),
     block_size: int | None = None,
     iters: int | None = None,
     num_warps: int | None = None,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The kernels' common contract (``labelsmooth.kernels``): row losses, and the gradient times
     ``grad_scale`` (and ``grad_output``: None, one element or (M,)) written into ``grad`` when it is
     given, in one launch (:func:`forward` with ``grad``): a statistics pass over each row and a
     gradient pass over the same row right after it.
 
+    ``grad_scale`` may also be an (M,) tensor of per-row factors (the chunked kernel's contract); it
+    is then folded into ``grad_output`` (one (M,) multiply when both are given). ``logit_scale``
+    (a float or a one-element tensor), ``dscale`` and ``aux`` as in :func:`forward`; with ``aux`` the
+    return is ``(loss_rows, aux_rows)``.
+
     No host-device synchronisation happens here.
     """
-    loss, _ = forward(
+    if grad_scale is not None and grad_scale.dim() == 1 and grad_scale.shape[0] == logits.shape[0] != 1:
+        if grad is not None:
+            grad_output = grad_scale if grad_output is None else grad_output * grad_scale
+        grad_scale = None
+    out = forward(
         logits,
         target,
         weight,
@@ -1362,8 +1828,13 @@ def fused_ce(
         grad=grad,
         grad_output=grad_output,
         grad_scale=grad_scale,
+        logit_scale=logit_scale,
+        dscale=dscale,
+        aux=aux,
         block_size=block_size,
         iters=iters,
         num_warps=num_warps,
     )
-    return loss
+    if len(out) == 3:
+        return out[0], out[2]
+    return out[0]
