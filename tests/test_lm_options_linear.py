@@ -398,3 +398,24 @@ def test_option_errors():
     loss = ls.linear_cross_entropy(x, w, y, token_weight=tw)
     (d,) = torch.autograd.grad(loss, tw)
     assert torch.isfinite(d).all() and (d != 0).any()
+
+
+def test_module_holds_the_options_and_learns_a_scale_parameter():
+    x, w, b, y, cw, tw = make_seq()
+    tw = tw.nan_to_num()
+    s = torch.nn.Parameter(torch.tensor(0.9, dtype=torch.float64))
+    loss_fn = ls.LinearCrossEntropyLoss(
+        cw, label_smoothing=0.1, shift=True, logit_scale=s, return_aux=("accuracy",), chunk_size=4
+    )
+    assert list(loss_fn.parameters()) == [s] and "shift=True" in repr(loss_fn)
+    loss, aux = loss_fn(x, w, y, b, token_weight=tw)
+    loss.backward()
+    want, want_aux = ls.linear_cross_entropy(
+        x, w, y, linear_bias=b, weight=cw, label_smoothing=0.1, shift=True, token_weight=tw,
+        logit_scale=s.detach().clone().requires_grad_(), return_aux=("accuracy",), chunk_size=4,
+    )  # fmt: skip
+    torch.testing.assert_close(loss, want, **F64)
+    assert set(aux) == {"accuracy"} and torch.equal(aux["accuracy"], want_aux["accuracy"])
+    assert s.grad is not None and s.grad != 0
+    plain = ls.LinearCrossEntropyLoss(logit_scale=2.0)
+    torch.testing.assert_close(plain(x, w, y.clamp(min=0)), ls.linear_cross_entropy(x * 2, w, y.clamp(min=0)), **F64)

@@ -518,9 +518,15 @@ class LinearCrossEntropyLoss(nn.Module):
     (and bias) are passed to :meth:`forward`, so the module can sit after an existing head (or a tied
     output embedding) without new parameters. Class weights are a buffer (they follow ``.to()``).
 
+    The language-model options of :func:`labelsmooth.linear_cross_entropy`: ``shift``,
+    ``logit_scale`` (a float, or a 0-dim tensor; an ``nn.Parameter`` becomes a parameter of this
+    module and is learned) and ``return_aux`` are held by the module; ``token_weight`` changes with
+    every batch and is an argument of :meth:`forward`.
+
     Shape:
         input (H), (N, H) or (B, T, H); linear_weight (C, H); target of the batch shape, or floating
-        probabilities of shape (*batch, C); the output is a scalar, or of the batch shape for "none".
+        probabilities of shape (*batch, C); the output is a scalar, or of the batch shape for "none"
+        (with ``return_aux``, ``(loss, aux)``).
 
     Example:
         >>> import torch, labelsmooth as ls
@@ -549,8 +555,19 @@ class LinearCrossEntropyLoss(nn.Module):
         smoothing_prior: Tensor | None = None,
         allow_negative: bool = False,
         accumulation_dtype: torch.dtype | None = None,
+        shift: bool = False,
+        logit_scale: float | Tensor | None = None,
+        return_aux: bool | Iterable[str] = False,
     ) -> None:
         super().__init__()
+        self.shift = V.check_bool(shift, "shift")
+        checked = O.check_logit_scale(
+            logit_scale, logit_scale.device if isinstance(logit_scale, Tensor) else torch.device("cpu")
+        )
+        # A tensor is kept as given (an nn.Parameter registers itself and is learned); 1.0 is no scale.
+        self.logit_scale = logit_scale if isinstance(logit_scale, Tensor) else checked
+        aux = O.check_return_aux(return_aux)
+        self.return_aux: tuple[str, ...] | bool = False if aux is None else aux
         if accumulation_dtype is not None and not isinstance(accumulation_dtype, torch.dtype):
             raise V.ArgumentTypeError(f"accumulation_dtype must be None or a torch.dtype, got {accumulation_dtype!r}")
         self.accumulation_dtype = accumulation_dtype
@@ -573,9 +590,16 @@ class LinearCrossEntropyLoss(nn.Module):
         self.backend = LF.check_backend(backend)
 
     def forward(
-        self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None
-    ) -> Tensor:
-        return linear_cross_entropy(
+        self,
+        input: Tensor,
+        linear_weight: Tensor,
+        target: Tensor,
+        linear_bias: Tensor | None = None,
+        *,
+        token_weight: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        # cast: the overloads cannot tell from the stored return_aux which result comes back.
+        result: Tensor | tuple[Tensor, dict[str, Tensor]] = cast(Any, linear_cross_entropy)(
             input,
             linear_weight,
             target,
@@ -591,7 +615,12 @@ class LinearCrossEntropyLoss(nn.Module):
             smoothing_prior=self.smoothing_prior,
             allow_negative=self.allow_negative,
             accumulation_dtype=self.accumulation_dtype,
+            token_weight=token_weight,
+            shift=self.shift,
+            logit_scale=self.logit_scale,
+            return_aux=self.return_aux,
         )
+        return result
 
     def extra_repr(self) -> str:
         parts = [
@@ -604,4 +633,10 @@ class LinearCrossEntropyLoss(nn.Module):
                 parts.append(f"{name}={getattr(self, name)}")
         if self.z_loss:
             parts.append(f"z_loss={self.z_loss}")
+        if self.shift:
+            parts.append("shift=True")
+        if isinstance(self.logit_scale, float):
+            parts.append(f"logit_scale={self.logit_scale}")
+        if self.return_aux:
+            parts.append(f"return_aux={self.return_aux!r}")
         return ", ".join(parts)
