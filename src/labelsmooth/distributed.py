@@ -328,9 +328,16 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         nones = (None,) * 9
         eps, z_loss, num_classes = ctx.eps, ctx.z_loss, ctx.num_classes
         rows = ctx.rows
-        if ctx.use_triton and s is None:
-            grad = _triton_backward(x2, rows, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_loss, num_classes)
-            return (grad, *nones, None, None)
+        if ctx.use_triton:
+            ds_rows = torch.zeros(rows, dtype=torch.float32, device=x2.device) if want_ds else None
+            ls = s.detach().float() if isinstance(s, Tensor) else s
+            if ls is not None and not isinstance(ls, Tensor):
+                ls = torch.full((), ls, dtype=torch.float32, device=x2.device)  # filled on the device
+            grad = _triton_backward(
+                x2, rows, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_loss, num_classes,
+                logit_scale=ls, dscale=ds_rows,
+            )  # fmt: skip
+            return (grad, *nones, _scale_grad(ds_rows, ctx.group, maybe_s), None)
         cdt = big_m.dtype
         cols = x2.shape[1]
         g = torch.where(keep, grad_loss.to(cdt), torch.zeros_like(big_m))
@@ -386,14 +393,17 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                 gr.mul_(s)  # the gradient w.r.t. x carries s
             if not in_place:
                 grad[a:b].copy_(gr)
-        ds = None
-        if ds_rows is not None:
-            # The logit scale acts on every slice: its gradient is the sum over the group's ranks, the
-            # same on each (one all-reduce of one number).
-            ds = ds_rows.sum()
-            _dist().all_reduce(ds, group=ctx.group)
-            ds = ds.to(maybe_s[0].dtype)
-        return (grad, *nones, ds, None)
+        return (grad, *nones, _scale_grad(ds_rows, ctx.group, maybe_s), None)
+
+
+def _scale_grad(ds_rows: Tensor | None, group: ProcessGroup, scale: list[Tensor]) -> Tensor | None:
+    """d loss / d s from this rank's per-row sums over its slice: the logit scale acts on every slice,
+    so its gradient is the sum over the group's ranks, the same on each (one all-reduce of one number)."""
+    if ds_rows is None:
+        return None
+    ds = ds_rows.sum()
+    _dist().all_reduce(ds, group=group)
+    return ds.to(scale[0].dtype)
 
 
 #: Local class index the Triton backward reads as "ignored row" (local indices are -1 or in [0, C)).
@@ -413,9 +423,14 @@ def _triton_backward(
     eps: float,
     z_loss: float,
     num_classes: int,
+    *,
+    logit_scale: Tensor | None = None,
+    dscale: Tensor | None = None,
 ) -> Tensor:
     """This slice's gradient by the Triton backward kernel, from the whole row's statistics: one read of
-    the slice and one write, grad_output read on the device."""
+    the slice and one write, grad_output read on the device. ``logit_scale`` (0-d float32) s: the
+    statistics are the scaled logits' and the gradient carries s; ``dscale`` (rows,) float32 receives
+    this slice's part of sum_c ghat_c x_c per row."""
     from labelsmooth.kernels import triton_ce
 
     # The kernel's row statistics (M, S, S - 1, d loss / d log S). Without weights the target and the
@@ -437,6 +452,8 @@ def _triton_backward(
         stats,
         grad[:rows],
         grad_output=grad_loss.float(),
+        logit_scale=logit_scale,
+        dscale=dscale,
         smoothing_classes=num_classes,
         target_elsewhere=True,
     )
@@ -518,8 +535,8 @@ def vocab_parallel_cross_entropy(
             backward with the whole row's statistics; CUDA, or CPU tensors under TRITON_INTERPRET=1),
             ``"chunked"`` (torch ops over cache-sized blocks of rows, any device), or ``"auto"``: triton
             for float16/bfloat16/float32 logits on CUDA when Triton is installed, else chunked. With
-            ``logit_scale``, ``predicted`` or ``entropy`` the statistics pass is chunked's on every
-            backend, and with ``logit_scale`` the backward too (Triton's slice kernels take neither).
+            ``logit_scale``, ``predicted`` or ``entropy`` the forward's statistics pass is chunked's on
+            every backend (Triton's slice statistics kernel computes none of them).
         token_weight: a floating per-row weight r_n of the target's shape (or 1-D, one per row): row
             losses and gradients are multiplied by it, and ``"mean"`` divides by the sum of r_n over the
             rows not ignored. Differentiable.
