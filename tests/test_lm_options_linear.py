@@ -193,10 +193,11 @@ def run_both(
     aux=True,
     chunk_size=4,
     label_smoothing=0.1,
+    dtype=None,
     **kw,
 ):
     """Ours and the reference's loss, gradients (input, weight, bias, tensor scale) and aux."""
-    dt = dtype_for(backend)
+    dt = dtype or dtype_for(backend)
     ours = [t.to(dt).clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
     s_ours = scale.to(dt).clone().requires_grad_() if isinstance(scale, torch.Tensor) else scale
     result = ls.linear_cross_entropy(
@@ -239,9 +240,9 @@ def run_both(
     return (out, grads, got), (ref, ref_grads, want)
 
 
-def compare(got, want, backend, aux_names, what=""):
+def compare(got, want, backend, aux_names, what="", tol=None, sum_tol=None):
     (out, grads, aux), (ref, ref_grads, ref_aux) = got, want
-    tol = tolerance(backend)
+    tol = tol or tolerance(backend)
     assert out.shape == ref.shape, what
     torch.testing.assert_close(out.double(), ref.detach(), **tol, msg=lambda m: f"{what} loss: {m}")
     names = ("input", "linear_weight", "linear_bias", "logit_scale")
@@ -419,3 +420,25 @@ def test_module_holds_the_options_and_learns_a_scale_parameter():
     assert s.grad is not None and s.grad != 0
     plain = ls.LinearCrossEntropyLoss(logit_scale=2.0)
     torch.testing.assert_close(plain(x, w, y.clamp(min=0)), ls.linear_cross_entropy(x * 2, w, y.clamp(min=0)), **F64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_with_every_option(dtype):
+    # The reference runs in float64 on the same (rounded) operands. float32: a few roundings at 6e-8
+    # relative of sums of a few dozen terms of size <= ~10: rtol 1e-5, atol 1e-5 (observed <= 2e-6).
+    # bfloat16: the chunk's logits are rounded to bf16 (2**-9 relative of |logits| <= ~5: ~0.01) before
+    # the float32 loss, and a row's loss and gradient move by about that much: atol 2e-2, rtol 2e-2
+    # (test_linear.py's bf16 tolerance), 5e-2 on the weight, bias and scale gradients, sums over 14
+    # rows of such errors of both signs (observed <= 0.0095 and <= 0.0084).
+    x, w, b, y, cw, tw = make_seq()
+    s = torch.tensor(0.8, dtype=torch.float64)
+    if dtype == torch.float32:
+        tol, sums = dict(rtol=1e-5, atol=1e-5), dict(rtol=1e-5, atol=1e-5)
+    else:
+        tol, sums = dict(rtol=2e-2, atol=2e-2), dict(rtol=2e-2, atol=5e-2)
+    for reduction in REDUCTIONS:
+        got, want = run_both(
+            "chunked", x, w, b, y, cw, reduction=reduction, tw=tw, shift=True, scale=s, z_loss=1e-2, softcap=3.0,
+            dtype=dtype, aux=("lse", "entropy", "z_loss"),
+        )  # fmt: skip
+        compare(got, want, "chunked", ("lse", "entropy", "z_loss"), f"{dtype} {reduction}", tol=tol, sum_tol=sums)
