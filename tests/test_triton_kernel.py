@@ -404,3 +404,325 @@ def test_one_launch_gradient_with_grad_output(kind):
     torch.testing.assert_close(f64(loss), ref_loss, **LOSS_TOL)
     torch.testing.assert_close(f64(grad), want, **GRAD_TOL[torch.float32])
     torch.testing.assert_close(grad, split, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Kernel options: a logit scale s read on the device, the per-row sums for d loss / d s (dscale) and
+# the statistics pass's by-products (aux: lse, predicted, entropy).
+#
+# Tolerances, derived as above: the loss and lse are fp32 accumulations (LOSS_TOL); the gradient is
+# s * ghat rounded once to the logits' dtype (GRAD_TOL). dscale_n = sum_c ghat_nc x_nc is an fp32 sum of
+# C products, each good to a few fp32 roundings: its error is bounded by about C * 2**-24 of
+# sum_c |ghat_nc x_nc|, which is what it is checked against (DSCALE_RTOL of that sum; C <= 1001 here
+# gives 6e-5 as the worst case, a pairwise-like tile and lane fold much less). The entropy
+# log S - U / S is two terms >= 0, each good to a few fp32 ulps relative: rtol 1e-5, as the loss.
+
+DSCALE_RTOL = 1001 * 2.0**-24
+ALL_AUX = frozenset({"lse", "predicted", "entropy"})
+
+
+def options_reference(logits, target, weight=None, ignore_index=-100, eps=0.0, z=0.0, cap=None, prior=None,
+                      s=1.0, go=None, grad_scale=1.0):  # fmt: skip
+    """Float64 from the formulas, on the scaled logits x' = s x: row losses, the written gradient
+    s * ghat (ghat = d sum_n g_n loss_n / d x'), the rows' sum_c ghat x, sum_c |ghat x| (for the
+    tolerance) and autograd's d sum_n g_n loss_n / d s (the definition dscale must sum to)."""
+    x = f64(logits)
+    t = target.cpu().double() if target.is_floating_point() else target.cpu()
+    w = None if weight is None else weight.cpu().double()
+    u = None if prior is None else prior.cpu().double()
+    g = torch.ones(x.shape[0], dtype=torch.float64) if go is None else f64(go).clone()
+    if not target.is_floating_point():
+        g[t == ignore_index] = 0.0  # the kernel's ignored rows are 0 whatever grad_output holds
+    g = g * grad_scale
+    xs = (x * s).requires_grad_()
+    loss = ce_rows(xs, t, w, ignore_index, eps, z, cap, u)
+    (ghat,) = torch.autograd.grad((loss * g).sum(), xs)
+    sc = torch.tensor(float(s), dtype=torch.float64, requires_grad=True)
+    (ds_total,) = torch.autograd.grad((ce_rows(x * sc, t, w, ignore_index, eps, z, cap, u) * g).sum(), sc)
+    return loss.detach(), s * ghat, (ghat * x).sum(1), (ghat * x).abs().sum(1), ds_total
+
+
+def aux_reference(logits, s=1.0, cap=None):
+    """lse, argmax (first on ties) and entropy of the final logits, in float64."""
+    x = f64(logits) * s
+    if cap is not None:
+        x = cap * torch.tanh(x / cap)
+    return (
+        torch.logsumexp(x, dim=1),
+        torch.argmax(x, dim=1),
+        torch.special.entr(torch.softmax(x, dim=1)).sum(1),
+    )
+
+
+def run_options(path, logits, target, weight, eps, z, cap, *, prior=None, s=None, go=None, grad_scale=None,
+                dscale=True, grad=None, **cfg):  # fmt: skip
+    """The gradient with dscale by one of the two paths: ``one-launch`` (fused_ce: forward writes it)
+    or ``split`` (forward with saved statistics, then backward)."""
+    rows = logits.shape[0]
+    ds = torch.full((rows,), float("nan"), device=DEVICE) if dscale else None
+    if grad is None:
+        grad = torch.full_like(logits, float("nan"))
+    scale = None if s is None else torch.tensor(s, device=DEVICE)
+    gs = None if grad_scale is None else torch.tensor(grad_scale, device=DEVICE)
+    if path == "one-launch":
+        loss = triton_ce.fused_ce(logits, target, weight, -100, eps, z, cap, grad, grad_output=go, grad_scale=gs,
+                                  prior=prior, logit_scale=scale, dscale=ds, **cfg)  # fmt: skip
+    else:
+        loss, stats = triton_ce.forward(logits, target, weight, -100, eps, z, cap, save_stats=True, prior=prior,
+                                        logit_scale=scale, **cfg)  # fmt: skip
+        triton_ce.backward(logits, target, weight, -100, eps, cap, stats, grad, grad_output=go, grad_scale=gs,
+                           prior=prior, logit_scale=scale, dscale=ds, **cfg)  # fmt: skip
+    return loss, grad, ds
+
+
+def check_options(path, logits, target, weight=None, eps=0.0, z=0.0, cap=None, *, prior=None, s=1.0, go=None,
+                  grad_scale=None, **cfg):  # fmt: skip
+    loss, grad, ds = run_options(path, logits, target, weight, eps, z, cap, prior=prior, s=s, go=go,
+                                 grad_scale=grad_scale, **cfg)  # fmt: skip
+    ref_loss, ref_grad, ref_ds, ref_abs, ref_total = options_reference(
+        logits, target, weight, -100, eps, z, cap, prior, s, go, 1.0 if grad_scale is None else grad_scale
+    )
+    torch.testing.assert_close(f64(loss), ref_loss, **LOSS_TOL)
+    torch.testing.assert_close(f64(grad), ref_grad, **GRAD_TOL[logits.dtype])
+    err = (f64(ds) - ref_ds).abs()
+    assert (err <= DSCALE_RTOL * ref_abs + 1e-7).all(), (f64(ds), ref_ds)
+    # Summed over the rows, the per-row sums are autograd's d/ds of sum_n g_n loss_n.
+    assert abs(f64(ds).sum() - ref_total) <= DSCALE_RTOL * ref_abs.sum() + 1e-7
+    return f64(loss), f64(grad), f64(ds)
+
+
+@pytest.mark.parametrize("path", ["one-launch", "split"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_logit_scale_gradient_and_dscale(kind, dtype, path):
+    # s = 0.75 (exact in every dtype) on logits, weights, a prior, z-loss and a softcap whose tanh both
+    # branches see, per-row grad_output (inf on the ignored row 2 of index targets) and grad_scale.
+    logits, target, weight = make_problem(kind, dtype=dtype, weighted=True, scale=6.0, seed=4)
+    prior = torch.softmax(torch.randn(C, generator=torch.Generator().manual_seed(5)), 0).to(DEVICE)
+    go = torch.tensor([0.5, -2.0, float("inf") if kind == "index" else 1.0, 3.0, 0.0, 1.5], device=DEVICE)
+    _, _, ds = check_options(path, logits, target, weight, 0.1, 1e-2, 5.0, prior=prior, s=0.75, go=go,
+                             grad_scale=0.25, **SMALL)  # fmt: skip
+    if kind == "index":
+        assert ds[2] == 0.0
+    # Plain: nothing but the scale (here > 1, so that an unscaled kernel would be far off).
+    check_options(path, logits, target, s=1.5, **SMALL)
+
+
+@pytest.mark.parametrize("path", ["one-launch", "split"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_classes", [1, 10, 37, 1001])
+def test_logit_scale_odd_class_counts(num_classes, dtype, path):
+    # Rows of 37 and 1001 start at every offset from a 16-byte boundary (their strides are no multiple
+    # of 16): the target column may lie in the head that the edge block reads last. Small blocks (32
+    # columns of 2 rows) and the default launch.
+    logits, target, weight = make_problem("index", rows=7, num_classes=num_classes, dtype=dtype, weighted=True)
+    go = torch.linspace(-1.0, 2.0, 7, device=DEVICE)
+    cfg = dict(block_size=32, iters=2) if num_classes >= 32 else {}
+    check_options(path, logits, target, weight, 0.1, 1e-2, None, s=0.75, go=go, **cfg)
+    check_options(path, logits, target, None, 0.0, 0.0, 5.0, s=2.0)
+
+
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_dscale_rows_with_a_stride_that_is_no_multiple_of_16(kind):
+    # Views into wider buffers: rows of 61 logits 66 apart, a gradient 63 apart (another offset from a
+    # vector boundary than the logits'), nothing written past column C.
+    num_classes = 61
+    logits, target, weight = make_problem(kind, rows=9, num_classes=num_classes, weighted=True, seed=6)
+    wide = torch.full((9, num_classes + 5), 1e4, device=DEVICE)
+    wide[:, :num_classes] = logits
+    view = wide[:, :num_classes]
+    grad_wide = torch.full((9, num_classes + 2), -7.0, device=DEVICE)
+    for path in ("one-launch", "split"):
+        grad_wide[:, :num_classes] = float("nan")
+        loss, grad, ds = run_options(path, view, target, weight, 0.1, 1e-2, 5.0, s=0.5,
+                                     grad=grad_wide[:, :num_classes], block_size=32, iters=2)  # fmt: skip
+        ref_loss, ref_grad, ref_ds, ref_abs, _ = options_reference(logits, target, weight, -100, 0.1, 1e-2, 5.0, s=0.5)
+        torch.testing.assert_close(f64(loss), ref_loss, **LOSS_TOL)
+        torch.testing.assert_close(f64(grad), ref_grad, **GRAD_TOL[torch.float32])
+        assert ((f64(ds) - ref_ds).abs() <= DSCALE_RTOL * ref_abs + 1e-7).all()
+        assert (grad_wide[:, num_classes:] == -7.0).all()
+
+
+def test_dscale_target_column_takes_its_final_value():
+    # Confident rows with large logits: the target column's pass value p_y coef differs from its final
+    # p_y coef - T by T, i.e. by about x_y ~ 40 in the row's sum, where the true sum is ~1e-3; the kernel
+    # must add the final value (and write it) whether the target is in the body, the last partial
+    # vector or the head (rows of 37 at every offset).
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(8, 37, generator=gen)
+    target = torch.tensor([0, 1, 5, 17, 31, 35, 36, 2])
+    logits[torch.arange(8), target] = 40.0
+    logits, target = logits.to(DEVICE), target.to(DEVICE)
+    for path in ("one-launch", "split"):
+        _, _, ds = check_options(path, logits, target, s=0.5, block_size=16, iters=2)
+        assert (ds.abs() < 1e-2).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dscale_inplace_matches_separate_buffer(dtype):
+    logits, target, weight = make_problem("index", dtype=dtype, weighted=True, seed=8)
+    loss, grad, ds = run_options("one-launch", logits, target, weight, 0.1, 1e-2, 5.0, s=0.75, **SMALL)
+    buf = logits.clone()
+    loss2, grad2, ds2 = run_options("one-launch", buf, target, weight, 0.1, 1e-2, 5.0, s=0.75, grad=buf, **SMALL)
+    assert torch.equal(loss, loss2) and torch.equal(grad, grad2) and torch.equal(ds, ds2)
+    buf = logits.clone()
+    _, grad3, ds3 = run_options("split", buf, target, weight, 0.1, 1e-2, 5.0, s=0.75, grad=buf, **SMALL)
+    _, grad4, ds4 = run_options("split", logits, target, weight, 0.1, 1e-2, 5.0, s=0.75, **SMALL)
+    assert torch.equal(grad3, grad4) and torch.equal(ds3, ds4)
+
+
+def test_logit_scale_float_and_tensor_agree_and_one_is_no_scale():
+    logits, target, weight = make_problem("index", weighted=True)
+    a = triton_ce.forward(logits, target, weight, -100, 0.1, 1e-2, 5.0, logit_scale=0.75, **SMALL)[0]
+    b = triton_ce.forward(logits, target, weight, -100, 0.1, 1e-2, 5.0,
+                          logit_scale=torch.tensor(0.75, dtype=torch.float64, device=DEVICE), **SMALL)[0]  # fmt: skip
+    c = triton_ce.forward(logits * 0.75, target, weight, -100, 0.1, 1e-2, 5.0, **SMALL)[0]
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)  # s x rounded once, on load or here
+    one = triton_ce.forward(logits, target, weight, -100, 0.1, 1e-2, 5.0, logit_scale=1.0, **SMALL)[0]
+    assert torch.equal(one, triton_ce.forward(logits, target, weight, -100, 0.1, 1e-2, 5.0, **SMALL)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["index", "prob"])
+@pytest.mark.parametrize("num_classes", [1, 10, 37, 257, 1001])
+def test_aux_matches_torch(num_classes, kind, dtype):
+    # bf16 logits have many exact ties (8-bit mantissas): predicted must be the first of them, as
+    # torch.argmax; s = 0.75 keeps them exact. Small blocks where C spans several, and the default.
+    logits, target, weight = make_problem(kind, rows=7, num_classes=num_classes, dtype=dtype, weighted=True)
+    cfg = dict(block_size=32, iters=2) if num_classes >= 32 else {}
+    for s, cap in ((None, None), (0.75, 5.0)):
+        scale = None if s is None else torch.tensor(s, device=DEVICE)
+        loss, stats, aux = triton_ce.forward(logits, target, weight, -100, 0.1, 1e-2, cap, save_stats=True,
+                                             logit_scale=scale, aux=ALL_AUX, **cfg)  # fmt: skip
+        assert set(aux) == ALL_AUX
+        assert aux["lse"].dtype == torch.float32 and aux["entropy"].dtype == torch.float32
+        assert aux["predicted"].dtype == torch.int64
+        lse, pred, ent = aux_reference(logits, 1.0 if s is None else s, cap)
+        if kind == "index":
+            keep = target.cpu() != -100
+            lse, ent = torch.where(keep, lse, 0.0), torch.where(keep, ent, 0.0)
+            pred = torch.where(keep, pred, -100)
+        torch.testing.assert_close(f64(aux["lse"]), lse, **LOSS_TOL)
+        torch.testing.assert_close(f64(aux["entropy"]), ent, **LOSS_TOL)
+        assert torch.equal(aux["predicted"].cpu(), pred)
+        # The aux outputs change nothing else.
+        loss0, stats0 = triton_ce.forward(logits, target, weight, -100, 0.1, 1e-2, cap, save_stats=True,
+                                          logit_scale=scale, **cfg)  # fmt: skip
+        kept = target != -100 if kind == "index" else slice(None)  # ignored rows' stats are never written
+        assert torch.equal(loss, loss0) and torch.equal(stats[kept], stats0[kept])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, under the interpreter, on the -inf row
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_predicted_first_index_on_ties(dtype):
+    # Rows of 61 at every offset from a vector boundary, 16-column blocks of 2 rows: ties between the
+    # head (read last), the body, a later block, the same lane's two tile rows and the last partial
+    # vector; an all -inf row (torch: 0) and a row whose max is repeated everywhere.
+    num_classes = 61
+    x = torch.randn(10, num_classes, generator=torch.Generator().manual_seed(9))
+    ties = [(0, 60), (1, 2), (3, 35), (7, 23), (16, 32), (40, 56), (59, 60), (5, 6)]
+    for r, (i, j) in enumerate(ties):
+        x[r, i] = x[r, j] = 9.0
+    x[8] = float("-inf")
+    x[9] = 3.0
+    logits = x.to(device=DEVICE, dtype=dtype)
+    target = torch.zeros(10, dtype=torch.long, device=DEVICE)
+    for cfg in (dict(block_size=16, iters=2), {}):
+        _, _, aux = triton_ce.forward(logits, target, None, -100, 0.0, 0.0, None, aux={"predicted"}, **cfg)
+        assert torch.equal(aux["predicted"].cpu(), torch.argmax(x.to(dtype).double(), dim=1))
+        assert aux["predicted"][:8].tolist() == [i for i, _ in ties]
+
+
+def test_entropy_of_confident_rows_to_fp32_relative_accuracy():
+    # H ~ (S - 1)(1 - log(S - 1)), 1e-6 to 1e-3 here: log S - U / S keeps it to fp32 relative accuracy
+    # at |x| ~ 1e4, where forming H from p log p at fp32 p or from lse would lose it.
+    gen = torch.Generator().manual_seed(10)
+    logits = 1e4 + 0.01 * torch.randn(4, C, generator=gen)
+    logits[0, 5] = 1e4 + 12
+    logits[1, 256] = 1e4 + 20
+    logits[2, 0] = 1e4 + 16
+    logits[3, 9] = logits[3, 200] = 1e4 + 15  # a tie: entropy ~ log 2
+    logits = logits.to(DEVICE)
+    target = torch.tensor([5, 256, 0, 9], device=DEVICE)
+    _, _, aux = triton_ce.forward(logits, target, None, -100, 0.0, 0.0, None, aux={"entropy", "lse"}, **SMALL)
+    lse, _, ent = aux_reference(logits)
+    assert ent[1] < 2e-5  # (S - 1)(1 + 20), S - 1 = 256 exp(-20)
+    torch.testing.assert_close(f64(aux["entropy"]), ent, rtol=1e-5, atol=0)
+    torch.testing.assert_close(f64(aux["lse"]), lse, rtol=1e-7, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, under the interpreter, on NaN math
+def test_aux_of_ignored_rows_and_nan_rows():
+    # Ignored rows are never read (NaN logits there): lse 0, entropy 0, predicted = ignore_index, for
+    # the default and another ignore_index. A row holding NaN gets NaN lse and entropy and a column in
+    # range; the other rows stay right.
+    logits, target, _ = make_problem("index", weighted=False)
+    logits[2] = float("nan")  # row 2 targets -100
+    logits[4, 17] = float("nan")
+    for ignore_index in (-100, 7):
+        if ignore_index == 7:
+            target[2] = 7
+        _, _, aux = triton_ce.forward(logits, target, None, ignore_index, 0.0, 0.0, None, aux=ALL_AUX, **SMALL)
+        assert aux["lse"][2] == 0 and aux["entropy"][2] == 0 and aux["predicted"][2] == ignore_index
+        assert aux["lse"][4].isnan() and aux["entropy"][4].isnan() and 0 <= aux["predicted"][4] < C
+        lse, pred, ent = aux_reference(logits)
+        rows = [0, 1, 3, 5]
+        torch.testing.assert_close(f64(aux["lse"])[rows], lse[rows], **LOSS_TOL)
+        torch.testing.assert_close(f64(aux["entropy"])[rows], ent[rows], **LOSS_TOL)
+        assert torch.equal(aux["predicted"].cpu()[rows], pred[rows])
+
+
+def test_option_arguments():
+    logits, target, _ = make_problem("index")
+    # Without aux the returns keep their shapes (callers unpack two values, or take one tensor).
+    out = triton_ce.forward(logits, target, None, -100, 0.1, 0.0, None, aux=frozenset())
+    assert len(out) == 2
+    assert isinstance(triton_ce.fused_ce(logits, target, None, -100, 0.1, 0.0, None, None), torch.Tensor)
+    loss, aux = triton_ce.fused_ce(logits, target, None, -100, 0.1, 0.0, None, None, aux=["lse"])
+    assert set(aux) == {"lse"} and torch.equal(loss, out[0])
+    with pytest.raises(ValueError, match="accuracy"):
+        triton_ce.forward(logits, target, None, -100, 0.1, 0.0, None, aux={"accuracy"})
+    with pytest.raises(ValueError, match="dscale needs grad"):
+        triton_ce.forward(logits, target, None, -100, 0.1, 0.0, None, dscale=torch.zeros(6, device=DEVICE))
+    with pytest.raises(ValueError, match="dscale must be"):
+        triton_ce.fused_ce(logits, target, None, -100, 0.1, 0.0, None, torch.empty_like(logits),
+                           dscale=torch.zeros(6, dtype=torch.float64, device=DEVICE))  # fmt: skip
+    with pytest.raises(ValueError, match="logit_scale"):
+        triton_ce.forward(logits, target, None, -100, 0.1, 0.0, None, logit_scale=torch.ones(2, device=DEVICE))
+
+
+def test_fused_ce_takes_per_row_grad_scale():
+    # The chunked kernel's contract: grad_scale may be an (M,) tensor of row factors; with a grad_output
+    # as well the two multiply.
+    logits, target, weight = make_problem("index", weighted=True)
+    rs = torch.linspace(0.5, 2.0, 6, device=DEVICE)
+    go = torch.tensor([1.0, -1.0, 5.0, 2.0, 0.5, 3.0], device=DEVICE)
+    grad = torch.empty_like(logits)
+    triton_ce.fused_ce(logits, target, weight, -100, 0.1, 1e-2, None, grad, grad_scale=rs, grad_output=go, **SMALL)
+    _, ref_grad = reference(logits, target, weight, -100, 0.1, 1e-2)
+    want = ref_grad * (f64(rs) * f64(go)).unsqueeze(1)
+    want[2] = 0.0
+    torch.testing.assert_close(f64(grad), want, **GRAD_TOL[torch.float32])
+
+
+def test_launch_config_halves_the_tile_for_lane_state():
+    # The argmax/entropy states and the d/ds sums take registers that the tile gives up: halved once
+    # (quartered for the one-launch forward with aux outputs); at least one tile row.
+    assert triton_ce._launch_config(128256, 2, False, None, None, None, lane_state=1) == (2, 2048, 8)
+    assert triton_ce._launch_config(128256, 2, False, None, None, None, lane_state=2) == (1, 2048, 8)
+    assert triton_ce._launch_config(128256, 4, True, None, None, None, lane_state=1) == (2, 1024, 8)
+    assert triton_ce._launch_config(128256, 2, True, None, None, None, lane_state=2) == (1, 2048, 8)
+    # As the wrappers decide it (recorded on meta tensors, nothing runs): lse alone is free.
+    logits = torch.empty(4, 128256, dtype=torch.bfloat16, device="meta")
+    target = torch.empty(4, dtype=torch.long, device="meta")
+    stats = torch.empty(4, 4, device="meta")
+    ds = torch.empty(4, device="meta")
+    with triton_ce.record_launches() as launches:
+        triton_ce.forward(logits, target, None, -100, 0.1, 0.0, None, aux={"lse"}, logit_scale=2.0)
+        triton_ce.forward(logits, target, None, -100, 0.1, 0.0, None, aux={"entropy"})
+        triton_ce.fused_ce(logits, target, None, -100, 0.1, 0.0, None, logits, dscale=ds)
+        triton_ce.fused_ce(logits, target, None, -100, 0.1, 0.0, None, logits, aux={"predicted"})
+        triton_ce.backward(logits, target, None, -100, 0.1, None, stats, logits, dscale=ds)
+    assert [launch.meta["ITERS"] for launch in launches] == [4, 2, 2, 1, 2]
+    assert [launch.meta.get("maxnreg") for launch in launches] == [None, None, None, 128, None]
