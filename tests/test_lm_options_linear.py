@@ -442,3 +442,27 @@ def test_low_precision_with_every_option(dtype):
             dtype=dtype, aux=("lse", "entropy", "z_loss"),
         )  # fmt: skip
         compare(got, want, "chunked", ("lse", "entropy", "z_loss"), f"{dtype} {reduction}", tol=tol, sum_tol=sums)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_only_the_logit_scale_requires_grad(backend, reduction):
+    # No operand wants a gradient: the kernel still runs its gradient pass for the d/ds row sums, and
+    # no matmul of the backward is done.
+    x, w, b, y, cw, tw = make_seq()
+    dt = dtype_for(backend)
+    s = torch.tensor(0.7, dtype=dt, requires_grad=True)
+    out = ls.linear_cross_entropy(
+        x.to(dt), w.to(dt), y, linear_bias=b.to(dt), weight=cw.to(dt), token_weight=tw.to(dt), shift=True,
+        logit_scale=s, reduction=reduction, label_smoothing=0.1, chunk_size=4, backend=backend,
+    )  # fmt: skip
+    g = torch.rand(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 0.5
+    (ds,) = torch.autograd.grad(out, s, g.to(dt))
+    s_ref = s.detach().double().requires_grad_()
+    ref, _ = reference(
+        x.to(dt).double(), w.to(dt).double(), b.to(dt).double(), y, cw.to(dt).double(), reduction=reduction,
+        label_smoothing=0.1, tw=tw.to(dt).double(), shift=True, scale=s_ref,
+    )  # fmt: skip
+    (want,) = torch.autograd.grad(ref, s_ref, g)
+    tol = tolerance(backend) if backend == "chunked" else dict(rtol=1e-5, atol=2e-5 * max(1.0, float(want.abs())))
+    torch.testing.assert_close(ds.double(), want, **tol)

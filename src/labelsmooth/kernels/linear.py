@@ -463,7 +463,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             ds = None if dscale is None else dscale.sum().to(ctx.scale_dtype)
             return (*grads, *nones, ds, *after)
         grads = ctx.grads
-        if grads is None and not ctx.want_ds:
+        if (grads is None and not ctx.want_ds) or (ctx.want_ds and ctx.ds is None):
             raise RuntimeError(
                 "linear_cross_entropy's gradients were already handed to an earlier backward: "
                 "backward through it twice (retain_graph=True) needs backend='reference' or "
