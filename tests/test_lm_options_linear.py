@@ -353,10 +353,12 @@ def test_sequence_ends_and_ignored_rows_cannot_leak():
         assert (a1[name][:, -1] == 0).all() and a1[name][0, 1] == 0
 
 
-def test_never_holds_more_than_one_chunk_of_logits_with_every_option():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_never_holds_more_than_one_chunk_of_logits_with_every_option(backend):
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    x, w, b, y, cw, tw = make_seq(batch=(4, 16))
+    dt = dtype_for(backend)
+    x, w, b, y, cw, tw = (t.to(dt) if t.is_floating_point() else t for t in make_seq(batch=(4, 16)))
     largest = []
 
     class Record(TorchDispatchMode):
@@ -369,13 +371,13 @@ def test_never_holds_more_than_one_chunk_of_logits_with_every_option():
 
     for reduction in REDUCTIONS:
         leaves = [x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()]
-        s = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+        s = torch.tensor(0.8, dtype=dt, requires_grad=True)
         largest.clear()
         with Record():
             loss, _ = ls.linear_cross_entropy(
                 leaves[0], leaves[1], y, linear_bias=leaves[2], weight=cw, reduction=reduction,
                 token_weight=tw, shift=True, logit_scale=s, return_aux=True, z_loss=1e-3, softcap=5.0,
-                label_smoothing=0.1, chunk_size=8, backend="chunked",
+                label_smoothing=0.1, chunk_size=8, backend=backend,
             )  # fmt: skip
             loss.sum().backward()
         # (C,) vectors (class weights, the bias and its gradient) count as one row.
