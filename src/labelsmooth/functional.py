@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,31 @@ def _reference(
     prior: Tensor | None,
     inplace: bool,
     reduction: str,
-) -> Tensor:
+    opts: O.Options = O.OFF,
+    batch_shape: tuple[int, ...] = (),
+) -> Tensor | tuple[Tensor, dict[str, Tensor] | None]:
     # The reference has no buffers of its own to save, so ``inplace`` has nothing to do here.
+    if opts.active:
+        res = reference.cross_entropy(
+            x2,
+            t2,
+            weight,
+            ignore_index,
+            eps,
+            z_loss,
+            softcap,
+            prior,
+            reduction=reduction,
+            token_weight=opts.token_weight,
+            seq_len=opts.seq_len,
+            logit_scale=opts.logit_scale,
+            aux=opts.aux,
+        )
+        if not isinstance(res, tuple):
+            return res, None
+        loss, aux = res
+        # Per-row items come back as (N,) rows: give them the batch shape, as the loss's "none" rows.
+        return loss, {k: v.reshape(batch_shape) if v.dim() == 1 else v for k, v in aux.items()}
     rows = reference.ce_rows(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior)
     if reduction == "none":
         return rows
@@ -62,8 +85,12 @@ def _torch(
     prior: Tensor | None,
     inplace: bool,
     reduction: str,
+    opts: O.Options = O.OFF,
+    batch_shape: tuple[int, ...] = (),
 ) -> Tensor:
-    # torch's own kernel: the fastest for small problems; it knows no z_loss, softcap, prior or eps < 0.
+    # torch's own kernel: the fastest for small problems; it knows no z_loss, softcap, prior or eps < 0,
+    # nor any of the language-model options.
+    O.reject_options("torch", opts)
     if z_loss or softcap is not None or prior is not None or eps < 0:
         raise V.ArgumentError(
             "backend='torch' supports none of z_loss, softcap, smoothing_prior and negative "
@@ -101,7 +128,16 @@ class _FusedCrossEntropy(torch.autograd.Function):
         kernel: Callable[..., Tensor],
         reduction: str,
         want_grad: bool,
-    ) -> Tensor:
+        scale: Tensor | None = None,
+        opts: O.Options = O.OFF,
+        batch_shape: tuple[int, ...] = (),
+    ) -> Tensor | tuple[Tensor, ...]:
+        ctx.dscale = None
+        if opts.active:
+            return _chunked_options_forward(
+                ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, kernel, reduction,
+                want_grad, scale, opts, batch_shape,
+            )  # fmt: skip
         grad = grad_scale = None
         cdt = reference.compute_dtype(x2.dtype)
         denom = _mean_denominator(t2, weight, ignore_index, cdt) if reduction == "mean" else None
@@ -121,7 +157,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
         return rows.sum() if denom is None else rows.sum() / denom
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_out: Tensor, *_aux_grads: Tensor | None) -> tuple[Tensor | None, ...]:
         _no_double_backward()
         grad = ctx.grad
         if grad is None:
@@ -139,7 +175,13 @@ class _FusedCrossEntropy(torch.autograd.Function):
             grad_out.device.type != "cpu" or torch.compiler.is_compiling() or grad_out.item() != 1.0
         ):  # reading a CPU scalar costs no device synchronisation
             grad.mul_(grad_out)
-        return grad, None, None, None, None, None, None, None, None, None, None, None
+        grad_scale = None
+        if ctx.dscale is not None:
+            dscale, ctx.dscale = ctx.dscale, None
+            go = grad_out[: dscale.shape[0]] if ctx.reduction == "none" else grad_out
+            grad_scale = O.logit_scale_grad(dscale, go, ctx.reduction).to(ctx.scale_dtype)
+        grad_x = grad if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None, None, None, None, None, None, None, None, None, grad_scale, None, None
 
 
 class _TritonCrossEntropy(torch.autograd.Function):
@@ -170,9 +212,18 @@ class _TritonCrossEntropy(torch.autograd.Function):
         inplace: bool,
         reduction: str,
         want_grad: bool,
-    ) -> Tensor:
+        scale: Tensor | None = None,
+        opts: O.Options = O.OFF,
+        batch_shape: tuple[int, ...] = (),
+    ) -> Tensor | tuple[Tensor, ...]:
         from labelsmooth.kernels import triton_ce
 
+        ctx.lm = None
+        if opts.active:
+            return _triton_options_forward(
+                ctx, x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction, want_grad,
+                scale, opts, batch_shape,
+            )  # fmt: skip
         save = want_grad and ctx.needs_input_grad[0]
         rows, stats = triton_ce.forward(
             x2,
@@ -200,7 +251,7 @@ class _TritonCrossEntropy(torch.autograd.Function):
         return rows.sum() if denom is None else rows.sum() / denom
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_out: Tensor, *_aux_grads: Tensor | None) -> tuple[Tensor | None, ...]:
         from labelsmooth.kernels import triton_ce
 
         _no_double_backward()
@@ -210,6 +261,8 @@ class _TritonCrossEntropy(torch.autograd.Function):
                 "by an earlier backward: backward through it twice (retain_graph=True) needs "
                 "inplace=False"
             )
+        if ctx.lm is not None:
+            return _triton_options_backward(ctx, grad_out)
         x2, t2, weight, stats, prior = ctx.saved_tensors
         ignore_index, eps, softcap, inplace = ctx.options
         grad = x2 if inplace else torch.empty_like(x2)
@@ -231,7 +284,250 @@ class _TritonCrossEntropy(torch.autograd.Function):
             # The kernel wrote through a pointer: tell autograd, so that any other operation that saved
             # these logits for its own backward raises instead of reading the gradient as logits.
             torch.autograd.graph.increment_version(x2)
-        return grad, None, None, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None, None, None, None, None
+
+
+def _option_rows(
+    x2: Tensor,
+    t2: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    opts: O.Options,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """The rows a kernel scores under ``opts`` (views; with shift one row fewer), their (M,) row
+    weights r (or None), kept rows (or None) and the "mean" denominator (or None)."""
+    xk, tk = O.shift_views(x2, t2, opts.seq_len)
+    r = O.row_weights(opts.token_weight, x2.shape[0], opts.seq_len, dtype, x2.device)
+    keep = O.keep_rows(tk, ignore_index, opts.seq_len)
+    denom = O.mean_denominator(tk, weight, ignore_index, dtype, r) if reduction == "mean" else None
+    return xk, tk, r, keep, denom
+
+
+def _options_outputs(
+    ctx: Any,
+    rows_k: Tensor,
+    pieces: dict[str, Tensor],
+    tk: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    z_loss: float,
+    reduction: str,
+    r: Tensor | None,
+    keep: Tensor | None,
+    denom: Tensor | None,
+    opts: O.Options,
+    num_rows: int,
+    batch_shape: tuple[int, ...],
+) -> Tensor | tuple[Tensor, ...]:
+    """The loss (and the aux values, non-differentiable outputs after it) from the kernel's rows."""
+    rows = O.weight_rows(rows_k, r, keep)
+    loss = O.pad_rows(rows, num_rows) if reduction == "none" else O.reduce_rows(rows, reduction, denom)
+    if opts.aux is None:
+        return loss
+    aux = O.build_aux(
+        opts.aux,
+        pieces,
+        target=tk,
+        ignore_index=ignore_index,
+        weight=weight,
+        row_weight=r,
+        keep=keep,
+        reduction=reduction,
+        denom=denom,
+        z_loss=z_loss,
+        num_rows=num_rows,
+        batch_shape=batch_shape,
+        dtype=rows.dtype,
+    )
+    values = tuple(aux[name] for name in opts.aux)
+    ctx.mark_non_differentiable(*values)
+    return (loss, *values)
+
+
+def _chunked_options_forward(
+    ctx: Any,
+    x2: Tensor,
+    t2: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    eps: float,
+    z_loss: float,
+    softcap: float | None,
+    prior: Tensor | None,
+    inplace: bool,
+    kernel: Callable[..., Any],
+    reduction: str,
+    want_grad: bool,
+    scale: Tensor | None,
+    opts: O.Options,
+    batch_shape: tuple[int, ...],
+) -> Tensor | tuple[Tensor, ...]:
+    """:class:`_FusedCrossEntropy`'s forward with any of the language-model options on."""
+    cdt = reference.compute_dtype(x2.dtype)
+    num_rows, seq_len = x2.shape[0], opts.seq_len
+    xk, tk, r, keep, denom = _option_rows(x2, t2, weight, ignore_index, reduction, opts, cdt)
+    need_x = want_grad and ctx.needs_input_grad[0]
+    need_s = want_grad and scale is not None and ctx.needs_input_grad[12]
+    grad = dscale = grad_scale = None
+    if need_x or need_s:
+        # Only the logit scale wants a gradient: the kernel still writes one (its pass computes d/ds).
+        grad = x2 if inplace and need_x else empty_for_grad(x2)
+        grad_scale = O.row_grad_scale(r, denom)
+        if need_s:
+            dscale = torch.empty(xk.shape[0], dtype=cdt, device=x2.device)
+    kaux = O.kernel_aux(opts.aux, z_loss)
+    extra: dict[str, Any] = {}
+    if opts.logit_scale is not None:
+        extra["logit_scale"] = scale.detach() if scale is not None else opts.logit_scale
+    if dscale is not None:
+        extra["dscale"] = dscale
+    if kaux:
+        extra["aux"] = kaux
+    res = kernel(
+        xk,
+        tk,
+        weight,
+        ignore_index,
+        eps,
+        z_loss,
+        softcap,
+        None if grad is None else grad[: xk.shape[0]],
+        grad_scale=grad_scale,
+        prior=prior,
+        **extra,
+    )
+    rows_k, pieces = res if kaux else (res, {})
+    if grad is not None:
+        # Sequence ends got r = 0, but 0 times a NaN/Inf logit's gradient is NaN: set them (B rows).
+        O.zero_sequence_ends(grad, seq_len)
+    if dscale is not None:
+        O.zero_sequence_ends(dscale, seq_len)
+        assert scale is not None  # dscale is only allocated for a tensor logit_scale
+        ctx.scale_dtype = scale.dtype
+    ctx.grad = grad
+    ctx.dscale = dscale
+    ctx.reduction = reduction
+    ctx.keep = None if reduction != "none" or keep is None else O.pad_rows(keep, num_rows, False)
+    return _options_outputs(
+        ctx, rows_k, pieces, tk, weight, ignore_index, z_loss, reduction, r, keep, denom, opts, num_rows, batch_shape
+    )
+
+
+def _triton_options_forward(
+    ctx: Any,
+    x2: Tensor,
+    t2: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    eps: float,
+    z_loss: float,
+    softcap: float | None,
+    prior: Tensor | None,
+    inplace: bool,
+    reduction: str,
+    want_grad: bool,
+    scale: Tensor | None,
+    opts: O.Options,
+    batch_shape: tuple[int, ...],
+) -> Tensor | tuple[Tensor, ...]:
+    """:class:`_TritonCrossEntropy`'s forward with any of the language-model options on. The row
+    weights (and 1/D for "mean") reach the gradient through backward's per-row grad_output."""
+    from labelsmooth.kernels import triton_ce
+
+    num_rows = x2.shape[0]
+    xk, tk, r, keep, denom = _option_rows(x2, t2, weight, ignore_index, reduction, opts, torch.float32)
+    need_x = want_grad and ctx.needs_input_grad[0]
+    need_s = want_grad and scale is not None and ctx.needs_input_grad[11]
+    save = need_x or need_s
+    s32 = None
+    if opts.logit_scale is not None:
+        s32 = O.logit_scale_tensor(scale.detach() if scale is not None else opts.logit_scale, x2.device, torch.float32)
+    kaux = O.kernel_aux(opts.aux, z_loss)
+    extra: dict[str, Any] = {}
+    if s32 is not None:
+        extra["logit_scale"] = s32
+    if kaux:
+        extra["aux"] = kaux
+    res = triton_ce.forward(
+        xk,
+        tk,
+        weight,
+        ignore_index,
+        eps,
+        z_loss,
+        softcap,
+        save_stats=save,
+        check_targets=x2.device.type != "cpu",
+        prior=prior,
+        **extra,
+    )
+    if kaux:
+        rows_k, stats, pieces = res
+    else:
+        (rows_k, stats), pieces = res, {}
+    if save:
+        ctx.save_for_backward(x2, t2, weight, stats, prior)
+        ctx.options = (ignore_index, eps, softcap, inplace)
+        ctx.consumed = False
+        ctx.reduction = reduction
+        ctx.lm = (
+            r,
+            None if denom is None else denom.reciprocal(),
+            s32,
+            need_x,
+            None if scale is None else scale.dtype if need_s else None,
+            opts.seq_len,
+            xk.shape[0],
+        )
+    return _options_outputs(
+        ctx, rows_k, pieces, tk, weight, ignore_index, z_loss, reduction, r, keep, denom, opts, num_rows, batch_shape
+    )
+
+
+def _triton_options_backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+    """:class:`_TritonCrossEntropy`'s backward with any of the language-model options on."""
+    from labelsmooth.kernels import triton_ce
+
+    x2, t2, weight, stats, prior = ctx.saved_tensors
+    ignore_index, eps, softcap, inplace = ctx.options
+    r, recip, s32, need_x, scale_dtype, seq_len, kernel_rows = ctx.lm
+    grad = x2 if inplace and need_x else torch.empty_like(x2)
+    xk, tk = O.shift_views(x2, t2, seq_len)
+    # Per-row grad_output: the caller's (a row of it for "none"), times the row weight r.
+    go = grad_out.reshape(-1)[:kernel_rows] if ctx.reduction == "none" else grad_out
+    if r is not None:
+        go = r * go.to(r.dtype)
+    dscale = None
+    extra: dict[str, Any] = {}
+    if s32 is not None:
+        extra["logit_scale"] = s32
+    if scale_dtype is not None:
+        dscale = torch.empty(kernel_rows, dtype=torch.float32, device=x2.device)
+        extra["dscale"] = dscale
+    triton_ce.backward(
+        xk,
+        tk,
+        weight,
+        ignore_index,
+        eps,
+        softcap,
+        stats,
+        grad[:kernel_rows],
+        grad_output=go,
+        grad_scale=recip,
+        prior=prior,
+        **extra,
+    )
+    O.zero_sequence_ends(grad, seq_len)
+    grad_s = None
+    if dscale is not None:
+        grad_s = O.zero_sequence_ends(dscale, seq_len).sum().to(scale_dtype)
+    if inplace and need_x:
+        ctx.consumed = True
+        torch.autograd.graph.increment_version(x2)
+    return grad if need_x else None, None, None, None, None, None, None, None, None, None, None, grad_s, None, None
 
 
 def _no_double_backward() -> None:
@@ -275,15 +571,29 @@ def _fused(apply: Callable[..., Tensor], name: str) -> Callable[..., Tensor]:
         prior: Tensor | None,
         inplace: bool,
         reduction: str,
-    ) -> Tensor:
+        opts: O.Options = O.OFF,
+        batch_shape: tuple[int, ...] = (),
+    ) -> Any:
         check_no_grad_beyond_logits(name, weight, t2)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         if inplace and x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]:
             inplace = False  # rows share memory (an expanded tensor): the gradient needs its own buffer
-        # Under no_grad nothing will call backward: compute no gradient (and consume no logits).
-        want_grad = torch.is_grad_enabled() and x2.requires_grad
-        return apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction, want_grad)
+        if not opts.active:
+            # Under no_grad nothing will call backward: compute no gradient (and consume no logits).
+            want_grad = torch.is_grad_enabled() and x2.requires_grad
+            return apply(x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction, want_grad)
+        O.check_no_token_weight_grad(name, opts.token_weight)
+        scale = opts.logit_scale if isinstance(opts.logit_scale, Tensor) else None
+        want_grad = torch.is_grad_enabled() and (x2.requires_grad or (scale is not None and scale.requires_grad))
+        out = apply(
+            x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction, want_grad, scale, opts,
+            batch_shape,
+        )  # fmt: skip
+        if opts.aux is None:
+            return out, None
+        outputs: tuple[Tensor, ...] = out if isinstance(out, tuple) else (out,)
+        return outputs[0], dict(zip(opts.aux, outputs[1:], strict=True))
 
     return run
 
@@ -300,26 +610,26 @@ def _apply_chunked(
     inplace: bool,
     reduction: str,
     want_grad: bool,
-) -> Tensor:
+    *options: object,
+) -> Any:
     from labelsmooth.kernels.chunked import fused_ce
 
-    # torch leaves Function.apply unannotated; forward above fixes what it returns.
-    out: Tensor = _FusedCrossEntropy.apply(  # type: ignore[no-untyped-call]
-        x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, fused_ce, reduction, want_grad
+    # torch leaves Function.apply unannotated; forward above fixes what it returns (a tuple with aux).
+    return _FusedCrossEntropy.apply(  # type: ignore[no-untyped-call]
+        x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, fused_ce, reduction, want_grad, *options
     )
-    return out
 
 
-def _apply_triton(*args: object) -> Tensor:
+def _apply_triton(*args: object) -> Any:
     try:
         import labelsmooth.kernels.triton_ce  # noqa: F401
     except ImportError as exc:  # triton is an optional dependency
         raise ImportError("backend='triton' needs the optional dependency triton: pip install triton") from exc
-    out: Tensor = _TritonCrossEntropy.apply(*args)  # type: ignore[no-untyped-call]  # apply is unannotated
-    return out
+    return _TritonCrossEntropy.apply(*args)  # type: ignore[no-untyped-call]  # apply is unannotated
 
 
-_BACKENDS: dict[str, Callable[..., Tensor]] = {
+# Each returns the loss, or (loss, aux dict or None) when given options that are on.
+_BACKENDS: dict[str, Callable[..., Any]] = {
     "reference": _reference,
     "chunked": _fused(_apply_chunked, "chunked"),
     "triton": _fused(_apply_triton, "triton"),
@@ -345,7 +655,13 @@ def check_backend(backend: object) -> str:
 
 
 def _resolve_backend(
-    backend: str, x: Tensor, target: Tensor, weight: Tensor | None, functorch: bool = False, plain: bool = False
+    backend: str,
+    x: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    functorch: bool = False,
+    plain: bool = False,
+    token_weight: Tensor | None = None,
 ) -> str:
     """The backend to run for a validated ``backend`` name (see :func:`check_backend`)."""
     if functorch:
@@ -360,8 +676,12 @@ def _resolve_backend(
                 f"installed; input is on {x.device}"
             )
         return backend
-    if target.requires_grad or (weight is not None and weight.requires_grad):
-        return "reference"  # the only backend that differentiates through target and weight
+    if (
+        target.requires_grad
+        or (weight is not None and weight.requires_grad)
+        or (token_weight is not None and token_weight.requires_grad)
+    ):
+        return "reference"  # the only backend that differentiates through target, weight and token_weight
     if x.device.type == "cpu":
         return "torch" if plain and x.numel() < SMALL_CPU_PROBLEM else "chunked"
     if x.dtype != torch.float64 and _triton_usable(x.device):
@@ -424,6 +744,7 @@ def _as_rows(
     return x2, t2, batch_shape, probs
 
 
+@overload
 def cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -440,7 +761,58 @@ def cross_entropy(
     inplace: bool = False,
     smoothing_prior: Tensor | None = None,
     allow_negative: bool = False,
-) -> Tensor:
+    token_weight: Tensor | None = None,
+    shift: bool = False,
+    logit_scale: float | Tensor | None = None,
+    return_aux: Literal[False] = False,
+) -> Tensor: ...
+
+
+@overload
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    backend: str = "auto",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    inplace: bool = False,
+    smoothing_prior: Tensor | None = None,
+    allow_negative: bool = False,
+    token_weight: Tensor | None = None,
+    shift: bool = False,
+    logit_scale: float | Tensor | None = None,
+    return_aux: Literal[True] | Iterable[str],
+) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    backend: str = "auto",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    inplace: bool = False,
+    smoothing_prior: Tensor | None = None,
+    allow_negative: bool = False,
+    token_weight: Tensor | None = None,
+    shift: bool = False,
+    logit_scale: float | Tensor | None = None,
+    return_aux: bool | Iterable[str] = False,
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """Label-smoothed cross-entropy with exactly ``torch.nn.functional.cross_entropy``'s semantics.
 
     The positional arguments are ``F.cross_entropy``'s, so this is a drop-in replacement; the extras are
@@ -493,9 +865,27 @@ def cross_entropy(
         smoothing_prior: optional (C,) probability vector u to smooth towards instead of the uniform 1/C
             (non-negative, sums to 1; on the input's device).
         allow_negative: accept ``label_smoothing < 0`` (negative label smoothing).
+        token_weight: optional per-row weights r, a floating tensor of the target's batch shape (or 1-D
+            over the flattened rows) on the input's device: each row's loss and gradient are multiplied
+            by r_n (ignored rows stay 0) and ``"mean"`` divides by sum_n r_n w_{y_n} over the kept rows
+            (probability targets: sum_n r_n). Differentiable only on ``backend="reference"``.
+        shift: next-token loss for a (B, T) target and (B, C, T) input (an LM's (B, T, V) logits as
+            ``logits.transpose(1, 2)``, no copy): position t is scored against ``target[:, t + 1]``, the
+            last position is ignored (loss 0, gradient 0, not counted by ``"mean"``) and
+            ``token_weight`` moves with the labels. No copy of the logits or labels is made.
+        logit_scale: optional s, a float or a 0-d floating tensor (on the input's device; it may
+            require grad, e.g. a learned inverse temperature): the logits become ``s * x`` before the
+            softcap and the smoothing.
+        return_aux: ``True`` or names from ``("z_loss", "lse", "accuracy", "predicted", "entropy")``:
+            return ``(loss, aux)``, ``aux`` a dict of detached tensors with exactly those keys, each
+            computed in the pass that reads the logits: ``lse``, ``entropy`` (float32, float64 for float64
+            input) and ``predicted`` (int64, first argmax) per row of the batch shape (0, 0 and
+            ``ignore_index`` on ignored rows); ``z_loss`` (the z-loss term) and ``accuracy``
+            reduced like the loss. docs/lm-options.md has the details.
 
     Returns:
         The loss: a scalar, or of the target's batch shape for ``reduction="none"``; in input's dtype.
+        With ``return_aux``, the pair ``(loss, aux)``.
 
     Example:
         >>> import torch, labelsmooth as ls
@@ -503,6 +893,10 @@ def cross_entropy(
         >>> torch.allclose(ls.cross_entropy(x, y, label_smoothing=0.1),
         ...                torch.nn.functional.cross_entropy(x, y, label_smoothing=0.1))
         True
+        >>> logits = torch.randn(2, 6, 50); labels = torch.randint(0, 50, (2, 6))   # an LM's (B, T, V)
+        >>> loss, aux = ls.cross_entropy(logits.transpose(1, 2), labels, shift=True, return_aux=["lse"])
+        >>> aux["lse"].shape
+        torch.Size([2, 6])
 
     References:
         Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016.
@@ -532,11 +926,22 @@ def cross_entropy(
         prior = None
     if weight is not None and weight.device != input.device:
         raise V.ArgumentError(f"weight is on {weight.device} but input is on {input.device}")
-    functorch = _under_functorch(input, target, weight, prior)
+    opts = O.parse_options(
+        token_weight=token_weight,
+        shift=shift,
+        logit_scale=logit_scale,
+        return_aux=return_aux,
+        target=target,
+        batch_shape=tuple(s for i, s in enumerate(input.shape) if i != (0 if input.dim() == 1 else 1)),
+        probs=target.is_floating_point(),
+        device=input.device,
+    )
+    scale = opts.logit_scale if isinstance(opts.logit_scale, Tensor) else None
+    functorch = _under_functorch(input, target, weight, prior, opts.token_weight, scale)
     out_dtype = input.dtype
     half_in_autocast = autocast_enabled(input.device.type) and input.dtype in (torch.float16, torch.bfloat16)
-    plain = z_loss == 0 and softcap is None and prior is None and eps >= 0
-    name = _resolve_backend(backend, input, target, weight, functorch, plain=plain)
+    plain = z_loss == 0 and softcap is None and prior is None and eps >= 0 and not opts.active
+    name = _resolve_backend(backend, input, target, weight, functorch, plain=plain, token_weight=opts.token_weight)
     if half_in_autocast:
         # torch's autocast policy runs cross-entropy in float32: the loss is float32, the gradient
         # reaches the logits in their own dtype. The Triton kernels already compute in float32 from
@@ -551,12 +956,22 @@ def cross_entropy(
         input, target, ignore_index, check_values=not functorch and not kernel_checks
     )
 
-    # Inside autocast, matmuls and reductions of the kernels would silently run in half precision.
+    if not opts.active:
+        # Inside autocast, matmuls and reductions of the kernels would silently run in half precision.
+        with autocast_disabled(input.device.type):
+            out: Tensor = _BACKENDS[name](x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction)
+        if reduction == "none":
+            out = out.reshape(batch_shape)
+        return out.to(out_dtype)
     with autocast_disabled(input.device.type):
-        out = _BACKENDS[name](x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction)
+        res: tuple[Tensor, dict[str, Tensor] | None] = _BACKENDS[name](
+            x2, t2, weight, ignore_index, eps, z_loss, softcap, prior, inplace, reduction, opts, batch_shape
+        )
+    out, aux = res
     if reduction == "none":
         out = out.reshape(batch_shape)
-    return out.to(out_dtype)
+    out = out.to(out_dtype)
+    return out if opts.aux is None else (out, aux if aux is not None else {})
 
 
 def autocast_enabled(device_type: str) -> bool:
