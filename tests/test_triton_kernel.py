@@ -477,11 +477,16 @@ def run_options(path, logits, target, weight, eps, z, cap, *, prior=None, s=None
 
 def check_options(path, logits, target, weight=None, eps=0.0, z=0.0, cap=None, *, prior=None, s=1.0, go=None,
                   grad_scale=None, **cfg):  # fmt: skip
-    loss, grad, ds = run_options(path, logits, target, weight, eps, z, cap, prior=prior, s=s, go=go,
-                                 grad_scale=grad_scale, **cfg)  # fmt: skip
     ref_loss, ref_grad, ref_ds, ref_abs, ref_total = options_reference(
         logits, target, weight, -100, eps, z, cap, prior, s, go, 1.0 if grad_scale is None else grad_scale
     )
+    # Without dscale the kernel folds s into the gradient's factors; with it, it multiplies ghat by s.
+    loss, grad, _ = run_options(path, logits, target, weight, eps, z, cap, prior=prior, s=s, go=go,
+                                grad_scale=grad_scale, dscale=False, **cfg)  # fmt: skip
+    torch.testing.assert_close(f64(loss), ref_loss, **LOSS_TOL)
+    torch.testing.assert_close(f64(grad), ref_grad, **GRAD_TOL[logits.dtype])
+    loss, grad, ds = run_options(path, logits, target, weight, eps, z, cap, prior=prior, s=s, go=go,
+                                 grad_scale=grad_scale, **cfg)  # fmt: skip
     torch.testing.assert_close(f64(loss), ref_loss, **LOSS_TOL)
     torch.testing.assert_close(f64(grad), ref_grad, **GRAD_TOL[logits.dtype])
     err = (f64(ds) - ref_ds).abs()
@@ -726,3 +731,30 @@ def test_launch_config_halves_the_tile_for_lane_state():
         triton_ce.backward(logits, target, None, -100, 0.1, None, stats, logits, dscale=ds)
     assert [launch.meta["ITERS"] for launch in launches] == [4, 2, 2, 1, 2]
     assert [launch.meta.get("maxnreg") for launch in launches] == [None, None, None, 128, None]
+
+
+def test_dscale_of_vocabulary_slices_sums_to_the_rows():
+    # A vocabulary split over devices: each slice's backward, from the whole rows' statistics, writes its
+    # columns of the gradient and its part of the d/ds sums (the target in one slice only, or in none
+    # for another slice's target); the parts add up to the whole rows' sums.
+    logits, target, _ = make_problem("index", weighted=False, seed=11)
+    s = torch.tensor(0.75, device=DEVICE)
+    go = torch.linspace(0.5, 2.0, 6, device=DEVICE)
+    _, stats = triton_ce.forward(logits, target, None, -100, 0.1, 1e-2, 5.0, save_stats=True, logit_scale=s)
+    whole_ds = torch.empty(6, device=DEVICE)
+    whole = triton_ce.backward(logits, target, None, -100, 0.1, 5.0, stats, torch.empty_like(logits),
+                               grad_output=go, logit_scale=s, dscale=whole_ds, **SMALL)  # fmt: skip
+    parts, total = [], torch.zeros(6, device=DEVICE)
+    for lo, hi in ((0, 100), (100, C)):
+        local = torch.where(target == -100, target, target - lo)
+        local = torch.where((local >= 0) & (local < hi - lo) | (target == -100), local, torch.full_like(local, -1))
+        ds = torch.empty(6, device=DEVICE)
+        parts.append(triton_ce.backward(
+            logits[:, lo:hi].contiguous(), local, None, -100, 0.1, 5.0, stats, torch.empty_like(logits[:, lo:hi]),
+            grad_output=go, logit_scale=s, dscale=ds, smoothing_classes=C, target_elsewhere=True, **SMALL,
+        ))  # fmt: skip
+        total += ds
+    torch.testing.assert_close(torch.cat(parts, dim=1), whole, rtol=1e-6, atol=1e-7)
+    _, _, ref_ds, ref_abs, _ = options_reference(logits, target, None, -100, 0.1, 1e-2, 5.0, s=0.75, go=go)
+    assert ((f64(total) - ref_ds).abs() <= DSCALE_RTOL * ref_abs + 1e-7).all()
+    assert ((f64(whole_ds) - ref_ds).abs() <= DSCALE_RTOL * ref_abs + 1e-7).all()
