@@ -241,6 +241,10 @@ def _body_special(rank, world, sizes):
     s = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
     D.vocab_parallel_cross_entropy(local, target, shift=True, logit_scale=s).backward()
     assert torch.isfinite(s.grad) and torch.isfinite(local.grad).all()
+    # A float32 scale on float64 logits gets a float32 gradient (its own dtype).
+    s32 = torch.tensor(1.5, requires_grad=True)
+    D.vocab_parallel_cross_entropy(local.detach(), target, logit_scale=s32).backward()
+    assert s32.grad.dtype == torch.float32 and torch.isfinite(s32.grad)
     full = full.nan_to_num(neginf=-5.0)
     full[0, 0] = float("nan")  # ignored row (target -100 there)
     full[1, 6] = float("nan")  # a sequence's last row: never scored under shift

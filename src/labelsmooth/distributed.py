@@ -315,6 +315,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         ctx.eps, ctx.z_loss, ctx.num_classes, ctx.use_triton = eps, z_loss, num_classes, use_triton
         ctx.scale = s if not isinstance(s, Tensor) else None
         ctx.scale_is_tensor = isinstance(s, Tensor)
+        ctx.scale_dtype = scale.dtype if isinstance(scale, Tensor) else None
         ctx.group = group
         lse = torch.where(keep, lse, zero)
         ctx.mark_non_differentiable(keep, lse, predicted, entropy)
@@ -337,7 +338,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                 x2, rows, big_m, s_m1, lse, keep, owned, safe, grad_loss, eps, z_loss, num_classes,
                 logit_scale=ls, dscale=ds_rows,
             )  # fmt: skip
-            return (grad, *nones, _scale_grad(ds_rows, ctx.group, maybe_s), None)
+            return (grad, *nones, _scale_grad(ds_rows, ctx.group, ctx.scale_dtype), None)
         cdt = big_m.dtype
         cols = x2.shape[1]
         g = torch.where(keep, grad_loss.to(cdt), torch.zeros_like(big_m))
@@ -393,17 +394,17 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                 gr.mul_(s)  # the gradient w.r.t. x carries s
             if not in_place:
                 grad[a:b].copy_(gr)
-        return (grad, *nones, _scale_grad(ds_rows, ctx.group, maybe_s), None)
+        return (grad, *nones, _scale_grad(ds_rows, ctx.group, ctx.scale_dtype), None)
 
 
-def _scale_grad(ds_rows: Tensor | None, group: ProcessGroup, scale: list[Tensor]) -> Tensor | None:
+def _scale_grad(ds_rows: Tensor | None, group: ProcessGroup, dtype: torch.dtype) -> Tensor | None:
     """d loss / d s from this rank's per-row sums over its slice: the logit scale acts on every slice,
     so its gradient is the sum over the group's ranks, the same on each (one all-reduce of one number)."""
     if ds_rows is None:
         return None
     ds = ds_rows.sum()
     _dist().all_reduce(ds, group=group)
-    return ds.to(scale[0].dtype)
+    return ds.to(dtype)  # the logit scale's own dtype, whatever the logits' compute dtype
 
 
 #: Local class index the Triton backward reads as "ignored row" (local indices are -1 or in [0, C)).
