@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
+import torch
 from torch import Tensor, nn
 
+from labelsmooth import _options as O
 from labelsmooth import _validate as V
 from labelsmooth import functional as LF
 
@@ -13,8 +18,11 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
 
     Takes ``nn.CrossEntropyLoss``'s constructor arguments, then the keyword-only extras of
     :func:`labelsmooth.cross_entropy` (``backend``, ``z_loss``, ``softcap``, ``inplace``,
-    ``smoothing_prior``, ``allow_negative``). The prior is a buffer, so ``.to(device)`` moves it and
-    ``state_dict`` holds it.
+    ``smoothing_prior``, ``allow_negative``, ``shift``, ``logit_scale``, ``return_aux``). The prior is a
+    buffer, so ``.to(device)`` moves it and ``state_dict`` holds it. A tensor ``logit_scale`` is kept as
+    given: an ``nn.Parameter`` (a learned inverse temperature) becomes a parameter of the module, any
+    other tensor a buffer. ``token_weight`` changes with every batch, so it is an argument of
+    :meth:`forward`. With ``return_aux`` the module returns ``(loss, aux)``.
 
     Shape:
         input (C), (N, C) or (N, C, d1, ..., dk); target as in :func:`labelsmooth.cross_entropy`.
@@ -26,6 +34,9 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         >>> loss.backward()
         >>> prior = ls.class_prior(torch.tensor([0, 0, 1, 2, 9]), 10)   # smooth towards the label unigram
         >>> loss_fn = ls.CrossEntropyLoss(label_smoothing=0.1, smoothing_prior=prior)
+        >>> lm_loss = ls.CrossEntropyLoss(shift=True, logit_scale=torch.nn.Parameter(torch.tensor(1.0)))
+        >>> loss = lm_loss(torch.randn(2, 6, 10).transpose(1, 2), torch.randint(0, 10, (2, 6)),
+        ...                token_weight=torch.rand(2, 6))
     """
 
     def __init__(
@@ -43,6 +54,9 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         inplace: bool = False,
         smoothing_prior: Tensor | None = None,
         allow_negative: bool = False,
+        shift: bool = False,
+        logit_scale: float | Tensor | None = None,
+        return_aux: bool | Iterable[str] = False,
     ) -> None:
         self.allow_negative = V.check_bool(allow_negative, "allow_negative")
         label_smoothing = V.check_label_smoothing(label_smoothing, allow_negative=self.allow_negative)
@@ -58,12 +72,21 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         self.inplace = V.check_bool(inplace, "inplace")
         self.smoothing_prior: Tensor | None
         self.register_buffer("smoothing_prior", smoothing_prior)
+        self.shift = V.check_bool(shift, "shift")
+        self.return_aux = O.check_return_aux(return_aux)
+        scale = O.check_logit_scale(
+            logit_scale, logit_scale.device if isinstance(logit_scale, Tensor) else torch.device("cpu")
+        )
+        self.logit_scale: float | Tensor | None
+        if isinstance(scale, Tensor) and not isinstance(scale, nn.Parameter):
+            self.register_buffer("logit_scale", scale)
+        else:
+            self.logit_scale = scale  # a Parameter registers itself
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return LF.cross_entropy(
-            input,
-            target,
-            self.weight,
+    def forward(self, input: Tensor, target: Tensor, *, token_weight: Tensor | None = None) -> Any:
+        """The loss of ``input`` against ``target`` (and ``(loss, aux)`` with ``return_aux``);
+        ``token_weight`` as in :func:`labelsmooth.cross_entropy`."""
+        options: dict[str, Any] = dict(
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
@@ -73,7 +96,12 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
             inplace=self.inplace,
             smoothing_prior=self.smoothing_prior,
             allow_negative=self.allow_negative,
+            token_weight=token_weight,
+            shift=self.shift,
+            logit_scale=self.logit_scale,
+            return_aux=False if self.return_aux is None else self.return_aux,
         )
+        return LF.cross_entropy(input, target, self.weight, **options)
 
     def extra_repr(self) -> str:
         parts = [
@@ -93,6 +121,14 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
             parts.append(f"smoothing_prior=<{self.smoothing_prior.shape[0]} classes>")
         if self.allow_negative:
             parts.append("allow_negative=True")
+        if self.shift:
+            parts.append("shift=True")
+        if isinstance(self.logit_scale, Tensor):
+            parts.append("logit_scale=<tensor>")
+        elif self.logit_scale is not None:
+            parts.append(f"logit_scale={self.logit_scale}")
+        if self.return_aux is not None:
+            parts.append(f"return_aux={self.return_aux}")
         return ", ".join(parts)
 
 
