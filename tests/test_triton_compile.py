@@ -2,11 +2,14 @@
 GPU (``labelsmooth.kernels.compile_check``): no compile error, no spill, registers within the launch
 table's intended occupancy (16 warps resident per SM), and 16-byte global loads in the row loops.
 
-CI compiles a representative subset (about 30 configurations x 2 architectures, ~40 s on one core):
+CI compiles a representative subset (about 35 configurations x 2 architectures, ~40 s on one core):
 fp32 and bf16 at C = 128256 and 50257 (aligned and unaligned rows) for the plain loss, the fused
 linear loss's one-launch kernel, bf16 at 128256 with every feature (weights, prior, z-loss, softcap,
-probability targets) and the vocabulary-parallel kernels, fp16 at 32000, and C = 10. The whole matrix
-(fp32/bf16/fp16 x C = 128256, 50257, 32000, 1000, 10 x features, negative eps, every reduction):
+probability targets) and the vocabulary-parallel kernels, fp16 at 32000, and C = 10; and the kernel
+options (a logit scale, the lse/argmax/entropy outputs, the d/ds sums) on fp32 rows of 50257, bf16 rows
+of 128256 (also with every feature) and the one-launch gradient on bf16 rows of 50257. The whole matrix
+(fp32/bf16/fp16 x C = 128256, 50257, 32000, 1000, 10 x features and options, negative eps, every
+reduction):
 ``LABELSMOOTH_COMPILE_FULL=1 pytest tests/test_triton_compile.py`` (or
 ``python -m labelsmooth.kernels.compile_check --full``), a few minutes.
 
@@ -82,6 +85,7 @@ def test_every_kernel_compiles_for_sm90_and_sm80_within_its_occupancy(tmp_path):
     assert {128256, 50257, 32000, 10} <= {r["num_classes"] for r in results}
     flags = set("+".join(r["flags"] for r in results).split("+"))
     assert {"eps", "z", "cap", "w", "prior", "prob", "chk", "grad", "go", "sc", "slice", "shift"} <= flags
+    assert {"ls", "ds", "lse", "argmax", "ent"} <= flags  # the kernel options
     # The half-precision forward, the case: two programs per SM at 128256 and 50257.
     half_fwd = [r for r in results if r["kernel"] == "fwd" and r["dtype"] == "bf16" and r["num_classes"] > 50000]
     assert half_fwd and all(r["programs_per_sm"] >= 2 and r["spill_bytes"] == 0 for r in half_fwd)
