@@ -1,4 +1,5 @@
-"""The ``labelsmooth`` command line: ``labelsmooth study`` (the main job) and ``labelsmooth bench``.
+"""The ``labelsmooth`` command line: ``labelsmooth study`` (the main job), ``labelsmooth evaluate`` (the
+same questions asked of a user's own predictions) and ``labelsmooth bench``.
 
 ``python -m labelsmooth`` is the same program. Bad arguments are argparse errors (exit code 2) whose
 message names the option and the value; nothing here prints a traceback for a user mistake.
@@ -156,10 +157,11 @@ class _Parser(argparse.ArgumentParser):
     # Keeps the study subcommand's parser, so that errors found after parsing are reported with its
     # usage line.
     study_parser: argparse.ArgumentParser
+    evaluate_parser: argparse.ArgumentParser
 
 
 def build_parser() -> _Parser:
-    """The argument parser of the ``labelsmooth`` command (``study`` and ``bench`` subcommands).
+    """The argument parser of the ``labelsmooth`` command (``study``, ``evaluate`` and ``bench`` subcommands).
 
     Returns:
         The ``argparse.ArgumentParser``.
@@ -170,10 +172,11 @@ def build_parser() -> _Parser:
 
     parser = _Parser(
         prog="labelsmooth",
-        description="Label smoothing for PyTorch: measure whether smoothing helps (study) and time the losses (bench).",
+        description="Label smoothing for PyTorch: measure whether smoothing helps (study), score your own model's "
+        "predictions the same way (evaluate) and time the losses (bench).",
     )
     parser.add_argument("--version", action="version", version=f"labelsmooth {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{study,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{study,evaluate,bench}")
     sub.required = True
 
     # argparse %-formats help strings: a label's "50%" must reach it as "50%%".
@@ -346,6 +349,7 @@ def build_parser() -> _Parser:
     study.add_argument("--no-report", action="store_true", help="train and write results.json only")
 
     parser.study_parser = study
+    parser.evaluate_parser = _add_evaluate_parser(sub)
     bench = sub.add_parser(
         "bench", help="time the losses on this machine (arguments go to labelsmooth.bench)", add_help=False
     )
@@ -663,6 +667,268 @@ def _record_resources(out: Path, resources: dict[str, Any]) -> None:
     store.save()
 
 
+# ----------------------------------------------------------------------------- labelsmooth evaluate
+
+
+def _add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score your own model's predictions: metrics with intervals, and paired verdicts between models",
+        description=(
+            "Score one or more models' predictions on the same examples: accuracy, NLL, Brier, ECE (equal-width "
+            "and equal-mass, top-label and class-wise), MCE and AURC, each with a bootstrap interval; temperature "
+            "scaling fitted on the validation rows only and its effect on the test rows; with two or more PREDs, "
+            "paired differences with paired-bootstrap intervals and a verdict (better / worse / no clear "
+            "difference) for each later model against the first. Each PRED is a .npz, .pt, .csv or .parquet file "
+            "(or a folder of .npy files) with logits or probabilities, labels and an optional split (val/test); "
+            "see docs/evaluate.md for the keys and columns. Writes evaluation.html, evaluation.md and "
+            "evaluation.json into --out."
+        ),
+    )
+    evaluate.add_argument(
+        "pred",
+        nargs="+",
+        type=Path,
+        metavar="PRED",
+        help="prediction file of one model; several files must list the same examples in the same order",
+    )
+    evaluate.add_argument(
+        "--val",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="a separate validation file (same format) for temperature scaling; give one per PRED, in the "
+        "PREDs' order, or none. Then every row of the PRED file is a test row",
+    )
+    evaluate.add_argument(
+        "--kind",
+        choices=["auto", "logits", "probs"],
+        default="auto",
+        help="what the scores are. auto (default): what the key or column names say (logits / logit_*, probs / "
+        "prob_*); for scores / score_* probabilities when every row lies in [0, 1] and sums to 1, else logits",
+    )
+    evaluate.add_argument(
+        "--bootstrap",
+        type=_int_at_least(1),
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples for the intervals (default 1000)",
+    )
+    evaluate.add_argument(
+        "--bins", type=_int_at_least(1), default=15, metavar="N", help="calibration bins for ECE and MCE (default 15)"
+    )
+    evaluate.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the bootstrap resampling (default 0)"
+    )
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder for evaluation.html, evaluation.md and evaluation.json (default runs/evaluate-<timestamp>)",
+    )
+    evaluate.add_argument(
+        "--names",
+        type=str,
+        default=None,
+        metavar="A,B",
+        help="the models' names in the reports, one per PRED (default: the file names without extension)",
+    )
+    parser: argparse.ArgumentParser = evaluate
+    return parser
+
+
+class _InputError(Exception):
+    """A prediction file or combination of files that cannot be evaluated: one line for stderr, exit 2."""
+
+
+def _model_names(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    preds: list[Path] = args.pred
+    if args.names is not None:
+        names = [n.strip() for n in args.names.split(",")]
+        if len(names) != len(preds) or not all(names):
+            parser.error(
+                f"argument --names: expected {len(preds)} comma-separated name(s), one per PRED, got {args.names!r}"
+            )
+    else:
+        names = [p.stem if p.suffix else p.name for p in preds]
+        if len(set(names)) < len(names):  # two ce.npz from different folders: keep the paths apart
+            names = [str(p) for p in preds]
+    if len(set(names)) < len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        parser.error(f"argument --names: the name {dup!r} is given twice; each model needs its own")
+    return names
+
+
+def _out_folder(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
+    out: Path = args.out or Path("runs") / _dt.datetime.now().strftime("evaluate-%Y%m%d-%H%M%S")
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            parser.error(
+                f"argument --out: {str(p)!r} is a file, not a folder"
+                + ("" if p == out else f" (it is above {str(out)!r})")
+            )
+    return out
+
+
+def _read_inputs(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    """Read every PRED and --val file (structure and labels; scores stay mapped where they can)."""
+    from labelsmooth.evaluation.io import check_same_examples, read_predictions
+
+    preds = [read_predictions(p) for p in args.pred]
+    vals = [read_predictions(v) for v in (args.val or [])]
+    for pred, val in zip(preds, vals, strict=False):
+        if pred.split is not None:
+            raise _InputError(
+                f"{pred.path}: has a split array and --val {val.path} was also given; use one or the other"
+            )
+        if val.split is not None:
+            raise _InputError(f"{val.path}: a --val file must hold validation rows only, but it has a split array")
+        if val.num_classes != pred.num_classes:
+            raise _InputError(
+                f"{val.path}: its scores have {val.num_classes} classes but {pred.path}'s have {pred.num_classes}"
+            )
+        if val.kind is not None and pred.kind is not None and val.kind != pred.kind:
+            raise _InputError(f"{val.path}: holds {val.kind} but {pred.path} holds {pred.kind}; give the same kind")
+    check_same_examples(preds)
+    return preds, vals
+
+
+def _evaluate(args: argparse.Namespace, parser: _Parser) -> int:
+    from labelsmooth.evaluation.io import PredictionFileError
+
+    sub = parser.evaluate_parser
+    if args.val is not None and len(args.val) != len(args.pred):
+        sub.error(
+            f"argument --val: give one --val file per PRED ({len(args.pred)}), in the PREDs' order; got {len(args.val)}"
+        )
+    names = _model_names(args, sub)
+    out = _out_folder(args, sub)
+    try:
+        preds, vals = _read_inputs(args)
+        for pred, name in zip(preds, names, strict=True):
+            where = "memory-mapped" if pred.streamed else "in memory"
+            shape = "x".join(map(str, pred.scores.shape))
+            print(f"{name}: {pred.path}: {pred.source} {shape} {pred.scores.dtype} ({where}), {pred.n} rows")
+        results = [
+            _evaluate_one(args, pred, vals[i] if vals else None, name)
+            for i, (pred, name) in enumerate(zip(preds, names, strict=True))
+        ]
+        comparison = _compare(results, preds) if len(results) > 1 else None
+    except (PredictionFileError, _InputError) as err:
+        print(f"labelsmooth evaluate: error: {err}", file=sys.stderr)
+        return 2
+    print(_results_table(results))
+    if comparison is not None:
+        print()
+        print(_comparison_text(comparison))
+    files = _write_reports(out, results, comparison, args)
+    print()
+    for f in files:
+        print(f"wrote {f}")
+    return 0
+
+
+def _evaluate_one(args: argparse.Namespace, pred: Any, val: Any, name: str) -> Any:
+    from labelsmooth.evaluation import evaluate
+
+    kind = args.kind if args.kind != "auto" else (pred.kind or (val.kind if val is not None else None) or "auto")
+    try:
+        return evaluate(
+            pred.scores,
+            pred.labels,
+            split=pred.split,
+            val_scores=None if val is None else val.scores,
+            val_labels=None if val is None else val.labels,
+            kind=kind,
+            n_bootstrap=args.bootstrap,
+            n_bins=args.bins,
+            seed=args.seed,
+            name=name,
+        )
+    except (ValueError, TypeError) as err:
+        # The engine names the argument (scores, labels, val_scores, ...) and what it detected; the file
+        # is what the user knows.
+        files = f"{pred.path}" + ("" if val is None else f" (with --val {val.path})")
+        stated = f" (--kind {args.kind})" if args.kind != "auto" else f" ({pred.source})" if pred.kind else ""
+        raise _InputError(f"{files}{stated}: {_one_line(err)}") from err
+
+
+def _compare(results: list[Any], preds: list[Any]) -> Any:
+    from labelsmooth.evaluation import compare
+
+    try:
+        return compare(*results)
+    except (ValueError, TypeError) as err:
+        raise _InputError(f"{', '.join(str(p.path) for p in preds)}: {_one_line(err)}") from err
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def _interval(est: Any, digits: int = 4) -> str:
+    value = f"{est.value:.{digits}f}"
+    if est.low is None or est.high is None:
+        return value
+    return f"{value} [{est.low:.{digits}f}, {est.high:.{digits}f}]"
+
+
+def _results_table(results: list[Any]) -> str:
+    """The metrics of every model, one column each: value [low, high] at the interval level."""
+    metrics = list(results[0].metrics)
+    header = ["metric", *(r.name for r in results)]
+    rows = [[m, *(_interval(r.metrics[m]) if m in r.metrics else "" for r in results)] for m in metrics]
+    rows.append(["test rows", *(str(r.n) for r in results)])
+    rows.append(["temperature", *("-" if r.temperature is None else f"{float(r.temperature):.3f}" for r in results)])
+    for m in ("nll", "ece"):
+        if any(r.scaled is not None and m in r.scaled.metrics for r in results):
+            rows.append(
+                [f"{m} after T", *("-" if r.scaled is None else _interval(r.scaled.metrics[m]) for r in results)]
+            )
+    return _text_table(header, rows)
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _comparison_text(comparison: Any) -> str:
+    return str(comparison.to_markdown())
+
+
+def _write_reports(out: Path, results: list[Any], comparison: Any, args: argparse.Namespace) -> list[Path]:
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    command = (
+        " ".join(shlex.quote(a) for a in ["labelsmooth", *sys.argv[1:]]) if sys.argv[1:2] == ["evaluate"] else None
+    )
+    doc = {
+        "command": command,
+        "files": [str(p) for p in args.pred],
+        "val_files": None if args.val is None else [str(p) for p in args.val],
+        "models": [r.to_dict() for r in results],
+        "comparison": None if comparison is None else comparison.to_dict(),
+    }
+    md = "\n\n".join([*(r.to_markdown() for r in results), *([comparison.to_markdown()] if comparison else [])])
+    html = results[0].to_html() if comparison is None else comparison.to_html()
+    files = {"evaluation.html": html, "evaluation.md": md + "\n", "evaluation.json": json.dumps(doc, indent=1) + "\n"}
+    for name, text in files.items():
+        (out / name).write_text(text, encoding="utf-8")
+    return [out / name for name in files]
+
+
 def _bench(argv: list[str]) -> int:
     from labelsmooth import bench  # imported lazily: the study does not need it
 
@@ -688,8 +954,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments without the program name (default ``sys.argv[1:]``).
 
     Returns:
-        The exit code: 0 on success, 1 if a run failed, 2 for bad arguments (argparse exits with it),
-        130 when interrupted (finished runs are saved; re-run to resume).
+        The exit code: 0 on success, 1 if a run failed, 2 for bad arguments (argparse exits with it) or
+        a prediction file ``evaluate`` cannot use (one line on stderr), 130 when interrupted (finished
+        runs are saved; re-run to resume).
 
     Example:
         >>> main(["study", "--help"])  # doctest: +SKIP
@@ -701,14 +968,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_attach_negative_lists(argv))
     try:
-        return _study(args, parser)
+        return _evaluate(args, parser) if args.command == "evaluate" else _study(args, parser)
     except ModuleNotFoundError as err:
         module = (err.name or "").split(".")[0]
         extra = _EXTRA_OF.get(module)
         if extra is None:
             raise
         print(
-            f"labelsmooth study needs the optional dependency {module!r}: pip install 'labelsmooth[{extra}]'",
+            f"labelsmooth {args.command} needs the optional dependency {module!r}: pip install 'labelsmooth[{extra}]'",
             file=sys.stderr,
         )
         return 1
