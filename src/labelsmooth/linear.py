@@ -348,6 +348,17 @@ def linear_cross_entropy(
         >>> loss.backward(); w.grad.shape
         torch.Size([11, 8])
 
+        Next-token prediction on (B, T, H) hidden states, with the aux outputs:
+
+        >>> hidden = torch.randn(2, 5, 8); tokens = torch.randint(0, 11, (2, 5))
+        >>> loss, aux = ls.linear_cross_entropy(hidden, w, tokens, shift=True,
+        ...                                     return_aux=("accuracy", "predicted"))
+        >>> aux["predicted"][:, -1]  # the last position predicts nothing
+        tensor([-100, -100])
+        >>> want = torch.nn.functional.cross_entropy((hidden[:, :-1] @ w.T).transpose(1, 2), tokens[:, 1:])
+        >>> torch.allclose(loss, want)
+        True
+
     References:
         Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016.
     """
