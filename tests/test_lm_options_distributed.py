@@ -141,6 +141,7 @@ def _compare(
     ref, want = reference(ref_in, target, eps, reduction, z_loss, tw_ref, shift, s_ref)
     # grad_output != 1, the same on every rank (as it is when derived from the rank-identical loss).
     g = torch.rand(ref.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64) + 0.5
+    g = g.to(out.dtype).double()  # the same grad_output on both sides, whatever out's precision
     ours = [local] + [t for t in (s_ours, tw_ours) if isinstance(t, torch.Tensor)]
     theirs = [ref_in] + [t for t in (s_ref, tw_ref) if isinstance(t, torch.Tensor)]
     grads = torch.autograd.grad(out, ours, g.to(out.dtype))
@@ -211,6 +212,18 @@ def _body_options(rank, world, sizes):
                 )
     for name in AUX:
         _compare(full, target, sizes, rank, z_loss=1e-2, tw=tw, shift=True, aux=(name,), what=f"aux {name}")
+    # float32 logits (computed in float32) against float64 on the same values: sums over at most 11
+    # classes of terms ~1-10 keep ~1e-6 relative error; 2e-5 leaves margin (as tests/test_distributed.py).
+    # bfloat16 logits are computed in float32 and the loss rounded to bf16 (half an ulp: 2e-3 relative),
+    # the gradient too; aux items stay float32.
+    full32, tw32, s32 = full.float(), tw.float(), s.float()
+    for reduction in ("none", "mean"):
+        kw = dict(reduction=reduction, z_loss=1e-2, tw=tw32, shift=True, scale=s32, what="float32")
+        _compare(full32, target, sizes, rank, tol=dict(rtol=2e-5, atol=1e-5), **kw)
+    _compare(
+        full.bfloat16(), target, sizes, rank, reduction="sum", tw=tw32, shift=True, scale=0.8, aux=("lse", "entropy"),
+        tol=dict(rtol=4e-3, atol=1e-4), what="bfloat16",
+    )  # fmt: skip
     # A row whose every class is ignored by shift only (T = 1): loss 0, mean 0/0.
     one = target[:, :1]
     out = D.vocab_parallel_cross_entropy(full[:, :1, _my_slice(sizes, rank)], one, shift=True, reduction="sum")
