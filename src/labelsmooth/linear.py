@@ -461,9 +461,8 @@ def linear_cross_entropy(
         keep = O.keep_rows(t2, ignore_index, seq)
         r = O.row_weights(opts.token_weight, num_rows, seq, cdt, input.device)
         if r is not None and keep is not None:
-            r = torch.where(
-                keep, r, torch.zeros((), dtype=cdt, device=r.device)
-            )  # an ignored row's weight may be anything
+            # Set, not multiplied: an ignored row's token weight may be anything (NaN included).
+            r = torch.where(keep, r, torch.zeros((), dtype=cdt, device=r.device))
     denom = O.mean_denominator(t2, w_cls, ignore_index, cdt, r) if reduction == "mean" else None
     aux_pieces: dict[str, Tensor] = {}
     kaux = O.kernel_aux(opts.aux, z_loss)
