@@ -911,9 +911,7 @@ def _write_reports(out: Path, results: list[Any], comparison: Any, args: argpars
     import json
 
     out.mkdir(parents=True, exist_ok=True)
-    command = (
-        " ".join(shlex.quote(a) for a in ["labelsmooth", *sys.argv[1:]]) if sys.argv[1:2] == ["evaluate"] else None
-    )
+    command = " ".join(shlex.quote(a) for a in ["labelsmooth", *args.argv])
     doc = {
         "command": command,
         "files": [str(p) for p in args.pred],
@@ -967,6 +965,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(_attach_negative_lists(argv))
+    args.argv = argv  # for the reports: the command that produced them
     try:
         return _evaluate(args, parser) if args.command == "evaluate" else _study(args, parser)
     except ModuleNotFoundError as err:
