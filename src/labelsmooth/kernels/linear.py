@@ -25,6 +25,14 @@ by grad_output before the two gradient matmuls: four matmuls in all instead of t
 of size N x C or C x H is kept between forward and backward (torch's chunked path makes the same
 choice for "none").
 
+The language-model options (``labelsmooth._options``) ride on the same loop: with ``shift`` the first
+N - 1 rows of X are scored against the shifted target view (nothing copied) and each chunk's
+sequence-end gradient rows are zeroed after the kernel; row weights r_n (``token_weight``, shift's
+sequence ends) are the kernels' per-row ``grad_scale`` (times 1/D for "mean"); a logit scale s goes to
+the kernel, which multiplies each logit as it loads it and writes s times the gradient, with per-row
+d/ds sums (``dscale``) when s is a tensor that wants a gradient; the aux pieces (lse, predicted,
+entropy) come out of the kernel's pass over each chunk. None of them adds a buffer of chunk size.
+
 Chunk height (:func:`default_chunk_rows`): on CPU about 32 MiB of float32 logits and at least 128
 rows (smaller chunks make the matmuls slower: the three matmuls of a 2048 x 1024 -> 32000
 forward+backward took ~2.2-2.5 s in chunks of 256 or 512 rows and ~3.2-3.5 s in chunks of 64 on two
