@@ -24,6 +24,11 @@ collective. Backward needs no communication: the gradient of a rank's slice is
 ``g * (p * (1 + 2 z_loss lse) - q)`` with p = exp(x - M) / S and q the smoothed target, written from
 the row statistics kept from forward.
 
+The language-model options (``token_weight``, ``shift``, ``logit_scale``, ``return_aux``) ride on the
+same pass and the same all-gather: the global argmax and entropy need one more number per row per rank
+each (the local argmax, and U_r = sum_{c in slice} exp(x_c - m_r)(x_c - m_r), combined as
+sum_r exp(d_r)(U_r + d_r S_r)); a logit scale is applied as each block is loaded.
+
 ``docs/distributed.md`` has the derivation, the communication volume and the gradient-accumulation
 recipe built on :func:`global_num_targets`.
 
