@@ -227,7 +227,9 @@ def cross_entropy(
         wy = None if weight is None else weight.to(cdt)[safe]
         per_row_d = torch.where(keep, (1.0 if wy is None else wy) * (1.0 if r is None else r), zero)
     if r is not None:
-        rows = torch.where(keep, rows * r, zero)
+        # r is masked before the product: an inf/NaN weight on an ignored row must not reach the gradient.
+        r = torch.where(keep, r, zero)
+        rows = rows * r
     denom = per_row_d.sum()
 
     def reduce(values: torch.Tensor) -> torch.Tensor:
