@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from labelsmooth.evaluation.multiplicity import ALPHA, COMPARATOR_OUTCOMES, OUTCOMES, benjamini_hochberg, decide, holm
+
 __all__ = [
     "ALPHA",
     "COMPARATOR_OUTCOMES",
@@ -39,24 +41,8 @@ __all__ = [
     "power",
 ]
 
-#: Family-wise error rate of each claim's family of verdicts.
-ALPHA = 0.05
-
 #: Fewer values than this (per group): no verdict.
 MIN_SEEDS = 3
-
-#: Outcome -> how the report words it.
-OUTCOMES = {
-    "supports": "supports the claim",
-    "contradicts": "contradicts the claim",
-    "same": "no clear difference",
-    "withheld": "no verdict",
-    "unknown": "not measured",
-}
-
-
-#: The words of a comparison that tests no claim ("A vs B": the first-named method against the second).
-COMPARATOR_OUTCOMES = {"supports": "first better", "contradicts": "first worse"}
 
 
 @dataclass(frozen=True)
@@ -165,41 +151,6 @@ def _p_value(mean: float, se: float, df: float) -> float:
     return float(2 * stats.t.sf(abs(mean / se), df))
 
 
-def holm(p: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (family-wise error control).
-
-    Example:
-        >>> [round(x, 3) for x in holm([0.01, 0.04, 0.03])]
-        [0.03, 0.06, 0.06]
-    """
-    m = len(p)
-    order = sorted(range(m), key=lambda i: p[i])
-    out = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out
-
-
-def benjamini_hochberg(p: Sequence[float]) -> list[float]:
-    """Benjamini-Hochberg adjusted p-values (false discovery rate).
-
-    Example:
-        >>> [round(x, 3) for x in benjamini_hochberg([0.01, 0.04, 0.03])]
-        [0.03, 0.04, 0.04]
-    """
-    m = len(p)
-    order = sorted(range(m), key=lambda i: p[i], reverse=True)
-    out = [0.0] * m
-    running = 1.0
-    for k, i in enumerate(order):
-        rank = m - k
-        running = min(running, p[i] * m / rank)
-        out[i] = min(1.0, running)
-    return out
-
-
 def power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float | None:
     """Power of the two-sided one-sample t-test at level ``alpha`` to detect a true mean ``effect``
     from ``n`` values of spread ``sd`` (non-central t); ``None`` below 2 values or with ``sd = 0``.
@@ -259,8 +210,7 @@ def adjust(family: Sequence[Verdict], alpha: float = ALPHA) -> list[Verdict]:
     for j, (i, v, (mean, se, df)) in enumerate(tested):
         level = 1 - alpha / (m - rank[j])
         half = float(stats.t.ppf(1 - (1 - level) / 2, df)) * se
-        clear = p_holm[j] < alpha and abs(mean) >= v.tolerance
-        outcome = ("supports" if mean > 0 else "contradicts") if clear else "same"
+        outcome = decide(p_holm[j], mean, v.tolerance, alpha)
         sd = se * math.sqrt(len(v.values)) if v.values_b is None else None
         out[i] = replace(
             v,
