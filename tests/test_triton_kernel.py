@@ -730,7 +730,14 @@ def test_launch_config_halves_the_tile_for_lane_state():
         triton_ce.fused_ce(logits, target, None, -100, 0.1, 0.0, None, logits, aux={"predicted"})
         triton_ce.backward(logits, target, None, -100, 0.1, None, stats, logits, dscale=ds)
     assert [launch.meta["ITERS"] for launch in launches] == [4, 2, 2, 1, 2]
-    assert [launch.meta.get("maxnreg") for launch in launches] == [None, None, None, 128, None]
+    assert [launch.meta.get("maxnreg") for launch in launches] == [None, None, 128, 128, None]
+    # Rows off a vector boundary (C = 50257): the aux states quarter the tile, a logit scale halves it.
+    logits = torch.empty(4, 50257, dtype=torch.bfloat16, device="meta")
+    with triton_ce.record_launches() as launches:
+        triton_ce.forward(logits, target, None, -100, 0.1, 0.0, None, aux={"entropy"})
+        triton_ce.forward(logits, target, None, -100, 0.1, 0.0, None, logit_scale=2.0)
+        triton_ce.forward(logits, target, None, -100, 0.1, 0.0, None)
+    assert [launch.meta["ITERS"] for launch in launches] == [1, 2, 4]
 
 
 def test_dscale_of_vocabulary_slices_sums_to_the_rows():

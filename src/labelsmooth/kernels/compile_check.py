@@ -265,6 +265,8 @@ def scenarios(full: bool = False) -> list[Scenario]:
                     _options(f"{tag}/aux+ds+all", dtype, num_classes, weight=True, z_loss=1e-4, softcap=30.0),
                     _options(f"{tag}/prob+aux+ds", dtype, num_classes, prob=True, weight=True, softcap=30.0),
                     _options(f"{tag}/one-launch", dtype, num_classes, one_launch=True),
+                    _options(f"{tag}/one-launch-scale", dtype, num_classes, one_launch=True, aux=False, dscale=False),
+                    _options(f"{tag}/one-launch-ds", dtype, num_classes, one_launch=True, aux=False),
                 ]
     # The kernel options, CI's share: the unaligned fp32 rows and the aligned bf16 ones, forward with
     # every aux output and backward with the d/ds sums; the one-launch gradient with them; every

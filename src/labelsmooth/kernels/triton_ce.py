@@ -1542,12 +1542,16 @@ def forward(
     z = float(z_loss)
     sw = _smoothing_weights_vector(prior, weight, num_classes)
     extra = prob or weight is not None or sw is not None
-    heavy = (extra or softcap is not None) and logits.stride(0) % 16 != 0
+    shifted = logits.stride(0) % 16 != 0
+    heavy = (extra or softcap is not None) and shifted
     # The argmax and entropy states of pass 1 and the d/ds sums of pass 2 take registers the tile
-    # gives up (halved; quartered where one launch holds pass 1's states and then runs pass 2, whose
-    # budget is then also handed to ptxas, as for the heavy shifted rows): compile_check's numbers.
+    # gives up: halved, and halved again where one launch holds pass 1's states and then runs pass 2
+    # or where rows start off a vector boundary. A logit scale alone halves it on such rows only. The
+    # one-launch forward with any of them also hands ptxas the budget, as for the heavy shifted rows.
+    # From compile_check's numbers (ptxas spilled a few bytes otherwise).
     aux_state = "predicted" in items or "entropy" in items
-    lane_state = int(aux_state or dscale is not None) + int(aux_state and grad is not None)
+    lane_state = int(aux_state or dscale is not None or (ls is not None and shifted))
+    lane_state += int(aux_state and (grad is not None or shifted))
     it, lanes, warps = _launch_config(
         num_classes,
         logits.element_size(),
@@ -1602,7 +1606,7 @@ def forward(
         ITERS=it,
         LANES=lanes,
         num_warps=warps,
-        **_register_budget(warps, heavy or lane_state > 1),
+        **_register_budget(warps, heavy or (lane_state > 0 and grad is not None)),
         **_row_layout(
             logits.element_size(),
             it * lanes,
