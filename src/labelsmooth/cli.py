@@ -869,42 +869,60 @@ def _one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def _interval(est: Any, digits: int = 4) -> str:
-    value = f"{est.value:.{digits}f}"
-    if est.low is None or est.high is None:
-        return value
-    return f"{value} [{est.low:.{digits}f}, {est.high:.{digits}f}]"
-
-
 def _results_table(results: list[Any]) -> str:
-    """The metrics of every model, one column each: value [low, high] at the interval level."""
-    metrics = list(results[0].metrics)
+    """Every metric of every model, one column each: value [low, high] at the interval level, and the same
+    metrics after temperature scaling where a validation split fitted a temperature."""
+    from labelsmooth.evaluation import METRICS
+    from labelsmooth.evaluation.result import LABELS
+
     header = ["metric", *(r.name for r in results)]
-    rows = [[m, *(_interval(r.metrics[m]) if m in r.metrics else "" for r in results)] for m in metrics]
-    rows.append(["test rows", *(str(r.n) for r in results)])
-    rows.append(["temperature", *("-" if r.temperature is None else f"{float(r.temperature):.3f}" for r in results)])
-    for m in ("nll", "ece"):
-        if any(r.scaled is not None and m in r.scaled.metrics for r in results):
-            rows.append(
-                [f"{m} after T", *("-" if r.scaled is None else _interval(r.scaled.metrics[m]) for r in results)]
-            )
-    return _text_table(header, rows)
-
-
-def _text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    rows = [[LABELS.get(m, m), *(r.metrics[m].text() for r in results)] for m in METRICS]
+    if any(r.temperature is not None for r in results):
+        rows.append(["temperature T", *("-" if r.temperature is None else f"{r.temperature:.4g}" for r in results)])
+        rows += [
+            [f"{LABELS.get(m, m)} after T", *("-" if r.scaled is None else r.scaled[m].text() for r in results)]
+            for m in METRICS
+        ]
+    first = results[0]
+    title = (
+        f"{first.n} test rows, {first.num_classes} classes; {100 * first.level:g}% percentile bootstrap intervals "
+        f"({first.n_bootstrap} resamples)"
+    )
+    return title + "\n" + _text_table(header, rows)
 
 
 def _comparison_text(comparison: Any) -> str:
-    return str(comparison.to_markdown())
+    """Each later model against the first: the paired difference (positive: that model is better), its
+    interval at Holm's level, and the verdict words."""
+    from labelsmooth.evaluation.result import LABELS
+
+    parts = []
+    for b in comparison.names[1:]:
+        rows = [
+            [LABELS.get(d.metric, d.metric), d.text(), "n/a" if d.p_holm is None else f"{d.p_holm:.3g}", d.words]
+            for d in comparison.differences
+            if d.b == b
+        ]
+        parts.append(
+            f"{b} vs {comparison.names[0]} (paired over {comparison.n} test rows; positive: {b} is better)\n"
+            + _text_table(["metric", "difference [interval]", "p (Holm)", "verdict"], rows, left=(0, 3))
+        )
+    return "\n\n".join(parts)
+
+
+def _text_table(header: list[str], rows: list[list[str]], left: tuple[int, ...] = (0,)) -> str:
+    """A plain-text table: columns padded to their widest cell, those in ``left`` left-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _html_body(page: str) -> str:
+    return page.split("<body>", 1)[-1].rsplit("</body>", 1)[0]
 
 
 def _write_reports(out: Path, results: list[Any], comparison: Any, args: argparse.Namespace) -> list[Path]:
@@ -919,8 +937,13 @@ def _write_reports(out: Path, results: list[Any], comparison: Any, args: argpars
         "models": [r.to_dict() for r in results],
         "comparison": None if comparison is None else comparison.to_dict(),
     }
-    md = "\n\n".join([*(r.to_markdown() for r in results), *([comparison.to_markdown()] if comparison else [])])
-    html = results[0].to_html() if comparison is None else comparison.to_html()
+    parts = ([comparison.to_markdown()] if comparison is not None else []) + [r.to_markdown() for r in results]
+    md = f"# labelsmooth evaluate\n\n`{command}`\n\n" + "\n".join(parts)
+    html = results[0].to_html()
+    if comparison is not None:  # the comparison's page, then every model's table and figures
+        page = comparison.to_html()
+        cut = page.rindex("</body>")
+        html = page[:cut] + "".join(_html_body(r.to_html()) for r in results) + page[cut:]
     files = {"evaluation.html": html, "evaluation.md": md + "\n", "evaluation.json": json.dumps(doc, indent=1) + "\n"}
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")

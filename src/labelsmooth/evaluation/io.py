@@ -352,7 +352,9 @@ def _npz_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> 
         offset = info.header_offset + 30 + name_len + extra_len + header_len
         if offset + nbytes > path.stat().st_size:
             raise PredictionFileError(f"{path}: array {name!r} is truncated (the file ends inside it)")
-        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+        # Copy-on-write ("c"): pages are read from the file on demand and nothing is ever written back, but
+        # the array counts as writable, which torch.from_numpy wants (it warns on read-only arrays).
+        return np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape, order="F" if fortran else "C")
     try:
         with archive.open(info) as member:
             return np.lib.format.read_array(member, allow_pickle=False)
@@ -393,7 +395,7 @@ def _load_npy(file: Path) -> np.ndarray:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if file.stat().st_size < header_len + nbytes:
             raise PredictionFileError(f"{file}: truncated: the file ends inside its {shape} {dtype} array")
-        loaded: np.ndarray = np.load(file, mmap_mode="r" if nbytes else None, allow_pickle=False)
+        loaded: np.ndarray = np.load(file, mmap_mode="c" if nbytes else None, allow_pickle=False)
         return loaded
     except OSError as err:
         raise PredictionFileError(f"{file}: cannot be read: {err.strerror or err}") from err
