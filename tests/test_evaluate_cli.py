@@ -4,6 +4,8 @@ command end to end on small synthetic files."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -248,7 +250,7 @@ def test_every_bad_file_is_a_one_line_error_that_names_it(tmp_path):
         message = str(info.value)
         assert "\n" not in message, message
         assert message.startswith(f"{path}: "), message
-        assert __import__("re").search(pattern, message), (path.name, message)
+        assert re.search(pattern, message), (path.name, message)
 
 
 def test_reordered_examples_are_found_by_a_label_mismatch_at_the_first_row(tmp_path):
@@ -308,7 +310,7 @@ def test_bad_arguments_are_argparse_errors(tmp_path, monkeypatch, capsys, extra,
     with pytest.raises(SystemExit) as info:
         main(["evaluate", "a.npz", "b.npz", *extra])
     assert info.value.code == 2
-    assert __import__("re").search(message, capsys.readouterr().err)
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_a_bad_file_exits_2_with_one_line_on_stderr_and_writes_nothing(tmp_path, capsys):
@@ -354,3 +356,170 @@ def test_the_command_runs_as_a_program_without_a_traceback(tmp_path):
     )
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().startswith("labelsmooth evaluate: error: ") and out.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- the command end to end
+
+
+def run_evaluate(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["evaluate", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def two_models(tmp_path: Path, n: int = 1500, k: int = 5) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """ce: weak logits; ls: a clearly better model on the same examples (a third of the rows validation)."""
+    za, y = make(n, k, strength=1.0, seed=0)
+    zb, _ = make(n, k, strength=2.5, seed=2)
+    split = np.where(np.arange(n) < n // 3, "val", "test")
+    np.savez(tmp_path / "ce.npz", logits=za, labels=y, split=split)
+    np.savez(tmp_path / "ls.npz", logits=zb, labels=y, split=split)
+    return tmp_path / "ce.npz", tmp_path / "ls.npz", za, zb
+
+
+def verdicts(report: dict, b: str) -> dict[str, str]:
+    return {d["metric"]: d["words"] for d in report["comparison"]["differences"] if d["b"] == b}
+
+
+def test_ce_then_ls_answers_whether_the_second_model_is_better(tmp_path, capsys):
+    ce, ls, _, _ = two_models(tmp_path)
+    out = tmp_path / "report"
+    code, stdout, err = run_evaluate(capsys, str(ce), str(ls), "--bootstrap", "200", "--out", str(out))
+    assert code == 0, err
+    assert re.search(r"^accuracy +\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\] +\d\.\d{4} \[", stdout, re.M)
+    assert "ls vs ce" in stdout and re.search(
+        r"^accuracy +\+0\.\d{4} \[\+0\.\d{4}, \+0\.\d{4}\] .* better$", stdout, re.M
+    )
+    assert re.search(r"^temperature T +\d", stdout, re.M)
+    report = json.loads((out / "evaluation.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["ce", "ls"]
+    assert report["models"][0]["temperature"] is not None and report["models"][0]["n"] == 1000
+    words = verdicts(report, "ls")
+    assert words["accuracy"] == words["nll"] == words["brier"] == words["aurc"] == "better"
+    html = (out / "evaluation.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.count("</html>") == 1
+    assert "ls vs ce" in html and html.count("data:image/png;base64,") >= 4  # both models' figures
+    md = (out / "evaluation.md").read_text()
+    assert "ls vs ce" in md and "## ce" in md and "## ls" in md and "`labelsmooth evaluate " in md
+
+    code, stdout, _ = run_evaluate(capsys, str(ls), str(ce), "--bootstrap", "200", "--out", str(tmp_path / "r2"))
+    assert code == 0 and re.search(r"^accuracy .* worse$", stdout, re.M)
+    code, stdout, _ = run_evaluate(
+        capsys, str(ce), str(ce), "--names", "a,b", "--bootstrap", "200", "--out", str(tmp_path / "r3")
+    )
+    assert code == 0 and re.search(r"^accuracy .* no clear difference$", stdout, re.M)
+    assert not re.search(r"(better|worse)$", stdout, re.M)
+
+
+def test_every_format_gives_the_same_numbers(tmp_path, capsys):
+    n, k = 600, 3
+    logits, y = make(n, k, strength=1.5)
+    split = np.where(np.arange(n) < 200, "val", "test")
+    np.savez(tmp_path / "m.npz", logits=logits, labels=y, split=split)
+    torch.save({"logits": torch.from_numpy(logits), "labels": torch.from_numpy(y),
+                "split": torch.from_numpy(split == "test")}, tmp_path / "m.pt")  # fmt: skip
+    write_csv(tmp_path / "m.csv", logits, y, split=split)
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "logits.npy", logits)
+    np.save(folder / "labels.npy", y)
+    np.save(folder / "split.npy", (split == "test").astype(np.int8))
+    files = [tmp_path / "m.npz", tmp_path / "m.pt", tmp_path / "m.csv", folder]
+    if HAVE_PYARROW:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        cols = {f"logit_{i}": logits[:, i] for i in range(k)}
+        pq.write_table(pa.table({"label": y, "split": list(split), **cols}), tmp_path / "m.parquet")
+        files.append(tmp_path / "m.parquet")
+    names = ",".join(f"f{i}" for i in range(len(files)))
+    out = tmp_path / "out"
+    code, _, err = run_evaluate(capsys, *map(str, files), "--names", names, "--bootstrap", "50", "--out", str(out))
+    assert code == 0, err
+    report = json.loads((out / "evaluation.json").read_text())
+    first = report["models"][0]
+    for model in report["models"][1:]:
+        assert model["n"] == first["n"] == 400
+        assert model["temperature"] == pytest.approx(first["temperature"], rel=1e-6)
+        for m, est in first["metrics"].items():
+            assert model["metrics"][m]["value"] == pytest.approx(est["value"], rel=1e-6, abs=1e-9), m
+    assert set(verdicts(report, "f1").values()) == {"no clear difference"}
+
+
+def test_binary_csv_probabilities_and_a_separate_validation_file(tmp_path, capsys):
+    n = 900
+    y = np.random.default_rng(3).integers(0, 2, n)
+    logit = np.random.default_rng(4).normal(size=n) + 2.0 * (2 * y - 1)
+    prob = 1 / (1 + np.exp(-logit))
+    write_csv(tmp_path / "test.csv", prob[300:], y[300:], stem="prob")
+    write_csv(tmp_path / "val.csv", prob[:300], y[:300], stem="prob")
+    np.savez(tmp_path / "split.npz", probs=prob, labels=y, split=np.arange(n) >= 300)
+    out = tmp_path / "out"
+    code, _, err = run_evaluate(
+        capsys,
+        str(tmp_path / "test.csv"),
+        str(tmp_path / "split.npz"),
+        "--val",
+        str(tmp_path / "val.csv"),
+        "--val",
+        str(tmp_path / "split.npz"),
+        "--bootstrap",
+        "50",
+        "--out",
+        str(out),
+    )
+    # the split file also has a --val file: refused; without it, the two routes agree
+    assert code == 2 and "has a split array and --val" in err
+    code, _, err = run_evaluate(
+        capsys, str(tmp_path / "test.csv"), "--val", str(tmp_path / "val.csv"), "--bootstrap", "50", "--out", str(out)
+    )
+    assert code == 0, err
+    by_val = json.loads((out / "evaluation.json").read_text())["models"][0]
+    code, _, err = run_evaluate(capsys, str(tmp_path / "split.npz"), "--bootstrap", "50", "--out", str(out))
+    by_split = json.loads((out / "evaluation.json").read_text())["models"][0]
+    assert code == 0 and by_val["num_classes"] == 2 and by_val["kind"] == "probs"
+    assert by_val["temperature"] == pytest.approx(by_split["temperature"], rel=1e-6)
+    assert by_val["metrics"]["nll"]["value"] == pytest.approx(by_split["metrics"]["nll"]["value"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "message"),
+    [
+        ("logits_as_probs", [], r"\(array 'probs'\): .*kind='probs'.* look like logits"),
+        ("logits", ["--kind", "probs"], r"\(--kind probs\): .*kind='probs'.* look like logits"),
+        ("rows_not_one", [], r"\(array 'probs'\): .*sum"),
+        ("nan", [], r"\(array 'logits'\): .*NaN or infinite value at row 17"),
+    ],
+)
+def test_values_the_engine_refuses_are_one_line_errors_naming_the_file(tmp_path, capsys, case, extra, message):
+    logits, y = make(200, 4)
+    if case == "logits_as_probs":
+        np.savez(tmp_path / "m.npz", probs=logits, labels=y)
+    elif case == "rows_not_one":
+        np.savez(tmp_path / "m.npz", probs=0.9 * probs_of(logits), labels=y)
+    else:
+        if case == "nan":
+            logits[17, 2] = np.nan
+        np.savez(tmp_path / "m.npz", logits=logits, labels=y)
+    out = tmp_path / "out"
+    code, _, err = run_evaluate(capsys, str(tmp_path / "m.npz"), *extra, "--bootstrap", "10", "--out", str(out))
+    assert code == 2 and err.count("\n") == 1 and not out.exists()
+    assert err.startswith(f"labelsmooth evaluate: error: {tmp_path / 'm.npz'} ")
+    assert re.search(message, err), err
+
+
+def test_reading_a_large_file_allocates_no_copy_of_the_scores(tmp_path):
+    # numpy reports its allocations to tracemalloc; a memory map's pages are not allocations
+    import tracemalloc
+
+    n, k = 50_000, 200  # 20 MB of float16 scores; their float32 copy would be 40 MB
+    y = np.random.default_rng(0).integers(0, k, n)
+    np.savez(tmp_path / "big.npz", logits=np.ones((n, k), np.float16), labels=y)
+    tracemalloc.start()
+    try:
+        p = read_predictions(tmp_path / "big.npz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert p.streamed and p.scores.shape == (n, k)
+    assert peak < 8 * n + 2_000_000  # the labels as int64 and a little more, not 20 MB
