@@ -899,13 +899,20 @@ def _comparison_text(comparison: Any) -> str:
     parts = []
     for b in comparison.names[1:]:
         rows = [
-            [LABELS.get(d.metric, d.metric), d.text(), "n/a" if d.p_holm is None else f"{d.p_holm:.3g}", d.words]
+            [
+                LABELS.get(d.metric, d.metric),
+                d.text(),
+                f"{100 * d.level:.2f}%",
+                "n/a" if d.p_holm is None else f"{d.p_holm:.3g}",
+                d.words,
+            ]
             for d in comparison.differences
             if d.b == b
         ]
         parts.append(
-            f"{b} vs {comparison.names[0]} (paired over {comparison.n} test rows; positive: {b} is better)\n"
-            + _text_table(["metric", "difference [interval]", "p (Holm)", "verdict"], rows, left=(0, 3))
+            f"{b} vs {comparison.names[0]} (paired over {comparison.n} test rows; positive: {b} is better; intervals "
+            f"at Holm's level, p-values Holm-adjusted; verdicts at family-wise {comparison.alpha:g})\n"
+            + _text_table(["metric", "difference [interval]", "level", "p (Holm)", "verdict"], rows, left=(0, 4))
         )
     return "\n\n".join(parts)
 
