@@ -523,3 +523,16 @@ def test_reading_a_large_file_allocates_no_copy_of_the_scores(tmp_path):
         tracemalloc.stop()
     assert p.streamed and p.scores.shape == (n, k)
     assert peak < 8 * n + 2_000_000  # the labels as int64 and a little more, not 20 MB
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    logits, y = make(200, 3)
+    np.savez(tmp_path / "m.npz", logits=logits, labels=y)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    code, _, err = run_evaluate(capsys, str(tmp_path / "m.npz"), "--bootstrap", "10", "--out", str(tmp_path / "o"))
+    assert code == 2 and err.count("\n") == 1
+    assert "argument --out: cannot write into" in err and "Permission denied" in err

@@ -819,11 +819,19 @@ def _evaluate(args: argparse.Namespace, parser: _Parser) -> int:
     except (PredictionFileError, _InputError) as err:
         print(f"labelsmooth evaluate: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("labelsmooth evaluate: interrupted; nothing was written", file=sys.stderr)
+        return 130
     print(_results_table(results))
     if comparison is not None:
         print()
         print(_comparison_text(comparison))
-    files = _write_reports(out, results, comparison, args)
+    try:
+        files = _write_reports(out, results, comparison, args)
+    except OSError as err:
+        print(f"labelsmooth evaluate: error: argument --out: cannot write into {str(out)!r}: {err.strerror or err}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     print()
     for f in files:
         print(f"wrote {f}")
