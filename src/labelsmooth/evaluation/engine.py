@@ -103,8 +103,22 @@ def default_chunk_rows(num_cols: int) -> int:
 def _chunk(scores: Any, rows: Any) -> Tensor:
     """Rows of ``scores`` (a slice or an index array) as float32 (float64 stays float64) on the CPU."""
     part = scores[rows]
-    t = part.cpu() if isinstance(part, Tensor) else torch.from_numpy(np.asarray(part))
-    return t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+    if isinstance(part, Tensor):
+        t = part.cpu()
+        return t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+    arr = np.asarray(part)
+    target = np.float64 if arr.dtype == np.float64 else np.float32
+    # A read-only chunk (np.memmap opened "r") is copied: torch warns on tensors over read-only memory.
+    return torch.from_numpy(arr.astype(target, copy=not arr.flags.writeable))
+
+
+def _finite(z: Tensor, kind: str) -> bool:
+    """Whether every value of the chunk is finite. For logits, from each row's max and min (NaN propagates
+    through both): two reductions without an (n, K) boolean temporary."""
+    if kind != "logits" or z.dim() == 1:
+        return bool(torch.isfinite(z).all())
+    lo, hi = torch.aminmax(z, dim=1)
+    return bool(torch.isfinite(lo).all() and torch.isfinite(hi).all())
 
 
 def _is_half(scores: Any) -> bool:
@@ -179,9 +193,10 @@ def chunk_stats(z: Tensor, y: Tensor, kind: str, binary: bool) -> tuple[Tensor, 
         return conf, correct, nll, brier, torch.stack([1 - pz, pz], dim=1)
     if kind == "logits":
         m, arg = z.max(dim=1)
-        e = torch.exp(z - m.unsqueeze(1))
+        e = torch.sub(z, m.unsqueeze(1)).exp_()
         e[ar, arg] = 0
-        rest = e.sum(dim=1, dtype=torch.float64)
+        # A row sum of K terms in the chunk's dtype (pairwise-summed by torch): relative error ~1e-7 in float32.
+        rest = e.sum(dim=1).double()
         s = 1 + rest
         conf = 1 / s
         nll = (m - z[ar, y]).double() + torch.log1p(rest)
@@ -195,7 +210,8 @@ def chunk_stats(z: Tensor, y: Tensor, kind: str, binary: bool) -> tuple[Tensor, 
         p_y = p[ar, y].double()
         nll = -p_y.clamp(min=NLL_EPS).log()
     correct = arg == y
-    brier = (p.square().sum(dim=1, dtype=torch.float64) - 2 * p_y + 1).clamp(min=0)
+    sq = torch.linalg.vector_norm(p, dim=1).double().square()
+    brier = (sq - 2 * p_y + 1).clamp(min=0)
     return conf, correct, nll, brier, p
 
 
@@ -211,7 +227,7 @@ def _classwise_add(
     keep = bins > 0
     rows, cols, vals, bins = rows[keep], cols[keep], vals[keep], bins[keep]
     cells = cols * n_slots + bins
-    colsum = p.sum(dim=0, dtype=torch.float64)
+    colsum = p.sum(dim=0).double()
     acc_p.view(-1).index_add_(0, cells, vals)
     acc_p[:, 0] += colsum - torch.zeros(k, dtype=torch.float64).index_add_(0, cols, vals)
     p_y = p[torch.arange(n), y].double()
@@ -220,14 +236,15 @@ def _classwise_add(
     if w is None:
         return
     wp = w.to(p.dtype)
+    wd = w.double()
     dense = (wp @ p).double()  # (R, K): every probability, before the binned ones are moved out of bin 0
     sp = torch.zeros(w.shape[0], k * n_slots, dtype=torch.float64)
-    sp.index_add_(1, cells, w[:, rows].double() * vals)
+    sp.index_add_(1, cells, wd[:, rows] * vals)
     moved = sp.view(w.shape[0], k, n_slots).sum(dim=2)
     sp.view(w.shape[0], k, n_slots)[:, :, 0] += dense - moved
     rep["p"] += sp
-    rep["y"].index_add_(1, ycells, w.double())
-    rep["w"] += w.double().sum(dim=1)
+    rep["y"].index_add_(1, ycells, wd)
+    rep["w"] += wd.sum(dim=1)
 
 
 def stream(
@@ -267,7 +284,7 @@ def stream(
         sel = slice(a, b) if rows is None else rows[a:b]
         z = _chunk(scores, sel)
         src_row = a if rows is None else int(rows[a])
-        if not bool(torch.isfinite(z).all()):
+        if not _finite(z, kind):
             bad = (~torch.isfinite(z)).reshape(b - a, -1).any(dim=1).nonzero()[0, 0]
             where = a + int(bad) if rows is None else int(rows[a + int(bad)])
             raise ValueError(f"{name}: NaN or infinite value at row {where}")

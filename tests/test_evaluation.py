@@ -1,0 +1,275 @@
+"""Tests of labelsmooth.evaluation: metrics against labelsmooth.calibration and torchmetrics, AURC from its
+definition, the bootstrap (weights, coverage, determinism, pairing), temperature on validation rows only,
+streaming of float16 memmaps, and every refusal."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from labelsmooth import calibration as cal
+from labelsmooth.evaluation import bootstrap as B
+from labelsmooth.evaluation import engine as E
+from labelsmooth.evaluation import aurc, compare, evaluate
+
+# Sums of float64 values in a different order: a few ulps of 1.0 per thousand terms.
+TOL = 1e-9
+
+
+def _model(n=3000, k=6, seed=0, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(n, k, generator=g, dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(logits, 1), 1, generator=g).squeeze(1)
+    return logits, labels
+
+
+def _calibration_metrics(probs, labels, n_bins=15):
+    return {
+        "accuracy": float((probs.argmax(1) == labels).double().mean()) if probs.dim() == 2 else None,
+        "nll": cal.negative_log_likelihood(probs, labels),
+        "brier": cal.brier_score(probs, labels),
+        "ece": cal.expected_calibration_error(probs, labels, n_bins=n_bins),
+        "ece_quantile": cal.expected_calibration_error(probs, labels, n_bins=n_bins, binning="quantile"),
+        "classwise_ece": cal.classwise_calibration_error(probs, labels, n_bins=n_bins),
+        "mce": cal.expected_calibration_error(probs, labels, n_bins=n_bins, norm="max"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["probs", "logits"])
+def test_metrics_equal_calibration_functions(kind):
+    logits, labels = _model()
+    probs = torch.softmax(logits, 1)
+    res = evaluate(probs if kind == "probs" else logits, labels, n_bootstrap=0, chunk_rows=700)
+    assert res.kind == kind
+    for name, want in _calibration_metrics(probs, labels).items():
+        assert res.metrics[name].value == pytest.approx(want, abs=TOL), name
+
+
+def test_binary_metrics_equal_calibration_functions():
+    g = torch.Generator().manual_seed(1)
+    z = 2 * torch.randn(2000, generator=g, dtype=torch.float64)
+    y = torch.bernoulli(torch.sigmoid(z), generator=g).long()
+    p = torch.sigmoid(z)
+    for scores in (z, p):
+        res = evaluate(scores, y, n_bootstrap=0, chunk_rows=300)
+        assert res.num_classes == 2
+        for name, want in _calibration_metrics(p, y).items():
+            if want is not None:
+                assert res.metrics[name].value == pytest.approx(want, abs=1e-8), name
+        assert res.metrics["accuracy"].value == pytest.approx(float(((p >= 0.5).long() == y).double().mean()))
+
+
+def test_metrics_equal_torchmetrics():
+    tm = pytest.importorskip("torchmetrics.functional.classification")
+    logits, labels = _model(seed=2)
+    probs = torch.softmax(logits, 1).float()
+    res = evaluate(probs, labels, n_bootstrap=0)
+    for norm, name in (("l1", "ece"), ("max", "mce")):
+        want = float(tm.multiclass_calibration_error(probs, labels, num_classes=6, n_bins=15, norm=norm))
+        assert res.metrics[name].value == pytest.approx(want, abs=1e-5)  # torchmetrics sums in float32
+    g = torch.Generator().manual_seed(3)
+    p = 0.5 + 0.5 * torch.rand(1500, generator=g)  # all >= 0.5: top-label and torchmetrics' binary ECE coincide
+    y = torch.bernoulli(p, generator=g).long()
+    res = evaluate(p, y, n_bootstrap=0)
+    want = float(tm.binary_calibration_error(p, y, n_bins=15, norm="l1"))
+    assert res.metrics["ece"].value == pytest.approx(want, abs=1e-5)
+
+
+def test_aurc_equals_the_sorted_definition():
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.2, 1, 500)
+    correct = rng.uniform(size=500) < conf
+    order = np.argsort(-conf)
+    err = (~correct[order]).astype(float)
+    direct = np.mean(np.cumsum(err) / np.arange(1, 501))
+    assert aurc(conf, correct) == pytest.approx(direct, rel=1e-12)
+    # Ties enter together at their group's error rate: two tied examples, one wrong, give 1/2 at both coverages.
+    assert aurc(np.array([0.9, 0.9]), np.array([True, False])) == pytest.approx(0.5)
+    logits, labels = _model(seed=4)
+    res = evaluate(logits, labels, n_bootstrap=0)
+    p = torch.softmax(logits, 1)
+    assert res.metrics["aurc"].value == pytest.approx(aurc(p.max(1).values.numpy(), (p.argmax(1) == labels).numpy()))
+    cov, risk = res.risk_coverage
+    assert cov[-1] == 1 and risk[-1] == pytest.approx(1 - res.metrics["accuracy"].value)
+
+
+def test_replicates_are_the_metrics_of_the_weighted_sample():
+    # Resample r gives row i the integer weight w[r, i]: its metrics are those of the sample with row i
+    # repeated w times (binned metrics exactly; equal-mass bins are fixed at the full sample's, AURC linearised).
+    logits, labels = _model(n=1500, k=4, seed=5)
+    probs = torch.softmax(logits, 1)
+    res = evaluate(probs, labels, n_bootstrap=5, seed=7)
+    assert res.classwise_resamples == 5
+    for r in range(5):
+        w = B.weights(7, r, r + 1, 0, 1500, 1500)[0].numpy().astype(np.int64)
+        rows = np.repeat(np.arange(1500), w)
+        want = _calibration_metrics(probs[rows], labels[rows])
+        for name in ("accuracy", "nll", "brier", "ece", "classwise_ece", "mce"):
+            assert res.replicates[name][r] == pytest.approx(want[name], abs=1e-6), name  # float32 products
+        exact = aurc(probs[rows].max(1).values.numpy(), (probs[rows].argmax(1) == labels[rows]).numpy())
+        assert res.replicates["aurc"][r] == pytest.approx(exact, abs=2e-3)
+
+
+def test_weights_do_not_depend_on_how_they_are_cut():
+    whole = B.weights(3, 0, 70, 0, 70000, 70000)
+    part = B.weights(3, 60, 70, 65000, 70000, 70000)
+    assert torch.equal(whole[60:, 65000:], part)
+    assert whole.mean().item() == pytest.approx(1, abs=0.01) and whole.var().item() == pytest.approx(0.992, abs=0.02)
+
+
+def test_bootstrap_interval_covers_the_true_accuracy_in_most_draws():
+    rng = np.random.default_rng(0)
+    hits, draws = 0, 200
+    for _ in range(draws):
+        correct = rng.uniform(size=400) < 0.8
+        p = np.where(correct, 0.9, 0.1)  # binary P(y=1), label 1 when correct
+        res = evaluate(p, np.ones(400, dtype=np.int64), n_bootstrap=200, seed=int(rng.integers(1 << 30)), kind="probs")
+        acc = res.metrics["accuracy"]
+        hits += acc.low <= 0.8 <= acc.high
+    assert 0.88 <= hits / draws <= 0.99  # nominal 0.95
+
+
+def test_bootstrap_is_deterministic_by_seed():
+    logits, labels = _model(n=1000, seed=6)
+    a = evaluate(logits, labels, n_bootstrap=100, seed=1)
+    b = evaluate(logits, labels, n_bootstrap=100, seed=1, chunk_rows=77)
+    c = evaluate(logits, labels, n_bootstrap=100, seed=2)
+    for m in a.metrics:
+        assert a.metrics[m].low == pytest.approx(b.metrics[m].low, abs=1e-12)
+    assert a.metrics["nll"].low != c.metrics["nll"].low
+
+
+def test_compare_identical_models_and_a_clearly_better_one():
+    logits, labels = _model(n=4000, seed=8)
+    a = evaluate(logits, labels, n_bootstrap=300, name="a")
+    same = compare(a, evaluate(logits.clone(), labels, n_bootstrap=300, name="a2"))
+    for d in same.differences:
+        assert d.words == "no clear difference" and d.value == 0
+        assert d.low == pytest.approx(0, abs=1e-9) and d.high == pytest.approx(0, abs=1e-9)
+    g = torch.Generator().manual_seed(9)
+    worse = evaluate(logits + 3 * torch.randn(logits.shape, generator=g, dtype=torch.float64), labels, n_bootstrap=300, name="noisy")
+    cmp = compare(worse, a)
+    for m in ("accuracy", "nll", "brier", "aurc"):
+        assert cmp.get("a", m).words == "better", m
+        assert cmp.get("a", m).low > 0
+    assert compare(a, worse).get("noisy", "accuracy").words == "worse"
+    json.dumps(cmp.to_dict())
+    assert "| accuracy |" in cmp.to_markdown() and "<table>" in cmp.to_html()
+
+
+def test_compare_names_the_first_mismatching_row():
+    logits, labels = _model(n=300, seed=10)
+    a = evaluate(logits, labels, n_bootstrap=10)
+    other = labels.clone()
+    other[37] = (other[37] + 1) % 6
+    other[200] = (other[200] + 1) % 6
+    b = evaluate(logits, other, n_bootstrap=10)
+    with pytest.raises(ValueError, match="labels differ at test row 37"):
+        compare(a, b)
+    with pytest.raises(ValueError, match="different seed"):
+        compare(a, evaluate(logits, labels, n_bootstrap=10, seed=3))
+
+
+def test_temperature_is_fitted_on_validation_rows_only():
+    logits, labels = _model(n=4000, seed=11)
+    split = np.where(np.arange(4000) % 2 == 0, "val", "test")
+    res = evaluate(2 * logits, labels, split=split, n_bootstrap=0)
+    assert res.n == 2000 and res.temperature == pytest.approx(cal.fit_temperature(2 * logits[::2], labels[::2]))
+    changed = 2 * logits.clone()
+    changed[1::2] = 50 * torch.randn(2000, 6, dtype=torch.float64)  # test rows only
+    res2 = evaluate(changed, labels, split=split == "test", n_bootstrap=0)
+    assert res2.temperature == res.temperature
+    assert res.scaled["nll"].value < res.metrics["nll"].value
+    sep = evaluate(2 * logits[1::2], labels[1::2], val_scores=2 * logits[::2], val_labels=labels[::2], n_bootstrap=0)
+    assert sep.temperature == res.temperature and sep.scaled["ece"].value == pytest.approx(res.scaled["ece"].value)
+
+
+def test_float16_memmap_streams_in_chunks(tmp_path, monkeypatch):
+    n, k = 40000, 200
+    path = tmp_path / "scores.npy"
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, k))
+    rng = np.random.default_rng(0)
+    for a in range(0, n, 10000):
+        mm[a : a + 10000] = rng.standard_normal((10000, k), dtype=np.float32)
+    mm.flush()
+    labels = rng.integers(0, k, n)
+    scores = np.load(path, mmap_mode="r")
+    seen = []
+    real = E._chunk
+
+    def spy(s, rows):
+        out = real(s, rows)
+        seen.append((out.shape[0], out.dtype))
+        return out
+
+    monkeypatch.setattr(E, "_chunk", spy)
+    tracemalloc.start()
+    res = evaluate(scores, labels, n_bootstrap=20, chunk_rows=4096)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert max(r for r, _ in seen) <= 4096 and {d for _, d in seen} == {torch.float32}
+    full32 = n * k * 4
+    assert peak < full32 / 2, (peak, full32)  # numpy allocations: never a float32 copy of the whole array
+    want = cal.expected_calibration_error(torch.softmax(torch.from_numpy(np.asarray(scores, dtype=np.float32)), 1), torch.from_numpy(labels))
+    assert res.metrics["ece"].value == pytest.approx(want, abs=1e-5)
+
+
+def test_kind_auto_and_reports():
+    logits, labels = _model(n=500, seed=12)
+    p = torch.softmax(logits, 1)
+    assert evaluate(p, labels, n_bootstrap=0).kind == "probs"
+    assert evaluate(logits, labels, n_bootstrap=0).kind == "logits"
+    res = evaluate(logits, labels, split=np.arange(500) % 3 > 0, n_bootstrap=50, name="m")
+    d = res.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert set(d["metrics"]) == {"accuracy", "nll", "brier", "ece", "ece_quantile", "classwise_ece", "mce", "aurc"}
+    assert "| ECE (equal-width) |" in res.to_markdown() and "T = " in res.to_markdown()
+    pytest.importorskip("matplotlib")
+    page = res.to_html()
+    assert page.count("data:image/png;base64,") == 2 and "<table>" in page
+
+
+def test_refusals():
+    logits, labels = _model(n=50, seed=13)
+    p = torch.softmax(logits, 1)
+    with pytest.raises(ValueError, match=r"labels must have shape \(50,\)"):
+        evaluate(logits, labels[:40])
+    with pytest.raises(ValueError, match="K >= 2"):
+        evaluate(logits[:, :1], labels)
+    bad = labels.clone()
+    bad[7] = 6
+    with pytest.raises(ValueError, match="labels out of range.*row 7"):
+        evaluate(logits, bad)
+    q = p.clone()
+    q[3] *= 0.5
+    with pytest.raises(ValueError, match="row 3 sums to"):
+        evaluate(q, labels, kind="probs")
+    with pytest.raises(ValueError, match="kind='probs' but row 0 has values outside"):
+        evaluate(logits, labels, kind="probs")
+    with pytest.raises(ValueError, match="kind='logits' but every row"):
+        evaluate(p, labels, kind="logits")
+    z = logits.clone()
+    z[5, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite value at row 5"):
+        evaluate(z, labels)
+    z[5, 2] = float("inf")
+    with pytest.raises(ValueError, match="row 5"):
+        evaluate(z, labels)
+    with pytest.raises(ValueError, match="split values must be"):
+        evaluate(logits, labels, split=["val"] * 49 + ["train"])
+    with pytest.raises(ValueError, match="split values must be"):
+        evaluate(logits, labels, split=np.full(50, 2))
+    with pytest.raises(ValueError, match="no row as test"):
+        evaluate(logits, labels, split=np.zeros(50, dtype=bool))
+    with pytest.raises(TypeError, match="integer class indices"):
+        evaluate(logits, labels.double())
+    with pytest.raises(TypeError, match="numpy array"):
+        evaluate(logits.tolist(), labels)
+    with pytest.raises(ValueError, match="kind must be"):
+        evaluate(logits, labels, kind="probabilities")
+    with pytest.raises(ValueError, match="either split or val_scores"):
+        evaluate(logits, labels, split=np.ones(50, dtype=bool), val_scores=logits, val_labels=labels)
