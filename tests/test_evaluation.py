@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from labelsmooth import calibration as cal
+from labelsmooth.evaluation import aurc, compare, evaluate
 from labelsmooth.evaluation import bootstrap as B
 from labelsmooth.evaluation import engine as E
-from labelsmooth.evaluation import aurc, compare, evaluate
 
 # Sums of float64 values in a different order: a few ulps of 1.0 per thousand terms.
 TOL = 1e-9
@@ -151,7 +151,9 @@ def test_compare_identical_models_and_a_clearly_better_one():
         assert d.words == "no clear difference" and d.value == 0
         assert d.low == pytest.approx(0, abs=1e-9) and d.high == pytest.approx(0, abs=1e-9)
     g = torch.Generator().manual_seed(9)
-    worse = evaluate(logits + 3 * torch.randn(logits.shape, generator=g, dtype=torch.float64), labels, n_bootstrap=300, name="noisy")
+    worse = evaluate(
+        logits + 3 * torch.randn(logits.shape, generator=g, dtype=torch.float64), labels, n_bootstrap=300, name="noisy"
+    )
     cmp = compare(worse, a)
     for m in ("accuracy", "nll", "brier", "aurc"):
         assert cmp.get("a", m).words == "better", m
@@ -214,7 +216,9 @@ def test_float16_memmap_streams_in_chunks(tmp_path, monkeypatch):
     assert max(r for r, _ in seen) <= 4096 and {d for _, d in seen} == {torch.float32}
     full32 = n * k * 4
     assert peak < full32 / 2, (peak, full32)  # numpy allocations: never a float32 copy of the whole array
-    want = cal.expected_calibration_error(torch.softmax(torch.from_numpy(np.asarray(scores, dtype=np.float32)), 1), torch.from_numpy(labels))
+    want = cal.expected_calibration_error(
+        torch.softmax(torch.from_numpy(np.asarray(scores, dtype=np.float32)), 1), torch.from_numpy(labels)
+    )
     assert res.metrics["ece"].value == pytest.approx(want, abs=1e-5)
 
 
@@ -242,7 +246,7 @@ def test_refusals():
         evaluate(logits[:, :1], labels)
     bad = labels.clone()
     bad[7] = 6
-    with pytest.raises(ValueError, match="labels out of range.*row 7"):
+    with pytest.raises(ValueError, match=r"labels out of range.*row 7"):
         evaluate(logits, bad)
     q = p.clone()
     q[3] *= 0.5
@@ -273,3 +277,15 @@ def test_refusals():
         evaluate(logits, labels, kind="probabilities")
     with pytest.raises(ValueError, match="either split or val_scores"):
         evaluate(logits, labels, split=np.ones(50, dtype=bool), val_scores=logits, val_labels=labels)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["labelsmooth.evaluation.result", "labelsmooth.evaluation.multiplicity", "labelsmooth.evaluation.bootstrap"],
+)
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -4,8 +4,25 @@ and the verdict rules and words that ``labelsmooth study`` and ``labelsmooth eva
 >>> from labelsmooth.evaluation import evaluate, compare, EvaluationResult, Comparison
 """
 
-from labelsmooth.evaluation.multiplicity import ALPHA, COMPARATOR_OUTCOMES, OUTCOMES, PAIRED_OUTCOMES, benjamini_hochberg, decide, holm
-from labelsmooth.evaluation.result import METRICS, Comparison, Difference, Estimate, EvaluationResult, aurc, compare, evaluate
+from labelsmooth.evaluation.multiplicity import (
+    ALPHA,
+    COMPARATOR_OUTCOMES,
+    OUTCOMES,
+    PAIRED_OUTCOMES,
+    benjamini_hochberg,
+    decide,
+    holm,
+)
+from labelsmooth.evaluation.result import (
+    METRICS,
+    Comparison,
+    Difference,
+    Estimate,
+    EvaluationResult,
+    aurc,
+    compare,
+    evaluate,
+)
 
 __all__ = [
     "ALPHA",

@@ -16,11 +16,17 @@ of the weights with an (N, F) table of per-example features, built and multiplie
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import lru_cache
+
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ROW_BLOCK", "RESAMPLE_BLOCK", "weights"]
+__all__ = ["RESAMPLE_BLOCK", "ROW_BLOCK", "weighted_sums", "weights"]
+
+#: Builds the float32 feature rows ``[row0, row1)``.
+FeatureFn = Callable[[int, int], Tensor]
 
 #: Rows and resamples per block of generated weights (fixed: the weights must not depend on chunking).
 ROW_BLOCK = 1 << 16
@@ -30,10 +36,13 @@ _TABLE = np.repeat(np.arange(6, dtype=np.uint8), [94, 94, 48, 15, 4, 1])
 assert _TABLE.size == 256 and _TABLE.mean() == 1.0
 
 
+@lru_cache(maxsize=8)  # a chunk of rows smaller than ROW_BLOCK reuses its block instead of drawing it again
 def _block(seed: int, r_block: int, row_block: int, n_rows: int) -> np.ndarray:
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, r_block, row_block])
     raw = np.frombuffer(rng.bytes(RESAMPLE_BLOCK * n_rows), dtype=np.uint8)
-    return _TABLE[raw].reshape(RESAMPLE_BLOCK, n_rows)
+    out = _TABLE[raw].reshape(RESAMPLE_BLOCK, n_rows)
+    out.flags.writeable = False  # shared by the cache
+    return out
 
 
 def weights(seed: int, r0: int, r1: int, row0: int, row1: int, n: int) -> Tensor:
@@ -51,11 +60,13 @@ def weights(seed: int, r0: int, r1: int, row0: int, row1: int, n: int) -> Tensor
             ca, cz = cb * ROW_BLOCK, min(n, (cb + 1) * ROW_BLOCK)
             blk = _block(seed, rb, cb, cz - ca)
             a, z = max(row0, ca), min(row1, cz)
-            out[ra - r0 : rz - r0, a - row0 : z - row0] = blk[ra - rb * RESAMPLE_BLOCK : rz - rb * RESAMPLE_BLOCK, a - ca : z - ca]
+            out[ra - r0 : rz - r0, a - row0 : z - row0] = blk[
+                ra - rb * RESAMPLE_BLOCK : rz - rb * RESAMPLE_BLOCK, a - ca : z - ca
+            ]
     return torch.from_numpy(out)
 
 
-def weighted_sums(features: "FeatureFn", n: int, n_features: int, n_resamples: int, seed: int) -> np.ndarray:
+def weighted_sums(features: FeatureFn, n: int, n_features: int, n_resamples: int, seed: int) -> np.ndarray:
     """``(n_resamples, n_features)`` float64 sums ``sum_i w[r, i] * X[i, f]``, ``X`` built per row block
     by ``features(row0, row1)`` (a float32 ``(row1 - row0, n_features)`` tensor)."""
     out = np.zeros((n_resamples, n_features), dtype=np.float64)
@@ -66,8 +77,3 @@ def weighted_sums(features: "FeatureFn", n: int, n_features: int, n_resamples: i
             r1 = min(n_resamples, r0 + RESAMPLE_BLOCK)
             out[r0:r1] += (weights(seed, r0, r1, a, z, n) @ x).double().numpy()
     return out
-
-
-from collections.abc import Callable  # noqa: E402
-
-FeatureFn = Callable[[int, int], Tensor]

@@ -295,8 +295,8 @@ def stream(
             z, chunk_kind = as_logits(z, kind), "logits"
             z = z / temperature
         y = torch.from_numpy(labels[a:b])
-        c, ok, l, br, p = chunk_stats(z, y, chunk_kind, binary)
-        conf[a:b], correct[a:b], nll[a:b], brier[a:b] = c.numpy(), ok.numpy(), l.numpy(), br.numpy()
+        c, ok, nl, br, p = chunk_stats(z, y, chunk_kind, binary)
+        conf[a:b], correct[a:b], nll[a:b], brier[a:b] = c.numpy(), ok.numpy(), nl.numpy(), br.numpy()
         w = B.weights(seed, 0, cw_resamples, a, b, n) if cw_resamples else None
         _classwise_add(p, y, edges, n_slots, acc_p, acc_y, w, rep)
     reps = None
@@ -319,7 +319,7 @@ def as_logits(z: Tensor, kind: str) -> Tensor:
 
 
 def detect_kind(scores: Any, rows: np.ndarray | None, chunk_rows: int, name: str) -> str:
-    """``"probs"`` when every (scored or fitting) row lies in [0, 1] and sums to 1 (binary: in [0, 1]), else ``"logits"``."""
+    """``"probs"`` when every scored row lies in [0, 1] and sums to 1 (binary: in [0, 1]), else ``"logits"``."""
     half = _is_half(scores)
     n = scores.shape[0] if rows is None else rows.shape[0]
     for a in range(0, n, chunk_rows):
@@ -335,7 +335,7 @@ def detect_kind(scores: Any, rows: np.ndarray | None, chunk_rows: int, name: str
 def fit_temperature(
     scores: Any, labels: np.ndarray, rows: np.ndarray | None, chunk_rows: int, name: str, kind: str
 ) -> float:
-    """Temperature fitted on the validation rows (``scores[rows]``) with :func:`labelsmooth.calibration.fit_temperature`.
+    """Temperature fitted on the validation rows ``scores[rows]`` by :func:`labelsmooth.calibration.fit_temperature`.
 
     The validation rows are gathered as float32 when they fit in :data:`CHUNK_BYTES` x 16; a larger
     validation set is subsampled to that many rows, chosen with a fixed seed (documented)."""

@@ -323,7 +323,11 @@ def _num(x: float) -> float | None:
 
 
 def _est_dict(e: Estimate) -> dict[str, float | None]:
-    return {"value": _num(e.value), "low": None if e.low is None else _num(e.low), "high": None if e.high is None else _num(e.high)}
+    return {
+        "value": _num(e.value),
+        "low": None if e.low is None else _num(e.low),
+        "high": None if e.high is None else _num(e.high),
+    }
 
 
 def _png(fig: Any) -> bytes:
@@ -346,9 +350,14 @@ def _page(title: str, body: str) -> str:
 
 
 def _html_table(r: EvaluationResult) -> str:
-    head = "<tr><th>metric</th><th>value [interval]</th>" + ("<th>after temperature scaling</th>" if r.scaled else "") + "</tr>"
+    head = (
+        "<tr><th>metric</th><th>value [interval]</th>"
+        + ("<th>after temperature scaling</th>" if r.scaled else "")
+        + "</tr>"
+    )
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (row if r.scaled else row[:2])) + "</tr>" for row in r._rows()
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (row if r.scaled else row[:2])) + "</tr>"
+        for row in r._rows()
     )
     md = r.to_markdown().split("\n\n", 1)[1].split("\n|", 1)[0]
     return f"<h2>{html.escape(r.name)}</h2><p>{html.escape(md)}</p><table>{head}{body}</table>"
@@ -401,7 +410,8 @@ def evaluate(
         labels: ``(N,)`` integer class indices.
         split: optional ``(N,)`` array: ``"val"``/``"test"``, or bool/0-1 (True/1 = test). Validation rows
             fit the temperature and nothing else; test rows are scored.
-        val_scores, val_labels: a separate validation set instead of ``split`` (every row of ``scores`` is then a test row).
+        val_scores, val_labels: a separate validation set instead of ``split`` (every row of ``scores`` is
+            then a test row).
         kind: ``"logits"``, ``"probs"`` or ``"auto"``.
         n_bootstrap: resamples for the intervals (0: none).
         level: the intervals' confidence level.
@@ -468,7 +478,9 @@ def evaluate(
     elif val_scores is not None:
         vs = E.check_scores(val_scores, "val_scores")
         if vs.ndim != s.ndim or (s.ndim == 2 and vs.shape[1] != k):
-            raise ValueError(f"val_scores must have shape (M, {k})" if s.ndim == 2 else "val_scores must be 1-D like scores")
+            raise ValueError(
+                f"val_scores must have shape (M, {k})" if s.ndim == 2 else "val_scores must be 1-D like scores"
+            )
         vy = E.check_labels(val_labels, int(vs.shape[0]), k, "val_labels", "val_scores")
     if n_all == 0:
         raise ValueError("scores has no rows; nothing to score")
@@ -477,16 +489,28 @@ def evaluate(
     if kind == "auto":
         kind = E.detect_kind(s, test_rows, chunk_rows, "scores")
     elif kind == "logits" and E.detect_kind(s, test_rows, chunk_rows, "scores") == "probs" and s.ndim == 2:
-        raise ValueError("scores: kind='logits' but every row lies in [0, 1] and sums to 1: these are probabilities; pass kind='probs'")
+        raise ValueError(
+            "scores: kind='logits' but every row lies in [0, 1] and sums to 1: these are probabilities; "
+            "pass kind='probs'"
+        )
     cw = E.classwise_resamples(n_bootstrap, n, k)
     stats = E.stream(s, y_test, test_rows, kind=kind, n_bins=n_bins, chunk_rows=chunk_rows, cw_resamples=cw, seed=seed)
     main = _score(stats, n_bins, n_bootstrap, level, seed)
     temperature = scaled = None
     if vs is not None:
-        temperature = E.fit_temperature(vs, vy, val_rows if vs is s else None, chunk_rows, "val_scores" if vs is not s else "scores", kind)
+        temperature = E.fit_temperature(
+            vs, vy, val_rows if vs is s else None, chunk_rows, "val_scores" if vs is not s else "scores", kind
+        )
         st = E.stream(
-            s, y_test, test_rows, kind=kind, n_bins=n_bins, chunk_rows=chunk_rows, temperature=temperature,
-            cw_resamples=cw, seed=seed,
+            s,
+            y_test,
+            test_rows,
+            kind=kind,
+            n_bins=n_bins,
+            chunk_rows=chunk_rows,
+            temperature=temperature,
+            cw_resamples=cw,
+            seed=seed,
         )
         scaled = _score(st, n_bins, n_bootstrap, level, seed)
     return EvaluationResult(
@@ -588,7 +612,11 @@ class Comparison:
         ]
         for b in self.names[1:]:
             rows = [d for d in self.differences if d.b == b]
-            lines = [f"\n### {b} vs {self.names[0]}\n", "| metric | difference [interval] | level | p (Holm) | verdict |", "|---|---|---|---|---|"]
+            lines = [
+                f"\n### {b} vs {self.names[0]}\n",
+                "| metric | difference [interval] | level | p (Holm) | verdict |",
+                "|---|---|---|---|---|",
+            ]
             for d in rows:
                 p = "n/a" if d.p_holm is None else f"{d.p_holm:.3g}"
                 lines.append(f"| {LABELS[d.metric]} | {d.text()} | {100 * d.level:.2f}% | {p} | {d.words} |")
@@ -600,7 +628,7 @@ class Comparison:
         parts = [f"<h2>Paired comparison ({self.n} test rows)</h2><p>Positive: the second model is better.</p>"]
         for b in self.names[1:]:
             rows = "".join(
-                f"<tr class='{ {'supports': 'better', 'contradicts': 'worse'}.get(d.outcome, '') }'><td>{html.escape(LABELS[d.metric])}</td>"
+                f"<tr class='{_CLASS.get(d.outcome, '')}'><td>{html.escape(LABELS[d.metric])}</td>"
                 f"<td>{html.escape(d.text())}</td><td>{100 * d.level:.2f}%</td>"
                 f"<td>{'n/a' if d.p_holm is None else f'{d.p_holm:.3g}'}</td><td>{html.escape(d.words)}</td></tr>"
                 for d in self.differences
@@ -611,6 +639,9 @@ class Comparison:
                 f"<th>difference [interval]</th><th>level</th><th>p (Holm)</th><th>verdict</th></tr>{rows}</table>"
             )
         return _page("Paired comparison", "".join(parts))
+
+
+_CLASS = {"supports": "better", "contradicts": "worse"}
 
 
 def _p_value(value: float, sd: float) -> float:
@@ -653,7 +684,8 @@ def compare(a: EvaluationResult, b: EvaluationResult, *more: EvaluationResult, a
         >>> logits = 2 * torch.randn(3000, 4, generator=g)
         >>> labels = torch.multinomial(torch.softmax(logits, 1), 1, generator=g).squeeze(1)
         >>> noisy = logits + 2 * torch.randn(3000, 4, generator=g)
-        >>> cmp = compare(evaluate(noisy, labels, name="noisy", n_bootstrap=200), evaluate(logits, labels, name="clean", n_bootstrap=200))
+        >>> a = evaluate(noisy, labels, name="noisy", n_bootstrap=200)
+        >>> cmp = compare(a, evaluate(logits, labels, name="clean", n_bootstrap=200))
         >>> cmp.get("clean", "accuracy").words
         'better'
     """
@@ -701,7 +733,21 @@ def compare(a: EvaluationResult, b: EvaluationResult, *more: EvaluationResult, a
         if i in tested:
             t = tested.index(i)
             lo, hi = np.quantile(reps, [(1 - levels[t]) / 2, (1 + levels[t]) / 2])
-            diffs.append(Difference(names[0], bname, m, value, float(lo), float(hi), levels[t], p[i], adj[t], tol, decide(adj[t], value, tol, alpha)))
+            diffs.append(
+                Difference(
+                    names[0],
+                    bname,
+                    m,
+                    value,
+                    float(lo),
+                    float(hi),
+                    levels[t],
+                    p[i],
+                    adj[t],
+                    tol,
+                    decide(adj[t], value, tol, alpha),
+                )
+            )
         else:
             diffs.append(Difference(names[0], bname, m, value, None, None, 1 - alpha, None, None, tol, "same"))
     return Comparison(names, a.n, diffs, alpha)
