@@ -536,3 +536,18 @@ def test_an_out_folder_that_cannot_be_written_is_one_line(tmp_path, capsys, monk
     code, _, err = run_evaluate(capsys, str(tmp_path / "m.npz"), "--bootstrap", "10", "--out", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1
     assert "argument --out: cannot write into" in err and "Permission denied" in err
+
+
+def test_the_example_session_in_docs_evaluate_md_is_what_the_command_prints(tmp_path, monkeypatch, capsys):
+    # The page's script writes the files and its session block is the command's output, verbatim: when the
+    # engine's numbers or the table's layout change, regenerate the block by running the two.
+    text = (Path(__file__).resolve().parents[1] / "docs" / "evaluate.md").read_text()
+    section = text[text.index("### Example session") :]
+    script = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    session = re.search(r"```\n\$ (labelsmooth evaluate .*?)\n(.*?)```", section, re.S)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(script, "docs/evaluate.md", "exec"), {})
+    argv = session.group(1).split()[1:]
+    code, stdout, err = run_evaluate(capsys, *argv[1:])
+    assert code == 0, err
+    assert stdout == session.group(2), "docs/evaluate.md's example session is out of date"
