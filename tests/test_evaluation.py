@@ -163,6 +163,17 @@ def test_compare_identical_models_and_a_clearly_better_one():
     assert "| accuracy |" in cmp.to_markdown() and "<table>" in cmp.to_html()
 
 
+def test_compare_tests_each_metric_on_its_own_difference():
+    # Three times the logits: the same predictions (accuracy identical row for row), another NLL.
+    logits, labels = _model(n=3000, seed=14, scale=1.0)
+    a = evaluate(logits, labels, n_bootstrap=200, name="a")
+    sharp = compare(a, evaluate(3 * logits, labels, n_bootstrap=200, name="sharp"))
+    acc = sharp.get("sharp", "accuracy")
+    assert acc.value == 0 and acc.p == 1 and acc.words == "no clear difference"
+    nll = sharp.get("sharp", "nll")
+    assert nll.p < 1e-6 and nll.words == "worse" and nll.high < 0  # calibrated logits made over-confident
+
+
 def test_compare_names_the_first_mismatching_row():
     logits, labels = _model(n=300, seed=10)
     a = evaluate(logits, labels, n_bootstrap=10)

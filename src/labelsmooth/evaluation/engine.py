@@ -13,7 +13,6 @@ Logits: every probability is computed relative to the row's maximum (``p_k = exp
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,14 +84,16 @@ def check_split(split: Any, n: int) -> np.ndarray:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(f"split values must be 'val'/'test', bool or 0/1 (1 = test), got {s[i]!r} at row {i}")
-        return s == 1
+        out: np.ndarray = s == 1
+        return out
     if s.dtype.kind in "UO":
         text = s.astype(str)
         bad = ~np.isin(text, ("val", "test"))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(f"split values must be 'val'/'test', bool or 0/1 (1 = test), got {s[i]!r} at row {i}")
-        return text == "test"
+        test: np.ndarray = text == "test"
+        return test
     raise TypeError(f"split must hold 'val'/'test' strings, bools or 0/1 integers, got dtype {s.dtype}")
 
 
@@ -216,7 +217,14 @@ def chunk_stats(z: Tensor, y: Tensor, kind: str, binary: bool) -> tuple[Tensor, 
 
 
 def _classwise_add(
-    p: Tensor, y: Tensor, edges: Tensor, n_slots: int, acc_p: Tensor, acc_y: Tensor, w: Tensor | None, rep: dict
+    p: Tensor,
+    y: Tensor,
+    edges: Tensor,
+    n_slots: int,
+    acc_p: Tensor,
+    acc_y: Tensor,
+    w: Tensor | None,
+    rep: dict[str, Tensor],
 ) -> None:
     """Add one chunk's class-wise sums: ``acc_p[k, b]`` (probabilities), ``acc_y[k, b]`` (labels)."""
     n, k = p.shape
@@ -373,6 +381,6 @@ def check_int(value: object, name: str, minimum: int) -> int:
 
 
 def check_level(level: object) -> float:
-    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1 or math.isnan(level):
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < float(level) < 1:
         raise ValueError(f"level must be a number in (0, 1), got {level!r}")
     return float(level)

@@ -53,7 +53,8 @@ def _aurc_weighted(w: torch.Tensor, err: torch.Tensor, group: torch.Tensor, n_gr
     pw, pe = cw - gw, ce - ge
     rate = torch.where(gw > 0, ge / gw.clamp(min=1e-300), torch.zeros_like(gw))
     dh = torch.special.digamma(cw + 1) - torch.special.digamma(pw + 1)
-    return ((pe - pw * rate) * dh + ge).sum() / cw[-1]
+    out: torch.Tensor = ((pe - pw * rate) * dh + ge).sum() / cw[-1]
+    return out
 
 
 def _aurc_parts(conf: np.ndarray, correct: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
@@ -497,7 +498,7 @@ def evaluate(
     stats = E.stream(s, y_test, test_rows, kind=kind, n_bins=n_bins, chunk_rows=chunk_rows, cw_resamples=cw, seed=seed)
     main = _score(stats, n_bins, n_bootstrap, level, seed)
     temperature = scaled = None
-    if vs is not None:
+    if vs is not None and vy is not None:
         temperature = E.fit_temperature(
             vs, vy, val_rows if vs is s else None, chunk_rows, "val_scores" if vs is not s else "scores", kind
         )
@@ -719,18 +720,16 @@ def compare(a: EvaluationResult, b: EvaluationResult, *more: EvaluationResult, a
             if m in r.replicates and m in a.replicates:
                 reps = sign * (r.replicates[m] - a.replicates[m])
             raw.append((names[j], m, value, reps, (2.0 / a.n) if m in PER_EXAMPLE else 0.0))
-    p = []
-    for *_, reps, _tol in raw:
-        if reps is None:
-            p.append(None)
-        else:
-            p.append(_p_value(value, float(reps.std(ddof=1)) if reps.size > 1 else 0.0))
+    p: list[float | None] = []
+    for _b, _m, value, reps, _tol in raw:
+        p.append(None if reps is None else _p_value(value, float(reps.std(ddof=1)) if reps.size > 1 else 0.0))
     tested = [i for i, x in enumerate(p) if x is not None]
-    adj = holm([p[i] for i in tested])
-    levels = holm_levels([p[i] for i in tested], alpha)
+    p_tested = [x for x in p if x is not None]
+    adj = holm(p_tested)
+    levels = holm_levels(p_tested, alpha)
     diffs = []
     for i, (bname, m, value, reps, tol) in enumerate(raw):
-        if i in tested:
+        if reps is not None:
             t = tested.index(i)
             lo, hi = np.quantile(reps, [(1 - levels[t]) / 2, (1 + levels[t]) / 2])
             diffs.append(
