@@ -172,11 +172,14 @@ def _probs_check(p: Tensor, row0: int, half: bool, name: str, kind: str) -> str 
     return None
 
 
-def chunk_stats(z: Tensor, y: Tensor, kind: str, binary: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(conf, correct, nll, brier, P)`` of one chunk: float64 per-example values and the ``(n, K)``
-    probabilities in the chunk's dtype (binary: the two columns ``[1 - p, p]``)."""
+def chunk_stats(z: Tensor, y: Tensor, kind: str, binary: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(conf, correct, nll, brier, e, scale)`` of one chunk: float64 per-example values, and the ``(n, K)``
+    probabilities as ``e * scale[:, None]`` (``e`` in the chunk's dtype, ``scale`` float64 per row; for logits
+    ``e = exp(z - max)`` and ``scale = 1 / sum(e)``, so no normalised copy of the chunk is written). Binary
+    scores give the two columns ``[1 - p, p]``."""
     n = z.shape[0]
     ar = torch.arange(n)
+    ones = torch.ones(n, dtype=torch.float64)
     if binary:
         if kind == "logits":
             zd = z.double()
@@ -191,33 +194,33 @@ def chunk_stats(z: Tensor, y: Tensor, kind: str, binary: bool) -> tuple[Tensor, 
             nll = -torch.where(y.bool(), p1, 1 - p1).clamp(min=NLL_EPS).log()
         brier = (p1 - y.double()).square()
         pz = p1.to(z.dtype)
-        return conf, correct, nll, brier, torch.stack([1 - pz, pz], dim=1)
+        return conf, correct, nll, brier, torch.stack([1 - pz, pz], dim=1), ones
     if kind == "logits":
         m, arg = z.max(dim=1)
         e = torch.sub(z, m.unsqueeze(1)).exp_()
         e[ar, arg] = 0
         # A row sum of K terms in the chunk's dtype (pairwise-summed by torch): relative error ~1e-7 in float32.
         rest = e.sum(dim=1).double()
-        s = 1 + rest
-        conf = 1 / s
+        e[ar, arg] = 1
+        scale = 1 / (1 + rest)
+        conf = scale
         nll = (m - z[ar, y]).double() + torch.log1p(rest)
-        p = e.div_(s.to(e.dtype).unsqueeze(1))
-        p[ar, arg] = conf.to(p.dtype)
-        p_y = torch.where(arg == y, conf, p[ar, y].double())
+        p_y = torch.where(arg == y, conf, e[ar, y].double() * scale)
     else:
-        p = z
-        c, arg = p.max(dim=1)
+        e, scale = z, ones
+        c, arg = e.max(dim=1)
         conf = c.double()
-        p_y = p[ar, y].double()
+        p_y = e[ar, y].double()
         nll = -p_y.clamp(min=NLL_EPS).log()
     correct = arg == y
-    sq = torch.linalg.vector_norm(p, dim=1).double().square()
+    sq = torch.linalg.vector_norm(e, dim=1).double().square() * scale.square()
     brier = (sq - 2 * p_y + 1).clamp(min=0)
-    return conf, correct, nll, brier, p
+    return conf, correct, nll, brier, e, scale
 
 
 def _classwise_add(
-    p: Tensor,
+    e: Tensor,
+    scale: Tensor,
     y: Tensor,
     edges: Tensor,
     n_slots: int,
@@ -226,26 +229,28 @@ def _classwise_add(
     w: Tensor | None,
     rep: dict[str, Tensor],
 ) -> None:
-    """Add one chunk's class-wise sums: ``acc_p[k, b]`` (probabilities), ``acc_y[k, b]`` (labels)."""
-    n, k = p.shape
+    """Add one chunk's class-wise sums: ``acc_p[k, b]`` (probabilities), ``acc_y[k, b]`` (labels); the
+    probabilities are ``e * scale[:, None]`` (see :func:`chunk_stats`)."""
+    n, k = e.shape
     first = float(edges[1]) * (1 - 1e-6)
-    rows, cols = (p >= first).nonzero(as_tuple=True)
-    vals = p[rows, cols].double()
+    rows, cols = (e >= (first / scale).to(e.dtype).unsqueeze(1)).nonzero(as_tuple=True)
+    vals = e[rows, cols].double() * scale[rows]
     bins = torch.bucketize(vals, edges, right=True) - 1
     keep = bins > 0
     rows, cols, vals, bins = rows[keep], cols[keep], vals[keep], bins[keep]
     cells = cols * n_slots + bins
-    colsum = p.sum(dim=0).double()
+    scale_e = scale.to(e.dtype)
+    colsum = (scale_e @ e).double()
     acc_p.view(-1).index_add_(0, cells, vals)
     acc_p[:, 0] += colsum - torch.zeros(k, dtype=torch.float64).index_add_(0, cols, vals)
-    p_y = p[torch.arange(n), y].double()
+    p_y = e[torch.arange(n), y].double() * scale
     ycells = y * n_slots + (torch.bucketize(p_y, edges, right=True) - 1)
     acc_y.view(-1).index_add_(0, ycells, torch.ones(n, dtype=torch.float64))
     if w is None:
         return
-    wp = w.to(p.dtype)
     wd = w.double()
-    dense = (wp @ p).double()  # (R, K): every probability, before the binned ones are moved out of bin 0
+    # (R, K): every probability, before the binned ones are moved out of bin 0
+    dense = ((wd * scale).to(e.dtype) @ e).double()
     sp = torch.zeros(w.shape[0], k * n_slots, dtype=torch.float64)
     sp.index_add_(1, cells, wd[:, rows] * vals)
     moved = sp.view(w.shape[0], k, n_slots).sum(dim=2)
@@ -303,10 +308,10 @@ def stream(
             z, chunk_kind = as_logits(z, kind), "logits"
             z = z / temperature
         y = torch.from_numpy(labels[a:b])
-        c, ok, nl, br, p = chunk_stats(z, y, chunk_kind, binary)
+        c, ok, nl, br, e, scale = chunk_stats(z, y, chunk_kind, binary)
         conf[a:b], correct[a:b], nll[a:b], brier[a:b] = c.numpy(), ok.numpy(), nl.numpy(), br.numpy()
         w = B.weights(seed, 0, cw_resamples, a, b, n) if cw_resamples else None
-        _classwise_add(p, y, edges, n_slots, acc_p, acc_y, w, rep)
+        _classwise_add(e, scale, y, edges, n_slots, acc_p, acc_y, w, rep)
     reps = None
     if cw_resamples:
         gap = (rep["y"] - rep["p"]).abs().view(cw_resamples, k, n_slots).sum(dim=2)
