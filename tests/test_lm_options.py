@@ -605,3 +605,33 @@ def test_mean_denominator_generalises_torchs_rule():
     p = torch.rand(4, 3)
     assert O.mean_denominator(p, None, -100, torch.float32) == 4
     assert O.mean_denominator(p, None, -100, torch.float32, torch.tensor([1.0, 2.0, 3.0, 4.0])) == 10
+
+
+@pytest.mark.parametrize("num_classes", [7, 511, 512, 1000, 3001])
+@pytest.mark.parametrize("masked", [False, True])
+def test_chunked_aux_with_masked_vocabulary_ties_and_wide_rows(num_classes, masked):
+    # The chunked kernel finds the argmax per segment of 256 columns and sums U = sum exp(z) z from the
+    # exp pass's operands: a -inf logit (a masked vocabulary entry) must give exp(z) z = 0 there, and ties
+    # across segments and in the tail must give torch's first index, whatever the row width.
+    g = torch.Generator().manual_seed(num_classes)
+    x = torch.round(torch.randn(40, num_classes, generator=g) * 4) / 4  # coarse values: many ties
+    x[:, ::3] = float("-inf")
+    x[0] = 2.0  # a row of ties only
+    x[1, -1] = 50.0  # the max in the tail (or the last segment)
+    x[2, 0] = x[2, -1] = 50.0  # tied first and last
+    y = torch.randint(0, num_classes, (40,), generator=g)
+    y[y % 3 == 0] += 1
+    y.clamp_(max=num_classes - 1)
+    y[y % 3 == 0] = -100
+    grad = torch.empty_like(x)
+    # eps = 0: with smoothing a -inf logit makes the loss itself infinite (as torch's).
+    rows, aux = chunked.fused_ce(
+        x, y, None, -100, 0.0, 0.0, None, grad, aux={"lse", "predicted", "entropy"}, masked=masked, block_rows=16
+    )
+    x64 = x.double()
+    p = torch.softmax(x64, dim=1)
+    entropy = -(torch.where(p > 0, p * torch.log_softmax(x64, dim=1), torch.zeros_like(p))).sum(1)
+    torch.testing.assert_close(aux["lse"].double(), torch.logsumexp(x64, dim=1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(aux["entropy"].double(), entropy, rtol=1e-5, atol=1e-5)
+    assert torch.equal(aux["predicted"], x.argmax(dim=1))
+    assert torch.isfinite(rows).all() and torch.isfinite(grad).all()

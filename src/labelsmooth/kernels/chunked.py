@@ -90,6 +90,44 @@ def default_workers(num_rows: int, num_classes: int, block_rows: int, device: to
 _CONFIDENT = 2.0**-4
 
 
+# Columns per segment of the argmax: max-with-indices is a scalar loop on CPU (~20x an amax), so it runs
+# on one segment per row only, the first whose (vectorised) amax is the row's max.
+_ARGMAX_SEGMENT = 256
+
+
+def _max_and_first_argmax(src: Tensor, out: Tensor) -> Tensor:
+    """The row max of ``src`` (R, C) as an (R, 1) column; writes the first index of it into ``out`` (R, 1).
+
+    Same values as ``torch.max(src, dim=1, keepdim=True)`` (the first maximal index on ties; an all -inf
+    row gives 0), at about the cost of an amax: the segment maxima are one vectorised pass, and the
+    index is searched for in one segment of each row.
+    """
+    rows, num_classes = src.shape
+    nseg = num_classes // _ARGMAX_SEGMENT
+    if nseg < 2:
+        m, top = torch.max(src, dim=1, keepdim=True)
+        out.copy_(top)
+        return m
+    body_cols = nseg * _ARGMAX_SEGMENT
+    body = src[:, :body_cols].unflatten(1, (nseg, _ARGMAX_SEGMENT))
+    seg_max = body.amax(dim=2)  # (R, nseg)
+    m = seg_max.amax(dim=1, keepdim=True)
+    tail_top = None
+    if body_cols < num_classes:
+        tail_max, tail_top = torch.max(src[:, body_cols:], dim=1, keepdim=True)
+        m = torch.maximum(m, tail_max)
+    hit = seg_max == m
+    in_body = hit.any(dim=1, keepdim=True)
+    seg = hit.to(torch.uint8).argmax(dim=1)  # the first segment holding the max (a small array)
+    idx = torch.arange(rows, device=src.device)
+    _, within = torch.max(body[idx, seg], dim=1)
+    first = (seg * _ARGMAX_SEGMENT + within).unsqueeze(1)
+    if tail_top is not None:
+        first = torch.where(in_body, first, tail_top + body_cols)
+    out.copy_(first)
+    return m
+
+
 def _refine_confident_rows(expz: Tensor, s_rest: Tensor, masked: bool) -> None:
     """Replace ``s_rest`` ((R, 1), S - 1) of confident rows by the sum of all but one max element.
 
@@ -190,31 +228,43 @@ def fused_ce(
     elif logit_scale is not None:
         scale = float(logit_scale)
     gs: Tensor | float | None = None  # a scalar factor, folded into the row coefficients
-    row_gs: Tensor | None = None  # an (M, 1) per-row factor, one multiply at the end of each block
+    row_gs: Tensor | None = None  # an (M, 1) per-row factor (token weights, shift's mask)
     if grad_scale is not None:
         if grad_scale.dim() == 0:
             # A Python scalar keeps the passes plain loops; on the host reading it costs nothing.
             gs = grad_scale.to(cdt) if masked else grad_scale.to(cdt).item()
         else:
             row_gs = grad_scale.to(cdt).reshape(num_rows, 1)
-    # The written gradient carries s. Folded into the scalar factor, it costs nothing; with dscale the
-    # block needs ghat without s first (its dot product with x), and multiplies by s after.
-    late_scale = scale if dscale is not None else None
-    if scale is not None and dscale is None:
+    # The written gradient carries s. Folded into the scalar factor, it costs nothing. With dscale on
+    # the host and s != 0 it stays folded: sum ghat x is then sum (s ghat) x / s, read off the written
+    # gradient. Otherwise (accelerators, where s is not read, or s = 0) the block needs ghat without s
+    # first (its dot product with x) and multiplies by s after.
+    fold_dscale = dscale is not None and isinstance(scale, float) and scale != 0.0
+    late_scale = scale if dscale is not None and not fold_dscale else None
+    if scale is not None and late_scale is None:
         gs = scale if gs is None else gs * scale
     # A float32 block of our own is needed unless the gradient buffer can serve as the work space;
-    # dscale reads the unscaled logits after the gradient is computed, so it never writes over them early.
-    own_work = grad is None or grad.dtype != cdt or dscale is not None
+    # dscale reads the unscaled logits after the gradient is computed, so with the gradient written
+    # over the logits (inplace) it needs its own block.
+    shares_logits = grad is not None and grad.untyped_storage().data_ptr() == logits.untyped_storage().data_ptr()
+    own_work = grad is None or grad.dtype != cdt or (dscale is not None and shares_logits)
     scratch = threading.local()
 
     def col() -> Tensor:  # one per-row statistic, kept as a column so that blocks can broadcast it
         return torch.empty((num_rows, 1), dtype=cdt, device=device)
 
+    # A per-row factor is folded into the row coefficients (an (M, 1) column costs a pass nothing more
+    # than a scalar does) where the smoothing term is a scalar per row; with class weights, a prior or
+    # probability targets it is one multiply at the end of each block.
+    fold_rows = row_gs is not None and grad is not None and sw is None and not probs
     sum_exp, s_rest = col(), col()
     sum_wz = col() if eps != 0 else None
     row_max = col() if z_loss or "lse" in aux else None
     predicted = torch.empty((num_rows, 1), dtype=torch.int64, device=device) if "predicted" in aux else None
     sum_ez = col() if "entropy" in aux else None  # U = sum_c exp(z_c) z_c: entropy = log S - U / S
+    # On the host in float32, U is summed from the exp2 pass's own operands (see the block); elsewhere
+    # from a clamped copy of z (no host reads).
+    fast_entropy = sum_ez is not None and not masked and cdt == torch.float32
     dot = col() if dscale is not None else None
     x_y = col() if dscale is not None and not target.is_floating_point() else None
     if probs:
@@ -230,6 +280,9 @@ def fused_ce(
         coeff0 = hard + smooth * total_sw  # A, the row's total target weight
         if grad is not None:
             scaled = coeff0 if gs is None else coeff0 * gs
+            if fold_rows:
+                assert row_gs is not None  # fold_rows needs it
+                scaled = scaled * row_gs
             if not isinstance(scaled, Tensor):
                 coeff_gs = torch.full((num_rows, 1), scaled, dtype=cdt, device=device)
             elif scaled.dim() == 0:
@@ -237,7 +290,11 @@ def fused_ce(
             else:
                 coeff_gs = scaled
     smooth_g: Tensor | float = 0.0
-    if grad is not None and eps != 0:
+    if grad is not None and eps != 0 and fold_rows:
+        # An (M, 1) column: subtracting it costs what subtracting a scalar does.
+        assert row_gs is not None  # fold_rows needs it
+        smooth_g = row_gs * (smooth if gs is None else smooth * gs)
+    elif grad is not None and eps != 0:
         # (eps/C) sw, times grad_scale: what every column loses. Scalar operands keep the pass a plain
         # vectorised loop (a broadcast tensor operand is several times slower on CPU).
         if sw is None and gs is None:
@@ -279,12 +336,22 @@ def fused_ce(
         else:
             src = xb  # float32/64 logits are read in place; buf may even be xb itself (inplace)
         if predicted is not None:
-            # max with indices: the first maximal index on ties, in the same pass as the max.
-            m, top = torch.max(src, dim=1, keepdim=True)
-            predicted[start:end] = top
+            m = _max_and_first_argmax(src, predicted[start:end])
         else:
             m = src.amax(dim=1, keepdim=True)
-        torch.sub(src, m, out=buf)  # z = x - m <= 0, in place when src is buf
+        ze = None
+        if fast_entropy:
+            # z goes to a scratch block, and exp(z) into buf from there: for U = sum exp(z) z both are
+            # then in cache, one product and one sum away.
+            ze = getattr(scratch, "zb", None)
+            if ze is None:
+                ze = scratch.zb = torch.empty((min(rows, num_rows), num_classes), dtype=cdt, device=device)
+            ze = ze[: end - start]
+            torch.sub(src, m, out=ze)
+            zs = ze
+        else:
+            torch.sub(src, m, out=buf)  # z = x - m <= 0, in place when src is buf
+            zs = buf
         if row_max is not None:
             row_max[start:end] = m
 
@@ -292,22 +359,22 @@ def fused_ce(
             tb = target[start:end].to(cdt)
             tw = tb if w is None else tb * w
             torch.sum(tw, dim=1, keepdim=True, out=t_sum[start:end])
-            t_dot_z[start:end] = torch.linalg.vecdot(tw, buf).unsqueeze(1)
+            t_dot_z[start:end] = torch.linalg.vecdot(tw, zs).unsqueeze(1)
         else:
             sb = safe[start:end]
-            torch.gather(buf, 1, sb, out=z_y[start:end])
+            torch.gather(zs, 1, sb, out=z_y[start:end])
             if dsoft_y is not None:
                 assert tanh_b is not None  # both exist exactly when softcap is given
                 th = tanh_b.gather(1, sb)
                 dsoft_y[start:end] = 1.0 - th * th
         if sum_wz is not None:
             if sw is None:
-                torch.sum(buf, dim=1, keepdim=True, out=sum_wz[start:end])
+                torch.sum(zs, dim=1, keepdim=True, out=sum_wz[start:end])
             else:
-                torch.matmul(buf, sw.unsqueeze(1), out=sum_wz[start:end])
+                torch.matmul(zs, sw.unsqueeze(1), out=sum_wz[start:end])
 
         zb = None
-        if sum_ez is not None:
+        if sum_ez is not None and not fast_entropy:
             # z kept beside exp(z) for U; clamped so that a -inf logit gives exp(z) * z = 0 * finite = 0.
             zb = getattr(scratch, "zb", None)
             if zb is None:
@@ -318,13 +385,26 @@ def fused_ce(
             # The unscaled target logit, read before any write (inplace may write over the logits).
             x_y[start:end] = xb.gather(1, safe[start:end]).to(cdt)
 
-        if cdt == torch.float32:
+        if fast_entropy:
+            # (A -inf logit gives 0 * -inf = NaN in the product: those rows, and only they, are summed
+            # again without their NaN terms.)
+            assert ze is not None and sum_ez is not None  # both exist with fast_entropy
+            ze.mul_(_LOG2E)
+            torch.exp2(ze, out=buf)
+            ze.mul_(buf)
+            u_b = sum_ez[start:end]
+            torch.sum(ze, dim=1, keepdim=True, out=u_b)
+            nan_rows = torch.isnan(u_b).squeeze(1).nonzero().squeeze(1)
+            if nan_rows.numel():
+                u_b.index_copy_(0, nan_rows, torch.nansum(ze.index_select(0, nan_rows), dim=1, keepdim=True))
+            u_b.mul_(1.0 / _LOG2E)
+        elif cdt == torch.float32:
             # exp2 is about twice as fast as exp on CPU; z is exact (x - m, Sterbenz), and scaling it by
             # log2(e) perturbs exp(z) by ~1e-7 * |z| relative, far below float32 accumulation noise.
             buf.mul_(_LOG2E).exp2_()
         else:
             buf.exp_()
-        if sum_ez is not None:
+        if sum_ez is not None and zb is not None:
             assert zb is not None  # allocated above with sum_ez
             sum_ez[start:end] = torch.linalg.vecdot(buf, zb).unsqueeze(1)
         s_b = sum_exp[start:end]
@@ -358,22 +438,33 @@ def fused_ce(
             sr = s_rest[start:end] if probs else torch.where(z_y[start:end] == 0, r_b, s_b - 1.0)
             log_s = torch.log1p(sr)
             zl = (2.0 * z_loss) * (m + log_s)
+            if fold_rows:
+                assert row_gs is not None  # fold_rows needs it
+                zl = zl * row_gs[start:end]
             coeff = coeff + (zl if gs is None else zl * gs)
         buf.mul_(coeff / s_b)
         if eps != 0:
-            buf.sub_(smooth_g)
+            buf.sub_(smooth_g[start:end] if fold_rows else smooth_g)  # type: ignore[index]  # a column then
         if probs:
             buf.sub_(tw if gs is None else tw * gs, alpha=1.0 - eps)
         if tanh_b is not None:
             buf.mul_(1.0 - tanh_b * tanh_b)
         if dot is not None:
-            # ghat . x while both are in cache; the target column is rewritten (and added) at the end.
+            # ghat . x while both are in cache (a product into scratch, then a sum: no temporary); the
+            # target column is rewritten (and added) at the end.
             if not probs:
                 buf.scatter_(1, sb, 0.0)
-            d = torch.linalg.vecdot(buf, xb.to(cdt)).unsqueeze(1)
-            dot[start:end] = d if row_gs is None else d * row_gs[start:end]
-        if row_gs is not None or late_scale is not None:
-            if row_gs is None:
+            prod = getattr(scratch, "prod", None)
+            if prod is None:
+                prod = scratch.prod = torch.empty((min(rows, num_rows), num_classes), dtype=cdt, device=device)
+            prod = prod[: end - start]
+            torch.mul(buf, xb if xb.dtype == cdt else xb.to(cdt), out=prod)
+            d_b = dot[start:end]
+            torch.sum(prod, dim=1, keepdim=True, out=d_b)
+            if row_gs is not None and not fold_rows:
+                d_b.mul_(row_gs[start:end])
+        if (row_gs is not None and not fold_rows) or late_scale is not None:
+            if row_gs is None or fold_rows:
                 assert late_scale is not None
                 buf.mul_(late_scale)
             else:
@@ -447,6 +538,9 @@ def fused_ce(
             grad.index_fill_(0, (~keep).squeeze(1).nonzero().squeeze(1), 0.0)
     if dscale is not None:
         assert dot is not None  # allocated whenever dscale is given
+        if fold_dscale:
+            assert isinstance(scale, float)  # fold_dscale needs a host scale
+            dot.div_(scale)  # the sums were of the written gradient, s ghat
         if not probs:
             torch.where(keep, dot, torch.zeros_like(dot), out=dot)
         dscale.copy_(dot.squeeze(1))
