@@ -109,7 +109,9 @@ def _max_and_first_argmax(src: Tensor, out: Tensor) -> Tensor:
         out.copy_(top)
         return m
     body_cols = nseg * _ARGMAX_SEGMENT
-    body = src[:, :body_cols].unflatten(1, (nseg, _ARGMAX_SEGMENT))
+    body = src[:, :body_cols].view(rows, nseg, _ARGMAX_SEGMENT) if src.stride(1) == 1 else None
+    if body is None:  # pragma: no cover - the kernel reads rows with unit stride
+        body = src[:, :body_cols].reshape(rows, nseg, _ARGMAX_SEGMENT)
     seg_max = body.amax(dim=2)  # (R, nseg)
     m = seg_max.amax(dim=1, keepdim=True)
     tail_top = None
@@ -259,14 +261,18 @@ def fused_ce(
     fold_rows = row_gs is not None and grad is not None and sw is None and not probs
     sum_exp, s_rest = col(), col()
     sum_wz = col() if eps != 0 else None
-    row_max = col() if z_loss or "lse" in aux else None
+    # Without softcap, d loss / d s needs no pass of its own: sum_c ghat_c x_c follows from the row's
+    # statistics (max m, S, U = sum exp(z) z, z_y, sum sw z); see the end of this function.
+    closed_dscale = fold_dscale and softcap is None
+    row_max = col() if z_loss or "lse" in aux or closed_dscale else None
     predicted = torch.empty((num_rows, 1), dtype=torch.int64, device=device) if "predicted" in aux else None
-    sum_ez = col() if "entropy" in aux else None  # U = sum_c exp(z_c) z_c: entropy = log S - U / S
+    # U = sum_c exp(z_c) z_c: entropy = log S - U / S
+    sum_ez = col() if "entropy" in aux or closed_dscale else None
     # On the host in float32, U is summed from the exp2 pass's own operands (see the block); elsewhere
     # from a clamped copy of z (no host reads).
     fast_entropy = sum_ez is not None and not masked and cdt == torch.float32
-    dot = col() if dscale is not None else None
-    x_y = col() if dscale is not None and not target.is_floating_point() else None
+    dot = col() if dscale is not None and not closed_dscale else None
+    x_y = col() if dot is not None and not target.is_floating_point() else None
     if probs:
         t_sum, t_dot_z = col(), col()
     else:
@@ -491,7 +497,7 @@ def fused_ce(
         aux_out["lse"] = (row_max + log_s).squeeze(1)
     if predicted is not None:
         aux_out["predicted"] = predicted.squeeze(1)
-    if sum_ez is not None:
+    if sum_ez is not None and "entropy" in aux:
         aux_out["entropy"] = (log_s - sum_ez / sum_exp).squeeze(1)
     if probs:
         row_loss = (1.0 - eps) * (t_sum * log_s - t_dot_z)
@@ -536,7 +542,33 @@ def fused_ce(
         grad.index_put_((rows_idx, safe.squeeze(1)), grad_y.squeeze(1).to(grad.dtype))
         if not masked:
             grad.index_fill_(0, (~keep).squeeze(1).nonzero().squeeze(1), 0.0)
-    if dscale is not None:
+    if dscale is not None and closed_dscale:
+        # With x' = s x the scaled logits, z = x' - m and ghat_c = A p_c - smooth sw_c - (target terms),
+        # sum_c ghat_c x'_c = A U / S - smooth sum_c sw_c z_c - (hard z_y or (1-eps) t.z) + m (2 zl lse):
+        # the m terms of A, smooth W and hard cancel exactly (sum_c ghat_c = 2 zl lse), so nothing large
+        # is subtracted. d/ds wants sum_c ghat_c x_c = that / s, times the row's factors (gs carries s).
+        assert row_max is not None and sum_ez is not None and isinstance(scale, float)
+        lse_c = row_max + log_s
+        if probs:
+            a = (1.0 - eps) * t_sum + smooth * total_sw
+            lin = (1.0 - eps) * t_dot_z
+        else:
+            a = coeff0
+            lin = hard * z_y
+        val = a * (sum_ez / sum_exp) - lin if not z_loss else (a + 2.0 * z_loss * lse_c) * (sum_ez / sum_exp) - lin
+        if eps != 0:
+            assert sum_wz is not None  # allocated whenever eps != 0
+            val = val - smooth * sum_wz
+        if z_loss:
+            val = val + row_max * (2.0 * z_loss * lse_c)
+        factor = (1.0 if gs is None else gs) / (scale * scale)
+        val = val * factor
+        if row_gs is not None:
+            val = val * row_gs
+        if not probs:
+            val = torch.where(keep, val, torch.zeros_like(val))
+        dscale.copy_(val.squeeze(1))
+    elif dscale is not None:
         assert dot is not None  # allocated whenever dscale is given
         if fold_dscale:
             assert isinstance(scale, float)  # fold_dscale needs a host scale
