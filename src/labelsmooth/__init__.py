@@ -10,6 +10,7 @@ from types import ModuleType
 
 from labelsmooth import calibration, noise
 from labelsmooth._validate import ArgumentError, ArgumentTypeError
+from labelsmooth.evaluation import compare, evaluate
 from labelsmooth.functional import binary_cross_entropy_with_logits, cross_entropy
 from labelsmooth.linear import LinearCrossEntropyLoss, linear_cross_entropy
 from labelsmooth.modules import BCEWithLogitsLoss, CrossEntropyLoss
@@ -38,7 +39,9 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "calibration",
     "class_prior",
+    "compare",
     "cross_entropy",
+    "evaluate",
     "linear_cross_entropy",
     "noise",
     "smooth_binary_labels",

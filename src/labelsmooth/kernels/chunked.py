@@ -549,6 +549,7 @@ def fused_ce(
         # is subtracted. d/ds wants sum_c ghat_c x_c = that / s, times the row's factors (gs carries s).
         assert row_max is not None and sum_ez is not None and isinstance(scale, float)
         lse_c = row_max + log_s
+        a: Tensor | float
         if probs:
             a = (1.0 - eps) * t_sum + smooth * total_sw
             lin = (1.0 - eps) * t_dot_z
