@@ -62,7 +62,8 @@ def _onehot(y, scale):
 
 
 def train_rigged(eps, seed, train_labels):
-    """eps = 0.2 is perfect on validation and guesses on test; every other eps the reverse."""
+    """eps = 0.2 is perfect on validation and guesses on test; every other eps the reverse (perfect one-hot
+    outputs put the fitted temperature at its bound: the tests filter that warning)."""
     rng = np.random.default_rng(seed)
     guess_val = rng.normal(size=(150, K)).astype(np.float32)
     guess_test = rng.normal(size=(150, K)).astype(np.float32)
@@ -127,6 +128,7 @@ def test_resume_after_a_failed_run_trains_only_the_missing_one(tmp_path):
         sweep(fn, **_kw(out=out, eps=(0.0, 0.1), workers=1))
     assert len(list((out / "runs").glob("*.json"))) == 5
     assert not (out / "runs" / "eps0.1_seed1.json").exists()
+    assert (out / "runs" / "eps0.1_seed2.json").exists()
     calls_before = len(list(log.glob("call-*")))
     res = sweep(fn, **_kw(out=out, eps=(0.0, 0.1), workers=1))
     assert len(list(log.glob("call-*"))) == calls_before + 1
@@ -134,8 +136,13 @@ def test_resume_after_a_failed_run_trains_only_the_missing_one(tmp_path):
     # the same runs with other settings (here: noise) are refused, naming the file
     with pytest.raises(ValueError, match=r"eps0_seed0.json holds a run of a different sweep"):
         sweep(fn, **_kw(out=out, eps=(0.0, 0.1), workers=1, noise=0.2))
+    # without out= nothing is kept, and the error says so
+    (log / "failed-once").unlink()
+    with pytest.raises(RuntimeError, match="pass out= to keep finished runs"):
+        sweep(fn, **_kw(eps=(0.0, 0.1), workers=1))
 
 
+@pytest.mark.filterwarnings("ignore:fit_temperature. the NLL minimum is at the search bound")
 def test_eps_chosen_on_validation_only():
     res = sweep(train_rigged, **_kw(seeds=5, workers=1))
     # validation says 0.2, test says anything but 0.2: the choice follows validation
@@ -167,6 +174,7 @@ def test_noise_goes_into_train_and_val_labels_never_test(tmp_path):
         assert np.array_equal(r.labels, Y_TEST)
 
 
+@pytest.mark.filterwarnings("ignore:fit_temperature. the NLL minimum is at the search bound")
 def test_fewer_than_three_seeds_gives_no_verdict():
     res = sweep(train_rigged, **_kw(seeds=2, workers=1))
     assert res.chosen_eps == 0.2 and len(res.verdicts) == len(METRICS)

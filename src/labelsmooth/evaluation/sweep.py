@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import inspect
 import json
 import math
@@ -318,7 +319,7 @@ def _run_pool(fn: Callable[..., Any], tasks: list[_Task], workers: int, done: _D
 @contextlib.contextmanager
 def _client(scheduler: object) -> Iterator[Any]:
     try:
-        import distributed
+        distributed: Any = importlib.import_module("distributed")  # untyped: its names are Any here
     except ImportError as err:
         raise ImportError(
             "scheduler needs dask.distributed: pip install 'labelsmooth[dask]' (dask and distributed)"
@@ -339,8 +340,7 @@ def _client(scheduler: object) -> Iterator[Any]:
 
 
 def _run_dask(fn: Callable[..., Any], tasks: list[_Task], scheduler: object, done: _Done) -> None:
-    import distributed
-
+    distributed: Any = importlib.import_module("distributed")
     with _client(scheduler) as client:
         # pure=False: every call is a fresh task (a seed's result is never taken from another client's cache).
         futures = {client.submit(_run_one, fn, e, s, y, yv, pure=False): (e, s) for e, s, y, yv in tasks}
@@ -835,12 +835,12 @@ def sweep(
             else:
                 _run_pool(train_fn, tasks, n_workers, done)
     if failures:
-        kept = f"the {len(metas)} finished runs are saved in {out_dir / 'runs'}; call sweep again to train the rest"
+        if out_dir is not None:
+            kept = f"the {len(metas)} finished runs are saved in {out_dir / 'runs'}; call sweep again to train the rest"
+        else:
+            kept = "pass out= to keep finished runs across calls"
         raise RuntimeError(
-            f"{len(failures)} of {len(eps_t) * len(seeds_t)} runs failed ("
-            + "; ".join(failures)
-            + "); "
-            + (kept if out_dir is not None else "pass out= to keep finished runs across calls")
+            f"{len(failures)} of {len(eps_t) * len(seeds_t)} runs failed (" + "; ".join(failures) + f"); {kept}"
         )
 
     # Choice: validation only.
