@@ -35,7 +35,7 @@ for _tool in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.pytho
 
 # Documented module by module (the flat API's names are documented one by one): dotted names under
 # labelsmooth. A module whose source file does not exist yet is skipped.
-MODULE_PAGES = ["calibration", "noise", "plots", "distributed", "integrations.huggingface"]
+MODULE_PAGES = ["calibration", "evaluation", "noise", "plots", "distributed", "integrations.huggingface"]
 BUILD_TIMEOUT_S = 120  # the build takes a few seconds; a hang should fail, not stall the suite
 
 
