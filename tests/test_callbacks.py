@@ -240,3 +240,101 @@ def test_lightning_names_a_validation_step_that_returns_no_logits(one_thread):
         _fit(_lightning_module("loss"), CalibrationCallback(), epochs=1)
     with pytest.raises(ValueError, match="n_bins must be an integer >= 1, got 0"):
         CalibrationCallback(n_bins=0)
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+
+def test_calibration_metrics_equals_the_engine_on_an_eval_prediction():
+    pytest.importorskip("transformers")
+    from transformers.trainer_utils import EvalPrediction
+
+    from labelsmooth.integrations.huggingface import calibration_metrics
+
+    rng = np.random.default_rng(0)
+    logits = (3 * rng.standard_normal((400, 5))).astype(np.float32)
+    labels = rng.integers(0, 5, 400)
+    got = calibration_metrics(EvalPrediction(predictions=(logits, logits[:, :1]), label_ids=labels), n_bootstrap=40)
+    want = evaluate(logits, labels, n_bootstrap=40)
+    assert got == C.scalars(want) and got["ece"] == want.metrics["ece"].value
+
+    # A causal LM: position t is scored against label t+1; -100 (the Trainer's padding too) is dropped.
+    seq = (2 * rng.standard_normal((6, 7, 11))).astype(np.float32)
+    ids = rng.integers(0, 11, (6, 7))
+    ids[:, :2] = -100
+    ids[0, 5:] = -100
+    got = calibration_metrics(EvalPrediction(predictions=seq, label_ids=ids), task="causal_lm")
+    rows, targets = seq[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1)
+    want = evaluate(rows[targets != -100], targets[targets != -100], n_bootstrap=0)
+    assert want.n == 6 * 5 - 2 and got == C.scalars(want)
+    with pytest.raises(ValueError, match="task must be one of"):
+        calibration_metrics((seq, ids), task="lm")
+
+
+class _Writer:
+    def __init__(self):
+        self.images: list[tuple[str, tuple[int, ...], int]] = []
+
+    def add_image(self, tag, img, step, dataformats="CHW"):
+        assert dataformats == "HWC" and img.dtype == np.uint8
+        self.images.append((tag, img.shape, step))
+
+
+def test_trainer_logs_the_engines_numbers_and_the_figures_at_each_evaluation(tmp_path, one_thread):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import Trainer, TrainingArguments
+
+    from labelsmooth.integrations.huggingface import CalibrationCallback
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x, labels=None):
+            logits = self.head(x)
+            return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    torch.manual_seed(0)
+    train, val = (_digits_like(n, s) for n, s in ((64, 0), (90, 1)))
+    as_dicts = [[{"x": x, "labels": y} for x, y in zip(*d.tensors, strict=True)] for d in (train, val)]
+    writer = _Writer()
+    calib = CalibrationCallback(n_bins=10, tb_writer=writer)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        max_steps=2,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=32,  # 90 rows: batches of 32, 32 and 26
+        learning_rate=0.5,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    model = Classifier()
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=as_dicts[0],
+        eval_dataset=as_dicts[1],
+        compute_metrics=calib.compute_metrics,
+        callbacks=[calib],
+    )
+    trainer.train()
+    final = trainer.evaluate()
+    x, y = val.tensors
+    with torch.no_grad():
+        logits = model(x.to(model.head.weight.device), y)["logits"].cpu()
+    want = evaluate(logits, y, n_bins=10, n_bootstrap=0)
+    for m in METRICS:
+        assert final[f"eval_{m}"] == pytest.approx(want.metrics[m].value, rel=1e-6, abs=1e-7), m
+    logged = [h for h in trainer.state.log_history if "eval_ece" in h]
+    assert len(logged) == 3 and all(set(C.scalars(want, "eval_")) <= set(h) for h in logged)
+    # Two evaluations during training (steps 1 and 2) and the final one, each with both images.
+    assert [(t, s) for t, _, s in writer.images] == [
+        (f"eval/{k}", s) for s in (1, 2, 2) for k in ("reliability", "risk_coverage")
+    ]

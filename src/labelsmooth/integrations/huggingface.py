@@ -1,4 +1,4 @@
-"""Label-smoothed losses for Hugging Face ``transformers.Trainer``.
+"""Label-smoothed losses for Hugging Face ``transformers.Trainer``, and calibration metrics at each evaluation.
 
 ``Trainer(..., compute_loss_func=label_smoothed_loss(0.1, task="causal_lm"))`` replaces the Trainer's
 ``label_smoothing_factor``: the loss runs on labelsmooth's fused backends (no log-softmax over the
@@ -6,14 +6,23 @@ vocabulary is materialised, and by default the gradient is written into the logi
 it is normalised by the ``num_items_in_batch`` the Trainer passes, so that gradient accumulation over
 micro-batches gives the gradient of the full batch.
 
+``Trainer(..., compute_metrics=calibration_metrics)`` reports the evaluation engine's metrics
+(:func:`labelsmooth.evaluation.evaluate`: accuracy, NLL, Brier, ECE, class-wise ECE, MCE, AURC) at every
+evaluation; :class:`CalibrationCallback` does the same and also logs the reliability diagram and the
+risk-coverage curve as images to TensorBoard or Weights & Biases.
+
 This module does not import ``transformers``: the Trainer only ever hands the loss a model output
-(a mapping with ``"logits"``, or a tuple whose first element is the logits) and a labels tensor.
+(a mapping with ``"logits"``, or a tuple whose first element is the logits) and a labels tensor, hands
+``compute_metrics`` an ``EvalPrediction`` (predictions and label ids), and calls a callback's ``on_*``
+methods by name.
 """
 
 from __future__ import annotations
 
 import inspect
 import numbers
+import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +30,10 @@ import torch
 from torch import Tensor
 
 from labelsmooth import _validate as V
+from labelsmooth.evaluation import EvaluationResult
+from labelsmooth.evaluation.engine import check_int
 from labelsmooth.functional import check_backend, cross_entropy
+from labelsmooth.integrations.callbacks import images, scalars, score_outputs
 
 #: The model heads the loss understands: next-token prediction (labels shifted by one inside the loss),
 #: one label per sequence, one label per token.
@@ -34,7 +46,7 @@ _EXTRAS = frozenset(
 # The loss chooses the reduction itself (sum over tokens / num_items_in_batch, or the mean).
 _OWNED = frozenset({"reduction", "size_average", "reduce"})
 
-__all__ = ["TASKS", "LabelSmoothedLoss", "label_smoothed_loss"]
+__all__ = ["TASKS", "CalibrationCallback", "LabelSmoothedLoss", "calibration_metrics", "label_smoothed_loss"]
 
 
 class LabelSmoothedLoss:
@@ -235,3 +247,248 @@ def label_smoothed_loss(
         True
     """
     return LabelSmoothedLoss(label_smoothing, task, ignore_index=ignore_index, inplace=inplace, **cross_entropy_kwargs)
+
+
+# ----------------------------------------------------------------------------- calibration at evaluation
+
+
+def _predictions(eval_pred: Any) -> tuple[Any, Any]:
+    """``(logits, label_ids)`` of an ``EvalPrediction`` or a ``(predictions, label_ids)`` pair."""
+    if hasattr(eval_pred, "predictions") and hasattr(eval_pred, "label_ids"):
+        preds, labels = eval_pred.predictions, eval_pred.label_ids
+    elif isinstance(eval_pred, (tuple, list)) and len(eval_pred) >= 2:
+        preds, labels = eval_pred[0], eval_pred[1]
+    else:
+        raise TypeError(
+            f"eval_pred must be an EvalPrediction or a (predictions, label_ids) pair, got {type(eval_pred).__name__}"
+        )
+    # A model with several outputs gives a tuple of arrays; the logits come first (as for the loss).
+    if isinstance(preds, (tuple, list)):
+        if not preds:
+            raise ValueError("eval_pred.predictions is an empty tuple: no logits to score")
+        preds = preds[0]
+    if labels is None:
+        raise ValueError("eval_pred.label_ids is None: the evaluation dataset has no 'labels' to score against")
+    if isinstance(labels, (tuple, list)):
+        labels = labels[0]
+    return preds, labels
+
+
+def _check_options(task: str, n_bins: int, n_bootstrap: int, kind: str, ignore_index: int, seed: int) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    check_int(n_bins, "n_bins", 1)
+    check_int(n_bootstrap, "n_bootstrap", 0)
+    check_int(seed, "seed", 0)
+    if kind not in ("auto", "logits", "probs"):
+        raise ValueError(f"kind must be 'logits', 'probs' or 'auto', got {kind!r}")
+    V.check_index(ignore_index, "ignore_index")
+
+
+def calibration_metrics(
+    eval_pred: Any,
+    *,
+    task: str = "sequence_classification",
+    n_bins: int = 15,
+    n_bootstrap: int = 0,
+    kind: str = "auto",
+    ignore_index: int = -100,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The evaluation engine's metrics of an ``EvalPrediction``: a ``compute_metrics`` for ``transformers.Trainer``.
+
+    ``Trainer(..., compute_metrics=calibration_metrics)`` reports ``eval_accuracy``, ``eval_nll``,
+    ``eval_brier``, ``eval_ece``, ``eval_ece_quantile``, ``eval_classwise_ece``, ``eval_mce`` and
+    ``eval_aurc`` at every evaluation (the Trainer adds the ``eval_`` prefix): the numbers
+    :func:`labelsmooth.evaluation.evaluate` gives on the same predictions. Use
+    ``functools.partial(calibration_metrics, task="causal_lm")`` for other tasks or settings; wrap it to
+    add metrics of your own (``{**calibration_metrics(p), "f1": ...}``).
+
+    Each labelled position is one example: ``(N, K)`` logits with ``(N,)`` labels for
+    ``"sequence_classification"``, ``(N, T, K)`` with ``(N, T)`` for ``"token_classification"``, and
+    for ``"causal_lm"`` the logits at position t against the label at t + 1. Labels equal to
+    ``ignore_index`` (and the Trainer's -100 padding between batches of different lengths) are
+    dropped. The Trainer keeps every evaluation logit in memory: for a language model's vocabulary,
+    evaluate on a modest set.
+
+    Args:
+        eval_pred: an ``EvalPrediction`` (or a ``(predictions, label_ids)`` pair); when ``predictions``
+            is a tuple, its first element is the logits.
+        task: ``"sequence_classification"``, ``"token_classification"`` or ``"causal_lm"``.
+        n_bins: bins of the binned calibration errors.
+        n_bootstrap: bootstrap resamples; with more than 0, ``<name>_low`` and ``<name>_high`` are added.
+        kind: ``"logits"``, ``"probs"`` or ``"auto"`` (detected).
+        ignore_index: the label value of padding.
+        seed: seed of the bootstrap resamples.
+
+    Returns:
+        ``{name: value}`` for each of :data:`labelsmooth.evaluation.METRICS`.
+
+    Raises:
+        TypeError: ``eval_pred`` of another type.
+        ValueError: an unknown ``task``, shapes that do not match, no labelled position, or what
+            :func:`~labelsmooth.evaluation.evaluate` refuses.
+
+    Example:
+        >>> import numpy as np
+        >>> from labelsmooth.integrations.huggingface import calibration_metrics
+        >>> logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+        >>> m = calibration_metrics((logits, np.array([0, 1, 0, 1])))
+        >>> m["accuracy"], sorted(m)[:3]
+        (0.75, ['accuracy', 'aurc', 'brier'])
+    """
+    _check_options(task, n_bins, n_bootstrap, kind, ignore_index, seed)
+    return scalars(_score(eval_pred, task, n_bins, n_bootstrap, kind, ignore_index, seed))
+
+
+def _score(
+    eval_pred: Any, task: str, n_bins: int, n_bootstrap: int, kind: str, ignore_index: int, seed: int
+) -> EvaluationResult:
+    preds, labels = _predictions(eval_pred)
+    return score_outputs(
+        preds,
+        labels,
+        n_bins=n_bins,
+        n_bootstrap=n_bootstrap,
+        kind=kind,
+        ignore_index=ignore_index,
+        shift=task == "causal_lm",
+        seed=seed,
+    )
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+class CalibrationCallback:
+    """Calibration metrics at every evaluation, and the reliability diagram as an image in the Trainer's logger.
+
+    Give the Trainer both of its halves: :meth:`compute_metrics` (the metrics of
+    :func:`calibration_metrics`, which the Trainer logs with everything else) and the callback itself,
+    which at ``on_evaluate`` logs that evaluation's reliability diagram and risk-coverage curve as the
+    images ``eval/reliability`` and ``eval/risk_coverage`` at the step of the evaluation::
+
+        calib = CalibrationCallback(task="sequence_classification")
+        trainer = Trainer(..., compute_metrics=calib.compute_metrics, callbacks=[calib])
+
+    Where the images go: to ``tb_writer`` when given (any object with TensorBoard's ``add_image``);
+    else, when ``args.report_to`` names ``"tensorboard"`` (or is ``"all"``), to a ``SummaryWriter``
+    (``torch.utils.tensorboard``, else ``tensorboardX``) of its own in ``$TENSORBOARD_LOGGING_DIR`` or
+    ``<output_dir>/runs/calibration``, beside the Trainer's own run; and to the active Weights & Biases
+    run when ``report_to`` names ``"wandb"``. Other loggers get the metrics only; so do all when
+    matplotlib is not installed. Only the main process logs images.
+
+    It implements ``transformers.TrainerCallback``'s interface without subclassing it (every other
+    ``on_*`` event is a no-op), so this module imports no ``transformers``; the Trainer takes it like
+    any callback.
+
+    Args:
+        task, n_bins, n_bootstrap, kind, ignore_index, seed: as in :func:`calibration_metrics`.
+        log_figure: log the images (False: the metrics only).
+        tb_writer: a TensorBoard ``SummaryWriter`` (or anything with its ``add_image``) for the images.
+
+    Attributes:
+        result: the :class:`~labelsmooth.evaluation.EvaluationResult` of the last evaluation, or None.
+
+    Example:
+        >>> import numpy as np
+        >>> from labelsmooth.integrations.huggingface import CalibrationCallback
+        >>> calib = CalibrationCallback(n_bins=10)
+        >>> logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+        >>> calib.compute_metrics((logits, np.array([0, 1, 0, 1])))["accuracy"], calib.result.n
+        (0.75, 4)
+    """
+
+    def __init__(
+        self,
+        task: str = "sequence_classification",
+        n_bins: int = 15,
+        n_bootstrap: int = 0,
+        *,
+        log_figure: bool = True,
+        kind: str = "auto",
+        ignore_index: int = -100,
+        seed: int = 0,
+        tb_writer: Any = None,
+    ) -> None:
+        _check_options(task, n_bins, n_bootstrap, kind, ignore_index, seed)
+        if not isinstance(log_figure, bool):
+            raise TypeError(f"log_figure must be True or False, got {log_figure!r}")
+        if tb_writer is not None and not callable(getattr(tb_writer, "add_image", None)):
+            raise TypeError(
+                f"tb_writer must have an add_image method (a SummaryWriter), got {type(tb_writer).__name__}"
+            )
+        self.task, self.n_bins, self.n_bootstrap = task, n_bins, n_bootstrap
+        self.kind, self.ignore_index, self.seed = kind, ignore_index, seed
+        self.log_figure = log_figure
+        self.tb_writer = tb_writer
+        self.result: EvaluationResult | None = None
+        self._pending = False
+        self._own_writer = False
+
+    def __getattr__(self, name: str) -> Any:
+        # Events of TrainerCallback's interface this callback does not use (and any a later release adds).
+        if name.startswith("on_"):
+            return _noop
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def compute_metrics(self, eval_pred: Any) -> dict[str, float]:
+        """:func:`calibration_metrics` with this callback's settings; keeps the result for :meth:`on_evaluate`."""
+        self.result = _score(
+            eval_pred, self.task, self.n_bins, self.n_bootstrap, self.kind, self.ignore_index, self.seed
+        )
+        self._pending = True
+        return scalars(self.result)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Log the images of the evaluation :meth:`compute_metrics` just scored."""
+        if not self._pending or self.result is None:
+            return
+        self._pending = False
+        if not self.log_figure or not getattr(state, "is_world_process_zero", True):
+            return
+        report_to = getattr(args, "report_to", None) or []
+        report_to = [report_to] if isinstance(report_to, str) else list(report_to)
+        writer = self.tb_writer
+        if writer is None and ("tensorboard" in report_to or "all" in report_to):
+            writer = self.tb_writer = _summary_writer(args)
+            self._own_writer = writer is not None
+        wandb = sys.modules.get("wandb") if ("wandb" in report_to or "all" in report_to) else None
+        run = getattr(wandb, "run", None)
+        if (writer is None and run is None) or _no_matplotlib():
+            return
+        step = int(getattr(state, "global_step", 0))
+        pictures = images(self.result)
+        if writer is not None:
+            for key, img in pictures.items():
+                writer.add_image(f"eval/{key}", img, step, dataformats="HWC")
+            if callable(getattr(writer, "flush", None)):
+                writer.flush()
+        if run is not None and wandb is not None:
+            wandb.log({f"eval/{key}": wandb.Image(img) for key, img in pictures.items()})
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Close the SummaryWriter this callback opened itself (one passed in is left open)."""
+        if self._own_writer and self.tb_writer is not None:
+            self.tb_writer.close()
+            self.tb_writer, self._own_writer = None, False
+
+
+def _no_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is None
+
+
+def _summary_writer(args: Any) -> Any:
+    import importlib
+
+    for module in ("torch.utils.tensorboard", "tensorboardX"):
+        try:
+            writer = importlib.import_module(module).SummaryWriter
+        except ImportError:
+            continue
+        log_dir = os.environ.get("TENSORBOARD_LOGGING_DIR") or os.path.join(str(args.output_dir), "runs", "calibration")
+        return writer(log_dir=os.path.expanduser(log_dir))
+    return None

@@ -166,7 +166,7 @@ class CalibrationCallback(Callback):
                 if add is not None:
                     add(tag, img, step, dataformats="HWC")
                 else:
-                    lg.log_image(key=tag, images=[img], step=step)
+                    lg.log_image(key=tag, images=[img], step=step)  # type: ignore[attr-defined]
 
 
 def _add_image(logger: Any) -> Any:
@@ -208,8 +208,8 @@ def _gather(pl_module: LightningModule, x: Tensor) -> Tensor:
     """All processes' rows, in rank order (the row counts may differ: padded to the largest, then trimmed)."""
     device = pl_module.device
     n = torch.tensor([x.shape[0]], device=device)
-    sizes = pl_module.all_gather(n).reshape(-1).tolist()
+    sizes = torch.as_tensor(pl_module.all_gather(n)).reshape(-1).tolist()
     pad = max(sizes) - x.shape[0]
     padded = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
-    every = pl_module.all_gather(padded.to(device)).cpu()
+    every = torch.as_tensor(pl_module.all_gather(padded.to(device))).cpu()
     return torch.cat([every[r, : int(k)] for r, k in enumerate(sizes)])
