@@ -148,6 +148,10 @@ def test_eps_chosen_on_validation_only():
     # validation says 0.2, test says anything but 0.2: the choice follows validation
     assert res.chosen_eps == 0.2
     assert res.verdict("accuracy").words == "worse" and res.verdict("nll").words == "worse"
+    # after temperature scaling (its own family): accuracy is unchanged by a temperature, so still worse
+    assert res.verdict("accuracy", scaled=True).words == "worse"
+    assert res.verdict("nll", scaled=True).values != res.verdict("nll").values
+    assert "## Test after temperature scaling: eps = 0.2 against eps = 0" in res.to_markdown()
     assert set(e for e, _ in res.evaluations) == {0.0, 0.2}  # test read for eps = 0 and the chosen eps only
     # permuting the test labels changes the test metrics, never the choice or the validation numbers
     rng = np.random.default_rng(1)
@@ -178,7 +182,7 @@ def test_noise_goes_into_train_and_val_labels_never_test(tmp_path):
 def test_fewer_than_three_seeds_gives_no_verdict():
     res = sweep(train_rigged, **_kw(seeds=2, workers=1))
     assert res.chosen_eps == 0.2 and len(res.verdicts) == len(METRICS)
-    assert {v.words for v in res.verdicts} == {"no verdict"}
+    assert {v.words for v in res.verdicts + res.verdicts_scaled} == {"no verdict"}
     assert "No verdict: 2 seed(s)" in res.to_markdown()
 
 

@@ -373,6 +373,8 @@ class SweepVerdict:
             metrics; None without a test.
         outcome: ``"supports"`` (better), ``"contradicts"`` (worse), ``"same"`` or ``"withheld"``
             (fewer than three seeds).
+        scaled: True for the comparison after temperature scaling (each model's temperature fitted on its
+            own validation outputs).
     """
 
     metric: str
@@ -384,6 +386,7 @@ class SweepVerdict:
     p: float | None
     p_holm: float | None
     outcome: str
+    scaled: bool = False
 
     @property
     def mean(self) -> float:
@@ -417,6 +420,7 @@ class SweepResult:
         evaluations: ``(eps, seed)`` -> :class:`~labelsmooth.evaluation.EvaluationResult` on the clean test
             labels, for eps = 0 and the chosen eps only (temperature fitted on the run's validation outputs).
         verdicts: one :class:`SweepVerdict` per metric (empty when eps = 0 was chosen).
+        verdicts_scaled: the same after temperature scaling of both models (a family of its own).
         note: why there is no verdict, when there is none.
         out: the folder of the saved runs and reports, or None.
     """
@@ -432,20 +436,22 @@ class SweepResult:
     chosen_eps: float
     evaluations: dict[tuple[float, int], EvaluationResult] = field(repr=False)
     verdicts: list[SweepVerdict]
+    verdicts_scaled: list[SweepVerdict] = field(default_factory=list)
     note: str = ""
     alpha: float = ALPHA
     out: Path | None = None
 
-    def verdict(self, metric: str) -> SweepVerdict:
-        """The verdict of ``metric`` (KeyError when there is none)."""
-        for v in self.verdicts:
+    def verdict(self, metric: str, scaled: bool = False) -> SweepVerdict:
+        """The verdict of ``metric`` (after temperature scaling with ``scaled``; KeyError when there is none)."""
+        for v in self.verdicts_scaled if scaled else self.verdicts:
             if v.metric == metric:
                 return v
         raise KeyError(metric)
 
-    def test_mean(self, eps: float, metric: str) -> float:
-        """Mean over seeds of a test metric, for eps = 0 or the chosen eps (the only ones whose test was read)."""
-        vals = [self.evaluations[(eps, s)].metrics[metric].value for s in self.seeds]
+    def test_mean(self, eps: float, metric: str, scaled: bool = False) -> float:
+        """Mean over seeds of a test metric (after temperature scaling with ``scaled``), for eps = 0 or the
+        chosen eps (the only ones whose test outputs were read)."""
+        vals = [_value(self.evaluations[(eps, s)], metric, scaled) for s in self.seeds]
         return float(np.mean(vals))
 
     def to_dict(self) -> dict[str, Any]:
@@ -473,6 +479,7 @@ class SweepResult:
                 "alpha": self.alpha,
                 "note": self.note,
                 "verdicts": [{**v.__dict__, "mean": v.mean, "words": v.words} for v in self.verdicts],
+                "verdicts_scaled": [{**v.__dict__, "mean": v.mean, "words": v.words} for v in self.verdicts_scaled],
             }
         )  # type: ignore[return-value]
 
@@ -502,16 +509,16 @@ class SweepResult:
             rows.append([f"{e:g}{mark}", f"{nll:.4f}", f"{acc:.4f}", str(len(per))])
         return rows
 
-    def _test_rows(self) -> list[list[str]]:
+    def _test_rows(self, scaled: bool) -> list[list[str]]:
         rows = []
-        for v in self.verdicts:
+        for v in self.verdicts_scaled if scaled else self.verdicts:
             p = "n/a" if v.p_holm is None else f"{v.p_holm:.3g}"
             level = "n/a" if v.low is None else f"{100 * v.level:.2f}%"
             rows.append(
                 [
                     LABELS[v.metric],
-                    f"{self.test_mean(0.0, v.metric):.4f}",
-                    f"{self.test_mean(self.chosen_eps, v.metric):.4f}",
+                    f"{self.test_mean(0.0, v.metric, scaled):.4f}",
+                    f"{self.test_mean(self.chosen_eps, v.metric, scaled):.4f}",
                     v.text(),
                     level,
                     p,
@@ -533,6 +540,25 @@ class SweepResult:
             "verdict",
         )
 
+    def _sections(self) -> list[tuple[str, str, list[SweepVerdict], bool]]:
+        """(title, intro, verdicts, scaled) of the test comparisons that have verdicts."""
+        e = f"{self.chosen_eps:g}"
+        ts = (
+            "Both models' logits divided by the temperature fitted on their own validation outputs (and the "
+            "validation labels they were chosen with): does smoothing still help once each model is recalibrated? "
+            "A family of its own. "
+        )
+        out = [
+            (f"Test: eps = {e} against eps = 0", self._test_intro(), self.verdicts, False),
+            (
+                f"Test after temperature scaling: eps = {e} against eps = 0",
+                ts + self._test_intro(),
+                self.verdicts_scaled,
+                True,
+            ),
+        ]
+        return [x for x in out if x[2]]
+
     def _test_intro(self) -> str:
         return (
             f"Differences paired by seed, signed so that positive means eps = {self.chosen_eps:g} is better "
@@ -551,13 +577,11 @@ class SweepResult:
         out = [f"# Label-smoothing sweep: {self.name}\n\n{self._intro()}\n"]
         out.append("\n## Validation (choosing eps)\n\n" + table(self._VAL_HEAD, self._val_rows()))
         out.append(f"\nChosen eps: **{self.chosen_eps:g}**.\n")
-        out.append(f"\n## Test: eps = {self.chosen_eps:g} against eps = 0\n\n")
         if self.note:
-            out.append(self.note + "\n")
-        if self.verdicts:
-            out.append(
-                ("\n" if self.note else "") + self._test_intro() + "\n\n" + table(self._test_head(), self._test_rows())
-            )
+            out.append(f"\n## Test: eps = {self.chosen_eps:g} against eps = 0\n\n{self.note}\n")
+        for i, (title, intro, _, scaled) in enumerate(self._sections()):
+            out.append("" if self.note and i == 0 else f"\n## {title}\n")
+            out.append("\n" + intro + "\n\n" + table(self._test_head(), self._test_rows(scaled)))
         return "".join(out)
 
     def to_html(self) -> str:
@@ -578,12 +602,12 @@ class SweepResult:
         parts = [f"<h1>Label-smoothing sweep: {html.escape(self.name)}</h1><p>{html.escape(self._intro())}</p>"]
         parts.append("<h2>Validation (choosing eps)</h2>" + table(self._VAL_HEAD, self._val_rows()))
         parts.append(f"<p>Chosen eps: <b>{self.chosen_eps:g}</b>.</p>")
-        parts.append(f"<h2>Test: eps = {self.chosen_eps:g} against eps = 0</h2>")
         if self.note:
-            parts.append(f"<p>{html.escape(self.note)}</p>")
-        if self.verdicts:
-            cls = [{"supports": "better", "contradicts": "worse"}.get(v.outcome, "") for v in self.verdicts]
-            parts.append(f"<p>{html.escape(self._test_intro())}</p>" + table(self._test_head(), self._test_rows(), cls))
+            parts.append(f"<h2>Test: eps = {self.chosen_eps:g} against eps = 0</h2><p>{html.escape(self.note)}</p>")
+        for i, (title, intro, verdicts, scaled) in enumerate(self._sections()):
+            cls = [{"supports": "better", "contradicts": "worse"}.get(v.outcome, "") for v in verdicts]
+            head = "" if self.note and i == 0 else f"<h2>{html.escape(title)}</h2>"
+            parts.append(f"{head}<p>{html.escape(intro)}</p>" + table(self._test_head(), self._test_rows(scaled), cls))
         seed = self.seeds[0]
         for e in dict.fromkeys((0.0, self.chosen_eps)):
             r = self.evaluations[(e, seed)]
@@ -591,8 +615,16 @@ class SweepResult:
         return _page(f"Label-smoothing sweep: {self.name}", "".join(parts))
 
 
+def _value(r: EvaluationResult, metric: str, scaled: bool) -> float:
+    if scaled:
+        if r.scaled is None:  # evaluate() always gets validation outputs here
+            raise AssertionError("no temperature-scaled metrics")
+        return r.scaled[metric].value
+    return r.metrics[metric].value
+
+
 def _verdicts(
-    evals: dict[tuple[float, int], EvaluationResult], chosen: float, seeds: Sequence[int], alpha: float
+    evals: dict[tuple[float, int], EvaluationResult], chosen: float, seeds: Sequence[int], alpha: float, scaled: bool
 ) -> list[SweepVerdict]:
     """The study's rule over seeds (:func:`labelsmooth.study.verdicts.adjust`), worded as a paired comparison."""
     from labelsmooth.study.verdicts import Verdict, adjust
@@ -601,7 +633,9 @@ def _verdicts(
     family = []
     for m in METRICS:
         sign = 1.0 if m in HIGHER_IS_BETTER else -1.0
-        values = tuple(sign * (evals[(chosen, s)].metrics[m].value - evals[(0.0, s)].metrics[m].value) for s in seeds)
+        values = tuple(
+            sign * (_value(evals[(chosen, s)], m, scaled) - _value(evals[(0.0, s)], m, scaled)) for s in seeds
+        )
         tol = 2.0 / n_test if m in PER_EXAMPLE else 0.0
         family.append(Verdict("sweep", "", "", m, f"eps={chosen:g} vs eps=0", "", "", values, tol))
     out = []
@@ -618,6 +652,7 @@ def _verdicts(
                 v.p,
                 v.p_holm,
                 v.outcome if v.outcome != "unknown" else "withheld",
+                scaled,
             )
         )
     return out
@@ -675,8 +710,10 @@ def sweep(
        validation outputs), and compared paired by seed: per metric the per-seed differences (positive:
        the chosen eps better), a two-sided t-test over seeds, Holm's correction over the metrics, and the
        words better / worse / no clear difference; a difference must also reach 2 / n_test for accuracy
-       and AURC. With fewer than 3 seeds no verdict is given, and the report says so; when eps = 0 is
-       chosen there is nothing to compare, and the report says that.
+       and AURC. The same comparison after temperature scaling of both models (each temperature fitted on
+       the model's own validation outputs) is a second family. With fewer than 3 seeds no verdict is
+       given, and the report says so; when eps = 0 is chosen there is nothing to compare, and the report
+       says that.
 
     With ``out`` the report is written to ``out/sweep.md``, ``out/sweep.html`` and ``out/sweep.json``.
 
@@ -865,10 +902,12 @@ def sweep(
             )
     note = ""
     verdicts: list[SweepVerdict] = []
+    verdicts_scaled: list[SweepVerdict] = []
     if chosen == 0.0:
         note = "Validation chose eps = 0 (no smoothing): there is no smoothed model to compare."
     else:
-        verdicts = _verdicts(evals, chosen, seeds_t, alpha)
+        verdicts = _verdicts(evals, chosen, seeds_t, alpha, scaled=False)
+        verdicts_scaled = _verdicts(evals, chosen, seeds_t, alpha, scaled=True)
         if len(seeds_t) < MIN_SEEDS:
             note = (
                 f"No verdict: {len(seeds_t)} seed(s); a verdict needs at least {MIN_SEEDS} paired seeds. "
@@ -897,6 +936,7 @@ def sweep(
         chosen_eps=chosen,
         evaluations=evals,
         verdicts=verdicts,
+        verdicts_scaled=verdicts_scaled,
         note=note,
         alpha=alpha,
         out=out_dir,
