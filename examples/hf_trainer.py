@@ -2,7 +2,7 @@
 
 The change to a Trainer script is one argument, in place of ``label_smoothing_factor=0.1``::
 
-    from labelsmooth.integrations.huggingface import label_smoothed_loss
+    from labelsmooth.integrations.huggingface import CalibrationCallback, label_smoothed_loss
     trainer = Trainer(model=model, args=args, train_dataset=train,
                       compute_loss_func=label_smoothed_loss(0.1, task="causal_lm"))
 
@@ -12,6 +12,12 @@ runs offline on a CPU. Only the answer (``112<eos>``) is labelled; the prompt an
 The micro-batches of an accumulated batch then hold different numbers of labelled tokens, which is
 where normalising by the Trainer's ``num_items_in_batch`` (the whole accumulated batch's count)
 matters: each labelled token weighs the same, whichever micro-batch it is in.
+
+Evaluation reports labelsmooth's calibration metrics of the answer tokens (accuracy, NLL, Brier, ECE,
+class-wise ECE, MCE, AURC: the evaluation engine's numbers) through
+``labelsmooth.integrations.huggingface.CalibrationCallback``, whose ``compute_metrics`` the Trainer calls at
+each evaluation and which, as a callback, logs the reliability diagram to TensorBoard or W&B when the
+Trainer reports to them (``report_to``; this script reports nowhere).
 
 Needs ``pip install 'labelsmooth[hf]'`` (transformers and accelerate).
 
@@ -36,7 +42,7 @@ try:
 except ImportError:
     sys.exit("this example needs transformers and accelerate: pip install 'labelsmooth[hf]'")
 
-from labelsmooth.integrations.huggingface import label_smoothed_loss
+from labelsmooth.integrations.huggingface import CalibrationCallback, label_smoothed_loss
 
 CHARS = "0123456789+="
 PAD, BOS, EOS = len(CHARS), len(CHARS) + 1, len(CHARS) + 2
@@ -72,19 +78,13 @@ def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return out
 
 
-def argmax_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    # Keep only the predicted token per position for the metrics, not the (B, T, V) logits.
-    return logits.argmax(-1)
-
-
-def answer_accuracy(pred: EvalPrediction) -> dict[str, float]:
-    """Token accuracy on the answers and the fraction of additions answered exactly right."""
-    predicted = torch.as_tensor(pred.predictions)[:, :-1]  # the prediction at t is for the label at t+1
+def exact_match(pred: EvalPrediction) -> float:
+    """The fraction of additions whose whole answer is predicted right (argmax at every answer position)."""
+    logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+    predicted = torch.as_tensor(logits).argmax(-1)[:, :-1]  # the prediction at t is for the label at t+1
     target = torch.as_tensor(pred.label_ids)[:, 1:]
-    labelled = target != -100
-    right = (predicted == target) | ~labelled
-    return {"token_accuracy": ((predicted == target) & labelled).sum().item() / labelled.sum().item(),
-            "exact_match": right.all(dim=1).float().mean().item()}
+    right = (predicted == target) | (target == -100)
+    return right.all(dim=1).float().mean().item()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         eos_token_id=EOS))
     train = make_examples(256 if args.smoke else 4096, seed=1)
     test = make_examples(64 if args.smoke else 512, seed=2)
+    # Calibration of the answer tokens (labelled positions only) at every evaluation; the metrics come back
+    # as eval_accuracy, eval_nll, eval_ece, ... With report_to="tensorboard" the callback would also log
+    # the reliability diagram. The Trainer keeps all evaluation logits: fine for this 15-token vocabulary.
+    calibration = CalibrationCallback(task="causal_lm")
+
+    def compute_metrics(pred: EvalPrediction) -> dict[str, float]:
+        return {**calibration.compute_metrics(pred), "exact_match": exact_match(pred)}
+
     with tempfile.TemporaryDirectory() as out:
         training_args = TrainingArguments(
             output_dir=out, report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
@@ -118,12 +126,13 @@ def main(argv: list[str] | None = None) -> int:
             model=model, args=training_args, train_dataset=train, eval_dataset=test, data_collator=collate,
             # The one line that matters: the Trainer's label_smoothing_factor stays 0.
             compute_loss_func=label_smoothed_loss(args.eps, task="causal_lm", backend=args.backend),
-            compute_metrics=answer_accuracy, preprocess_logits_for_metrics=argmax_logits)
+            compute_metrics=compute_metrics, callbacks=[calibration])
         result = trainer.train()
         metrics = trainer.evaluate()
     print(f"label_smoothing={args.eps}, {steps} steps of 2 x 32 sequences: train loss {result.training_loss:.3f}; "
-          f"test loss {metrics['eval_loss']:.3f}, answer token accuracy {metrics['eval_token_accuracy']:.3f}, "
-          f"exact match {metrics['eval_exact_match']:.3f}")
+          f"test loss {metrics['eval_loss']:.3f}, answer token accuracy {metrics['eval_accuracy']:.3f}, "
+          f"exact match {metrics['eval_exact_match']:.3f}, answer token NLL {metrics['eval_nll']:.3f}, "
+          f"ECE {metrics['eval_ece']:.3f}")
     return 0
 
 

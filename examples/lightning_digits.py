@@ -6,9 +6,15 @@ The change to an existing LightningModule is the loss it builds::
     self.loss_fn = labelsmooth.CrossEntropyLoss(label_smoothing=0.1)  # after
 
 Everything Lightning does around it (the optimiser step, the loops, logging, checkpoints) is unchanged.
+Calibration on the validation set is one callback, ``labelsmooth.integrations.lightning.CalibrationCallback``:
+``validation_step`` returns the logits, and the callback logs ``val/accuracy``, ``val/nll``, ``val/ece``,
+... (labelsmooth's evaluation engine) at every epoch, with the reliability diagram as an image where the
+logger takes images (TensorBoard, W&B).
+
 This script trains an MLP on scikit-learn's 8x8 digits (60% train, 20% validation, 20% test) with
-and without smoothing, logs validation accuracy, NLL and ECE at every epoch, keeps the epoch with the
-best validation accuracy (a ModelCheckpoint), and evaluates that checkpoint on the test split once.
+and without smoothing, keeps the epoch with the best validation accuracy (a ModelCheckpoint watching
+the callback's ``val/accuracy``), and scores that checkpoint on the test split once with
+``labelsmooth.evaluate``.
 
 Run (needs ``pip install lightning scikit-learn``):
     python examples/lightning_digits.py              # eps 0.1 against 0, 20 epochs (about 10 s on 2 cores)
@@ -28,13 +34,15 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import labelsmooth as ls
-from labelsmooth.calibration import expected_calibration_error
+from labelsmooth.evaluation import EvaluationResult
 
 try:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
+    from labelsmooth.integrations.lightning import CalibrationCallback
 except ImportError as exc:
     sys.exit(f"this example needs lightning and scikit-learn: pip install lightning scikit-learn ({exc})")
 
@@ -52,15 +60,14 @@ def splits(seed: int) -> dict[str, TensorDataset]:
 
 
 class DigitsClassifier(L.LightningModule):
-    """An MLP whose training loss is ``labelsmooth.CrossEntropyLoss``; validation and test report
-    accuracy, NLL (unsmoothed, the quantity calibration is about) and ECE over the whole split."""
+    """An MLP whose training loss is ``labelsmooth.CrossEntropyLoss``; ``validation_step`` returns the
+    logits for the CalibrationCallback."""
 
     def __init__(self, label_smoothing: float, lr: float = 1e-3) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
         self.loss_fn = ls.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -71,45 +78,26 @@ class DigitsClassifier(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
-    def _collect(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        x, y = batch
-        self._outputs.append((self(x).detach(), y))
-
-    def _summarise(self, split: str) -> None:
-        logits = torch.cat([o[0] for o in self._outputs])
-        y = torch.cat([o[1] for o in self._outputs])
-        self._outputs.clear()
-        self.log(f"{split}_acc", (logits.argmax(1) == y).float().mean())
-        self.log(f"{split}_nll", torch.nn.functional.cross_entropy(logits, y))
-        self.log(f"{split}_ece", expected_calibration_error(logits.softmax(1), y))
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._collect(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._summarise("val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._collect(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._summarise("test")
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, _ = batch
+        return self(x)  # the CalibrationCallback takes the labels from the batch
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])
 
 
-def run(eps: float, epochs: int, limit_batches: int | float, workdir: str, seed: int = 0) -> dict[str, float]:
-    """Train with ``eps``, keep the best validation epoch, test it once; return the test metrics."""
+def run(eps: float, epochs: int, limit_batches: int | float, workdir: str, seed: int = 0) -> EvaluationResult:
+    """Train with ``eps``, keep the best validation epoch, score it on the test split once."""
     L.seed_everything(seed, workers=True, verbose=False)
     data = splits(seed)
     loaders = {k: DataLoader(v, batch_size=64, shuffle=(k == "train")) for k, v in data.items()}
-    best = ModelCheckpoint(dirpath=os.path.join(workdir, f"eps{eps}"), monitor="val_acc", mode="max")
+    calibration = CalibrationCallback(prefix="val/")  # val/accuracy, val/nll, val/ece, ... every epoch
+    best = ModelCheckpoint(dirpath=os.path.join(workdir, f"eps{eps}"), monitor="val/accuracy", mode="max")
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
-        callbacks=[best],
+        callbacks=[calibration, best],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -117,9 +105,12 @@ def run(eps: float, epochs: int, limit_batches: int | float, workdir: str, seed:
         deterministic=True,
     )
     trainer.fit(DigitsClassifier(eps), loaders["train"], loaders["val"])
-    # The test split is used once, on the epoch chosen on validation.
-    (result,) = trainer.test(ckpt_path=best.best_model_path, dataloaders=loaders["test"], verbose=False)
-    return {k: float(v) for k, v in result.items()}
+    # The test split is used once, on the epoch chosen on validation, by the same evaluation engine.
+    model = DigitsClassifier.load_from_checkpoint(best.best_model_path).eval()
+    x, y = data["test"].tensors
+    with torch.no_grad():
+        logits = model(x)
+    return ls.evaluate(logits, y, n_bootstrap=0, name=f"eps={eps}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning 2.6 calling a torch API torch 2.13 deprecates
     with tempfile.TemporaryDirectory() as workdir:
         for eps in (0.0, args.eps):
-            r = run(eps, epochs, limit, workdir)
-            print(f"label_smoothing={eps:<4}: best validation epoch on test: accuracy {r['test_acc']:.3f}, "
-                  f"NLL {r['test_nll']:.3f}, ECE {r['test_ece']:.3f}")
+            m = run(eps, epochs, limit, workdir).metrics
+            print(f"label_smoothing={eps:<4}: best validation epoch on test: accuracy {m['accuracy'].value:.3f}, "
+                  f"NLL {m['nll'].value:.3f}, ECE {m['ece'].value:.3f}")
     return 0
 
 
