@@ -88,8 +88,15 @@ def score_outputs(
     """:func:`labelsmooth.evaluation.evaluate` on the rows :func:`flatten_outputs` keeps.
 
     Args:
-        logits, labels, ignore_index, shift: as in :func:`flatten_outputs`.
-        n_bins, n_bootstrap, kind, seed, name: as in :func:`labelsmooth.evaluation.evaluate`.
+        logits: as in :func:`flatten_outputs`.
+        labels: as in :func:`flatten_outputs`.
+        n_bins: bins of the binned calibration errors.
+        n_bootstrap: bootstrap resamples for the intervals (0: none).
+        kind: ``"logits"``, ``"probs"`` or ``"auto"``, as in :func:`labelsmooth.evaluation.evaluate`.
+        ignore_index: as in :func:`flatten_outputs`.
+        shift: as in :func:`flatten_outputs`.
+        seed: seed of the bootstrap resamples.
+        name: the model's name in the result.
 
     Returns:
         An :class:`~labelsmooth.evaluation.EvaluationResult`.

@@ -384,8 +384,13 @@ class CalibrationCallback:
     any callback.
 
     Args:
-        task, n_bins, n_bootstrap, kind, ignore_index, seed: as in :func:`calibration_metrics`.
+        task: as in :func:`calibration_metrics`.
+        n_bins: as in :func:`calibration_metrics`.
+        n_bootstrap: as in :func:`calibration_metrics`.
         log_figure: log the images (False: the metrics only).
+        kind: as in :func:`calibration_metrics`.
+        ignore_index: as in :func:`calibration_metrics`.
+        seed: as in :func:`calibration_metrics`.
         tb_writer: a TensorBoard ``SummaryWriter`` (or anything with its ``add_image``) for the images.
 
     Attributes:
@@ -428,7 +433,7 @@ class CalibrationCallback:
         self._own_writer = False
 
     def __getattr__(self, name: str) -> Any:
-        # Events of TrainerCallback's interface this callback does not use (and any a later release adds).
+        """TrainerCallback events this callback does not use (and any a later release adds) are no-ops."""
         if name.startswith("on_"):
             return _noop
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
