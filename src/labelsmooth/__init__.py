@@ -10,7 +10,7 @@ from types import ModuleType
 
 from labelsmooth import calibration, noise
 from labelsmooth._validate import ArgumentError, ArgumentTypeError
-from labelsmooth.evaluation import compare, evaluate
+from labelsmooth.evaluation import compare, evaluate, sweep
 from labelsmooth.functional import binary_cross_entropy_with_logits, cross_entropy
 from labelsmooth.linear import LinearCrossEntropyLoss, linear_cross_entropy
 from labelsmooth.modules import BCEWithLogitsLoss, CrossEntropyLoss
@@ -46,4 +46,5 @@ __all__ = [
     "noise",
     "smooth_binary_labels",
     "smooth_labels",
+    "sweep",
 ]

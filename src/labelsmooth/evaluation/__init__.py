@@ -1,7 +1,13 @@
 """The evaluation engine: metrics of a model's predictions with bootstrap intervals, paired comparisons,
-and the verdict rules and words that ``labelsmooth study`` and ``labelsmooth evaluate`` share.
+and the verdict rules and words that ``labelsmooth study`` and ``labelsmooth evaluate`` share, and
+:func:`sweep`, the study's protocol run on a user's own training function.
 
->>> from labelsmooth.evaluation import evaluate, compare, EvaluationResult, Comparison
+Example:
+    >>> import torch
+    >>> from labelsmooth.evaluation import evaluate
+    >>> result = evaluate(torch.randn(200, 5), torch.randint(0, 5, (200,)), n_bootstrap=50)
+    >>> sorted(result.metrics)[:3]
+    ['accuracy', 'aurc', 'brier']
 """
 
 from labelsmooth.evaluation.multiplicity import (
@@ -23,6 +29,7 @@ from labelsmooth.evaluation.result import (
     compare,
     evaluate,
 )
+from labelsmooth.evaluation.sweep import SweepResult, sweep
 
 __all__ = [
     "ALPHA",
@@ -34,10 +41,12 @@ __all__ = [
     "Difference",
     "Estimate",
     "EvaluationResult",
+    "SweepResult",
     "aurc",
     "benjamini_hochberg",
     "compare",
     "decide",
     "evaluate",
     "holm",
+    "sweep",
 ]
