@@ -5,6 +5,7 @@ streaming of float16 memmaps, and every refusal."""
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 
 import numpy as np
@@ -300,3 +301,103 @@ def test_docstring_examples(name):
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_intervals_do_not_depend_on_the_chunk_size():
+    # The resampling weights are a function of (seed, resample, row) alone, so cutting the rows into chunks of
+    # 7 or 1000 gives every resample the same sums: the same intervals up to summation order (float64 sums,
+    # except class-wise ECE's column sums of probabilities, taken in the chunk's float32: ~1e-7 per term).
+    logits, labels = _model(n=1200, k=5, seed=15)
+    split = np.arange(1200) % 3 > 0
+    a = evaluate(logits.float(), labels, split=split, n_bootstrap=130, seed=4, chunk_rows=1000)
+    b = evaluate(logits.float(), labels, split=split, n_bootstrap=130, seed=4, chunk_rows=7)
+    assert a.classwise_resamples == 130
+    for m in a.metrics:
+        tol = {"rel": 1e-5} if m == "classwise_ece" else {"abs": 1e-9}
+        for got, want in ((b.metrics[m], a.metrics[m]), (b.scaled[m], a.scaled[m])):
+            assert got.value == pytest.approx(want.value, **tol), m
+            assert got.low == pytest.approx(want.low, **tol) and got.high == pytest.approx(want.high, **tol), m
+    c = evaluate(logits.float(), labels, split=split, n_bootstrap=130, seed=5, chunk_rows=7)
+    assert c.metrics["classwise_ece"].high != pytest.approx(a.metrics["classwise_ece"].high, rel=1e-5)
+
+
+def _documented_example():
+    # The data of docs/evaluate.md's example session, as its script writes it.
+    rng = np.random.default_rng(0)
+    n, k = 6000, 10
+    labels = rng.integers(0, k, n)
+    split = np.where(np.arange(n) < 2000, "val", "test")
+    ce = rng.normal(size=(n, k)) * 2.0
+    ce[np.arange(n), labels] += 3.0
+    ls = rng.normal(size=(n, k)) * 0.8
+    ls[np.arange(n), labels] += 2.2
+    return ce.astype(np.float16), ls.astype(np.float16), labels, split
+
+
+def test_every_interval_contains_its_estimate_on_the_documented_example():
+    # Class-wise ECE's replicates lie above the estimate there (resampling noise adds to every small bin gap):
+    # the binned calibration errors' intervals are centred on the estimate, the others are percentile ones.
+    ce, ls, labels, split = _documented_example()
+    a = evaluate(ce, labels, split=split, name="ce")
+    b = evaluate(ls, labels, split=split, name="ls")
+    assert np.median(a.scaled_replicates["classwise_ece"]) > a.scaled["classwise_ece"].high  # centring shifted it
+    for res in (a, b):
+        for table in (res.metrics, res.scaled):
+            for m, est in table.items():
+                assert est.low <= est.value <= est.high, (res.name, m, est)
+                assert est.low >= 0 or m not in ("ece", "ece_quantile", "classwise_ece", "mce")
+        for m in ("accuracy", "nll", "brier", "aurc"):  # percentile intervals: the replicates' quantiles
+            assert (res.metrics[m].low, res.metrics[m].high) == tuple(np.quantile(res.replicates[m], [0.025, 0.975]))
+    for d in compare(a, b).differences:
+        assert d.low <= d.value <= d.high, d
+
+
+_MEMORY_CHILD = """
+import os, sys, numpy as np
+from labelsmooth.evaluation import evaluate
+
+path, n, k, chunk_rows, n_bootstrap = sys.argv[1], *map(int, sys.argv[2:])
+scores = np.load(path, mmap_mode="r")
+labels = np.random.default_rng(1).integers(0, k, n)
+float(scores[:, 0].astype(np.float32).sum())  # every page of the file in memory before the baseline
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak resident set size to the current one
+
+def kib(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+base = kib("VmRSS")
+evaluate(scores, labels, n_bootstrap=n_bootstrap, chunk_rows=chunk_rows)
+print((kib("VmHWM") - base) * 1024)
+"""
+
+
+def test_peak_memory_is_a_few_numbers_per_row_plus_the_chunk(tmp_path):
+    # 300k x 50 float16, memory-mapped, 200 resamples, chunks of 50k rows: the evaluation's peak resident
+    # memory above its start must stay within a fixed allowance (allocator, thread pools, the resampling
+    # blocks), the chunk's float32 work (a dozen copies of a chunk at most) and 400 bytes per row (the
+    # per-example values and their sort orders). Holding the class-wise resampling weights of a whole chunk
+    # (resamples x chunk rows in float32 and float64, as the engine once did) needs twice this.
+    import subprocess
+    import sys
+
+    if not (os.path.exists("/proc/self/clear_refs") and os.access("/proc/self/clear_refs", os.W_OK)):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak resident set size")
+    n, k, chunk_rows, n_bootstrap = 300_000, 50, 50_000, 200
+    path = tmp_path / "scores.npy"
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, k))
+    rng = np.random.default_rng(0)
+    for a in range(0, n, 50_000):
+        mm[a : a + 50_000] = rng.standard_normal((50_000, k), dtype=np.float32)
+    mm.flush()
+    del mm
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, str(path), str(n), str(k), str(chunk_rows), str(n_bootstrap)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    peak = int(out.stdout.split()[-1])
+    budget = (64 << 20) + 12 * chunk_rows * k * 4 + 400 * n
+    assert peak < budget, (peak, budget, peak / n)

@@ -14,6 +14,7 @@ Logits: every probability is computed relative to the row's maximum (``p_k = exp
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ SUM_TOL = 1e-3
 HALF_SUM_TOL = 2.0**-8
 #: Default chunk: about 64 MiB of float32 work.
 CHUNK_BYTES = 64 << 20
+#: Rows per block of class-wise resampling weights (with 64 resamples: 8 MiB of float64 weights at once).
+CW_ROWS = 1 << 14
 #: Multiply-adds allowed for the class-wise ECE's resamples (each costs N x K of them).
 CLASSWISE_BUDGET = 2e10
 
@@ -226,11 +229,12 @@ def _classwise_add(
     n_slots: int,
     acc_p: Tensor,
     acc_y: Tensor,
-    w: Tensor | None,
+    resampled: tuple[int, int, int] | None,
     rep: dict[str, Tensor],
 ) -> None:
     """Add one chunk's class-wise sums: ``acc_p[k, b]`` (probabilities), ``acc_y[k, b]`` (labels); the
-    probabilities are ``e * scale[:, None]`` (see :func:`chunk_stats`)."""
+    probabilities are ``e * scale[:, None]`` (see :func:`chunk_stats`). With ``resampled = (seed, row0, n)``
+    (the chunk's first row among ``n``) the same sums are added for every resample to ``rep``."""
     n, k = e.shape
     first = float(edges[1]) * (1 - 1e-6)
     rows, cols = (e >= (first / scale).to(e.dtype).unsqueeze(1)).nonzero(as_tuple=True)
@@ -246,18 +250,58 @@ def _classwise_add(
     p_y = e[torch.arange(n), y].double() * scale
     ycells = y * n_slots + (torch.bucketize(p_y, edges, right=True) - 1)
     acc_y.view(-1).index_add_(0, ycells, torch.ones(n, dtype=torch.float64))
-    if w is None:
-        return
-    wd = w.double()
-    # (R, K): every probability, before the binned ones are moved out of bin 0
-    dense = ((wd * scale).to(e.dtype) @ e).double()
-    sp = torch.zeros(w.shape[0], k * n_slots, dtype=torch.float64)
-    sp.index_add_(1, cells, wd[:, rows] * vals)
-    moved = sp.view(w.shape[0], k, n_slots).sum(dim=2)
-    sp.view(w.shape[0], k, n_slots)[:, :, 0] += dense - moved
-    rep["p"] += sp
-    rep["y"].index_add_(1, ycells, wd)
-    rep["w"] += wd.sum(dim=1)
+    if resampled is not None:
+        _classwise_resampled(e, scale, rows, cells, vals, ycells, resampled, rep)
+
+
+def _binned_matrix(rows: Tensor, cells: Tensor, vals: Tensor, n_cells: int, n_rows: int) -> Tensor:
+    """The binned probabilities of a block of rows as a sparse ``(n_cells, n_rows)`` CSR matrix (one entry per
+    (row, cell): a row's class falls in one bin), so a block of resamples' cell sums is one sparse product."""
+    order = torch.argsort(cells, stable=True)
+    crow = torch.zeros(n_cells + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(cells, minlength=n_cells), 0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, rows[order], vals[order], (n_cells, n_rows), check_invariants=False)
+
+
+def _classwise_resampled(
+    e: Tensor,
+    scale: Tensor,
+    rows: Tensor,
+    cells: Tensor,
+    vals: Tensor,
+    ycells: Tensor,
+    resampled: tuple[int, int, int],
+    rep: dict[str, Tensor],
+) -> None:
+    """Every resample's class-wise sums over one chunk, added to ``rep``: ``"dense"`` (R, K) the weighted
+    column sums of the probabilities, ``"p"`` (R, K x slots) the weighted probabilities of the binned cells
+    above the first bin (slot 0 is filled in at the end as dense minus the rest), ``"y"`` the weighted label
+    counts per cell, ``"w"`` the total weights.
+
+    The weights are generated and used in blocks of :data:`~labelsmooth.evaluation.bootstrap.RESAMPLE_BLOCK`
+    resamples x :data:`CW_ROWS` rows, resample block by resample block (each generated block of weights is
+    then reused by the consecutive row blocks): the memory is O(block + R x K x slots + the chunk's binned
+    entries), whatever the chunk's size or the number of resamples."""
+    seed, row0, n_total = resampled
+    n, _k = e.shape
+    n_res = rep["w"].shape[0]
+    n_cells = rep["p"].shape[1]
+    blocks = []
+    for a in range(0, n, CW_ROWS):
+        b = min(n, a + CW_ROWS)
+        # rows is sorted (nonzero lists row-major): the binned entries of rows [a, b)
+        i0, i1 = (int(i) for i in torch.searchsorted(rows, torch.tensor([a, b])))
+        blocks.append((a, b, _binned_matrix(rows[i0:i1] - a, cells[i0:i1], vals[i0:i1], n_cells, b - a)))
+    for r0 in range(0, n_res, B.RESAMPLE_BLOCK):
+        r1 = min(n_res, r0 + B.RESAMPLE_BLOCK)
+        for a, b, binned in blocks:
+            w = B.weights(seed, r0, r1, row0 + a, row0 + b, n_total).double()
+            rep["dense"][r0:r1] += ((w * scale[a:b]).to(e.dtype) @ e[a:b]).double()
+            rep["p"][r0:r1] += (binned @ w.t()).t()
+            rep["y"][r0:r1].index_add_(1, ycells[a:b], w)
+            rep["w"][r0:r1] += w.sum(dim=1)
 
 
 def stream(
@@ -288,6 +332,7 @@ def stream(
     acc_p = torch.zeros(k, n_slots, dtype=torch.float64)
     acc_y = torch.zeros(k, n_slots, dtype=torch.float64)
     rep = {
+        "dense": torch.zeros(cw_resamples, k, dtype=torch.float64),
         "p": torch.zeros(cw_resamples, k * n_slots, dtype=torch.float64),
         "y": torch.zeros(cw_resamples, k * n_slots, dtype=torch.float64),
         "w": torch.zeros(cw_resamples, dtype=torch.float64),
@@ -310,11 +355,12 @@ def stream(
         y = torch.from_numpy(labels[a:b])
         c, ok, nl, br, e, scale = chunk_stats(z, y, chunk_kind, binary)
         conf[a:b], correct[a:b], nll[a:b], brier[a:b] = c.numpy(), ok.numpy(), nl.numpy(), br.numpy()
-        w = B.weights(seed, 0, cw_resamples, a, b, n) if cw_resamples else None
-        _classwise_add(e, scale, y, edges, n_slots, acc_p, acc_y, w, rep)
+        _classwise_add(e, scale, y, edges, n_slots, acc_p, acc_y, (seed, a, n) if cw_resamples else None, rep)
     reps = None
     if cw_resamples:
-        gap = (rep["y"] - rep["p"]).abs().view(cw_resamples, k, n_slots).sum(dim=2)
+        p = rep["p"].view(cw_resamples, k, n_slots)
+        p[:, :, 0] = rep["dense"] - p[:, :, 1:].sum(dim=2)
+        gap = (rep["y"].view(cw_resamples, k, n_slots) - p).abs().sum(dim=2)
         reps = (gap.mean(dim=1) / rep["w"].clamp(min=1e-300)).numpy()
     return Stats(conf, correct, nll, brier, k, acc_p.numpy(), acc_y.numpy(), reps, cw_resamples)
 

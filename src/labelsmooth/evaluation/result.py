@@ -16,19 +16,33 @@ from labelsmooth.evaluation import bootstrap as B
 from labelsmooth.evaluation import engine as E
 from labelsmooth.evaluation.multiplicity import ALPHA, PAIRED_OUTCOMES, decide, holm, holm_levels
 
-__all__ = ["METRICS", "Comparison", "Difference", "Estimate", "EvaluationResult", "aurc", "compare", "evaluate"]
+__all__ = [
+    "METRICS",
+    "Comparison",
+    "Difference",
+    "Estimate",
+    "EvaluationResult",
+    "aurc",
+    "compare",
+    "evaluate",
+    "interval",
+]
 
 #: The metrics, in report order, and whether higher is better.
 METRICS = ("accuracy", "nll", "brier", "ece", "ece_quantile", "classwise_ece", "mce", "aurc")
 HIGHER_IS_BETTER = {"accuracy"}
 #: Metrics that count errors per example: their tolerance in a comparison is 2 / n_test.
 PER_EXAMPLE = {"accuracy", "aurc"}
+#: Binned calibration errors: a sum of absolute bin gaps, which resampling noise inflates (every bin's
+#: |gap| grows on average), so their replicates sit above the estimate; their intervals are centred on it.
+BINNED = {"ece", "ece_quantile", "classwise_ece", "mce"}
 _EULER = 0.5772156649015329
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A metric on the test rows with its percentile-bootstrap interval (``low``/``high`` None without resamples)."""
+    """A metric on the test rows with its bootstrap interval (``low``/``high`` None without resamples): the
+    percentile interval, for the binned calibration errors centred on the estimate (see :func:`interval`)."""
 
     value: float
     low: float | None = None
@@ -38,6 +52,47 @@ class Estimate:
         if self.low is None or self.high is None:
             return f"{self.value:.{digits}f}"
         return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def interval(
+    replicates: np.ndarray, value: float, level: float, centred: bool, lower: float | None = None
+) -> tuple[float, float]:
+    """Bootstrap interval at ``level`` of an estimate ``value`` from its ``replicates``.
+
+    Not centred: the percentile interval (the replicates' quantiles at ``(1 - level) / 2`` and
+    ``(1 + level) / 2``). Centred: the same quantiles shifted by ``value - median(replicates)``, so the
+    interval keeps the replicates' spread but sits on the estimate; ``lower`` then clamps its low end (0 for
+    a calibration error). This is for statistics whose replicates are biased away from the estimate by the
+    resampling itself: a binned calibration error sums absolute bin gaps, and resampling noise adds to
+    every gap's absolute value, so a resample's ECE exceeds the sample's on average and, where the gaps are
+    small (class-wise ECE), the whole percentile interval can lie above the estimate. The centred interval
+    says how far the estimate moves between samples of this size; like the estimate itself, it is not
+    corrected for the binned estimator's own upward bias against the true calibration error.
+
+    Args:
+        replicates: ``(R,)`` the statistic on each resample.
+        value: the statistic on the sample.
+        level: the confidence level, in (0, 1).
+        centred: shift the interval onto ``value``.
+        lower: the statistic's smallest possible value (clamps a centred interval), or None.
+
+    Returns:
+        ``(low, high)``; a centred interval always contains ``value``.
+
+    Example:
+        >>> import numpy as np
+        >>> reps = np.array([0.14, 0.15, 0.16, 0.17, 0.18])
+        >>> [round(x, 3) for x in interval(reps, 0.11, 0.5, centred=False)]
+        [0.15, 0.17]
+        >>> [round(x, 3) for x in interval(reps, 0.11, 0.5, centred=True, lower=0.0)]
+        [0.1, 0.12]
+    """
+    lo, med, hi = np.quantile(replicates, [(1 - level) / 2, 0.5, (1 + level) / 2])
+    if not centred:
+        return float(lo), float(hi)
+    shift = value - med
+    low = float(lo + shift)
+    return (low if lower is None else max(lower, low)), float(hi + shift)
 
 
 # ----------------------------------------------------------------------------- AURC
@@ -176,12 +231,11 @@ def _score(s: E.Stats, n_bins: int, n_bootstrap: int, level: float, seed: int) -
         }
         if s.cw_reps is not None:
             reps["classwise_ece"] = s.cw_reps
-    q = ((1 - level) / 2, (1 + level) / 2)
     metrics = {}
     for m in METRICS:
         if m in reps:
-            lo, hi = np.quantile(reps[m], q)
-            metrics[m] = Estimate(point[m], float(lo), float(hi))
+            lo, hi = interval(reps[m], point[m], level, m in BINNED, 0.0)
+            metrics[m] = Estimate(point[m], lo, hi)
         else:
             metrics[m] = Estimate(point[m])
     closed = np.minimum(uni, n_bins - 1)
@@ -275,7 +329,8 @@ class EvaluationResult:
         """The metrics as a Markdown table (with the temperature-scaled column when there is one)."""
         pct = f"{100 * self.level:g}%"
         head = f"## {self.name}\n\n{self.n} test rows, {self.num_classes} classes, scores given as {self.kind}. "
-        head += f"Intervals: {pct} percentile bootstrap, {self.n_bootstrap} resamples"
+        head += f"Intervals: {pct} bootstrap (percentile; centred on the estimate for ECE, class-wise ECE and MCE), "
+        head += f"{self.n_bootstrap} resamples"
         if self.classwise_resamples and self.classwise_resamples < self.n_bootstrap:
             head += f" ({self.classwise_resamples} for class-wise ECE)"
         head += ".\n"
@@ -399,8 +454,9 @@ def evaluate(
     numbers per example. Metrics (on the test rows): accuracy, NLL, Brier (multiclass: summed over classes,
     in [0, 2]; binary: ``(p - y)^2``), ECE with 15 equal-width bins (top label; the edges and bins of
     :func:`labelsmooth.calibration.expected_calibration_error`, hence torchmetrics'), ECE with equal-mass
-    bins, class-wise ECE, MCE, and AURC (risk = error rate, confidence = top-label probability). Each has a
-    percentile interval from a Poisson bootstrap over the examples (:mod:`labelsmooth.evaluation.bootstrap`).
+    bins, class-wise ECE, MCE, and AURC (risk = error rate, confidence = top-label probability). Each has an
+    interval from a Poisson bootstrap over the examples (:mod:`labelsmooth.evaluation.bootstrap`): the
+    percentile interval, for the binned calibration errors centred on the estimate (:func:`interval`).
 
     ``kind="auto"`` reads the scores as probabilities when every row lies in [0, 1] and sums to 1 (within
     1e-3; 2**-8 for half precision), binary scores when every value lies in [0, 1]; otherwise as logits.
@@ -663,9 +719,10 @@ def compare(a: EvaluationResult, b: EvaluationResult, *more: EvaluationResult, a
     their resamples then give every example the same weight, so the difference of their replicates is the
     paired bootstrap. The p-value is two-sided, from the difference over its bootstrap standard error
     (normal reference); p-values are Holm-adjusted over all differences of the comparison, each interval is
-    at Holm's level for it, and the verdict is the study's rule: "better"/"worse" when the adjusted p-value
-    is below ``alpha`` and the difference reaches the tolerance (2 / n for accuracy and AURC, else 0),
-    "no clear difference" otherwise.
+    at Holm's level for it (percentile; for the binned calibration errors centred on the difference, as
+    their own intervals are: see :func:`interval`), and the verdict is the study's rule: "better"/"worse"
+    when the adjusted p-value is below ``alpha`` and the difference reaches the tolerance (2 / n for
+    accuracy and AURC, else 0), "no clear difference" otherwise.
 
     Args:
         a: the reference model.
@@ -731,15 +788,15 @@ def compare(a: EvaluationResult, b: EvaluationResult, *more: EvaluationResult, a
     for i, (bname, m, value, reps, tol) in enumerate(raw):
         if reps is not None:
             t = tested.index(i)
-            lo, hi = np.quantile(reps, [(1 - levels[t]) / 2, (1 + levels[t]) / 2])
+            lo, hi = interval(reps, value, levels[t], m in BINNED)
             diffs.append(
                 Difference(
                     names[0],
                     bname,
                     m,
                     value,
-                    float(lo),
-                    float(hi),
+                    lo,
+                    hi,
                     levels[t],
                     p[i],
                     adj[t],
