@@ -401,3 +401,24 @@ def test_peak_memory_is_a_few_numbers_per_row_plus_the_chunk(tmp_path):
     peak = int(out.stdout.split()[-1])
     budget = (64 << 20) + 12 * chunk_rows * k * 4 + 400 * n
     assert peak < budget, (peak, budget, peak / n)
+
+
+def test_aurc_influence_is_the_derivative_of_the_weighted_aurc():
+    # The resamples' AURC is linear in the weights around 1 with the influence written out per tie group:
+    # it must equal autograd's derivative of the weighted definition, ties included (conf rounded to 0.01).
+    from labelsmooth.evaluation.result import _aurc_parts, _aurc_weighted
+
+    rng = np.random.default_rng(3)
+    conf = np.round(rng.uniform(0.2, 1, 800), 2)
+    correct = rng.uniform(size=800) < conf
+    value, influence, _, _ = _aurc_parts(conf, correct)
+    order = np.argsort(-conf, kind="stable")
+    sc = conf[order]
+    group = torch.from_numpy(np.cumsum(np.r_[True, sc[1:] != sc[:-1]]) - 1)
+    err = torch.from_numpy((~correct[order]).astype(np.float64))
+    w = torch.ones(800, dtype=torch.float64, requires_grad=True)
+    a = _aurc_weighted(w, err, group, int(group[-1]) + 1)
+    (grad,) = torch.autograd.grad(a, w)
+    assert value == pytest.approx(float(a.detach()), rel=1e-12)
+    assert value == pytest.approx(aurc(conf, correct), rel=1e-12)
+    np.testing.assert_allclose(influence[order], grad.numpy(), rtol=1e-9, atol=1e-15)

@@ -100,8 +100,9 @@ def interval(
 
 def _aurc_weighted(w: torch.Tensor, err: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
     """AURC of examples sorted by descending confidence, ``w`` their weights, ``group`` the id of their tie
-    group. Within a tie group errors enter at the group's rate (the expectation over orders of the ties);
-    harmonic numbers are ``digamma(x + 1) + Euler's constant`` so the weights may be real."""
+    group: the definition whose derivative :func:`_aurc_parts` writes out (the tests compare the two).
+    Within a tie group errors enter at the group's rate (the expectation over orders of the ties); harmonic
+    numbers are ``digamma(x + 1) + Euler's constant`` so the weights may be real."""
     gw = torch.zeros(n_groups, dtype=w.dtype).index_add(0, group, w)
     ge = torch.zeros(n_groups, dtype=w.dtype).index_add(0, group, w * err)
     cw, ce = torch.cumsum(gw, 0), torch.cumsum(ge, 0)
@@ -114,25 +115,47 @@ def _aurc_weighted(w: torch.Tensor, err: torch.Tensor, group: torch.Tensor, n_gr
 
 def _aurc_parts(conf: np.ndarray, correct: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """``(aurc, influence, coverage, risk)``: the influence is dAURC/dw_i at unit weights (original row order);
-    coverage and risk are at the end of each tie group, in order of descending confidence."""
+    coverage and risk are at the end of each tie group, in order of descending confidence.
+
+    The derivative of :func:`_aurc_weighted` is written out per tie group (with suffix sums over the later
+    groups) rather than taken by autograd, which would keep a dozen N-long temporaries alive at once."""
     n = conf.shape[0]
     order = np.argsort(-conf, kind="stable")
-    sc = conf[order]
     new = np.empty(n, dtype=bool)
     new[0] = True
-    new[1:] = sc[1:] != sc[:-1]
-    group = torch.from_numpy(np.cumsum(new) - 1)
-    n_groups = int(group[-1]) + 1
-    err = torch.from_numpy((~correct[order]).astype(np.float64))
-    w = torch.ones(n, dtype=torch.float64, requires_grad=True)
-    a = _aurc_weighted(w, err, group, n_groups)
-    (grad,) = torch.autograd.grad(a, w)
-    influence = np.empty(n)
-    influence[order] = grad.numpy()
+    sc = conf[order]
+    np.not_equal(sc[1:], sc[:-1], out=new[1:])
+    del sc
+    group = np.cumsum(new) - 1
+    err_sorted = ~correct[order]
     ends = np.flatnonzero(np.r_[new[1:], True])
-    cum_err = np.cumsum(err.numpy())[ends]
+    del new
+    cw = (ends + 1).astype(np.float64)  # weights up to the end of each group (unit weights)
+    ce = np.cumsum(err_sorted, dtype=np.float64)[ends]
     covered = ends + 1
-    return float(a.detach()), influence, covered / n, cum_err / covered
+    coverage, risk = covered / n, ce / covered
+    del ends, covered
+    gw = np.diff(cw, prepend=0.0)
+    ge = np.diff(ce, prepend=0.0)
+    pw, pe = cw - gw, ce - ge
+    rate = ge / gw
+    cw_t, pw_t = torch.from_numpy(cw + 1), torch.from_numpy(pw + 1)
+    dh = (torch.special.digamma(cw_t) - torch.special.digamma(pw_t)).numpy()
+    c = pe - pw * rate
+    total = float((c * dh + ge).sum()) / n
+    # dS/dge_j = sum_{g>j} dh_g - pw_j / gw_j * dh_j + 1
+    later_dh = np.cumsum(dh[::-1])[::-1] - dh
+    d_ge = later_dh - pw / gw * dh + 1
+    # dS/dgw_j = sum_{g>j} (-rate_g dh_g - c_g psi1(pw_g + 1)) + sum_{g>=j} c_g psi1(cw_g + 1) + pw_j ge_j / gw_j^2 dh_j
+    via_pw = -rate * dh - c * torch.polygamma(1, pw_t).numpy()
+    del pw_t
+    via_cw = c * torch.polygamma(1, cw_t).numpy()
+    del cw_t
+    d_gw = np.cumsum(via_pw[::-1])[::-1] - via_pw + np.cumsum(via_cw[::-1])[::-1] + pw * ge / gw**2 * dh
+    del via_pw, via_cw, later_dh, c, dh, pw, pe, rate, gw, ge, cw, ce
+    influence = np.empty(n)
+    influence[order] = (d_gw[group] + err_sorted * d_ge[group] - total) / n
+    return total, influence, coverage, risk
 
 
 def aurc(confidence: Any, correct: Any) -> float:
