@@ -118,7 +118,8 @@ def _aurc_parts(conf: np.ndarray, correct: np.ndarray) -> tuple[float, np.ndarra
     coverage and risk are at the end of each tie group, in order of descending confidence.
 
     The derivative of :func:`_aurc_weighted` is written out per tie group (with suffix sums over the later
-    groups) rather than taken by autograd, which would keep a dozen N-long temporaries alive at once."""
+    groups) rather than taken by autograd, which would keep a dozen N-long temporaries alive at once; the
+    arithmetic is in place where it can be, so a few N-long arrays are alive at any time."""
     n = conf.shape[0]
     order = np.argsort(-conf, kind="stable")
     new = np.empty(n, dtype=bool)
@@ -126,35 +127,49 @@ def _aurc_parts(conf: np.ndarray, correct: np.ndarray) -> tuple[float, np.ndarra
     sc = conf[order]
     np.not_equal(sc[1:], sc[:-1], out=new[1:])
     del sc
-    group = np.cumsum(new) - 1
-    err_sorted = ~correct[order]
     ends = np.flatnonzero(np.r_[new[1:], True])
+    group = np.cumsum(new, dtype=np.int32 if n < 2**31 else np.int64)
+    group -= 1
     del new
-    cw = (ends + 1).astype(np.float64)  # weights up to the end of each group (unit weights)
-    ce = np.cumsum(err_sorted, dtype=np.float64)[ends]
-    covered = ends + 1
-    coverage, risk = covered / n, ce / covered
-    del ends, covered
+    err_sorted = ~correct[order]
+    cw = np.add(ends, 1, dtype=np.float64)  # weight up to the end of each group (unit weights)
+    ce = np.cumsum(err_sorted, dtype=np.float64)[ends]  # errors up to each group's end
+    del ends
+    coverage, risk = cw / n, ce / cw
     gw = np.diff(cw, prepend=0.0)
     ge = np.diff(ce, prepend=0.0)
-    pw, pe = cw - gw, ce - ge
+    pw = cw - gw
+    c = ce - ge  # pe
+    del ce
     rate = ge / gw
-    cw_t, pw_t = torch.from_numpy(cw + 1), torch.from_numpy(pw + 1)
-    dh = (torch.special.digamma(cw_t) - torch.special.digamma(pw_t)).numpy()
-    c = pe - pw * rate
-    total = float((c * dh + ge).sum()) / n
+    c -= pw * rate  # c = pe - pw * rate
+    dh = torch.special.digamma(torch.from_numpy(cw + 1)).numpy()
+    dh -= torch.special.digamma(torch.from_numpy(pw + 1)).numpy()
+    total = float(np.dot(c, dh) + ge.sum()) / n
     # dS/dge_j = sum_{g>j} dh_g - pw_j / gw_j * dh_j + 1
-    later_dh = np.cumsum(dh[::-1])[::-1] - dh
-    d_ge = later_dh - pw / gw * dh + 1
+    d_ge = np.cumsum(dh[::-1])[::-1] - dh
+    d_ge -= pw / gw * dh
+    d_ge += 1
     # dS/dgw_j = sum_{g>j} (-rate_g dh_g - c_g psi1(pw_g + 1)) + sum_{g>=j} c_g psi1(cw_g + 1) + pw_j ge_j / gw_j^2 dh_j
-    via_pw = -rate * dh - c * torch.polygamma(1, pw_t).numpy()
-    del pw_t
-    via_cw = c * torch.polygamma(1, cw_t).numpy()
-    del cw_t
-    d_gw = np.cumsum(via_pw[::-1])[::-1] - via_pw + np.cumsum(via_cw[::-1])[::-1] + pw * ge / gw**2 * dh
-    del via_pw, via_cw, later_dh, c, dh, pw, pe, rate, gw, ge, cw, ce
+    ge *= pw
+    ge /= gw**2
+    ge *= dh  # ge now holds pw ge / gw^2 dh
+    rate *= dh
+    np.negative(rate, out=rate)
+    rate -= c * torch.polygamma(1, torch.from_numpy(pw + 1)).numpy()  # rate now holds via_pw
+    d_gw = np.cumsum(rate[::-1])[::-1] - rate
+    del rate, dh, pw, gw
+    c *= torch.polygamma(1, torch.from_numpy(cw + 1)).numpy()  # c now holds via_cw
+    d_gw += np.cumsum(c[::-1])[::-1]
+    d_gw += ge
+    del c, ge, cw
+    d_gw -= total
+    sorted_influence = d_gw[group]
+    sorted_influence += err_sorted * d_ge[group]
+    sorted_influence /= n
+    del group, err_sorted, d_gw, d_ge
     influence = np.empty(n)
-    influence[order] = (d_gw[group] + err_sorted * d_ge[group] - total) / n
+    influence[order] = sorted_influence
     return total, influence, coverage, risk
 
 
@@ -228,8 +243,12 @@ def _score(s: E.Stats, n_bins: int, n_bootstrap: int, level: float, seed: int) -
     if n_bootstrap:
         eye_u = torch.eye(ns, dtype=torch.float32)
         eye_q = torch.eye(n_bins, dtype=torch.float32)
-        cols = [np.ones(n), s.correct.astype(np.float64), s.nll, s.brier, influence]
-        base = torch.from_numpy(np.stack(cols, axis=1).astype(np.float32))
+        base_np = np.empty((n, 5), dtype=np.float32)  # filled column by column: no float64 (n, 5) stack
+        base_np[:, 0] = 1.0
+        cols: tuple[np.ndarray, ...] = (s.correct, s.nll, s.brier, influence)
+        for j, col in enumerate(cols, start=1):
+            base_np[:, j] = col
+        base = torch.from_numpy(base_np)
         d32 = torch.from_numpy(d.astype(np.float32))
         uni_t, qua_t = torch.from_numpy(uni), torch.from_numpy(qua)
 
