@@ -422,3 +422,24 @@ def test_aurc_influence_is_the_derivative_of_the_weighted_aurc():
     assert value == pytest.approx(float(a.detach()), rel=1e-12)
     assert value == pytest.approx(aurc(conf, correct), rel=1e-12)
     np.testing.assert_allclose(influence[order], grad.numpy(), rtol=1e-9, atol=1e-15)
+
+
+def test_compare_also_compares_the_metrics_after_temperature_scaling():
+    # b is a's logits times 3: the same predictions, over-confident as given, and (after each model's own
+    # temperature, fitted on the same validation rows) nearly the same model. Without validation rows there
+    # is nothing after temperature scaling to compare.
+    logits, labels = _model(n=4000, seed=16, scale=1.0)
+    split = np.arange(4000) % 2 == 0
+    a = evaluate(logits, labels, split=split, n_bootstrap=200, name="a")
+    b = evaluate(3 * logits, labels, split=split, n_bootstrap=200, name="b")
+    cmp = compare(a, b)
+    assert len(cmp.differences) == 16
+    nll, after = cmp.get("b", "nll"), cmp.get("b", "nll_after_t")
+    assert nll.words == "worse" and after.words == "no clear difference"
+    assert after.value == pytest.approx(a.scaled["nll"].value - b.scaled["nll"].value)
+    assert after.value == pytest.approx(0, abs=1e-4) and after.low - 1e-9 <= after.value <= after.high + 1e-9
+    want = -(b.scaled_replicates["nll"] - a.scaled_replicates["nll"])
+    assert after.p == pytest.approx(2 * __import__("scipy").stats.norm.sf(abs(after.value) / want.std(ddof=1)))
+    assert "| NLL after T |" in cmp.to_markdown()
+    plain = compare(evaluate(logits, labels, n_bootstrap=50), evaluate(3 * logits, labels, n_bootstrap=50))
+    assert len(plain.differences) == 8

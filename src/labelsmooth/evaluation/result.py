@@ -36,6 +36,8 @@ PER_EXAMPLE = {"accuracy", "aurc"}
 #: Binned calibration errors: a sum of absolute bin gaps, which resampling noise inflates (every bin's
 #: |gap| grows on average), so their replicates sit above the estimate; their intervals are centred on it.
 BINNED = {"ece", "ece_quantile", "classwise_ece", "mce"}
+#: Suffix of a comparison's metric measured after temperature scaling (``"nll_after_t"``).
+AFTER_T = "_after_t"
 _EULER = 0.5772156649015329
 
 
@@ -414,6 +416,7 @@ LABELS = {
     "mce": "MCE",
     "aurc": "AURC",
 }
+LABELS.update({m + AFTER_T: LABELS[m] + " after T" for m in METRICS})
 
 
 def _num(x: float) -> float | None:
@@ -509,8 +512,9 @@ def evaluate(
         labels: ``(N,)`` integer class indices.
         split: optional ``(N,)`` array: ``"val"``/``"test"``, or bool/0-1 (True/1 = test). Validation rows
             fit the temperature and nothing else; test rows are scored.
-        val_scores, val_labels: a separate validation set instead of ``split`` (every row of ``scores`` is
+        val_scores: the scores of a separate validation set, instead of ``split`` (every row of ``scores`` is
             then a test row).
+        val_labels: the labels of that validation set.
         kind: ``"logits"``, ``"probs"`` or ``"auto"``.
         n_bootstrap: resamples for the intervals (0: none).
         level: the intervals' confidence level.
@@ -757,7 +761,9 @@ def compare(a: EvaluationResult, b: EvaluationResult, *more: EvaluationResult, a
     """Paired comparison of models scored on the same examples: every later model against ``a``.
 
     For each metric the difference is ``b - a`` signed so that positive means ``b`` is better (lower-is-better
-    metrics negated). Both results must come from :func:`evaluate` with the same ``seed`` and ``n_bootstrap``:
+    metrics negated). When every model has a temperature (validation rows), each metric after temperature
+    scaling is compared too, as ``"<metric>_after_t"`` (its replicates are paired in the same way), in the
+    same Holm family. Both results must come from :func:`evaluate` with the same ``seed`` and ``n_bootstrap``:
     their resamples then give every example the same weight, so the difference of their replicates is the
     paired bootstrap. The p-value is two-sided, from the difference over its bootstrap standard error
     (normal reference); p-values are Holm-adjusted over all differences of the comparison, each interval is
@@ -768,7 +774,8 @@ def compare(a: EvaluationResult, b: EvaluationResult, *more: EvaluationResult, a
 
     Args:
         a: the reference model.
-        b, *more: the models compared with it.
+        b: a model compared with ``a``.
+        *more: further models compared with ``a``.
         alpha: family-wise error rate.
 
     Returns:
@@ -810,15 +817,22 @@ def compare(a: EvaluationResult, b: EvaluationResult, *more: EvaluationResult, a
     names = [r.name for r in results]
     if len(set(names)) < len(names):
         names = [f"{nm} ({i + 1})" for i, nm in enumerate(names)]
+    scaled = all(r.scaled is not None and r.scaled_replicates is not None for r in results)
     raw = []
     for j, r in enumerate(results[1:], start=1):
-        for m in METRICS:
-            sign = 1.0 if m in HIGHER_IS_BETTER else -1.0
-            value = sign * (r.metrics[m].value - a.metrics[m].value)
-            reps = None
-            if m in r.replicates and m in a.replicates:
-                reps = sign * (r.replicates[m] - a.replicates[m])
-            raw.append((names[j], m, value, reps, (2.0 / a.n) if m in PER_EXAMPLE else 0.0))
+        tables = [("", r.metrics, a.metrics, r.replicates, a.replicates)]
+        if scaled:
+            assert r.scaled is not None and a.scaled is not None
+            assert r.scaled_replicates is not None and a.scaled_replicates is not None
+            tables.append((AFTER_T, r.scaled, a.scaled, r.scaled_replicates, a.scaled_replicates))
+        for suffix, est_b, est_a, rep_b, rep_a in tables:
+            for m in METRICS:
+                sign = 1.0 if m in HIGHER_IS_BETTER else -1.0
+                value = sign * (est_b[m].value - est_a[m].value)
+                reps = None
+                if m in rep_b and m in rep_a:
+                    reps = sign * (rep_b[m] - rep_a[m])
+                raw.append((names[j], m + suffix, value, reps, (2.0 / a.n) if m in PER_EXAMPLE else 0.0))
     p: list[float | None] = []
     for _b, _m, value, reps, _tol in raw:
         p.append(None if reps is None else _p_value(value, float(reps.std(ddof=1)) if reps.size > 1 else 0.0))
@@ -830,7 +844,7 @@ def compare(a: EvaluationResult, b: EvaluationResult, *more: EvaluationResult, a
     for i, (bname, m, value, reps, tol) in enumerate(raw):
         if reps is not None:
             t = tested.index(i)
-            lo, hi = interval(reps, value, levels[t], m in BINNED)
+            lo, hi = interval(reps, value, levels[t], m.removesuffix(AFTER_T) in BINNED)
             diffs.append(
                 Difference(
                     names[0],
