@@ -893,8 +893,8 @@ def _results_table(results: list[Any]) -> str:
         ]
     first = results[0]
     title = (
-        f"{first.n} test rows, {first.num_classes} classes; {100 * first.level:g}% percentile bootstrap intervals "
-        f"({first.n_bootstrap} resamples)"
+        f"{first.n} test rows, {first.num_classes} classes; {100 * first.level:g}% bootstrap intervals "
+        f"({first.n_bootstrap} resamples; percentile, centred on the estimate for the binned calibration errors)"
     )
     return title + "\n" + _text_table(header, rows)
 

@@ -51,8 +51,8 @@ class CalibrationCallback(Callback):
     At the end of the epoch the batches are concatenated (gathered from every process under
     distributed training) and scored once by :func:`labelsmooth.evaluation.evaluate`; ``trainer
     .callback_metrics`` then holds ``prefix + name`` for each of
-    :data:`labelsmooth.evaluation.METRICS`, with ``_low``/``_high`` interval ends when ``n_bootstrap``
-    > 0. The sanity-check epoch before training is not scored. The last result is kept as
+    :data:`labelsmooth.evaluation.METRICS`, with ``_low``/``_high`` interval ends when
+    ``n_bootstrap`` is positive. The sanity-check epoch before training is not scored. The last result is kept as
     :attr:`result`. Only the first validation dataloader is supported.
 
     Images: with ``log_figure=True`` the reliability diagram and the risk-coverage curve go, as
