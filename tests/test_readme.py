@@ -66,12 +66,8 @@ def test_documented_findings_say_what_the_committed_verdicts_say(page, source):
     ]
     assert any(b is not None for b in blocks), f"{page} has neither study block"
     if not VERDICTS.exists():
-        assert all(not (b or "").strip() for b in blocks), (
-            f"{page}'s study blocks have no {source} behind them"
-        )
+        assert all(not (b or "").strip() for b in blocks), f"{page}'s study blocks have no {source} behind them"
         return
     payload = json.loads(VERDICTS.read_text(encoding="utf-8"))
     assert Fi.load_verdicts(payload), f"{source} holds no verdict"
-    assert Fi.fill(text, payload) == text, (
-        f"{page} no longer says what {source} says; run the findings command"
-    )
+    assert Fi.fill(text, payload) == text, f"{page} no longer says what {source} says; run the findings command"

@@ -140,7 +140,7 @@ class LabelSmoothedLoss:
         rows = logits.reshape(-1, logits.shape[-1])
         targets = labels.reshape(-1)
         if num_items_in_batch is None:
-            return cross_entropy(
+            mean: Tensor = cross_entropy(
                 rows,
                 targets,
                 ignore_index=self.ignore_index,
@@ -148,6 +148,7 @@ class LabelSmoothedLoss:
                 label_smoothing=self.label_smoothing,
                 **self.kwargs,
             )
+            return mean
         if isinstance(num_items_in_batch, Tensor):
             # A tensor on the device stays there: dividing by it needs no host synchronisation.
             count: Tensor | float = num_items_in_batch.to(rows.device)
@@ -157,7 +158,7 @@ class LabelSmoothedLoss:
             raise TypeError(
                 f"num_items_in_batch must be None, a number or a tensor, got {type(num_items_in_batch).__name__}"
             )
-        total = cross_entropy(
+        total: Tensor = cross_entropy(
             rows,
             targets,
             ignore_index=self.ignore_index,
