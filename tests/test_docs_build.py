@@ -42,6 +42,8 @@ BUILD_TIMEOUT_S = 120  # the build takes a few seconds; a hang should fail, not 
 def _module_all(dotted: str) -> list[str] | None:
     path = SRC.joinpath(*dotted.split(".")).with_suffix(".py")
     if not path.is_file():
+        path = SRC.joinpath(*dotted.split("."), "__init__.py")  # a package
+    if not path.is_file():
         return None
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):

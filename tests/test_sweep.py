@@ -3,6 +3,7 @@ choice on validation only, noise in train and validation labels only, errors).""
 
 import doctest
 import functools
+import importlib
 import json
 import os
 from pathlib import Path
@@ -13,8 +14,10 @@ import torch
 
 from labelsmooth import noise as N
 from labelsmooth.evaluation import METRICS
-from labelsmooth.evaluation import sweep as sweep_module
 from labelsmooth.evaluation.sweep import sweep
+
+# The module (labelsmooth.evaluation.sweep is also the name of the function the package exports).
+sweep_module = importlib.import_module("labelsmooth.evaluation.sweep")
 
 # Synthetic 3-class problem: labels from a noisy linear rule, so a logistic regression learns it in a few steps.
 K = 3
