@@ -271,6 +271,10 @@ def fused_ce(
     # On the host in float32, U is summed from the exp2 pass's own operands (see the block); elsewhere
     # from a clamped copy of z (no host reads).
     fast_entropy = sum_ez is not None and not masked and cdt == torch.float32
+    # A positive host scale without softcap is applied inside the exp's argument (z = s (x - max x)):
+    # the block works on x - max x, the per-row sums taken from it are multiplied by s, and no scaled
+    # copy of the block is written (one pass fewer than s * x on load).
+    fold_scale = isinstance(scale, float) and scale > 0 and softcap is None and (sum_ez is None or fast_entropy)
     dot = col() if dscale is not None and not closed_dscale else None
     x_y = col() if dot is not None and not target.is_floating_point() else None
     if probs:
@@ -328,7 +332,7 @@ def fused_ce(
                 tanh_b = torch.tanh(xb.to(cdt) * (scale / softcap))
             torch.mul(tanh_b, softcap, out=buf)
             src = buf
-        elif scale is not None:
+        elif scale is not None and not fold_scale:
             # s * x on load, into the work buffer (in float32/64: never rounded to a half dtype).
             if xb.dtype != cdt:
                 buf.copy_(xb)
@@ -358,6 +362,9 @@ def fused_ce(
         else:
             torch.sub(src, m, out=buf)  # z = x - m <= 0, in place when src is buf
             zs = buf
+        if fold_scale:
+            assert isinstance(scale, float)  # fold_scale needs a host scale
+            m = m * scale  # the max of the scaled logits; zs holds z / s
         if row_max is not None:
             row_max[start:end] = m
 
@@ -378,6 +385,11 @@ def fused_ce(
                 torch.sum(zs, dim=1, keepdim=True, out=sum_wz[start:end])
             else:
                 torch.matmul(zs, sw.unsqueeze(1), out=sum_wz[start:end])
+        if fold_scale:
+            assert isinstance(scale, float)  # fold_scale needs a host scale
+            for stat in (t_dot_z if probs else z_y, sum_wz):
+                if stat is not None:
+                    stat[start:end].mul_(scale)
 
         zb = None
         if sum_ez is not None and not fast_entropy:
@@ -395,7 +407,7 @@ def fused_ce(
             # (A -inf logit gives 0 * -inf = NaN in the product: those rows, and only they, are summed
             # again without their NaN terms.)
             assert ze is not None and sum_ez is not None  # both exist with fast_entropy
-            ze.mul_(_LOG2E)
+            ze.mul_(_LOG2E * scale if fold_scale else _LOG2E)  # type: ignore[operator]  # a float then
             torch.exp2(ze, out=buf)
             ze.mul_(buf)
             u_b = sum_ez[start:end]
@@ -407,8 +419,11 @@ def fused_ce(
         elif cdt == torch.float32:
             # exp2 is about twice as fast as exp on CPU; z is exact (x - m, Sterbenz), and scaling it by
             # log2(e) perturbs exp(z) by ~1e-7 * |z| relative, far below float32 accumulation noise.
-            buf.mul_(_LOG2E).exp2_()
+            buf.mul_(_LOG2E * scale if fold_scale else _LOG2E).exp2_()  # type: ignore[operator]  # a float then
         else:
+            if fold_scale:
+                assert isinstance(scale, float)  # fold_scale needs a host scale
+                buf.mul_(scale)
             buf.exp_()
         if sum_ez is not None and zb is not None:
             assert zb is not None  # allocated above with sum_ez
