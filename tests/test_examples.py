@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,3 +96,34 @@ def test_lightning_digits_trains_and_tests_the_chosen_epoch():
         # Six steps from a random start: above chance (0.1) on ten balanced classes, not yet fitted.
         assert 0.15 < float(acc.rstrip(",")) <= 1.0 and 0.0 < float(nll.rstrip(",")) < 2.4, out
         assert 0.0 <= float(ece) <= 1.0, out
+
+
+def write_tiny_cifar10(folder: Path, n_train: int = 200, n_test: int = 60) -> None:
+    """Random images in CIFAR-10's binary format (1 label byte, 3072 pixel bytes a record), every class present."""
+    rng = np.random.default_rng(0)
+    for name, n in (("data_batch_1.bin", n_train), ("test_batch.bin", n_test)):
+        rec = rng.integers(0, 256, size=(n, 3073), dtype=np.uint8)
+        rec[:, 0] = np.arange(n) % 10
+        rec.tofile(folder / name)
+
+
+def test_cifar10_sweep_chooses_eps_and_writes_the_report(tmp_path):
+    pytest.importorskip("sklearn")  # the study's stratified split
+    data, out = tmp_path / "cifar-10-batches-bin", tmp_path / "out"
+    data.mkdir()
+    write_tiny_cifar10(data)
+    # --data-dir names the folder above the batches, as a user's unpacked download does.
+    printed = run_example("cifar10_sweep.py", "--data-dir", str(tmp_path), "--smoke", "--out", str(out))
+    assert "160 training, 40 validation, 60 test images" in printed, printed
+    report = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+    assert report["eps"] == [0.0, 0.1] and report["seeds"] == [0, 1] and len(report["runs"]) == 4
+    assert (out / "sweep.md").stat().st_size > 0 and (out / "sweep.html").stat().st_size > 0
+    assert len(list((out / "runs").glob("*.npz"))) == 4
+    m = re.search(r"^chosen eps: (\S+)$", printed, re.MULTILINE)
+    assert m and float(m.group(1)) == report["chosen_eps"], printed
+    if report["chosen_eps"] == 0.0:
+        assert "chose eps = 0" in printed, printed
+    else:
+        # Two seeds: the differences are printed, the verdict is withheld.
+        assert "No verdict: 2 seed(s)" in printed, printed
+        assert re.search(r"accuracy: [+-]\d\.\d+ .* -> no verdict", printed), printed
