@@ -134,40 +134,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=7, help="timed rounds (default 7)")
     p.add_argument("--ce-shape", default="4x1024x32000", help="B x T x V for cross_entropy (default 4x1024x32000)")
     p.add_argument("--linear-shape", default="2x1024x1024x32000", help="B x T x H x V (default 2x1024x1024x32000)")
+    p.add_argument("--only", choices=["ce", "linear"], default=None, help="run one of the two tables")
     p.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = p.parse_args(argv)
     b, t, v = (int(s) for s in args.ce_shape.split("x"))
     lb, lt, h, lv = (int(s) for s in args.linear_shape.split("x"))
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(b * t, v, generator=g) * 2
-    y = torch.randint(0, v, (b * t,), generator=g)
-    y[::17] = -100  # some ignored tokens, as padding gives
-    tw = torch.rand(b * t, generator=g)
-    ce = {
-        name: (lambda fn=fn: fn(x.detach().requires_grad_(True), y, tw))  # type: ignore[misc]
-        for name, fn in ce_contenders(b, t, v).items()
-    }
-    ce_times = measure(ce, 4 * x.numel() * 4, args.repeats, f"cross_entropy {b}x{t}x{v}")
-
-    hid = torch.randn(lb * lt, h, generator=g)
-    cls = torch.randn(lv, h, generator=g) / h**0.5
-    ly = torch.randint(0, lv, (lb * lt,), generator=g)
-    ltw = torch.rand(lb * lt, generator=g)
-    lin = {
-        name: (lambda fn=fn: fn(hid.detach().requires_grad_(True), cls.detach().requires_grad_(True), ly, ltw))  # type: ignore[misc]
-        for name, fn in linear_contenders(lb, lt).items()
-    }
-    lin_times = measure(lin, 256 << 20, args.repeats, f"linear_cross_entropy {lb}x{lt}x{h}->{lv}")
-
     lines = [
-        f"Machine: {bench.machine_description('cpu')}; load average {bench._load_average()} at the end; "
-        f"{args.repeats} rounds, eps={EPS}, float32.",
-        "",
-        *table(f"cross_entropy, backend='chunked', B x T x V = {b} x {t} x {v}", ce_times),
-        "",
-        *table(f"linear_cross_entropy, backend='chunked', B x T x H -> V = {lb} x {lt} x {h} -> {lv}", lin_times),
+        f"Machine: {bench.machine_description('cpu')}; {args.repeats} rounds, eps={EPS}, float32.",
     ]
+    if args.only != "linear":
+        x = torch.randn(b * t, v, generator=g) * 2
+        y = torch.randint(0, v, (b * t,), generator=g)
+        y[::17] = -100  # some ignored tokens, as padding gives
+        tw = torch.rand(b * t, generator=g)
+        ce = {
+            name: (lambda fn=fn: fn(x.detach().requires_grad_(True), y, tw))  # type: ignore[misc]
+            for name, fn in ce_contenders(b, t, v).items()
+        }
+        ce_times = measure(ce, 4 * x.numel() * 4, args.repeats, f"cross_entropy {b}x{t}x{v}")
+        lines += ["", *table(f"cross_entropy, backend='chunked', B x T x V = {b} x {t} x {v}", ce_times)]
+    if args.only != "ce":
+        hid = torch.randn(lb * lt, h, generator=g)
+        cls = torch.randn(lv, h, generator=g) / h**0.5
+        ly = torch.randint(0, lv, (lb * lt,), generator=g)
+        ltw = torch.rand(lb * lt, generator=g)
+        lin = {
+            name: (lambda fn=fn: fn(hid.detach().requires_grad_(True), cls.detach().requires_grad_(True), ly, ltw))  # type: ignore[misc]
+            for name, fn in linear_contenders(lb, lt).items()
+        }
+        lin_times = measure(lin, 256 << 20, args.repeats, f"linear_cross_entropy {lb}x{lt}x{h}->{lv}")
+        title = f"linear_cross_entropy, backend='chunked', B x T x H -> V = {lb} x {lt} x {h} -> {lv}"
+        lines += ["", *table(title, lin_times)]
+    lines.append(f"\nLoad average {bench._load_average()} at the end.")
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -1,6 +1,7 @@
 """The benchmark runner runs end to end on a tiny shape and reports what it says it does."""
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,28 @@ def test_cpu_timing_primes_memory_outside_the_timed_call(monkeypatch):
     before = bench._rss_bytes()
     bench.prime_memory(64 << 20)  # the real one gives its memory back
     assert bench._rss_bytes() - before < (16 << 20)
+
+
+def test_the_options_benchmark_runs_and_prints_both_tables(tmp_path):
+    # benchmarks/bench_options.py calls the public options by name: a renamed option breaks it here, not in
+    # the next benchmark session. Tiny shapes, one round: this checks that it runs, not what it measures.
+    import runpy
+
+    out = tmp_path / "options.md"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_options.py"
+    module = runpy.run_path(str(script))
+    assert (
+        module["main"](
+            ["--repeats", "1", "--ce-shape", "2x8x50", "--linear-shape", "2x8x16x50", "--markdown", str(out)]
+        )
+        == 0
+    )
+    text = out.read_text()
+    for row in (
+        "token_weight",
+        "shift",
+        "logit_scale (float)",
+        "logit_scale (tensor, with its gradient)",
+        "return_aux",
+    ):
+        assert text.count(f"| {row} |") == 2, row
