@@ -118,14 +118,14 @@ def _max_and_first_argmax(src: Tensor, out: Tensor) -> Tensor:
     if body_cols < num_classes:
         tail_max, tail_top = torch.max(src[:, body_cols:], dim=1, keepdim=True)
         m = torch.maximum(m, tail_max)
-    hit = seg_max == m
-    in_body = hit.any(dim=1, keepdim=True)
-    seg = hit.to(torch.uint8).argmax(dim=1)  # the first segment holding the max (a small array)
-    idx = torch.arange(rows, device=src.device)
-    _, within = torch.max(body[idx, seg], dim=1)
-    first = (seg * _ARGMAX_SEGMENT + within).unsqueeze(1)
+    # The first segment holding the max (argmax of a small uint8 array returns the first maximal index).
+    hit = (seg_max == m).to(torch.uint8)
+    seg = hit.argmax(dim=1, keepdim=True)  # (R, 1)
+    seg_vals = torch.gather(body, 1, seg.unsqueeze(2).expand(rows, 1, _ARGMAX_SEGMENT)).squeeze(1)
+    _, within = torch.max(seg_vals, dim=1, keepdim=True)
+    first = seg * _ARGMAX_SEGMENT + within
     if tail_top is not None:
-        first = torch.where(in_body, first, tail_top + body_cols)
+        first = torch.where(hit.amax(dim=1, keepdim=True) > 0, first, tail_top + body_cols)
     out.copy_(first)
     return m
 
