@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if res.note:
         print(res.note)
     for v in res.verdicts:
-        print(f"  {v.metric:>10}: {v.text()} (chosen eps minus eps 0, positive is better) -> {v.words}")
+        print(f"  {v.metric:>13}: {v.text()} (chosen eps minus eps 0, positive is better) -> {v.words}")
     print(f"report: {res.out / 'sweep.md'}, sweep.html, sweep.json")
     return 0
 
