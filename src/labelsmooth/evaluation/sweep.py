@@ -30,12 +30,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from labelsmooth._files import atomic_write as _atomic_write
 from labelsmooth.evaluation.multiplicity import ALPHA, OUTCOMES, PAIRED_OUTCOMES
 from labelsmooth.evaluation.result import (
     HIGHER_IS_BETTER,
@@ -195,19 +196,6 @@ def _init_worker(threads: int) -> None:
 
 
 # ----------------------------------------------------------------------------- saved runs
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _write_text(path: Path, text: str) -> None:

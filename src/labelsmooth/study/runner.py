@@ -26,11 +26,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from labelsmooth._files import atomic_write as _atomic_write
 from labelsmooth.study import progress
 from labelsmooth.study import stats as S
 from labelsmooth.study.data import Dataset, is_ksweep, load_dataset
@@ -324,20 +325,6 @@ def _clean_json(x: object) -> object:
     if isinstance(x, (np.floating, np.integer, np.bool_)):
         return _clean_json(x.item())
     return x
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write through ``path.tmp-<pid>`` then ``os.replace``: readers see the old or the new file, whole."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class ResultsStore:
