@@ -614,8 +614,8 @@ def _value(r: EvaluationResult, metric: str, scaled: bool) -> float:
 def _verdicts(
     evals: dict[tuple[float, int], EvaluationResult], chosen: float, seeds: Sequence[int], alpha: float, scaled: bool
 ) -> list[SweepVerdict]:
-    """The study's rule over seeds (:func:`labelsmooth.study.verdicts.adjust`), worded as a paired comparison."""
-    from labelsmooth.study.verdicts import Verdict, adjust
+    """The study's rule over seeds (:func:`labelsmooth.evaluation.verdicts.adjust`), worded as a paired comparison."""
+    from labelsmooth.evaluation.verdicts import Verdict, adjust
 
     n_test = evals[(0.0, seeds[0])].n
     family = []
