@@ -252,6 +252,14 @@ def fused_ce(
     own_work = grad is None or grad.dtype != cdt or (dscale is not None and shares_logits)
     scratch = threading.local()
 
+    def work(name: str, height: int) -> Tensor:
+        """This worker thread's block-sized scratch buffer ``name`` (allocated once), ``height`` rows of it."""
+        buf: Tensor | None = getattr(scratch, name, None)
+        if buf is None:
+            buf = torch.empty((min(rows, num_rows), num_classes), dtype=cdt, device=device)
+            setattr(scratch, name, buf)
+        return buf[:height]
+
     def col() -> Tensor:  # one per-row statistic, kept as a column so that blocks can broadcast it
         return torch.empty((num_rows, 1), dtype=cdt, device=device)
 
@@ -317,10 +325,7 @@ def fused_ce(
         end = min(num_rows, start + rows)
         xb = logits[start:end]
         if own_work:
-            buf = getattr(scratch, "buf", None)
-            if buf is None:
-                buf = scratch.buf = torch.empty((min(rows, num_rows), num_classes), dtype=cdt, device=device)
-            buf = buf[: end - start]
+            buf = work("buf", end - start)
         else:
             assert grad is not None  # own_work is False only when grad is a compute-dtype buffer
             buf = grad[start:end]
@@ -353,10 +358,7 @@ def fused_ce(
         if fast_entropy:
             # z goes to a scratch block, and exp(z) into buf from there: for U = sum exp(z) z both are
             # then in cache, one product and one sum away.
-            ze = getattr(scratch, "zb", None)
-            if ze is None:
-                ze = scratch.zb = torch.empty((min(rows, num_rows), num_classes), dtype=cdt, device=device)
-            ze = ze[: end - start]
+            ze = work("zb", end - start)
             torch.sub(src, m, out=ze)
             zs = ze
         else:
@@ -394,10 +396,7 @@ def fused_ce(
         zb = None
         if sum_ez is not None and not fast_entropy:
             # z kept beside exp(z) for U; clamped so that a -inf logit gives exp(z) * z = 0 * finite = 0.
-            zb = getattr(scratch, "zb", None)
-            if zb is None:
-                zb = scratch.zb = torch.empty((min(rows, num_rows), num_classes), dtype=cdt, device=device)
-            zb = zb[: end - start]
+            zb = work("zb", end - start)
             torch.clamp(buf, min=torch.finfo(cdt).min, out=zb)
         if x_y is not None:
             # The unscaled target logit, read before any write (inplace may write over the logits).
@@ -475,10 +474,7 @@ def fused_ce(
             # target column is rewritten (and added) at the end.
             if not probs:
                 buf.scatter_(1, sb, 0.0)
-            prod = getattr(scratch, "prod", None)
-            if prod is None:
-                prod = scratch.prod = torch.empty((min(rows, num_rows), num_classes), dtype=cdt, device=device)
-            prod = prod[: end - start]
+            prod = work("prod", end - start)
             torch.mul(buf, xb if xb.dtype == cdt else xb.to(cdt), out=prod)
             d_b = dot[start:end]
             torch.sum(prod, dim=1, keepdim=True, out=d_b)
